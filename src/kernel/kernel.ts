@@ -1,0 +1,753 @@
+/**
+ * The emulated kernel: physical memory, swap, files, processes and their address spaces, and the
+ * primitives every syscall, fault and kernel activity is built from (page allocation with reclaim
+ * and the OOM killer, mapping and unmapping frames, splitting huge pages, notifier pairs).
+ *
+ * Threading: everything here runs on one thread (the kernel thread, which also serves HTTP and the
+ * channel). It never blocks: it awaits where the kernel would sleep. Locking rules are in
+ * docs/locking.md; in short, code between two awaits is atomic (that replaces the page-table lock),
+ * and every decision taken before an await is re-validated after it (pte_same), as the kernel does
+ * after re-taking the page-table lock.
+ */
+import { DevmirrorError, invariant, kerr } from '../errors.js';
+import { FF, FM, LEVEL, PAGE_SIZE, PMD_PAGES, PMD_SIZE, PTE, PTE_FLAGS_MASK } from './layout.js';
+import { FileTable, type MemFile } from './files.js';
+import { KeyedMutex } from './locks.js';
+import { MM } from './mm.js';
+import { PhysicalMemory, ZERO_PFN } from './phys-mem.js';
+import { mkPte, ptePfn, type Pte } from './pte.js';
+import { Rmap } from './rmap.js';
+import { SwapArea } from './swap.js';
+import type { Vma } from './vma.js';
+import {
+  type InvalidationRecord,
+  type MmuNotifierSubscriptions,
+  type SubscriberInfo,
+} from '../notifier/subscriptions.js';
+import { makeRange, type MmuNotifierEvent, type NotifierRange, type Origin } from '../notifier/range.js';
+import * as sys from './syscalls.js';
+import { exit as exitProcess, fork as forkProcess } from './process-ops.js';
+import { shrink, type ReclaimResult } from './activity/reclaim.js';
+import { oomKill, oomReap, type ReapResult } from './activity/oom.js';
+import { compact, migrateRange, type CompactResult } from './activity/migrate.js';
+import { numaScan, type NumaScanResult } from './activity/numa.js';
+import { ksmScan, type KsmResult } from './activity/ksm.js';
+import { collapseHugePage, khugepagedScan, splitThpAt, type CollapseResult } from './activity/thp.js';
+import { writebackAll, type WritebackResult } from './activity/writeback.js';
+import { audit, type AuditReport } from './audit.js';
+import { hmmRangeFault, type HmmRange } from './hmm.js';
+import { makeDeviceExclusive, migrateToDevice, migrateToSystem, evictDeviceMemory, type MigrateResult } from './migrate-device.js';
+import { PROT } from './vma.js';
+
+export interface KernelConfig {
+  /** RAM in bytes (multiple of 2 MiB). Default 64 MiB. */
+  memoryBytes: number;
+  /** Device memory (VRAM) pool in bytes. Default 16 MiB. */
+  deviceMemoryBytes: number;
+  numaNodes: number;
+  /** Swap in bytes. Default: twice the memory. */
+  swapBytes: number;
+  maxProcesses: number;
+  /** Transparent huge pages: like /sys/kernel/mm/transparent_hugepage/enabled. */
+  thp: 'always' | 'madvise' | 'never';
+  bootId: number;
+}
+
+export const DEFAULT_KERNEL_CONFIG: KernelConfig = {
+  memoryBytes: 64 * 1024 * 1024,
+  deviceMemoryBytes: 16 * 1024 * 1024,
+  numaNodes: 2,
+  swapBytes: 128 * 1024 * 1024,
+  maxProcesses: 1024,
+  thp: 'madvise',
+  bootId: 0,
+};
+
+export interface Process {
+  pid: number;
+  name: string;
+  mm: MM;
+  parent: number | null;
+  state: 'running' | 'exiting' | 'exited';
+  /** Set when the OOM killer chose this process. */
+  oomKilled: boolean;
+}
+
+/** Hooks a device-memory owner registers (struct dev_pagemap_ops). */
+export interface DevicePagemap {
+  owner: number;
+  /**
+   * A CPU (or another device) touched a device-private page of this owner: move it back to RAM.
+   * The kernel supplies `migrate`, the generic migrate_vma path; a device hook typically calls it
+   * and then updates its own mirror. Without a hook the kernel calls `migrate` itself.
+   */
+  migrateToRam?(mm: MM, va: number, migrate: () => Promise<void>): Promise<void>;
+  /** The kernel moved a page of this owner (CPU fault, eviction): forget the mirror entry. */
+  pageMigratedOut?(mm: MM, va: number, devPfn: number): void;
+}
+
+export interface KernelObserver {
+  onInvalidation?(rec: InvalidationRecord): void;
+  onInvalidationStart?(range: NotifierRange): void;
+  onSubscriberBug?(info: SubscriberInfo, message: string, range: NotifierRange | null): void;
+  onProcessExit?(p: Process): void;
+  onOomKill?(p: Process, reason: string): void;
+}
+
+export interface KernelStats {
+  faults: number;
+  cowFaults: number;
+  swapOuts: number;
+  swapIns: number;
+  reclaimed: number;
+  reclaimScans: number;
+  migrations: number;
+  compactions: number;
+  ksmMerged: number;
+  thpCollapsed: number;
+  thpSplit: number;
+  writebacks: number;
+  oomKills: number;
+  oomReapRetries: number;
+  invalidations: number;
+  invalidationsRefused: number;
+  subscriberBugs: number;
+  enomem: number;
+}
+
+const MAX_PID = 4 * 1024 * 1024;
+
+export class Kernel {
+  readonly config: KernelConfig;
+  readonly mem: PhysicalMemory;
+  readonly swap: SwapArea;
+  readonly files = new FileTable();
+  readonly rmap = new Rmap();
+  /** Folio locks, keyed by head pfn. */
+  readonly folioLocks = new KeyedMutex();
+  readonly processes = new Map<number, Process>();
+  private readonly names = new Map<string, number>();
+  private nextPid = 100;
+  private readonly freeSlots: number[] = [];
+  /** Page-cache index of file frames (valid while FF.FILE is set). */
+  readonly pageIndex: Int32Array;
+  /** LRU lists (insertion ordered sets of pfns): reclaim scans the inactive list from the front. */
+  readonly lru = { active: new Set<number>(), inactive: new Set<number>() };
+  readonly pagemaps = new Map<number, DevicePagemap>();
+  private readonly observers = new Set<KernelObserver>();
+  readonly stats: KernelStats = {
+    faults: 0,
+    cowFaults: 0,
+    swapOuts: 0,
+    swapIns: 0,
+    reclaimed: 0,
+    reclaimScans: 0,
+    migrations: 0,
+    compactions: 0,
+    ksmMerged: 0,
+    thpCollapsed: 0,
+    thpSplit: 0,
+    writebacks: 0,
+    oomKills: 0,
+    oomReapRetries: 0,
+    invalidations: 0,
+    invalidationsRefused: 0,
+    subscriberBugs: 0,
+    enomem: 0,
+  };
+  /** Memory-pressure hooks installed by the activity modules (reclaim, OOM). */
+  pressure: {
+    reclaim(k: Kernel, pages: number): Promise<number>;
+    oom(k: Kernel, reason: string): Promise<boolean>;
+  } | null = null;
+  /** Processes that are exiting (so the allocator does not wait on them forever). */
+  readonly bootId: number;
+
+  constructor(config: Partial<KernelConfig> = {}) {
+    const cfg = { ...DEFAULT_KERNEL_CONFIG, ...config };
+    if (config.swapBytes === undefined) cfg.swapBytes = cfg.memoryBytes * 2;
+    for (const [k, v] of Object.entries({
+      memoryBytes: cfg.memoryBytes,
+      deviceMemoryBytes: cfg.deviceMemoryBytes,
+      swapBytes: cfg.swapBytes,
+    })) {
+      if (!Number.isInteger(v) || v < 0 || v % PAGE_SIZE !== 0) {
+        throw new DevmirrorError('DM_ERR_CONFIG', `${k} must be a non-negative multiple of ${PAGE_SIZE}`);
+      }
+    }
+    if (cfg.memoryBytes % PMD_SIZE !== 0) throw new DevmirrorError('DM_ERR_CONFIG', 'memoryBytes must be a multiple of 2 MiB');
+    this.config = cfg;
+    this.bootId = cfg.bootId || Math.floor(Math.random() * 0x7fffffff) + 1;
+    this.mem = new PhysicalMemory({
+      ramFrames: cfg.memoryBytes / PAGE_SIZE,
+      deviceFrames: cfg.deviceMemoryBytes / PAGE_SIZE,
+      numaNodes: cfg.numaNodes,
+      swapSlots: cfg.swapBytes / PAGE_SIZE,
+      maxMm: cfg.maxProcesses,
+      bootId: this.bootId,
+    });
+    this.swap = new SwapArea(this.mem, cfg.swapBytes / PAGE_SIZE);
+    this.pageIndex = new Int32Array(this.mem.totalFrames);
+    for (let s = cfg.maxProcesses - 1; s >= 0; s--) this.freeSlots.push(s);
+    this.pressure = {
+      reclaim: async (k, pages) => (await shrink(k, pages)).reclaimed,
+      oom: (k, reason) => oomKill(k, reason, (p) => k.exitProcess(p)),
+    };
+  }
+
+  // ---- observers -------------------------------------------------------------------------------
+
+  observe(o: KernelObserver): () => void {
+    this.observers.add(o);
+    return () => this.observers.delete(o);
+  }
+
+  emit<K extends keyof KernelObserver>(name: K, ...args: Parameters<NonNullable<KernelObserver[K]>>): void {
+    for (const o of this.observers) {
+      const fn = o[name] as ((...a: unknown[]) => void) | undefined;
+      if (fn) {
+        try {
+          fn.apply(o, args);
+        } catch {
+          // An observer (metrics, UI) must never break the kernel.
+        }
+      }
+    }
+  }
+
+  // ---- processes -------------------------------------------------------------------------------
+
+  /** Creates an empty process (an exec'd image without mappings). */
+  createProcess(name?: string, parent: number | null = null): Process {
+    if (name !== undefined) {
+      if (this.names.has(name)) throw new DevmirrorError('DM_ERR_NAME_TAKEN', `a process named "${name}" exists`);
+    }
+    const slot = this.freeSlots.pop();
+    if (slot === undefined) throw kerr('EAGAIN', 'process table full');
+    const pgd = this.mem.tryAlloc(0, false, FF.PGTABLE, true);
+    if (pgd < 0) {
+      this.freeSlots.push(slot);
+      this.stats.enomem++;
+      throw kerr('ENOMEM', 'no frame for a page directory');
+    }
+    let pid = this.nextPid++;
+    while (this.processes.has(pid)) pid = this.nextPid++;
+    if (this.nextPid > MAX_PID) this.nextPid = 100;
+    const mm = new MM(pid, slot, this.mem, pgd);
+    this.attachNotifier(mm.notifier, mm);
+    const p: Process = { pid, name: name ?? `proc${pid}`, mm, parent, state: 'running', oomKilled: false };
+    if (name === undefined && this.names.has(p.name)) p.name = `proc${pid}-${slot}`;
+    this.processes.set(pid, p);
+    this.names.set(p.name, pid);
+    return p;
+  }
+
+  private attachNotifier(n: MmuNotifierSubscriptions, mm: MM): void {
+    n.observer = {
+      onSeqChange: (seq, active) => mm.publishSeq(seq, active),
+      onInvalidationStart: (range) => {
+        this.stats.invalidations++;
+        this.emit('onInvalidationStart', range);
+      },
+      onInvalidationEnd: (rec) => {
+        if (rec.result !== 'ok') this.stats.invalidationsRefused++;
+        this.emit('onInvalidation', rec);
+      },
+      onSubscriberBug: (info, msg, range) => {
+        this.stats.subscriberBugs++;
+        this.emit('onSubscriberBug', info, msg, range);
+      },
+    };
+  }
+
+  /** The live process with this pid (or name), or DM_ERR_NO_SUCH_PROCESS. */
+  process(pidOrName: number | string): Process {
+    const pid = typeof pidOrName === 'number' ? pidOrName : this.names.get(pidOrName);
+    const p = pid === undefined ? undefined : this.processes.get(pid);
+    if (!p || p.state === 'exited') {
+      throw new DevmirrorError('DM_ERR_NO_SUCH_PROCESS', `no process ${JSON.stringify(pidOrName)}`);
+    }
+    return p;
+  }
+
+  findProcess(pidOrName: number | string): Process | undefined {
+    try {
+      return this.process(pidOrName);
+    } catch {
+      return undefined;
+    }
+  }
+
+  liveProcesses(): Process[] {
+    return [...this.processes.values()].filter((p) => p.state !== 'exited');
+  }
+
+  /** @internal called by exit once the mm is torn down. */
+  reapProcess(p: Process): void {
+    p.state = 'exited';
+    this.processes.delete(p.pid);
+    if (this.names.get(p.name) === p.pid) this.names.delete(p.name);
+    this.freeSlots.push(p.mm.slot);
+    for (const c of this.processes.values()) if (c.parent === p.pid) c.parent = null;
+    this.emit('onProcessExit', p);
+  }
+
+  // ---- page allocation -------------------------------------------------------------------------
+
+  /**
+   * Allocates one RAM frame, going through reclaim, then the OOM killer, before failing with
+   * ENOMEM. Nothing is changed when it fails.
+   */
+  async allocPage(flags: number, node = 0, zero = true): Promise<number> {
+    const pfn = this.mem.tryAlloc(node, false, flags, zero);
+    if (pfn >= 0) return pfn;
+    return this.allocSlow(flags, node, zero);
+  }
+
+  private async allocSlow(flags: number, node: number, zero: boolean): Promise<number> {
+    const pressure = this.pressure;
+    for (let round = 0; round < 4 && pressure; round++) {
+      // Direct reclaim: free a batch (SWAP_CLUSTER_MAX), then try again.
+      await pressure.reclaim(this, 32);
+      const pfn = this.mem.tryAlloc(node, false, flags, zero);
+      if (pfn >= 0) return pfn;
+    }
+    for (let kills = 0; kills < 3 && pressure; kills++) {
+      if (!(await pressure.oom(this, 'page allocation failed after reclaim'))) break;
+      const pfn = this.mem.tryAlloc(node, false, flags, zero);
+      if (pfn >= 0) return pfn;
+    }
+    this.stats.enomem++;
+    throw kerr('ENOMEM', 'out of memory: reclaim, swap and the OOM killer could not free a frame');
+  }
+
+  /** Makes sure `n` frames are free (so a synchronous section can allocate without failing). */
+  async reserve(n: number): Promise<void> {
+    if (this.mem.freeFrames() >= n) return;
+    const got: number[] = [];
+    try {
+      while (this.mem.freeFrames() + got.length < n) got.push(await this.allocPage(0, 0, false));
+    } finally {
+      for (const p of got) this.mem.put(p);
+    }
+  }
+
+  /** Ensures the page-table pages for va exist down to `level`; returns the entry index or -2. */
+  async ensurePt(mm: MM, va: number, level: number): Promise<number> {
+    for (;;) {
+      const idx = mm.pt.ensure(va, level, () => this.mem.tryAlloc(0, false, FF.PGTABLE, true));
+      if (idx !== -1) return idx;
+      await this.reserve(4);
+    }
+  }
+
+  /** Drops a reference; cleans up the kernel's books if the frame was freed. */
+  putPage(pfn: number): void {
+    if (pfn === ZERO_PFN) return;
+    if (this.mem.put(pfn)) {
+      this.lru.active.delete(pfn);
+      this.lru.inactive.delete(pfn);
+    }
+  }
+
+  lruAdd(pfn: number): void {
+    if (pfn === ZERO_PFN || this.mem.isDevicePfn(pfn)) return;
+    this.mem.setFlags(pfn, FF.LRU);
+    this.lru.inactive.add(pfn);
+  }
+
+  lruDel(pfn: number): void {
+    this.mem.clearFlags(pfn, FF.LRU | FF.ACTIVE);
+    this.lru.active.delete(pfn);
+    this.lru.inactive.delete(pfn);
+  }
+
+  // ---- mapping primitives (no notification: callers bracket downgrades with notify) ------------
+
+  /** Installs a leaf mapping `pfn` at va (PTE or huge PMD); the caller owns the reference. */
+  mapLeaf(mm: MM, va: number, idx: number, pfn: number, flags: number): void {
+    mm.pt.store(idx, mkPte(pfn, flags));
+    if (pfn === ZERO_PFN && !(flags & PTE.DEVICE_PRIVATE)) return;
+    if (flags & PTE.HUGE) {
+      for (let i = 0; i < PMD_PAGES; i++) this.mem.addMapcount(pfn + i, 1);
+      this.rmap.add(pfn, mm, va, true);
+      mm.addRss(PMD_PAGES);
+    } else {
+      this.mem.addMapcount(pfn, 1);
+      this.rmap.add(pfn, mm, va);
+      mm.addRss(1);
+    }
+  }
+
+  /**
+   * Clears one leaf and releases what it referenced: frames (folding a dirty PTE into the folio),
+   * swap slots, device pages. Returns the old entry.
+   */
+  zapLeaf(mm: MM, va: number, idx: number, e: Pte = mm.pt.load(idx)): Pte {
+    if (e === 0) return 0;
+    mm.pt.store(idx, 0);
+    this.releaseLeaf(mm, va, e);
+    return e;
+  }
+
+  /** Drops the references an entry held (after it was cleared or replaced). */
+  releaseLeaf(mm: MM, va: number, e: Pte): void {
+    if (e & PTE.SWAP) {
+      this.swap.put(ptePfn(e));
+      mm.swapEntries--;
+      return;
+    }
+    const pfn = ptePfn(e);
+    if (pfn === ZERO_PFN && !(e & PTE.DEVICE_PRIVATE)) return;
+    if (e & PTE.HUGE) {
+      for (let i = 0; i < PMD_PAGES; i++) {
+        if (e & PTE.DIRTY) this.mem.setFlags(pfn + i, FF.DIRTY);
+        this.mem.addMapcount(pfn + i, -1);
+      }
+      this.rmap.remove(pfn, mm, va, true);
+      mm.addRss(-PMD_PAGES);
+      for (let i = 0; i < PMD_PAGES; i++) this.putPage(pfn + i);
+      return;
+    }
+    if (e & PTE.DIRTY) this.mem.setFlags(pfn, FF.DIRTY);
+    this.mem.addMapcount(pfn, -1);
+    this.rmap.remove(pfn, mm, va);
+    mm.addRss(-1);
+    this.putPage(pfn);
+  }
+
+  /** Zaps every leaf in [start, end) (huge leaves must lie fully inside: split them first). */
+  zapRange(mm: MM, start: number, end: number): number {
+    let zapped = 0;
+    mm.pt.walk(start, end, (va, idx, level, e) => {
+      if (level === LEVEL.PMD) invariant(va >= start && va + PMD_SIZE <= end, 'zap of part of a huge PMD');
+      this.zapLeaf(mm, va, idx, e);
+      zapped++;
+    });
+    return zapped;
+  }
+
+  // ---- notifier pairs --------------------------------------------------------------------------
+
+  /**
+   * Opens an invalidation (mmu_notifier_invalidate_range_start, blockable) and resolves when
+   * every subscriber has acknowledged. Pair with notifyEnd after changing the PTEs.
+   */
+  async notify(
+    mm: MM,
+    event: MmuNotifierEvent,
+    start: number,
+    end: number,
+    origin: Origin,
+    owner: number | null = null,
+  ): Promise<NotifierRange> {
+    const range = makeRange(mm.pid, event, start, end, origin, owner);
+    if (mm.notifier.subscriberCount === 0 && !mm.notifier.hasItree) return range; // !mm_has_notifiers
+    await mm.notifier.invalidateRangeStart(range, true);
+    return range;
+  }
+
+  notifyEnd(mm: MM, range: NotifierRange): void {
+    if (range.id === 0) return;
+    mm.notifier.invalidateRangeEnd(range);
+  }
+
+  // ---- huge pages ------------------------------------------------------------------------------
+
+  /**
+   * Splits the huge PMD mapping at va into 512 PTEs (__split_huge_pmd: CLEAR over the aligned
+   * 2 MiB). The folio itself stays whole (PTE-mapped). No-op if there is no huge PMD there.
+   */
+  async splitHugePmd(mm: MM, va: number, origin: Origin = 'thp_split'): Promise<void> {
+    const haddr = Math.floor(va / PMD_SIZE) * PMD_SIZE;
+    const pmdIdx = mm.pt.pmdIndex(haddr);
+    if (pmdIdx < 0) return;
+    const e = mm.pt.load(pmdIdx);
+    if (!(e & PTE.HUGE)) return;
+    const table = await this.allocPage(FF.PGTABLE, 0, true);
+    const range = await this.notify(mm, 1 /* CLEAR */, haddr, haddr + PMD_SIZE, origin);
+    try {
+      const now = mm.pt.load(pmdIdx);
+      if (now === 0 || !(now & PTE.HUGE)) {
+        this.mem.put(table);
+        return;
+      }
+      const pfn = ptePfn(now);
+      const flags = now & ~PTE.HUGE & PTE_FLAGS_MASK;
+      const zero = pfn === ZERO_PFN && !(now & PTE.DEVICE_PRIVATE);
+      const base = table * (PAGE_SIZE / 4);
+      for (let i = 0; i < PMD_PAGES; i++) {
+        Atomics.store(this.mem.dataWords, base + i, mkPte(zero ? ZERO_PFN : pfn + i, flags));
+      }
+      // Publish the filled table in one store: readers see either the huge leaf or all 512 PTEs.
+      mm.pt.store(pmdIdx, mkPte(table, PTE.PRESENT | PTE.TABLE));
+      if (!zero) {
+        this.rmap.remove(pfn, mm, haddr, true);
+        for (let i = 0; i < PMD_PAGES; i++) this.rmap.add(pfn + i, mm, haddr + i * PAGE_SIZE);
+      }
+      this.stats.thpSplit++;
+    } finally {
+      this.notifyEnd(mm, range);
+    }
+  }
+
+  /** Splits every huge mapping of the folio at `head`, then the folio itself (split_huge_page). */
+  async splitFolio(head: number): Promise<boolean> {
+    for (let tries = 0; tries < 4; tries++) {
+      const maps = this.rmap.hugeMappings(head);
+      if (maps.length === 0) break;
+      for (const m of maps) await this.splitHugePmd(m.mm, m.va, 'thp_split');
+    }
+    if (this.rmap.hugeMappings(head).length > 0) return false;
+    this.mem.dissolveFolio(head);
+    return true;
+  }
+
+  /** THP eligibility of the aligned 2 MiB around va in vma (anonymous private memory only). */
+  thpEligible(vma: Vma, va: number): boolean {
+    if (this.config.thp === 'never' || vma.huge === 'nohugepage') return false;
+    if (this.config.thp === 'madvise' && vma.huge !== 'hugepage') return false;
+    if (!vma.anonymous || vma.shared) return false;
+    const haddr = Math.floor(va / PMD_SIZE) * PMD_SIZE;
+    return haddr >= vma.start && haddr + PMD_SIZE <= vma.end;
+  }
+
+  // ---- files -----------------------------------------------------------------------------------
+
+  fileOf(pfn: number): MemFile | undefined {
+    if (!this.mem.hasFlag(pfn, FF.FILE)) return undefined;
+    return this.files.get(this.mem.getMeta(pfn, FM.MAPPING));
+  }
+
+  /** Makes a file page-cache resident and returns its frame (filemap_fault / shmem_get_folio). */
+  async getFilePage(file: MemFile, index: number): Promise<number> {
+    for (;;) {
+      const cached = file.cache.get(index);
+      if (cached !== undefined) {
+        if (!this.folioLocks.isLocked(cached)) return cached;
+        // Under reclaim or writeback: wait for the folio lock, then look again.
+        await this.folioLocks.lock(cached, 'filemap_fault');
+        this.folioLocks.unlock(cached);
+        continue;
+      }
+      const flags = FF.FILE | (file.kind === 'shmem' ? FF.SHMEM : 0);
+      const pfn = await this.allocPage(flags, 0, false);
+      if (file.cache.has(index)) {
+        this.mem.put(pfn);
+        continue;
+      }
+      if (file.kind === 'file') {
+        file.readDisk(index, this.mem.page(pfn));
+      } else {
+        const slot = file.swapped.get(index);
+        if (slot !== undefined) {
+          this.swap.read(slot, pfn);
+          file.swapped.delete(index);
+          this.swap.put(slot);
+          this.mem.setFlags(pfn, FF.DIRTY);
+        } else {
+          this.mem.zeroPage(pfn);
+        }
+      }
+      this.mem.setMeta(pfn, FM.MAPPING, file.id);
+      this.pageIndex[pfn] = index;
+      file.cache.set(index, pfn);
+      this.lruAdd(pfn);
+      return pfn;
+    }
+  }
+
+  /** Removes a clean, unmapped page from its file's cache and frees it. */
+  dropFromCache(file: MemFile, index: number, pfn: number): void {
+    invariant(file.cache.get(index) === pfn, 'page cache mismatch');
+    file.cache.delete(index);
+    this.lruDel(pfn);
+    this.putPage(pfn);
+  }
+
+  // ---- helpers ---------------------------------------------------------------------------------
+
+  /** Awaits the folio lock holder of pfn (migration_entry_wait). */
+  async waitFolio(pfn: number): Promise<void> {
+    const head = this.mem.headOf(pfn);
+    for (const key of [pfn, head]) {
+      if (this.folioLocks.isLocked(key)) {
+        await this.folioLocks.lock(key, 'wait');
+        this.folioLocks.unlock(key);
+      }
+    }
+  }
+
+  // ---- syscalls ---------------------------------------------------------------------------------
+
+  mmap(pid: number | string, args: sys.MmapArgs): Promise<number> {
+    return sys.mmap(this, this.process(pid), args);
+  }
+  munmap(pid: number | string, addr: number, length: number): Promise<void> {
+    return sys.munmap(this, this.process(pid), addr, length);
+  }
+  mremap(pid: number | string, args: sys.MremapArgs): Promise<number> {
+    return sys.mremap(this, this.process(pid), args);
+  }
+  mprotect(pid: number | string, addr: number, length: number, prot: number): Promise<void> {
+    return sys.mprotect(this, this.process(pid), addr, length, prot);
+  }
+  madvise(pid: number | string, addr: number, length: number, advice: sys.Advice): Promise<sys.MadviseResult> {
+    return sys.madvise(this, this.process(pid), addr, length, advice);
+  }
+  brk(pid: number | string, addr: number): Promise<number> {
+    return sys.brk(this, this.process(pid), addr);
+  }
+  msync(pid: number | string, addr: number, length: number): Promise<{ written: number }> {
+    return sys.msync(this, this.process(pid), addr, length);
+  }
+  clearRefs(pid: number | string, mode: sys.ClearRefsMode): Promise<void> {
+    return sys.clearRefs(this, this.process(pid), mode);
+  }
+  pagemap(pid: number | string, addr: number, pages: number): sys.PagemapEntry[] {
+    return sys.pagemap(this, this.process(pid), addr, pages);
+  }
+  /** A CPU load of `length` bytes (faults as needed). */
+  read(pid: number | string, addr: number, length: number, node = 0): Promise<Uint8Array> {
+    return sys.cpuAccess(this, this.process(pid), addr, length, null, node);
+  }
+  /** A CPU store (COW, dirty and soft-dirty as the MMU would). */
+  async write(pid: number | string, addr: number, data: Uint8Array, node = 0): Promise<void> {
+    await sys.cpuAccess(this, this.process(pid), addr, data.length, data, node);
+  }
+  fork(pid: number | string): Promise<Process> {
+    return forkProcess(this, this.process(pid));
+  }
+  exit(pid: number | string): Promise<void> {
+    return exitProcess(this, this.process(pid));
+  }
+  /** @internal exit by object (the OOM killer's victim may no longer be found by name). */
+  exitProcess(p: Process): Promise<void> {
+    return exitProcess(this, p);
+  }
+  createFile(size: number): MemFile {
+    if (!Number.isSafeInteger(size) || size < 0) throw new DevmirrorError('DM_ERR_VALIDATION', 'size must be a non-negative integer');
+    return this.files.create(size, 'file');
+  }
+  file(id: number): MemFile {
+    const f = this.files.get(id);
+    if (!f || f.kind !== 'file') throw new DevmirrorError('DM_ERR_NO_SUCH_FILE', `no file ${id}`);
+    return f;
+  }
+  fileRead(id: number, offset: number, length: number): Uint8Array {
+    return sys.fileRead(this, this.file(id), offset, length);
+  }
+  fileWrite(id: number, offset: number, data: Uint8Array): Promise<void> {
+    return sys.fileWrite(this, this.file(id), offset, data);
+  }
+
+  // ---- kernel activity ----------------------------------------------------------------------------
+
+  reclaim(pages: number): Promise<ReclaimResult> {
+    return shrink(this, pages);
+  }
+  compact(node = 0): Promise<CompactResult> {
+    return compact(this, node);
+  }
+  migrate(pid: number | string, addr: number, length: number, node: number): Promise<{ scanned: number; migrated: number; failed: number }> {
+    const p = this.process(pid);
+    if (!Number.isInteger(node) || node < 0 || node >= this.mem.numaNodes) throw kerr('EINVAL', 'no such NUMA node');
+    return migrateRange(this, p.mm, addr, addr + length, node);
+  }
+  numaBalance(pid: number | string, windowBytes?: number): Promise<NumaScanResult> {
+    return numaScan(this, this.process(pid), windowBytes);
+  }
+  ksm(): Promise<KsmResult> {
+    return ksmScan(this);
+  }
+  khugepaged(max?: number): Promise<{ scanned: number; collapsed: number }> {
+    return khugepagedScan(this, max);
+  }
+  async collapse(pid: number | string, addr: number): Promise<CollapseResult> {
+    const p = this.process(pid);
+    await p.mm.mmapLock.write('collapse');
+    try {
+      return await collapseHugePage(this, p.mm, Math.floor(addr / PMD_SIZE) * PMD_SIZE, 'khugepaged', false);
+    } finally {
+      p.mm.mmapLock.writeUnlock('collapse');
+    }
+  }
+  async splitThp(pid: number | string, addr: number): Promise<boolean> {
+    const p = this.process(pid);
+    await p.mm.mmapLock.read('split');
+    try {
+      return await splitThpAt(this, p.mm, addr);
+    } finally {
+      p.mm.mmapLock.readUnlock('split');
+    }
+  }
+  writeback(): Promise<WritebackResult> {
+    return writebackAll(this);
+  }
+  /** Chooses a victim (or takes `pid`), reaps it, and lets it exit. */
+  oomKill(pid?: number | string): Promise<boolean> {
+    return oomKill(this, 'requested', (p) => this.exitProcess(p), pid === undefined ? undefined : this.process(pid));
+  }
+  /** Runs the OOM reaper on a process without killing it (for experiments with refusals). */
+  oomReap(pid: number | string): Promise<ReapResult> {
+    return oomReap(this, this.process(pid));
+  }
+  audit(): AuditReport {
+    return audit(this);
+  }
+
+  // ---- device-facing (HMM) ----------------------------------------------------------------------
+
+  /** hmm_range_fault under the mmap read lock (the caller is a device driver). */
+  async rangeFault(pid: number | string, r: HmmRange): Promise<number> {
+    const p = this.process(pid);
+    await p.mm.mmapLock.read('hmm_range_fault');
+    try {
+      return await hmmRangeFault(this, p.mm, r);
+    } finally {
+      p.mm.mmapLock.readUnlock('hmm_range_fault');
+    }
+  }
+  async migrateToDevice(pid: number | string, start: number, end: number, owner: number, opts?: { allocFails?: boolean }): Promise<MigrateResult> {
+    const p = this.process(pid);
+    await p.mm.mmapLock.read('migrate_vma');
+    try {
+      return await migrateToDevice(this, p.mm, start, end, owner, opts);
+    } finally {
+      p.mm.mmapLock.readUnlock('migrate_vma');
+    }
+  }
+  async migrateToSystem(pid: number | string, start: number, end: number, owner: number): Promise<MigrateResult> {
+    const p = this.process(pid);
+    await p.mm.mmapLock.read('migrate_vma');
+    try {
+      return await migrateToSystem(this, p.mm, start, end, owner, 'migrate');
+    } finally {
+      p.mm.mmapLock.readUnlock('migrate_vma');
+    }
+  }
+  evictDeviceMemory(owner: number): Promise<number> {
+    return evictDeviceMemory(this, owner);
+  }
+  async makeDeviceExclusive(pid: number | string, va: number, owner: number): Promise<number> {
+    const p = this.process(pid);
+    await p.mm.mmapLock.read('make_device_exclusive');
+    try {
+      return await makeDeviceExclusive(this, p.mm, va, owner);
+    } finally {
+      p.mm.mmapLock.readUnlock('make_device_exclusive');
+    }
+  }
+}
+
+export { PROT };
+
+export function pageAlignDown(a: number): number {
+  return Math.floor(a / PAGE_SIZE) * PAGE_SIZE;
+}
+export function pageAlignUp(a: number): number {
+  return Math.ceil(a / PAGE_SIZE) * PAGE_SIZE;
+}
+export function isPageAligned(a: number): boolean {
+  return Number.isSafeInteger(a) && a % PAGE_SIZE === 0;
+}

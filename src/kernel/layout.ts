@@ -1,0 +1,191 @@
+/**
+ * The shared-memory layout: every slot of every SharedArrayBuffer devmirror shares between threads
+ * is named here, and only here. Other modules index shared memory through these names, never with a
+ * raw number. Bump LAYOUT_VERSION whenever a slot moves or changes meaning: readers in other
+ * threads check the version word (always word 0 of the metadata buffer) before trusting anything.
+ *
+ * Buffers:
+ *  - `meta` (Int32Array): header, then per-frame metadata, then the mm table.
+ *  - `data` (bytes, also viewed as Int32Array for page-table entries): one 4 KiB page per frame,
+ *    RAM frames first, then device-memory frames. Page-table pages are ordinary RAM frames whose
+ *    first 2 KiB hold 512 32-bit entries.
+ *  - `swap` (bytes): one 4 KiB slot per swap page.
+ */
+
+export const LAYOUT_VERSION = 1;
+
+export const PAGE_SHIFT = 12;
+export const PAGE_SIZE = 1 << PAGE_SHIFT;
+export const PAGE_MASK = PAGE_SIZE - 1;
+/** Entries per page-table page (x86-64 style 9 bits per level). */
+export const PTRS_PER_TABLE = 512;
+export const PMD_SHIFT = 21;
+export const PMD_SIZE = 1 << PMD_SHIFT;
+export const PMD_PAGES = PMD_SIZE / PAGE_SIZE;
+export const PUD_SHIFT = 30;
+export const PUD_SIZE = 2 ** PUD_SHIFT;
+export const PGDIR_SHIFT = 39;
+/** Levels of the radix page table, leaf first. */
+export const LEVEL = { PTE: 0, PMD: 1, PUD: 2, PGD: 3 } as const;
+export const LEVEL_SHIFT = [PAGE_SHIFT, PMD_SHIFT, PUD_SHIFT, PGDIR_SHIFT] as const;
+/** User addresses are 47-bit, as on x86-64 with 4-level paging. */
+export const TASK_SIZE = 2 ** 47;
+/**
+ * ULONG_MAX as the end of a range covering the whole address space (RELEASE, exit's UNMAP,
+ * clear_refs). 2^64 - 1 is not a double; 2^64 is, and compares greater than every address. Codecs
+ * render it as "0xffffffffffffffff".
+ */
+export const ULONG_MAX = 2 ** 64;
+
+/** Header words at the start of `meta`. */
+export const HDR = {
+  /** Must equal LAYOUT_VERSION. Written once before the buffer is shared. */
+  LAYOUT_VERSION: 0,
+  RAM_FRAMES: 1,
+  DEVICE_FRAMES: 2,
+  NUMA_NODES: 3,
+  ZERO_PFN: 4,
+  /** Free RAM frames (informational; the kernel thread is the only allocator). */
+  FREE_RAM: 5,
+  FREE_DEVICE: 6,
+  MAX_MM: 7,
+  /** Word index where frame metadata starts. */
+  FRAME_META_OFFSET: 8,
+  /** Word index where the mm table starts. */
+  MM_TABLE_OFFSET: 9,
+  /**
+   * Global event clock: Atomics.add by any thread gives a total order over device accesses,
+   * acknowledgements and kernel PTE changes (the sanitizer compares ticks).
+   */
+  CLOCK: 10,
+  SWAP_SLOTS: 11,
+  FREE_SWAP: 12,
+  /** Low 31 bits of the boot id, so workers can tell a restarted kernel. */
+  BOOT_ID: 13,
+} as const;
+export const HDR_WORDS = 16;
+
+/** Per-frame metadata words; frame `pfn` starts at FRAME_META_OFFSET + pfn * FRAME_META_WORDS. */
+export const FM = {
+  /** References: one per mapping PTE/PMD plus transient kernel references (isolation, I/O). */
+  REFCOUNT: 0,
+  /** Number of page-table entries mapping this frame (a PMD mapping counts once per subpage). */
+  MAPCOUNT: 1,
+  /**
+   * Changes (Atomics.add) whenever the frame is freed or handed out again. A device that recorded
+   * the generation when it was granted a pfn can tell that the frame it is touching is no longer
+   * the page it was given.
+   */
+  GENERATION: 2,
+  FLAGS: 3,
+  NODE: 4,
+  /** Device id owning a device-memory frame (device-private pages), else 0. */
+  OWNER: 5,
+  /** Head pfn of the huge folio this frame belongs to (itself when not compound). */
+  HEAD: 6,
+  /** File id for page-cache frames, else 0. */
+  MAPPING: 7,
+} as const;
+export const FRAME_META_WORDS = 8;
+
+/** Frame flag bits (FM.FLAGS). */
+export const FF = {
+  FREE: 1 << 0,
+  RESERVED: 1 << 1,
+  PGTABLE: 1 << 2,
+  ANON: 1 << 3,
+  FILE: 1 << 4,
+  /** Folio dirty (the software dirty bit of struct folio; PTE dirty bits are folded in). */
+  DIRTY: 1 << 5,
+  LRU: 1 << 6,
+  ACTIVE: 1 << 7,
+  REFERENCED: 1 << 8,
+  LOCKED: 1 << 9,
+  ZERO: 1 << 10,
+  DEVICE: 1 << 11,
+  KSM: 1 << 12,
+  /** Part of a 2 MiB folio (HEAD says which). */
+  COMPOUND: 1 << 13,
+  /** Taken off the LRU by reclaim/migration/compaction while they work on it. */
+  ISOLATED: 1 << 14,
+  /** Never to be reused: a device that could not be stopped may still touch it. */
+  QUARANTINED: 1 << 15,
+  SHMEM: 1 << 16,
+  /** Under writeback I/O. */
+  WRITEBACK: 1 << 17,
+  /** MADV_FREE: reclaim may drop it without swapping unless it is dirtied again. */
+  LAZYFREE: 1 << 18,
+} as const;
+
+/** Per-mm slots in the mm table, so other threads can find a process's page table. */
+export const MS = {
+  /** 0 free, 1 live, 2 exiting. */
+  STATE: 0,
+  PID: 1,
+  PGD_PFN: 2,
+  /**
+   * The interval notifier sequence (mmu_notifier_subscriptions->invalidate_seq): even when idle,
+   * odd while an invalidation that hit an interval subscription is open. Written only by the
+   * kernel thread; workers read it to decide whether a readBegin must wait.
+   */
+  INVALIDATE_SEQ: 3,
+  ACTIVE_RANGES: 4,
+  /**
+   * Page-table generation: bumped after a table page is unlinked and before it is freed. Readers
+   * walking without the mmap lock snapshot it before the walk and retry if it moved (seqcount).
+   */
+  PT_GEN: 5,
+  RSS: 6,
+  /** Bumped each time the slot is reused, so a stale slot index is detected. */
+  SLOT_GEN: 7,
+} as const;
+export const MM_SLOT_WORDS = 8;
+export const MM_STATE = { FREE: 0, LIVE: 1, EXITING: 2 } as const;
+
+/**
+ * Page-table entry bits. An entry is one 32-bit word (read and written with Atomics so no thread
+ * ever sees a torn entry); the frame number sits above the flag bits.
+ */
+export const PTE = {
+  PRESENT: 1 << 0,
+  WRITE: 1 << 1,
+  DIRTY: 1 << 2,
+  YOUNG: 1 << 3,
+  SOFT_DIRTY: 1 << 4,
+  /** A leaf at PMD level mapping 2 MiB. */
+  HUGE: 1 << 5,
+  /** NUMA hinting: the frame stays but every access faults (PRESENT is clear). */
+  PROTNONE: 1 << 6,
+  /** Non-present swap entry: the pfn field holds the swap slot. */
+  SWAP: 1 << 7,
+  /** Non-present device-private entry: the pfn field holds a device-memory frame. */
+  DEVICE_PRIVATE: 1 << 8,
+  /** Non-present device-exclusive entry: the pfn field holds the RAM frame a device owns. */
+  DEVICE_EXCLUSIVE: 1 << 9,
+  /** Upper-level entry pointing to the next table page. */
+  TABLE: 1 << 10,
+  /**
+   * Non-present migration entry: the pfn field holds the frame being migrated or reclaimed; a
+   * fault on it waits for the folio lock (migration_entry_wait), then retries.
+   */
+  MIGRATION: 1 << 11,
+} as const;
+export const PTE_PFN_SHIFT = 12;
+/** Largest frame number an entry can hold (20 bits: 4 GiB of frames). */
+export const PTE_MAX_PFN = (1 << (32 - PTE_PFN_SHIFT)) - 1;
+export const PTE_FLAGS_MASK = (1 << PTE_PFN_SHIFT) - 1;
+
+/** Byte sizes of the shared buffers for a given configuration. */
+export function metaWords(totalFrames: number, maxMm: number): number {
+  return HDR_WORDS + totalFrames * FRAME_META_WORDS + maxMm * MM_SLOT_WORDS;
+}
+export function frameMetaIndex(metaBase: number, pfn: number, word: number): number {
+  return metaBase + pfn * FRAME_META_WORDS + word;
+}
+export function mmSlotIndex(mmBase: number, slot: number, word: number): number {
+  return mmBase + slot * MM_SLOT_WORDS + word;
+}
+/** Int32 index of entry `idx` of the table held in frame `pfn`. */
+export function tableEntryIndex(pfn: number, idx: number): number {
+  return pfn * (PAGE_SIZE / 4) + idx;
+}

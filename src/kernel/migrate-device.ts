@@ -1,0 +1,276 @@
+/**
+ * Device memory: migrate_vma_* (to and from device-private memory) and make_device_exclusive.
+ *
+ * migrate_vma_setup sends MIGRATE with the device as owner over the whole range while it unmaps
+ * the source pages (so the device can skip its own migration); filling holes sends a second MIGRATE
+ * from the first hole to the end. A CPU fault on a device-private page migrates that one page back
+ * (MIGRATE, owner = the device). Evicting a device's memory uses try_to_migrate: CLEAR, no owner.
+ *
+ * Callers hold the mmap lock for reading.
+ */
+import { kerr } from '../errors.js';
+import { FF, FM, PAGE_SIZE, PMD_SIZE, PTE } from './layout.js';
+import type { Kernel } from './kernel.js';
+import type { MM } from './mm.js';
+import { ZERO_PFN } from './phys-mem.js';
+import { mkPte, ptePfn, type Pte } from './pte.js';
+import { MmuNotifierEvent } from '../notifier/range.js';
+import { handleMmFault } from './fault.js';
+
+export interface MigratedPage {
+  va: number;
+  /** Source frame (RAM or device), ZERO_PFN for the zero page, -1 for a hole. */
+  src: number;
+  /** Destination frame, -1 if the page did not move. */
+  dst: number;
+}
+
+export interface MigrateResult {
+  /** Pages collected for migration (migrate->cpages). */
+  collected: number;
+  /** Pages that actually moved. */
+  moved: number;
+  pages: MigratedPage[];
+}
+
+interface Collected {
+  va: number;
+  idx: number;
+  old: Pte;
+  src: number;
+  /** Entry installed while migrating (a migration entry), or 0 for a hole. */
+  mig: Pte;
+}
+
+/** Splits any huge PMD overlapping [start, end) (device pages are handled at 4 KiB). */
+async function splitHugeIn(k: Kernel, mm: MM, start: number, end: number): Promise<void> {
+  for (let a = Math.floor(start / PMD_SIZE) * PMD_SIZE; a < end; a += PMD_SIZE) {
+    const idx = mm.pt.pmdIndex(a);
+    if (idx >= 0 && mm.pt.load(idx) & PTE.HUGE) await k.splitHugePmd(mm, a, 'thp_split');
+  }
+}
+
+/**
+ * migrate_vma to device memory of `owner` (MIGRATE_VMA_SELECT_SYSTEM). Anonymous private pages,
+ * zero pages and holes move; shared, file, KSM and swapped pages stay. `range` must lie in one
+ * VMA (else EINVAL). `allocFails` emulates a driver whose allocation fails (test_hmm FAIL_ALLOC).
+ */
+export async function migrateToDevice(
+  k: Kernel,
+  mm: MM,
+  start: number,
+  end: number,
+  owner: number,
+  opts: { allocFails?: boolean } = {},
+): Promise<MigrateResult> {
+  const vma = mm.vmas.find(start);
+  if (!vma || end > vma.end || start >= end) throw kerr('EINVAL', 'range is not inside one VMA');
+  await splitHugeIn(k, mm, start, end);
+  const collected: Collected[] = [];
+  const pages: MigratedPage[] = [];
+  const anonPrivate = vma.file === null || !vma.shared;
+  // migrate_vma_collect: MIGRATE over the whole range, with this device as owner.
+  const range = await k.notify(mm, MmuNotifierEvent.MIGRATE, start, end, 'device_migration', owner);
+  try {
+    for (let va = start; va < end; va += PAGE_SIZE) {
+      const page: MigratedPage = { va, src: -1, dst: -1 };
+      pages.push(page);
+      let idx = mm.pt.leafIndex(va);
+      if (idx < 0 || mm.pt.lastLevel !== 0) idx = await k.ensurePt(mm, va, 0);
+      if (idx < 0) continue;
+      const e = mm.pt.load(idx);
+      if (e === 0) {
+        if (vma.file === null) collected.push({ va, idx, old: 0, src: -1, mig: 0 });
+        continue;
+      }
+      if (!(e & PTE.PRESENT)) continue;
+      const pfn = ptePfn(e);
+      page.src = pfn;
+      if (pfn === ZERO_PFN) {
+        if (anonPrivate) collected.push({ va, idx, old: e, src: ZERO_PFN, mig: 0 });
+        continue;
+      }
+      const fl = k.mem.flags(pfn);
+      if (!(fl & FF.ANON) || fl & (FF.KSM | FF.COMPOUND) || k.mem.mapcount(pfn) !== 1) continue;
+      if (!k.folioLocks.tryLock(pfn, 'migrate_vma')) continue;
+      const mig = mkPte(pfn, PTE.MIGRATION | (e & (PTE.WRITE | PTE.DIRTY | PTE.SOFT_DIRTY | PTE.YOUNG)));
+      mm.pt.store(idx, mig);
+      collected.push({ va, idx, old: e, src: pfn, mig });
+    }
+  } finally {
+    k.notifyEnd(mm, range);
+  }
+  // The driver allocates device pages and copies.
+  const dsts = new Map<number, number>();
+  for (const c of collected) {
+    const dst = opts.allocFails ? -1 : k.mem.tryAllocDevice(owner);
+    if (dst < 0) continue;
+    if (c.src > 0) k.mem.copyPage(dst, c.src);
+    dsts.set(c.va, dst);
+  }
+  // migrate_vma_pages: holes get new entries; MIGRATE from the first hole to the end.
+  const firstHole = collected.find((c) => c.mig === 0 && dsts.has(c.va));
+  let holeRange = null;
+  if (firstHole) holeRange = await k.notify(mm, MmuNotifierEvent.MIGRATE, firstHole.va, end, 'device_migration', owner);
+  let moved = 0;
+  try {
+    for (const c of collected) {
+      const dst = dsts.get(c.va);
+      const page = pages[(c.va - start) / PAGE_SIZE];
+      const cur = mm.pt.load(c.idx);
+      const expected = c.mig !== 0 ? c.mig : c.old;
+      if (dst === undefined || cur !== expected) {
+        // Not moved: restore the source (migrate_vma_finalize) and give back the device page.
+        if (c.mig !== 0 && cur === c.mig) mm.pt.store(c.idx, c.old);
+        if (dst !== undefined) k.mem.put(dst);
+        if (c.mig !== 0) k.folioLocks.unlock(c.src);
+        continue;
+      }
+      const writable = vma.writable;
+      const flags =
+        PTE.DEVICE_PRIVATE |
+        (writable ? PTE.WRITE : 0) |
+        PTE.DIRTY |
+        (c.old & PTE.SOFT_DIRTY) |
+        (c.old === 0 || c.src === ZERO_PFN ? PTE.SOFT_DIRTY : 0);
+      if (c.mig !== 0) {
+        mm.pt.store(c.idx, 0);
+        k.releaseLeaf(mm, c.va, c.old);
+        k.folioLocks.unlock(c.src);
+      } else if (c.old !== 0) {
+        mm.pt.store(c.idx, 0);
+      }
+      vma.anonVma = true;
+      k.mapLeaf(mm, c.va, c.idx, dst, flags);
+      page.dst = dst;
+      moved++;
+    }
+  } finally {
+    if (holeRange) k.notifyEnd(mm, holeRange);
+  }
+  return { collected: collected.length, moved, pages };
+}
+
+/**
+ * migrate_vma from device memory of `owner` back to RAM (MIGRATE_VMA_SELECT_DEVICE_PRIVATE).
+ * `event` is MIGRATE with the owner (driver-initiated, or the CPU fault path), or CLEAR without
+ * owner (eviction of a device range through try_to_migrate).
+ */
+export async function migrateToSystem(
+  k: Kernel,
+  mm: MM,
+  start: number,
+  end: number,
+  owner: number,
+  how: 'migrate' | 'evict' = 'migrate',
+): Promise<MigrateResult> {
+  const pages: MigratedPage[] = [];
+  const found: Array<{ va: number; idx: number; e: Pte; dev: number }> = [];
+  for (let va = start; va < end; va += PAGE_SIZE) {
+    const idx = mm.pt.leafIndex(va);
+    if (idx < 0 || mm.pt.lastLevel !== 0) continue;
+    const e = mm.pt.load(idx);
+    if (!(e & PTE.DEVICE_PRIVATE)) continue;
+    const dev = ptePfn(e);
+    if (k.mem.getMeta(dev, FM.OWNER) !== owner) continue;
+    found.push({ va, idx, e, dev });
+  }
+  if (found.length === 0) return { collected: 0, moved: 0, pages };
+  // Allocate first so a failure leaves everything in place.
+  const dsts: number[] = [];
+  try {
+    for (let i = 0; i < found.length; i++) dsts.push(await k.allocPage(FF.ANON, 0, false));
+  } catch (e) {
+    for (const d of dsts) k.mem.put(d);
+    throw e;
+  }
+  const range =
+    how === 'migrate'
+      ? await k.notify(mm, MmuNotifierEvent.MIGRATE, start, end, 'device_migration', owner)
+      : await k.notify(mm, MmuNotifierEvent.CLEAR, start, end, 'device_migration');
+  let moved = 0;
+  try {
+    found.forEach((f, i) => {
+      const dst = dsts[i];
+      if (mm.pt.load(f.idx) !== f.e) {
+        k.mem.put(dst);
+        return;
+      }
+      k.mem.copyPage(dst, f.dev);
+      mm.pt.store(f.idx, 0);
+      k.releaseLeaf(mm, f.va, f.e);
+      const flags = PTE.PRESENT | PTE.YOUNG | PTE.DIRTY | (f.e & (PTE.WRITE | PTE.SOFT_DIRTY));
+      k.mem.setFlags(dst, FF.DIRTY);
+      k.mapLeaf(mm, f.va, f.idx, dst, flags);
+      k.lruAdd(dst);
+      pages.push({ va: f.va, src: f.dev, dst });
+      moved++;
+    });
+  } finally {
+    k.notifyEnd(mm, range);
+  }
+  const pm = k.pagemaps.get(owner);
+  for (const p of pages) pm?.pageMigratedOut?.(mm, p.va, p.src);
+  return { collected: found.length, moved, pages };
+}
+
+/** A CPU fault on a device-private page: ask the owner (dev_pagemap_ops.migrate_to_ram). */
+export async function migrateDevicePageToRam(k: Kernel, mm: MM, va: number, e: Pte): Promise<void> {
+  const owner = k.mem.getMeta(ptePfn(e), FM.OWNER);
+  const pm = k.pagemaps.get(owner);
+  const migrate = async (): Promise<void> => {
+    await migrateToSystem(k, mm, va, va + PAGE_SIZE, owner, 'migrate');
+  };
+  if (pm?.migrateToRam) await pm.migrateToRam(mm, va, migrate);
+  else await migrate();
+}
+
+/** Moves every device page of `owner` back to RAM (device removal, memory pressure). */
+export async function evictDeviceMemory(k: Kernel, owner: number): Promise<number> {
+  let moved = 0;
+  for (const p of k.liveProcesses()) {
+    const mm = p.mm;
+    const vas: number[] = [];
+    mm.pt.walk(0, 2 ** 47, (va, _idx, level, e) => {
+      if (level === 0 && e & PTE.DEVICE_PRIVATE && k.mem.getMeta(ptePfn(e), FM.OWNER) === owner) vas.push(va);
+    });
+    for (const va of vas) moved += (await migrateToSystem(k, mm, va, va + PAGE_SIZE, owner, 'evict')).moved;
+  }
+  return moved;
+}
+
+/**
+ * make_device_exclusive: fault the page in for writing, then replace the PTE with a device-exclusive
+ * entry (EXCLUSIVE, owner = the caller, one page). Returns the frame, or throws EBUSY.
+ */
+export async function makeDeviceExclusive(k: Kernel, mm: MM, va: number, owner: number): Promise<number> {
+  for (let tries = 0; tries < 8; tries++) {
+    await handleMmFault(k, mm, va, { write: true, remote: true });
+    const vma = mm.vmas.find(va);
+    if (!vma || vma.file !== null) throw kerr('EBUSY', 'device-exclusive access needs anonymous memory');
+    let idx = mm.pt.leafIndex(va);
+    if (idx >= 0 && mm.pt.lastLevel !== 0) {
+      await k.splitHugePmd(mm, va, 'thp_split');
+      idx = mm.pt.leafIndex(va);
+    }
+    if (idx < 0 || mm.pt.lastLevel !== 0) continue;
+    const e = mm.pt.load(idx);
+    if (!(e & PTE.PRESENT) || !(e & PTE.WRITE) || ptePfn(e) === ZERO_PFN) continue;
+    const pfn = ptePfn(e);
+    if (k.mem.isCompound(pfn) && !(await k.splitFolio(k.mem.headOf(pfn)))) continue;
+    if (!k.folioLocks.tryLock(pfn, 'make_device_exclusive')) continue;
+    try {
+      const range = await k.notify(mm, MmuNotifierEvent.EXCLUSIVE, va, va + PAGE_SIZE, 'device_exclusive', owner);
+      try {
+        if (mm.pt.load(idx) !== e) continue;
+        mm.pt.store(idx, mkPte(pfn, PTE.DEVICE_EXCLUSIVE | (e & (PTE.WRITE | PTE.DIRTY | PTE.SOFT_DIRTY | PTE.YOUNG))));
+        return pfn;
+      } finally {
+        k.notifyEnd(mm, range);
+      }
+    } finally {
+      k.folioLocks.unlock(pfn);
+    }
+  }
+  throw kerr('EBUSY', `could not make 0x${va.toString(16)} device-exclusive`);
+}

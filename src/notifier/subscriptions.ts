@@ -1,0 +1,726 @@
+/**
+ * The per-mm notifier core, after mm/mmu_notifier.c: whole-mm ("hlist") subscriptions and interval
+ * subscriptions with the `invalidateSeq` protocol.
+ *
+ * Asynchronous completion. A kernel callback blocks until the device has stopped using the range;
+ * here a callback may instead return a promise (a device worker or an external client answering
+ * later). The core publishes a blockable start to every intersecting subscriber first (tree, then
+ * list, the kernel's order) and then waits for all of them, like the two-pass
+ * invalidate_start/invalidate_finish interval ops: fan-out latency is the slowest subscriber, not
+ * the sum. Non-blockable ranges (the OOM reaper) are delivered one subscriber at a time, because
+ * the kernel stops at the first interval subscriber that refuses.
+ *
+ * Sequence protocol (interval subscriptions), all on the kernel thread:
+ *
+ *   invalidateSeq: even = idle; odd = an open range hit an interval subscription ("frozen").
+ *
+ *   kernel (invalidation)            device (fault, see readBegin/readRetry)
+ *   -------------------------------  ------------------------------------------------
+ *   active++; hit? seq |= 1          seq = readBegin(sub)   // waits while sub.seq == global
+ *   invalidate(sub, range, seq) ---> lock; sub.setSeq(seq); zap mirror; unlock; ack
+ *   (wait for every ack)             pfns = rangeFault(sub, seq) // EBUSY if sub.seq != seq
+ *   change PTEs                      lock
+ *   active--; 0 && odd? seq++        if readRetry(sub, seq): unlock; goto readBegin
+ *   apply deferred insert/remove     program device PTEs from pfns; unlock
+ *   wake readBegin waiters
+ *
+ * A fault that began before the invalidation holds the old sub.seq, so readRetry fails after the
+ * invalidation's setSeq and the stale pfns are never programmed. A fault that begins inside the
+ * window finds sub.seq == global and waits in readBegin until the last range ends.
+ */
+import { DevmirrorError, invariant } from '../errors.js';
+import { ULONG_MAX } from '../kernel/layout.js';
+import { IntervalTree, type IntervalNode } from './interval-tree.js';
+import { MmuNotifierEvent, RANGE_BLOCKABLE, rangeBlockable, type NotifierRange } from './range.js';
+
+export const EAGAIN = -11;
+
+/** What a subscriber is, for records, metrics and the dashboard. */
+export interface SubscriberInfo {
+  /** Human readable name, e.g. "gpu0:svm[0x7f00..]". */
+  label: string;
+  deviceId?: number;
+  deviceKind?: string;
+}
+
+// ---- whole-mm subscriptions ---------------------------------------------------------------------
+
+export interface MmuNotifierOps {
+  /** mm teardown or unregister: drop every secondary mapping; at most once. */
+  release?(sub: MmuNotifier): void | Promise<void>;
+  clearFlushYoung?(sub: MmuNotifier, start: number, end: number): boolean | Promise<boolean>;
+  clearYoung?(sub: MmuNotifier, start: number, end: number): boolean | Promise<boolean>;
+  testYoung?(sub: MmuNotifier, addr: number): boolean | Promise<boolean>;
+  /** 0, or EAGAIN (only for a non-blockable range). */
+  invalidateRangeStart?(sub: MmuNotifier, range: NotifierRange): number | Promise<number>;
+  /** One-way. */
+  invalidateRangeEnd?(sub: MmuNotifier, range: NotifierRange): void;
+}
+
+export class MmuNotifier {
+  subscriptions: MmuNotifierSubscriptions | null = null;
+  /** Callbacks running right now (the SRCU read sections unregister waits for). */
+  inFlight = 0;
+  released = false;
+  users = 1;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(
+    readonly ops: MmuNotifierOps,
+    readonly info: SubscriberInfo,
+  ) {}
+
+  /** @internal */
+  enter(): void {
+    this.inFlight++;
+  }
+  /** @internal */
+  exit(): void {
+    if (--this.inFlight === 0 && this.idleWaiters.length) {
+      const w = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const f of w) f();
+    }
+  }
+  /** Resolves when no callback of this subscription is running (synchronize_srcu). */
+  idle(): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise((r) => this.idleWaiters.push(r));
+  }
+}
+
+// ---- interval subscriptions ---------------------------------------------------------------------
+
+export interface MmuIntervalNotifierOps {
+  /**
+   * Must stop using [range] ∩ [sub] before returning (or resolving) true and call
+   * `sub.setSeq(curSeq)` under the driver lock. May return false only if the range is not
+   * blockable.
+   */
+  invalidate(sub: MmuIntervalNotifier, range: NotifierRange, curSeq: number): boolean | Promise<boolean>;
+}
+
+let nextKey = 1;
+
+export class MmuIntervalNotifier implements IntervalNode {
+  start = 0;
+  /** Inclusive, like the kernel's interval tree. */
+  last = 0;
+  readonly key = nextKey++;
+  /** mmu_interval_notifier.invalidate_seq. */
+  invalidateSeq = 0;
+  subscriptions: MmuNotifierSubscriptions | null = null;
+  inTree = false;
+  inFlight = 0;
+  _left?: IntervalNode | null;
+  _right?: IntervalNode | null;
+  _height?: number;
+  _max?: number;
+
+  constructor(
+    readonly ops: MmuIntervalNotifierOps,
+    readonly info: SubscriberInfo,
+  ) {}
+
+  /** mmu_interval_set_seq: call from invalidate() with the driver lock held. */
+  setSeq(curSeq: number): void {
+    this.invalidateSeq = curSeq;
+  }
+
+  /** mmu_interval_read_retry: under the driver lock; true means the pfns are stale. */
+  readRetry(seq: number): boolean {
+    return this.invalidateSeq !== seq;
+  }
+
+  /** mmu_interval_check_retry: the same test without the lock, a hint. */
+  checkRetry(seq: number): boolean {
+    return this.invalidateSeq !== seq;
+  }
+
+  /** mmu_interval_read_begin. Resolves at once unless an invalidation of this range is open. */
+  readBegin(): number | Promise<number> {
+    invariant(this.subscriptions, 'readBegin on a removed interval subscription');
+    return this.subscriptions.readBegin(this);
+  }
+
+  /** End of the range, exclusive (may be ULONG_MAX). */
+  get end(): number {
+    return this.last + 1;
+  }
+}
+
+// ---- records ------------------------------------------------------------------------------------
+
+export interface SubscriberOutcome {
+  info: SubscriberInfo;
+  kind: 'interval' | 'mm';
+  /** ok, would-block (refused a non-blockable range), or bug (refused a blockable one). */
+  result: 'ok' | 'would-block' | 'bug';
+  /** From publishing start to this subscriber's answer. */
+  ackUs: number;
+}
+
+export interface InvalidationRecord {
+  range: NotifierRange;
+  result: 'ok' | 'EAGAIN';
+  subscribers: SubscriberOutcome[];
+  /** performance.now() in microseconds. */
+  startedUs: number;
+  /** All acknowledgements in (the PTEs may change). */
+  ackedUs: number;
+  /** End delivered (or the failure unwound). */
+  endedUs: number;
+}
+
+export interface NotifierObserver {
+  onInvalidationStart?(range: NotifierRange): void;
+  onInvalidationEnd?(record: InvalidationRecord): void;
+  /** A subscriber broke a rule the kernel WARNs about. */
+  onSubscriberBug?(info: SubscriberInfo, message: string, range: NotifierRange | null): void;
+  /** invalidateSeq or the active count changed (published to shared memory by the mm). */
+  onSeqChange?(seq: number, active: number): void;
+}
+
+interface OpenRange {
+  record: InvalidationRecord;
+  /** hlist subscribers whose start succeeded: they, and only they, get end. */
+  started: MmuNotifier[];
+  /** Did this range take part in the tree window (active counted)? */
+  treeCounted: boolean;
+}
+
+interface Deferred {
+  sub: MmuIntervalNotifier;
+  op: 'insert' | 'remove';
+}
+
+let nextInvalidationId = 1;
+
+const now = (): number => performance.now() * 1000;
+
+/**
+ * mmu_notifier_subscriptions: one per mm, created with the mm (the kernel allocates it lazily; an
+ * empty one behaves identically).
+ */
+export class MmuNotifierSubscriptions {
+  /** Whole-mm subscriptions, newest first (hlist_add_head). */
+  readonly list: MmuNotifier[] = [];
+  readonly itree = new IntervalTree<MmuIntervalNotifier>();
+  hasItree = false;
+  /** Starts at 2, as in the kernel. */
+  invalidateSeq = 2;
+  activeInvalidateRanges = 0;
+  private deferred: Deferred[] = [];
+  private seqWaiters: Array<{ seq: number; resolve: () => void }> = [];
+  private open = new Map<number, OpenRange>();
+  /** False once the mm is gone (mm_users == 0): inserts fail with EINVAL. */
+  alive = true;
+  released = false;
+  observer: NotifierObserver | null = null;
+
+  constructor(readonly pid: number) {}
+
+  private publish(): void {
+    this.observer?.onSeqChange?.(this.invalidateSeq, this.activeInvalidateRanges);
+  }
+
+  private bug(info: SubscriberInfo, message: string, range: NotifierRange | null): void {
+    this.observer?.onSubscriberBug?.(info, message, range);
+  }
+
+  get subscriberCount(): number {
+    return this.list.length + this.itree.size;
+  }
+
+  /** True while invalidations are open that froze the tree (seq odd). */
+  isInvalidating(): boolean {
+    return (this.invalidateSeq & 1) === 1;
+  }
+
+  // ---- registration ----------------------------------------------------------------------------
+
+  /** mmu_notifier_register: newest first. */
+  register(sub: MmuNotifier): void {
+    if (!this.alive) throw new DevmirrorError('EINVAL', 'the mm has no users');
+    invariant(sub.subscriptions === null, 'subscription already registered');
+    sub.subscriptions = this;
+    sub.released = false;
+    this.list.unshift(sub);
+  }
+
+  /**
+   * mmu_notifier_unregister: calls release if it has not run, unlinks, and resolves only when no
+   * callback of this subscription is running or can run.
+   */
+  async unregister(sub: MmuNotifier): Promise<void> {
+    const i = this.list.indexOf(sub);
+    if (i >= 0) {
+      if (!sub.released && sub.ops.release) {
+        sub.released = true;
+        sub.enter();
+        try {
+          await sub.ops.release(sub);
+        } finally {
+          sub.exit();
+        }
+      }
+      const j = this.list.indexOf(sub);
+      if (j >= 0) this.list.splice(j, 1);
+    }
+    await sub.idle();
+    sub.subscriptions = null;
+  }
+
+  /**
+   * mmu_interval_notifier_insert. Throws EOVERFLOW for an empty or wrapping range.
+   */
+  insertInterval(sub: MmuIntervalNotifier, start: number, length: number): void {
+    if (!(length > 0) || !Number.isFinite(start) || start < 0 || start + length - 1 >= ULONG_MAX) {
+      throw new DevmirrorError('EOVERFLOW', 'interval is empty or wraps');
+    }
+    if (!this.alive) throw new DevmirrorError('EINVAL', 'the mm has no users');
+    invariant(sub.subscriptions === null, 'interval subscription already inserted');
+    this.hasItree = true;
+    sub.subscriptions = this;
+    sub.start = start;
+    sub.last = start + length - 1;
+    if (this.activeInvalidateRanges === 0) {
+      // Idle: seq is even. sub.seq = global - 1 is odd and never equal to global, so readBegin
+      // never waits on a fresh subscription.
+      invariant((this.invalidateSeq & 1) === 0, 'seq odd while no range is active');
+      sub.invalidateSeq = this.invalidateSeq - 1;
+      this.itree.insert(sub);
+      sub.inTree = true;
+    } else if (this.isInvalidating()) {
+      // Frozen tree: the insert waits for the last range to end; readBegin waits with it.
+      this.deferred.push({ sub, op: 'insert' });
+      sub.invalidateSeq = this.invalidateSeq;
+    } else {
+      // Ranges are open but none hit an interval: insert now, but make seq odd so the last end
+      // bumps it and readBegin on this new subscription waits for the open ranges to finish.
+      this.invalidateSeq |= 1;
+      this.itree.insert(sub);
+      sub.inTree = true;
+      sub.invalidateSeq = this.invalidateSeq;
+      this.publish();
+    }
+  }
+
+  /**
+   * mmu_interval_notifier_remove: immediate when idle; deferred while the tree is frozen, and then
+   * resolves only when the window closes. Afterwards no callback runs for `sub`.
+   */
+  async removeInterval(sub: MmuIntervalNotifier): Promise<void> {
+    if (sub.subscriptions !== this) return;
+    let waitSeq = 0;
+    if (this.isInvalidating()) {
+      const pendingInsert = this.deferred.findIndex((d) => d.sub === sub && d.op === 'insert');
+      if (!sub.inTree && pendingInsert >= 0) {
+        this.deferred.splice(pendingInsert, 1);
+      } else if (sub.inTree) {
+        if (!this.deferred.some((d) => d.sub === sub && d.op === 'remove')) {
+          this.deferred.push({ sub, op: 'remove' });
+        }
+        waitSeq = this.invalidateSeq;
+      }
+    } else if (sub.inTree) {
+      this.itree.remove(sub);
+      sub.inTree = false;
+    }
+    if (waitSeq) await this.waitSeqChange(waitSeq);
+    while (sub.inFlight > 0) await this.waitSeqChange(this.invalidateSeq);
+    sub.subscriptions = null;
+  }
+
+  // ---- readBegin -------------------------------------------------------------------------------
+
+  readBegin(sub: MmuIntervalNotifier): number | Promise<number> {
+    const seq = sub.invalidateSeq;
+    if (seq !== this.invalidateSeq) return seq;
+    // The subscription was hit by (or inserted during) the open window: wait until the last
+    // range ends and the global seq moves on. No loop: a retry may already be pending on return.
+    return this.waitSeqChange(seq).then(() => seq);
+  }
+
+  /** Resolves when invalidateSeq != seq. */
+  waitSeqChange(seq: number): Promise<void> {
+    if (this.invalidateSeq !== seq) return Promise.resolve();
+    return new Promise((resolve) => this.seqWaiters.push({ seq, resolve }));
+  }
+
+  private wakeSeqWaiters(): void {
+    if (this.seqWaiters.length === 0) return;
+    const keep: typeof this.seqWaiters = [];
+    for (const w of this.seqWaiters) {
+      if (w.seq !== this.invalidateSeq) w.resolve();
+      else keep.push(w);
+    }
+    this.seqWaiters = keep;
+  }
+
+  // ---- the interval tree part ------------------------------------------------------------------
+
+  /** mn_itree_inv_start_range: count the range, freeze the tree if it hits. */
+  private itreeStart(range: NotifierRange, out: MmuIntervalNotifier[]): number {
+    this.activeInvalidateRanges++;
+    this.itree.overlapping(range.start, range.end - 1, out);
+    if (out.length > 0) this.invalidateSeq |= 1;
+    this.publish();
+    return this.invalidateSeq;
+  }
+
+  /** mn_itree_inv_end. */
+  private itreeEnd(): void {
+    invariant(this.activeInvalidateRanges > 0, 'invalidate end without start');
+    this.activeInvalidateRanges--;
+    if (this.activeInvalidateRanges !== 0 || !this.isInvalidating()) {
+      this.publish();
+      return;
+    }
+    this.invalidateSeq++;
+    // Deferred items were pushed at the head of an hlist in the kernel: apply newest first.
+    for (let i = this.deferred.length - 1; i >= 0; i--) {
+      const { sub, op } = this.deferred[i];
+      if (op === 'insert') {
+        this.itree.insert(sub);
+        sub.inTree = true;
+      } else {
+        this.itree.remove(sub);
+        sub.inTree = false;
+      }
+    }
+    this.deferred = [];
+    this.publish();
+    this.wakeSeqWaiters();
+  }
+
+  private callInterval(
+    sub: MmuIntervalNotifier,
+    range: NotifierRange,
+    curSeq: number,
+  ): boolean | Promise<boolean> {
+    sub.inFlight++;
+    let r: boolean | Promise<boolean>;
+    try {
+      r = sub.ops.invalidate(sub, range, curSeq);
+    } catch (e) {
+      sub.inFlight--;
+      this.bug(sub.info, `invalidate threw: ${(e as Error).message}`, range);
+      return true;
+    }
+    if (typeof r === 'boolean') {
+      sub.inFlight--;
+      return r;
+    }
+    return r.then(
+      (v) => {
+        sub.inFlight--;
+        return v;
+      },
+      (e: Error) => {
+        sub.inFlight--;
+        this.bug(sub.info, `invalidate failed: ${e.message}`, range);
+        return true;
+      },
+    );
+  }
+
+  private callStart(sub: MmuNotifier, range: NotifierRange): number | Promise<number> {
+    const fn = sub.ops.invalidateRangeStart;
+    if (!fn) return 0;
+    sub.enter();
+    let r: number | Promise<number>;
+    try {
+      r = fn.call(sub.ops, sub, range);
+    } catch (e) {
+      sub.exit();
+      this.bug(sub.info, `invalidate_range_start threw: ${(e as Error).message}`, range);
+      return 0;
+    }
+    if (typeof r === 'number') {
+      sub.exit();
+      return r;
+    }
+    return r.then(
+      (v) => {
+        sub.exit();
+        return v;
+      },
+      (e: Error) => {
+        sub.exit();
+        this.bug(sub.info, `invalidate_range_start failed: ${e.message}`, range);
+        return 0;
+      },
+    );
+  }
+
+  // ---- invalidate_range_start / end ------------------------------------------------------------
+
+  /**
+   * mmu_notifier_invalidate_range_start (blockable) or ..._nonblock (`blockable` false).
+   * Resolves to 0, or EAGAIN when a non-blockable start was refused; then every part that started
+   * has been unwound and the caller must not call invalidateRangeEnd or touch the PTEs.
+   */
+  invalidateRangeStart(range: NotifierRange, blockable = true): Promise<number> | number {
+    if (blockable) range.flags |= RANGE_BLOCKABLE;
+    else range.flags &= ~RANGE_BLOCKABLE;
+    range.id = nextInvalidationId++;
+    const rec: InvalidationRecord = {
+      range,
+      result: 'ok',
+      subscribers: [],
+      startedUs: now(),
+      ackedUs: 0,
+      endedUs: 0,
+    };
+    const open: OpenRange = { record: rec, started: [], treeCounted: false };
+    this.open.set(range.id, open);
+    this.observer?.onInvalidationStart?.(range);
+    if (!blockable) return this.startNonBlockable(range, open);
+
+    const pending: Promise<unknown>[] = [];
+    if (this.hasItree) {
+      const hits: MmuIntervalNotifier[] = [];
+      const curSeq = this.itreeStart(range, hits);
+      open.treeCounted = true;
+      for (const sub of hits) {
+        const r = this.callInterval(sub, range, curSeq);
+        const outcome: SubscriberOutcome = { info: sub.info, kind: 'interval', result: 'ok', ackUs: 0 };
+        rec.subscribers.push(outcome);
+        if (typeof r === 'boolean') {
+          if (!r) this.blockableRefused(sub.info, outcome, range);
+        } else {
+          pending.push(
+            r.then((ok) => {
+              outcome.ackUs = now() - rec.startedUs;
+              if (!ok) this.blockableRefused(sub.info, outcome, range);
+            }),
+          );
+        }
+      }
+    }
+    for (const sub of this.list) {
+      if (!sub.ops.invalidateRangeStart) {
+        if (sub.ops.invalidateRangeEnd) open.started.push(sub);
+        continue;
+      }
+      const r = this.callStart(sub, range);
+      open.started.push(sub);
+      const outcome: SubscriberOutcome = { info: sub.info, kind: 'mm', result: 'ok', ackUs: 0 };
+      rec.subscribers.push(outcome);
+      if (typeof r === 'number') {
+        if (r !== 0) this.blockableRefused(sub.info, outcome, range);
+      } else {
+        pending.push(
+          r.then((v) => {
+            outcome.ackUs = now() - rec.startedUs;
+            if (v !== 0) this.blockableRefused(sub.info, outcome, range);
+          }),
+        );
+      }
+    }
+    if (pending.length === 0) {
+      rec.ackedUs = now();
+      return 0;
+    }
+    return Promise.all(pending).then(() => {
+      rec.ackedUs = now();
+      return 0;
+    });
+  }
+
+  private blockableRefused(info: SubscriberInfo, outcome: SubscriberOutcome, range: NotifierRange): void {
+    // The kernel WARNs and carries on: a blockable invalidation cannot fail.
+    outcome.result = 'bug';
+    this.bug(info, 'refused a blockable invalidation', range);
+  }
+
+  private async startNonBlockable(range: NotifierRange, open: OpenRange): Promise<number> {
+    const rec = open.record;
+    if (this.hasItree) {
+      const hits: MmuIntervalNotifier[] = [];
+      const curSeq = this.itreeStart(range, hits);
+      open.treeCounted = true;
+      for (const sub of hits) {
+        const ok = await this.callInterval(sub, range, curSeq);
+        const outcome: SubscriberOutcome = {
+          info: sub.info,
+          kind: 'interval',
+          result: ok ? 'ok' : 'would-block',
+          ackUs: now() - rec.startedUs,
+        };
+        rec.subscribers.push(outcome);
+        if (!ok) {
+          // The kernel stops at the first refusal, closes its own window and never calls the
+          // list part.
+          this.itreeEnd();
+          open.treeCounted = false;
+          return this.failStart(range, open);
+        }
+      }
+    }
+    let failed = false;
+    for (const sub of [...this.list]) {
+      if (!sub.ops.invalidateRangeStart) {
+        if (sub.ops.invalidateRangeEnd) open.started.push(sub);
+        continue;
+      }
+      const r = await this.callStart(sub, range);
+      const ok = r === 0;
+      rec.subscribers.push({ info: sub.info, kind: 'mm', result: ok ? 'ok' : 'would-block', ackUs: now() - rec.startedUs });
+      if (ok) open.started.push(sub);
+      else {
+        if (r !== EAGAIN) this.bug(sub.info, `invalidate_range_start returned ${r}, not -EAGAIN`, range);
+        failed = true;
+      }
+    }
+    if (!failed) {
+      rec.ackedUs = now();
+      return 0;
+    }
+    // Unwind both parts: end to every list subscriber that started (the kernel calls end on all
+    // that implement it, which by its rule are exactly those), and close the tree window the
+    // kernel would leave open here.
+    for (const sub of open.started) this.callEnd(sub, range);
+    if (open.treeCounted) this.itreeEnd();
+    open.treeCounted = false;
+    return this.failStart(range, open);
+  }
+
+  private failStart(range: NotifierRange, open: OpenRange): number {
+    const rec = open.record;
+    rec.result = 'EAGAIN';
+    rec.ackedUs = rec.endedUs = now();
+    this.open.delete(range.id);
+    this.observer?.onInvalidationEnd?.(rec);
+    return EAGAIN;
+  }
+
+  private callEnd(sub: MmuNotifier, range: NotifierRange): void {
+    const fn = sub.ops.invalidateRangeEnd;
+    if (!fn || sub.subscriptions !== this) return;
+    sub.enter();
+    try {
+      fn.call(sub.ops, sub, range);
+    } catch (e) {
+      this.bug(sub.info, `invalidate_range_end threw: ${(e as Error).message}`, range);
+    } finally {
+      sub.exit();
+    }
+  }
+
+  /** mmu_notifier_invalidate_range_end: tree bookkeeping first, then the list's ends. */
+  invalidateRangeEnd(range: NotifierRange): void {
+    const open = this.open.get(range.id);
+    invariant(open, `invalidate_range_end for range ${range.id} that is not open`);
+    this.open.delete(range.id);
+    if (open.treeCounted) this.itreeEnd();
+    for (const sub of open.started) this.callEnd(sub, range);
+    open.record.endedUs = now();
+    this.observer?.onInvalidationEnd?.(open.record);
+  }
+
+  /** Ranges started and not yet ended. */
+  openRanges(): NotifierRange[] {
+    return [...this.open.values()].map((o) => o.record.range);
+  }
+
+  // ---- young -----------------------------------------------------------------------------------
+
+  /** OR over every subscriber (all are called). */
+  async clearFlushYoung(start: number, end: number): Promise<boolean> {
+    return this.young('clearFlushYoung', start, end);
+  }
+  async clearYoung(start: number, end: number): Promise<boolean> {
+    return this.young('clearYoung', start, end);
+  }
+  private async young(op: 'clearFlushYoung' | 'clearYoung', start: number, end: number): Promise<boolean> {
+    if (this.list.length === 0) return false;
+    const results: Array<boolean | Promise<boolean>> = [];
+    for (const sub of this.list) {
+      const fn = sub.ops[op];
+      if (!fn) continue;
+      sub.enter();
+      const r = Promise.resolve()
+        .then(() => fn.call(sub.ops, sub, start, end))
+        .finally(() => sub.exit());
+      results.push(r);
+    }
+    const all = await Promise.all(results);
+    return all.some(Boolean);
+  }
+  /** First true wins; later subscribers are not asked. */
+  async testYoung(addr: number): Promise<boolean> {
+    for (const sub of [...this.list]) {
+      const fn = sub.ops.testYoung;
+      if (!fn) continue;
+      sub.enter();
+      try {
+        if (await fn.call(sub.ops, sub, addr)) return true;
+      } finally {
+        sub.exit();
+      }
+    }
+    return false;
+  }
+
+  // ---- release ---------------------------------------------------------------------------------
+
+  /**
+   * mmu_notifier_release (start of exit_mmap): RELEASE [0, ULONG_MAX] to interval subscribers
+   * (they stay in the tree and still get the UNMAP that follows), then `release` to every
+   * whole-mm subscription, which is then unlinked and gets no further callbacks.
+   */
+  async release(origin: NotifierRange['origin'] = 'exit'): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    if (this.hasItree) {
+      const range: NotifierRange = {
+        pid: this.pid,
+        start: 0,
+        end: ULONG_MAX,
+        event: MmuNotifierEvent.RELEASE,
+        flags: RANGE_BLOCKABLE,
+        owner: null,
+        origin,
+        id: nextInvalidationId++,
+      };
+      const rec: InvalidationRecord = { range, result: 'ok', subscribers: [], startedUs: now(), ackedUs: 0, endedUs: 0 };
+      this.observer?.onInvalidationStart?.(range);
+      const hits: MmuIntervalNotifier[] = [];
+      const curSeq = this.itreeStart(range, hits);
+      await Promise.all(
+        hits.map(async (sub) => {
+          const ok = await this.callInterval(sub, range, curSeq);
+          const outcome: SubscriberOutcome = { info: sub.info, kind: 'interval', result: 'ok', ackUs: now() - rec.startedUs };
+          rec.subscribers.push(outcome);
+          if (!ok) this.blockableRefused(sub.info, outcome, range);
+        }),
+      );
+      rec.ackedUs = now();
+      this.itreeEnd();
+      rec.endedUs = now();
+      this.observer?.onInvalidationEnd?.(rec);
+    }
+    const subs = [...this.list];
+    await Promise.all(
+      subs.map(async (sub) => {
+        if (sub.released) return;
+        sub.released = true;
+        if (!sub.ops.release) return;
+        sub.enter();
+        try {
+          await sub.ops.release(sub);
+        } catch (e) {
+          this.bug(sub.info, `release failed: ${(e as Error).message}`, null);
+        } finally {
+          sub.exit();
+        }
+      }),
+    );
+    // hlist_del_init_rcu on every entry, then synchronize_srcu.
+    this.list.length = 0;
+    await Promise.all(subs.map((s) => s.idle()));
+    for (const s of subs) s.subscriptions = null;
+  }
+}

@@ -1,0 +1,78 @@
+/**
+ * Configuration from the environment, validated once at start. Every variable is documented in
+ * docs/configuration.md (the table there is checked against ENV_VARS by a test).
+ */
+import { DevmirrorError } from './errors.js';
+
+export interface EnvVar {
+  name: string;
+  description: string;
+  default: string;
+}
+
+export const ENV_VARS: readonly EnvVar[] = [
+  { name: 'HOST', description: 'Address the HTTP/WebSocket server binds to', default: '127.0.0.1' },
+  { name: 'PORT', description: 'Port of the HTTP/WebSocket server (0 = any free port)', default: '8080' },
+  { name: 'LOG_LEVEL', description: 'pino log level: fatal, error, warn, info, debug, trace, silent', default: 'info' },
+  { name: 'DEVMIRROR_MEMORY_MB', description: 'Emulated RAM in MiB (a multiple of 2)', default: '64' },
+  { name: 'DEVMIRROR_DEVICE_MEMORY_MB', description: 'Device memory (VRAM) pool in MiB', default: '16' },
+  { name: 'DEVMIRROR_SWAP_MB', description: 'Swap area in MiB', default: 'twice the memory' },
+  { name: 'DEVMIRROR_NUMA_NODES', description: 'NUMA nodes the RAM is split between', default: '2' },
+  { name: 'DEVMIRROR_MAX_PROCESSES', description: 'Size of the process table', default: '1024' },
+  { name: 'DEVMIRROR_THP', description: 'Transparent huge pages: always, madvise or never', default: 'madvise' },
+];
+
+export interface Config {
+  host: string;
+  port: number;
+  logLevel: string;
+  memoryBytes: number;
+  deviceMemoryBytes: number;
+  swapBytes: number;
+  numaNodes: number;
+  maxProcesses: number;
+  thp: 'always' | 'madvise' | 'never';
+}
+
+const MiB = 1024 * 1024;
+const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+function int(env: NodeJS.ProcessEnv, name: string, def: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return def;
+  if (!/^\d+$/.test(raw.trim())) throw new DevmirrorError('DM_ERR_CONFIG', `${name} must be an integer, got "${raw}"`);
+  const v = Number(raw);
+  if (v < min || v > max) throw new DevmirrorError('DM_ERR_CONFIG', `${name} must be between ${min} and ${max}, got ${v}`);
+  return v;
+}
+
+/** Reads and validates the configuration; throws DM_ERR_CONFIG with a clear message. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const known = new Set(ENV_VARS.map((v) => v.name));
+  for (const name of Object.keys(env)) {
+    if (name.startsWith('DEVMIRROR_') && !known.has(name)) {
+      throw new DevmirrorError('DM_ERR_CONFIG', `unknown variable ${name} (see docs/configuration.md)`);
+    }
+  }
+  const memoryMb = int(env, 'DEVMIRROR_MEMORY_MB', 64, 4, 4096);
+  if (memoryMb % 2 !== 0) throw new DevmirrorError('DM_ERR_CONFIG', 'DEVMIRROR_MEMORY_MB must be a multiple of 2');
+  const thp = env.DEVMIRROR_THP ?? 'madvise';
+  if (!['always', 'madvise', 'never'].includes(thp)) {
+    throw new DevmirrorError('DM_ERR_CONFIG', `DEVMIRROR_THP must be always, madvise or never, got "${thp}"`);
+  }
+  const logLevel = env.LOG_LEVEL ?? 'info';
+  if (!LEVELS.includes(logLevel)) throw new DevmirrorError('DM_ERR_CONFIG', `LOG_LEVEL must be one of ${LEVELS.join(', ')}`);
+  const host = env.HOST ?? '127.0.0.1';
+  if (host.trim() === '') throw new DevmirrorError('DM_ERR_CONFIG', 'HOST must not be empty');
+  return {
+    host,
+    port: int(env, 'PORT', 8080, 0, 65535),
+    logLevel,
+    memoryBytes: memoryMb * MiB,
+    deviceMemoryBytes: int(env, 'DEVMIRROR_DEVICE_MEMORY_MB', 16, 0, 4096) * MiB,
+    swapBytes: int(env, 'DEVMIRROR_SWAP_MB', memoryMb * 2, 0, 16384) * MiB,
+    numaNodes: int(env, 'DEVMIRROR_NUMA_NODES', 2, 1, 64),
+    maxProcesses: int(env, 'DEVMIRROR_MAX_PROCESSES', 1024, 1, 65536),
+    thp: thp as Config['thp'],
+  };
+}

@@ -1,0 +1,87 @@
+/** Kernel activity on demand: POST /v1/kernel/{activity}. */
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance } from 'fastify';
+import type { Service } from '../../service.js';
+import { Address, Length } from '../schemas.js';
+
+const Pid = Type.Integer({ minimum: 0 });
+
+export function kernelRoutes(app: FastifyInstance, svc: Service): void {
+  const k = svc.kernel;
+  app.post(
+    '/v1/kernel/reclaim',
+    {
+      schema: {
+        body: Type.Object(
+          { pages: Type.Optional(Type.Integer({ minimum: 1, maximum: 1 << 20 })), pid: Type.Optional(Pid), addr: Type.Optional(Address), length: Type.Optional(Length) },
+          { additionalProperties: false },
+        ),
+      },
+    },
+    async (req) => {
+      const b = req.body as { pages?: number; pid?: number; addr?: number; length?: number };
+      if (b.pid !== undefined && b.addr !== undefined && b.length !== undefined) {
+        return k.madvise(b.pid, b.addr, b.length, 'pageout');
+      }
+      return k.reclaim(b.pages ?? 32);
+    },
+  );
+  app.post('/v1/kernel/compact', { schema: { body: Type.Object({ node: Type.Optional(Type.Integer({ minimum: 0, maximum: 63 })) }, { additionalProperties: false }) } }, async (req) =>
+    k.compact((req.body as { node?: number }).node ?? 0),
+  );
+  app.post(
+    '/v1/kernel/migrate',
+    { schema: { body: Type.Object({ pid: Pid, addr: Address, length: Length, node: Type.Integer({ minimum: 0, maximum: 63 }) }, { additionalProperties: false }) } },
+    async (req) => {
+      const b = req.body as { pid: number; addr: number; length: number; node: number };
+      return k.migrate(b.pid, b.addr, b.length, b.node);
+    },
+  );
+  app.post(
+    '/v1/kernel/numa-balance',
+    { schema: { body: Type.Object({ pid: Pid, bytes: Type.Optional(Type.Integer({ minimum: 4096 })) }, { additionalProperties: false }) } },
+    async (req) => {
+      const b = req.body as { pid: number; bytes?: number };
+      return k.numaBalance(b.pid, b.bytes);
+    },
+  );
+  app.post('/v1/kernel/ksm', { schema: { body: Type.Optional(Type.Object({}, { additionalProperties: false })) } }, async () => k.ksm());
+  app.post(
+    '/v1/kernel/khugepaged',
+    { schema: { body: Type.Optional(Type.Object({ pid: Type.Optional(Pid), addr: Type.Optional(Address), max: Type.Optional(Type.Integer({ minimum: 1 })) }, { additionalProperties: false })) } },
+    async (req) => {
+      const b = (req.body ?? {}) as { pid?: number; addr?: number; max?: number };
+      if (b.pid !== undefined && b.addr !== undefined) return { result: await k.collapse(b.pid, b.addr) };
+      return k.khugepaged(b.max);
+    },
+  );
+  app.post('/v1/kernel/thp-split', { schema: { body: Type.Object({ pid: Pid, addr: Address }, { additionalProperties: false }) } }, async (req) => {
+    const b = req.body as { pid: number; addr: number };
+    return { split: await k.splitThp(b.pid, b.addr) };
+  });
+  app.post('/v1/kernel/writeback', { schema: { body: Type.Optional(Type.Object({}, { additionalProperties: false })) } }, async () => k.writeback());
+  app.post(
+    '/v1/kernel/oom-reap',
+    { schema: { body: Type.Optional(Type.Object({ pid: Type.Optional(Pid), kill: Type.Optional(Type.Boolean()) }, { additionalProperties: false })) } },
+    async (req) => {
+      const b = (req.body ?? {}) as { pid?: number; kill?: boolean };
+      if (b.kill === false && b.pid !== undefined) return k.oomReap(b.pid);
+      return { killed: await k.oomKill(b.pid) };
+    },
+  );
+  app.get('/v1/kernel/stats', async () => ({ stats: { ...k.stats }, memory: memorySummary(svc) }));
+  app.get('/v1/kernel/audit', async () => k.audit());
+}
+
+export function memorySummary(svc: Service): Record<string, number> {
+  const m = svc.kernel.mem;
+  return {
+    ramFrames: m.ramFrames,
+    freeFrames: m.freeFrames(),
+    deviceFrames: m.deviceFrames,
+    freeDeviceFrames: m.freeDeviceFrames(),
+    swapSlots: svc.kernel.swap.slots,
+    freeSwapSlots: svc.kernel.swap.free(),
+    numaNodes: m.numaNodes,
+  };
+}

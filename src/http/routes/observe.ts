@@ -1,0 +1,48 @@
+/** Health, readiness, notifier state and the recent invalidations. */
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance } from 'fastify';
+import type { Service } from '../../service.js';
+import { formatEnd } from '../../notifier/range.js';
+import { parseAddress } from '../schemas.js';
+import { memorySummary } from './kernel.js';
+
+export function observeRoutes(app: FastifyInstance, svc: Service): void {
+  app.get('/healthz', async () => ({ status: 'ok', bootId: svc.bootId, uptimeMs: Date.now() - svc.startedAt }));
+  app.get('/readyz', async (_req, reply) => {
+    if (!svc.ready) {
+      reply.status(503);
+      return { status: 'starting' };
+    }
+    return { status: 'ready', bootId: svc.bootId, memory: memorySummary(svc) };
+  });
+  app.get(
+    '/v1/events',
+    { schema: { querystring: Type.Object({ pid: Type.Optional(Type.String()), since: Type.Optional(Type.String()), limit: Type.Optional(Type.String()) }) } },
+    async (req) => {
+      const q = req.query as { pid?: string; since?: string; limit?: string };
+      const limit = parseAddress('limit', q.limit, 100);
+      const page = svc.events.query({
+        pid: q.pid === undefined ? undefined : parseAddress('pid', q.pid),
+        since: q.since === undefined ? undefined : parseAddress('since', q.since),
+        limit: Math.min(Math.max(limit, 1), 10_000),
+      });
+      return { ...page, bootId: svc.bootId };
+    },
+  );
+  app.get('/v1/notifier', async () => ({
+    items: svc.kernel.liveProcesses().map((p) => {
+      const n = p.mm.notifier;
+      return {
+        pid: p.pid,
+        name: p.name,
+        invalidateSeq: n.invalidateSeq,
+        activeRanges: n.activeInvalidateRanges,
+        open: n.openRanges().map((r) => ({ id: r.id, start: r.start, end: formatEnd(r.end), event: r.event, origin: r.origin })),
+        subscriptions: [
+          ...n.list.map((s) => ({ kind: 'mm', label: s.info.label, deviceId: s.info.deviceId ?? null })),
+          ...[...n.itree].map((s) => ({ kind: 'interval', label: s.info.label, deviceId: s.info.deviceId ?? null, start: s.start, end: formatEnd(s.end), seq: s.invalidateSeq })),
+        ],
+      };
+    }),
+  }));
+}

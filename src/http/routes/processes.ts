@@ -1,0 +1,199 @@
+/** Processes and their memory: the "syscalls" of shared/spec/API.md. */
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance } from 'fastify';
+import type { Service } from '../../service.js';
+import { ADVICES, MAX_ACCESS_BYTES, MAX_PAGEMAP_PAGES, type Advice } from '../../kernel/syscalls.js';
+import { Address, Empty, Length, PidParams, ProtList, decodeBase64, parseAddress, protBits, protNames } from '../schemas.js';
+import type { Process } from '../../kernel/kernel.js';
+
+export function processSummary(p: Process): Record<string, unknown> {
+  return {
+    pid: p.pid,
+    name: p.name,
+    parent: p.parent,
+    state: p.state,
+    rss: p.mm.rss,
+    swapEntries: p.mm.swapEntries,
+    vmas: p.mm.vmas.length,
+    subscriptions: p.mm.notifier.subscriberCount,
+    invalidateSeq: p.mm.notifier.invalidateSeq,
+    counters: { ...p.mm.counters },
+  };
+}
+
+export function processRoutes(app: FastifyInstance, svc: Service): void {
+  const k = svc.kernel;
+  const proc = (pid: number): Process => k.process(pid);
+
+  app.post(
+    '/v1/processes',
+    { schema: { body: Type.Object({ name: Type.Optional(Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$' })) }, { additionalProperties: false }) } },
+    async (req, reply) => {
+      const p = k.createProcess((req.body as { name?: string }).name);
+      reply.status(201);
+      return { pid: p.pid, name: p.name };
+    },
+  );
+  app.get('/v1/processes', async () => ({ items: k.liveProcesses().map(processSummary) }));
+  app.get('/v1/processes/:pid', { schema: { params: PidParams } }, async (req) => processSummary(proc((req.params as PidParams).pid)));
+  app.delete('/v1/processes/:pid', { schema: { params: PidParams } }, async (req) => {
+    const p = proc((req.params as PidParams).pid);
+    await k.exit(p.pid);
+    return { pid: p.pid, exited: true };
+  });
+  app.post('/v1/processes/:pid/fork', { schema: { params: PidParams } }, async (req, reply) => {
+    const child = await k.fork((req.params as PidParams).pid);
+    reply.status(201);
+    return { pid: child.pid, name: child.name };
+  });
+  app.get('/v1/processes/:pid/maps', { schema: { params: PidParams } }, async (req) => {
+    const p = proc((req.params as PidParams).pid);
+    return {
+      items: p.mm.vmas.items.map((v) => ({
+        start: v.start,
+        end: v.end,
+        prot: protNames(v.prot),
+        flags: {
+          shared: v.shared,
+          anonymous: v.file === null || v.file.kind === 'shmem',
+          hugepage: v.huge === 'hugepage',
+          nohugepage: v.huge === 'nohugepage',
+          mergeable: v.mergeable,
+          softDirty: v.softDirty,
+        },
+        file: v.file && v.file.kind === 'file' ? { id: v.file.id, offset: v.pgoff * 4096 } : null,
+        name: v.name,
+      })),
+    };
+  });
+  app.get(
+    '/v1/processes/:pid/pagemap',
+    { schema: { params: PidParams, querystring: Type.Object({ addr: Type.String(), pages: Type.Optional(Type.String()) }) } },
+    async (req) => {
+      const q = req.query as { addr: string; pages?: string };
+      const addr = parseAddress('addr', q.addr);
+      const pages = parseAddress('pages', q.pages, 1);
+      if (pages > MAX_PAGEMAP_PAGES) return { items: [] };
+      return { items: k.pagemap((req.params as PidParams).pid, addr, pages) };
+    },
+  );
+  app.post(
+    '/v1/processes/:pid/mmap',
+    {
+      schema: {
+        params: PidParams,
+        body: Type.Object(
+          {
+            addr: Type.Optional(Address),
+            length: Length,
+            prot: ProtList,
+            shared: Type.Optional(Type.Boolean()),
+            fixed: Type.Optional(Type.Boolean()),
+            populate: Type.Optional(Type.Boolean()),
+            hugepage: Type.Optional(Type.Boolean()),
+            file: Type.Optional(Type.Object({ id: Type.Integer({ minimum: 0 }), offset: Type.Optional(Length) }, { additionalProperties: false })),
+            name: Type.Optional(Type.String({ maxLength: 64 })),
+          },
+          { additionalProperties: false },
+        ),
+      },
+    },
+    async (req) => {
+      const b = req.body as { addr?: number; length: number; prot: ('read' | 'write' | 'exec')[]; shared?: boolean; fixed?: boolean; populate?: boolean; hugepage?: boolean; file?: { id: number; offset?: number }; name?: string };
+      const addr = await k.mmap((req.params as PidParams).pid, { ...b, prot: protBits(b.prot) });
+      return { addr };
+    },
+  );
+  const AddrLen = Type.Object({ addr: Address, length: Length }, { additionalProperties: false });
+  app.post('/v1/processes/:pid/munmap', { schema: { params: PidParams, body: AddrLen } }, async (req) => {
+    const b = req.body as { addr: number; length: number };
+    await k.munmap((req.params as PidParams).pid, b.addr, b.length);
+    return {};
+  });
+  app.post(
+    '/v1/processes/:pid/mremap',
+    {
+      schema: {
+        params: PidParams,
+        body: Type.Object(
+          {
+            addr: Address,
+            length: Length,
+            newLength: Length,
+            maymove: Type.Optional(Type.Boolean()),
+            fixed: Type.Optional(Type.Boolean()),
+            dontunmap: Type.Optional(Type.Boolean()),
+            newAddr: Type.Optional(Address),
+          },
+          { additionalProperties: false },
+        ),
+      },
+    },
+    async (req) => ({ addr: await k.mremap((req.params as PidParams).pid, req.body as never) }),
+  );
+  app.post(
+    '/v1/processes/:pid/mprotect',
+    { schema: { params: PidParams, body: Type.Object({ addr: Address, length: Length, prot: ProtList }, { additionalProperties: false }) } },
+    async (req) => {
+      const b = req.body as { addr: number; length: number; prot: ('read' | 'write' | 'exec')[] };
+      await k.mprotect((req.params as PidParams).pid, b.addr, b.length, protBits(b.prot));
+      return {};
+    },
+  );
+  app.post(
+    '/v1/processes/:pid/madvise',
+    {
+      schema: {
+        params: PidParams,
+        body: Type.Object(
+          { addr: Address, length: Length, advice: Type.Union(ADVICES.map((a) => Type.Literal(a))) },
+          { additionalProperties: false },
+        ),
+      },
+    },
+    async (req) => {
+      const b = req.body as { addr: number; length: number; advice: Advice };
+      return k.madvise((req.params as PidParams).pid, b.addr, b.length, b.advice);
+    },
+  );
+  app.post(
+    '/v1/processes/:pid/clear_refs',
+    { schema: { params: PidParams, body: Type.Object({ mode: Type.Union([Type.Literal('soft-dirty'), Type.Literal('referenced')]) }, { additionalProperties: false }) } },
+    async (req) => {
+      await k.clearRefs((req.params as PidParams).pid, (req.body as { mode: 'soft-dirty' | 'referenced' }).mode);
+      return {};
+    },
+  );
+  app.post('/v1/processes/:pid/brk', { schema: { params: PidParams, body: Type.Object({ addr: Address }, { additionalProperties: false }) } }, async (req) => ({
+    addr: await k.brk((req.params as PidParams).pid, (req.body as { addr: number }).addr),
+  }));
+  app.post('/v1/processes/:pid/msync', { schema: { params: PidParams, body: AddrLen } }, async (req) => {
+    const b = req.body as { addr: number; length: number };
+    return k.msync((req.params as PidParams).pid, b.addr, b.length);
+  });
+  app.post(
+    '/v1/processes/:pid/memory/read',
+    { schema: { params: PidParams, body: Type.Object({ addr: Address, length: Type.Integer({ minimum: 0, maximum: MAX_ACCESS_BYTES }) }, { additionalProperties: false }) } },
+    async (req) => {
+      const b = req.body as { addr: number; length: number };
+      const data = await k.read((req.params as PidParams).pid, b.addr, b.length);
+      return { data: Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('base64') };
+    },
+  );
+  app.post(
+    '/v1/processes/:pid/memory/write',
+    { schema: { params: PidParams, body: Type.Object({ addr: Address, data: Type.String({ maxLength: Math.ceil(MAX_ACCESS_BYTES / 3) * 4 }) }, { additionalProperties: false }) } },
+    async (req) => {
+      const b = req.body as { addr: number; data: string };
+      const bytes = decodeBase64('data', b.data);
+      await k.write((req.params as PidParams).pid, b.addr, bytes);
+      return { written: bytes.length };
+    },
+  );
+  app.post('/v1/files', { schema: { body: Type.Object({ size: Type.Integer({ minimum: 0, maximum: 1 << 30 }) }, { additionalProperties: false }) } }, async (req, reply) => {
+    const f = k.createFile((req.body as { size: number }).size);
+    reply.status(201);
+    return { id: f.id, size: f.size };
+  });
+  void Empty;
+}

@@ -1,0 +1,28 @@
+/** The fastify control plane. */
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import type { Service } from '../service.js';
+import { installErrorHandling } from './errors.js';
+import { kernelRoutes } from './routes/kernel.js';
+import { observeRoutes } from './routes/observe.js';
+import { processRoutes } from './routes/processes.js';
+
+export interface ServerOptions {
+  logger?: Logger | boolean;
+  /** Largest request body (page data travels as base64). */
+  bodyLimit?: number;
+}
+
+export async function buildServer(svc: Service, opts: ServerOptions = {}): Promise<FastifyInstance> {
+  const app: FastifyInstance = Fastify({
+    loggerInstance: (typeof opts.logger === 'object' ? opts.logger : undefined) as FastifyInstance['log'] | undefined,
+    logger: typeof opts.logger === 'boolean' ? opts.logger : undefined,
+    bodyLimit: opts.bodyLimit ?? 96 * 1024 * 1024,
+    ajv: { customOptions: { removeAdditional: false, allErrors: false } },
+  });
+  installErrorHandling(app);
+  observeRoutes(app, svc);
+  processRoutes(app, svc);
+  kernelRoutes(app, svc);
+  return app;
+}

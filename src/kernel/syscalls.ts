@@ -432,11 +432,8 @@ export async function mprotect(k: Kernel, p: Process, addr: number, length: numb
     // Checked up front so a hole never leaves the range half changed.
     if (!mm.vmas.covers(start, end)) throw kerr('ENOMEM', 'range is not fully mapped');
     await splitHugeEdges(k, mm, start, end);
-    for (const v of mm.vmas.overlapping(start, end)) {
-      if (v.prot === prot) continue;
-      mm.vmas.splitAt(Math.max(start, v.start));
-      mm.vmas.splitAt(Math.min(end, v.end));
-    }
+    mm.vmas.splitAt(start);
+    mm.vmas.splitAt(end);
     for (const v of mm.vmas.overlapping(start, end)) {
       if (v.prot === prot) continue;
       await changeProtection(k, mm, v, v.start, v.end, prot, 'mprotect');

@@ -190,13 +190,13 @@ export class PageTable {
   }
 
   /**
-   * Frees page-table pages left empty inside [start, end) (free_pgtables). Only tables whose whole
-   * span lies inside the range are candidates, so tables shared with live neighbours stay.
-   * Returns the number of table pages freed.
+   * Frees page-table pages left empty by an unmap of [start, end) (free_pgtables). A table may go
+   * only if its whole span lies within [floor, ceiling): the space between the neighbouring VMAs,
+   * so tables still covering live mappings stay. Returns the number of table pages freed.
    */
-  prune(start: number, end: number): number {
+  prune(start: number, end: number, floor = start, ceiling = end): number {
     const freed: number[] = [];
-    this.pruneLevel(this.pgd, LEVEL.PGD, 0, start, end, freed);
+    this.pruneLevel(this.pgd, LEVEL.PGD, 0, start, end, floor, ceiling, freed);
     if (freed.length === 0) return 0;
     // Parent entries are already cleared; bump PT_GEN before any freed table can be reused so a
     // lockless reader that walked into one retries (see the protocol at the top of this file).
@@ -209,7 +209,16 @@ export class PageTable {
   }
 
   /** Returns true if the table at `table` became (or is) empty. */
-  private pruneLevel(table: number, level: number, base: number, start: number, end: number, freed: number[]): boolean {
+  private pruneLevel(
+    table: number,
+    level: number,
+    base: number,
+    start: number,
+    end: number,
+    floor: number,
+    ceiling: number,
+    freed: number[],
+  ): boolean {
     const size = LEVEL_SIZE[level];
     const first = Math.max(0, Math.floor((start - base) / size));
     const last = Math.min(PTRS_PER_TABLE - 1, Math.floor((end - 1 - base) / size));
@@ -219,8 +228,8 @@ export class PageTable {
       if (level === LEVEL.PTE || !(e & PTE.TABLE)) continue;
       const va = base + i * size;
       const child = ptePfn(e);
-      const childEmpty = this.pruneLevel(child, level - 1, va, start, end, freed);
-      if (childEmpty && va >= start && va + size <= end) {
+      const childEmpty = this.pruneLevel(child, level - 1, va, start, end, floor, ceiling, freed);
+      if (childEmpty && va >= floor && va + size <= ceiling) {
         Atomics.store(this.words, idx, 0);
         freed.push(child);
       }
@@ -262,7 +271,15 @@ export class PageTableReader {
   private readonly words: Int32Array;
   private readonly mmBase: number;
 
-  constructor(metaSab: SharedArrayBuffer, dataSab: SharedArrayBuffer) {
+  /**
+   * Test hooks: `stallSpins` busy-waits between levels to widen race windows; `unsafe` skips the
+   * PT_GEN check (to show what the protocol prevents). Never set in production.
+   */
+  constructor(
+    metaSab: SharedArrayBuffer,
+    dataSab: SharedArrayBuffer,
+    private readonly testHooks: { stallSpins?: number; unsafe?: boolean } = {},
+  ) {
     this.meta = new Int32Array(metaSab);
     this.words = new Int32Array(dataSab);
     this.mmBase = this.meta[9 /* HDR.MM_TABLE_OFFSET */];
@@ -277,6 +294,7 @@ export class PageTableReader {
    * (0 PTE, 1 huge PMD). Returns null if the mm slot is not live.
    */
   lookup(slot: number, va: number): { e: Pte; level: number } | null {
+    const frames = this.words.length / WORDS_PER_PAGE;
     for (;;) {
       // Seqcount read side: g1 before the walk, g2 after; a table freed meanwhile moved PT_GEN.
       const g1 = Atomics.load(this.meta, this.slotWord(slot, MS.PT_GEN));
@@ -284,16 +302,25 @@ export class PageTableReader {
       let table = Atomics.load(this.meta, this.slotWord(slot, MS.PGD_PFN));
       let e = 0;
       let level: number = LEVEL.PGD;
+      let torn = false;
       for (; level >= LEVEL.PTE; level--) {
         e = Atomics.load(this.words, PageTable.tableIdx(table, va, level));
         if (level === LEVEL.PTE || (e & PTE.TABLE) === 0) break;
         table = ptePfn(e);
+        // A consistent walk never points outside memory; this one read a recycled table.
+        if (table >= frames) {
+          torn = true;
+          break;
+        }
+        for (let i = this.testHooks.stallSpins ?? 0; i > 0; i--) Atomics.load(this.meta, 0);
       }
       const g2 = Atomics.load(this.meta, this.slotWord(slot, MS.PT_GEN));
-      if (g1 === g2) {
+      if (this.testHooks.unsafe) return { e, level: torn ? -1 : level > LEVEL.PMD ? LEVEL.PTE : level };
+      if (g1 === g2 && !torn) {
         if (level > LEVEL.PMD) return { e: 0, level: LEVEL.PTE };
         return { e, level };
       }
     }
   }
+
 }

@@ -109,12 +109,10 @@ export async function doMunmap(k: Kernel, mm: MM, start: number, end: number, or
   } finally {
     k.notifyEnd(mm, range);
   }
-  // free_pgtables, only where no VMA remains.
+  // free_pgtables: tables wholly between the neighbouring VMAs go.
   const prev = mm.vmas.prevOf(start);
   const next = mm.vmas.findFrom(end);
-  const floor = prev ? Math.ceil(prev.end / PMD_SIZE) * PMD_SIZE : 0;
-  const ceiling = next ? Math.floor(next.start / PMD_SIZE) * PMD_SIZE : TASK_SIZE;
-  mm.pt.prune(Math.max(floor, Math.floor(start / PMD_SIZE) * PMD_SIZE), Math.min(ceiling, Math.ceil(end / PMD_SIZE) * PMD_SIZE));
+  mm.pt.prune(start, end, prev ? prev.end : 0, next ? next.start : TASK_SIZE);
   return true;
 }
 

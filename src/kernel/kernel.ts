@@ -38,6 +38,7 @@ import { audit, type AuditReport } from './audit.js';
 import { hmmRangeFault, type HmmRange } from './hmm.js';
 import { makeDeviceExclusive, migrateToDevice, migrateToSystem, evictDeviceMemory, type MigrateResult } from './migrate-device.js';
 import { PROT } from './vma.js';
+import { Daemons } from './activity/daemons.js';
 
 export interface KernelConfig {
   /** RAM in bytes (multiple of 2 MiB). Default 64 MiB. */
@@ -160,8 +161,9 @@ export class Kernel {
     reclaim(k: Kernel, pages: number): Promise<number>;
     oom(k: Kernel, reason: string): Promise<boolean>;
   } | null = null;
-  /** Processes that are exiting (so the allocator does not wait on them forever). */
   readonly bootId: number;
+  /** Background activity at configurable rates. */
+  readonly daemons: Daemons;
 
   constructor(config: Partial<KernelConfig> = {}) {
     const cfg = { ...DEFAULT_KERNEL_CONFIG, ...config };
@@ -189,6 +191,7 @@ export class Kernel {
     this.swap = new SwapArea(this.mem, cfg.swapBytes / PAGE_SIZE);
     this.pageIndex = new Int32Array(this.mem.totalFrames);
     for (let s = cfg.maxProcesses - 1; s >= 0; s--) this.freeSlots.push(s);
+    this.daemons = new Daemons(this);
     this.pressure = {
       reclaim: async (k, pages) => (await shrink(k, pages)).reclaimed,
       oom: (k, reason) => oomKill(k, reason, (p) => k.exitProcess(p)),

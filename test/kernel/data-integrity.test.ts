@@ -279,8 +279,8 @@ const ops: Record<string, { weight: number; run: Op }> = {
       else if (kind === 'shrink') newPages = oldPages > 1 ? w.rng.range(1, oldPages - 1) : 1;
       else if (kind === 'fixed') newPages = w.rng.range(1, oldPages + 4);
       // Growing a file mapping past EOF would make SIGBUS pages: stay inside the file.
-      if (first.backing.t !== 'anon' && first.backing.obj.kind === 'file') {
-        newPages = Math.min(newPages, first.backing.obj.sizePages - first.backing.index);
+      if (newPages > oldPages && first.backing.t !== 'anon' && first.backing.obj.kind === 'file') {
+        newPages = Math.max(oldPages, Math.min(newPages, first.backing.obj.sizePages - first.backing.index));
       }
       if (newPages > oldPages && totalModelPages(w) > MAX_MODEL_PAGES) return 'skip';
       const newLen = newPages * PAGE_SIZE;

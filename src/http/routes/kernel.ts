@@ -3,6 +3,7 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import type { Service } from '../../service.js';
 import { Address, Length } from '../schemas.js';
+import { DAEMON_NAMES, MAX_DAEMON_RATE, type DaemonName } from '../../kernel/activity/daemons.js';
 
 const Pid = Type.Integer({ minimum: 0 });
 
@@ -67,6 +68,22 @@ export function kernelRoutes(app: FastifyInstance, svc: Service): void {
       const b = (req.body ?? {}) as { pid?: number; kill?: boolean };
       if (b.kill === false && b.pid !== undefined) return k.oomReap(b.pid);
       return { killed: await k.oomKill(b.pid) };
+    },
+  );
+  app.get('/v1/kernel/daemons', async () => ({ items: k.daemons.list() }));
+  app.put(
+    '/v1/kernel/daemons',
+    {
+      schema: {
+        body: Type.Object(
+          Object.fromEntries(DAEMON_NAMES.map((n) => [n, Type.Optional(Type.Number({ minimum: 0, maximum: MAX_DAEMON_RATE }))])),
+          { additionalProperties: false, description: 'runs per second for each daemon; 0 turns it off' },
+        ),
+      },
+    },
+    async (req) => {
+      for (const [name, rate] of Object.entries(req.body as Record<string, number>)) k.daemons.set(name as DaemonName, rate);
+      return { items: k.daemons.list() };
     },
   );
   app.get('/v1/kernel/stats', async () => ({ stats: { ...k.stats }, memory: memorySummary(svc) }));

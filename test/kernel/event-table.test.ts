@@ -225,6 +225,25 @@ describe('munmap and friends (unmap_vmas): UNMAP, one pair over the caller range
     expect(k.pagemap(pid, a, 1)[0].huge).toBe(false);
   });
 
+  it('munmap splitting a small-page VMA that covers an aligned 2 MiB: the kernel still opens CLEAR over that 2 MiB, then UNMAP', async () => {
+    const { k, pid, mm, iv } = boot();
+    const a = await k.mmap(pid, { length: THP, prot: RW }); // 2 MiB aligned, 4 KiB pages
+    expect(a % THP).toBe(0);
+    await k.write(pid, a, new Uint8Array([1])); // page tables exist down to the PMD
+    expect(k.pagemap(pid, a, 1)[0].huge).toBe(false);
+    take(mm);
+    take(iv);
+    await k.munmap(pid, a + MiB, pages(4));
+    // Kernel (mm/vma.c __split_vma -> vma_adjust_trans_huge -> split_huge_pmd_if_needed): the
+    // new boundary a + 1 MiB is unaligned and the VMA covers [a, a + 2 MiB), so
+    // split_huge_pmd_address runs; mm_find_pmd only needs the PUD present and __split_huge_pmd
+    // opens CLEAR [a, a + 2 MiB) before it looks at the PMD. The second split (at the end, on
+    // the VMA [a + 1 MiB, a + 2 MiB)) no longer covers the aligned 2 MiB: nothing.
+    const want = [...pair('CLEAR', a, a + THP), ...pair('UNMAP', a + MiB, a + MiB + pages(4))];
+    expect(take(mm)).toEqual(want);
+    expect(take(iv)).toEqual(invsOf(want));
+  });
+
   it('brk shrink unmaps the tail of the heap: UNMAP [new end, old end)', async () => {
     const { k, pid, mm, iv } = boot();
     await k.brk(pid, BRK_BASE + pages(4));
@@ -488,10 +507,9 @@ describe('fork (copy_page_range): PROTECTION_PAGE on the parent, whole VMA, COW 
     const D = await k.mmap(pid, { length: pages(4), prot: RW, file: { id: f.id }, name: 'D' }); // private file, COWed
     await k.read(pid, D, pages(4));
     await k.write(pid, D + pages(1), new Uint8Array([1]));
-    const E = await k.mmap(pid, { length: pages(4), prot: RW, name: 'E' }); // never touched
+    await k.mmap(pid, { length: pages(4), prot: RW, name: 'E' }); // never touched
     const S = await k.mmap(pid, { length: pages(4), prot: RW, shared: true, file: { id: f.id }, name: 'S' });
     await k.write(pid, S, new Uint8Array([2]));
-    void E;
     take(mm);
     take(iv);
     const child = await k.fork(pid);
@@ -500,8 +518,6 @@ describe('fork (copy_page_range): PROTECTION_PAGE on the parent, whole VMA, COW 
     expect(take(iv)).toEqual(invsOf(want));
     // The child starts without subscriptions.
     expect(child.mm.notifier.subscriberCount).toBe(0);
-    void B;
-    void C;
   });
 
   it('COW after fork: a write by either side gives CLEAR one page in the writer\'s mm; the last user reuses silently; shared mappings never COW', async () => {

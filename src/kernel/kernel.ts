@@ -459,50 +459,87 @@ export class Kernel {
 
   /**
    * Splits the huge PMD mapping at va into 512 PTEs (__split_huge_pmd: CLEAR over the aligned
-   * 2 MiB). The folio itself stays whole (PTE-mapped). No-op if there is no huge PMD there.
+   * 2 MiB). The folio itself stays whole (PTE-mapped). Without `always`, nothing happens unless a
+   * huge PMD is there; with it (split_huge_pmd_address, as a VMA split calls it), the CLEAR pair is
+   * sent whenever the PMD table exists, huge or not, as the kernel does.
    */
-  async splitHugePmd(mm: MM, va: number, origin: Origin = 'thp_split'): Promise<void> {
+  async splitHugePmd(mm: MM, va: number, origin: Origin = 'thp_split', always = false): Promise<void> {
     const haddr = Math.floor(va / PMD_SIZE) * PMD_SIZE;
     const pmdIdx = mm.pt.pmdIndex(haddr);
     if (pmdIdx < 0) return;
-    const e = mm.pt.load(pmdIdx);
-    if (!(e & PTE.HUGE)) return;
-    const table = await this.allocPage(FF.PGTABLE, 0, true);
+    const huge = (mm.pt.load(pmdIdx) & PTE.HUGE) !== 0;
+    if (!huge && !always) return;
+    const table = huge ? await this.allocPage(FF.PGTABLE, 0, true) : -1;
     const range = await this.notify(mm, 1 /* CLEAR */, haddr, haddr + PMD_SIZE, origin);
     try {
-      const now = mm.pt.load(pmdIdx);
-      if (now === 0 || !(now & PTE.HUGE)) {
-        this.mem.put(table);
-        return;
-      }
-      const pfn = ptePfn(now);
-      const flags = now & ~PTE.HUGE & PTE_FLAGS_MASK;
-      const zero = pfn === ZERO_PFN && !(now & PTE.DEVICE_PRIVATE);
-      const base = table * (PAGE_SIZE / 4);
-      for (let i = 0; i < PMD_PAGES; i++) {
-        Atomics.store(this.mem.dataWords, base + i, mkPte(zero ? ZERO_PFN : pfn + i, flags));
-      }
-      // Publish the filled table in one store: readers see either the huge leaf or all 512 PTEs.
-      mm.pt.store(pmdIdx, mkPte(table, PTE.PRESENT | PTE.TABLE));
-      if (!zero) {
-        this.rmap.remove(pfn, mm, haddr, true);
-        for (let i = 0; i < PMD_PAGES; i++) this.rmap.add(pfn + i, mm, haddr + i * PAGE_SIZE);
-      }
-      this.stats.thpSplit++;
+      if (!this.splitHugePmdLocked(mm, pmdIdx, haddr, table) && table >= 0) this.mem.put(table);
     } finally {
       this.notifyEnd(mm, range);
     }
   }
 
-  /** Splits every huge mapping of the folio at `head`, then the folio itself (split_huge_page). */
+  /**
+   * split_huge_pmd_locked: replaces a huge PMD leaf by a table of 512 PTEs (in `table`, a zeroed
+   * page-table page). Synchronous; the caller has notified. Returns false (table unused) if the
+   * PMD is not huge any more.
+   */
+  splitHugePmdLocked(mm: MM, pmdIdx: number, haddr: number, table: number): boolean {
+    const now = mm.pt.load(pmdIdx);
+    if (table < 0 || now === 0 || !(now & PTE.HUGE)) return false;
+    const pfn = ptePfn(now);
+    const flags = now & ~PTE.HUGE & PTE_FLAGS_MASK;
+    const zero = pfn === ZERO_PFN && !(now & PTE.DEVICE_PRIVATE);
+    const base = table * (PAGE_SIZE / 4);
+    for (let i = 0; i < PMD_PAGES; i++) {
+      Atomics.store(this.mem.dataWords, base + i, mkPte(zero ? ZERO_PFN : pfn + i, flags));
+    }
+    // Publish the filled table in one store: readers see either the huge leaf or all 512 PTEs.
+    mm.pt.store(pmdIdx, mkPte(table, PTE.PRESENT | PTE.TABLE));
+    if (!zero) {
+      this.rmap.remove(pfn, mm, haddr, true);
+      for (let i = 0; i < PMD_PAGES; i++) this.rmap.add(pfn + i, mm, haddr + i * PAGE_SIZE);
+    }
+    this.stats.thpSplit++;
+    return true;
+  }
+
+  /**
+   * split_huge_page: unmaps the folio at `head` from every mapping (unmap_folio: try_to_migrate
+   * with TTU_SPLIT_HUGE_PMD, one CLEAR over the folio's span in each VMA, a PMD mapping being split
+   * inside that window), then remaps it page by page, silently, as 512 independent pages. The
+   * caller holds the folio lock.
+   */
   async splitFolio(head: number): Promise<boolean> {
-    for (let tries = 0; tries < 4; tries++) {
-      const maps = this.rmap.hugeMappings(head);
-      if (maps.length === 0) break;
-      for (const m of maps) await this.splitHugePmd(m.mm, m.va, 'thp_split');
+    const spans = new Map<string, { mm: MM; start: number; end: number; haddr: number; huge: boolean }>();
+    const add = (mm: MM, folioStart: number, huge: boolean): void => {
+      const vma = mm.vmas.find(Math.max(folioStart, 0));
+      const v = vma ?? mm.vmas.findFrom(folioStart);
+      if (!v) return;
+      const key = `${mm.pid}:${folioStart}`;
+      const prev = spans.get(key);
+      if (prev) {
+        prev.huge ||= huge;
+        return;
+      }
+      spans.set(key, { mm, start: Math.max(v.start, folioStart), end: Math.min(v.end, folioStart + PMD_SIZE), haddr: folioStart, huge });
+    };
+    for (const m of this.rmap.hugeMappings(head)) add(m.mm, m.va, true);
+    for (let i = 0; i < PMD_PAGES; i++) {
+      for (const m of this.rmap.direct(head + i)) if (!m.huge) add(m.mm, m.va - i * PAGE_SIZE, false);
+    }
+    for (const s of spans.values()) {
+      const table = s.huge ? await this.allocPage(FF.PGTABLE, 0, true) : -1;
+      const range = await this.notify(s.mm, 1 /* CLEAR */, s.start, s.end, 'thp_split');
+      try {
+        const pmdIdx = s.mm.pt.pmdIndex(s.haddr);
+        const used = pmdIdx >= 0 && ptePfn(s.mm.pt.load(pmdIdx)) === head && this.splitHugePmdLocked(s.mm, pmdIdx, s.haddr, table);
+        if (!used && table >= 0) this.mem.put(table);
+      } finally {
+        this.notifyEnd(s.mm, range);
+      }
     }
     if (this.rmap.hugeMappings(head).length > 0) return false;
-    this.mem.dissolveFolio(head);
+    if (this.mem.folioIntact(head)) this.mem.dissolveFolio(head);
     return true;
   }
 

@@ -175,7 +175,6 @@ export async function migrateToSystem(
     if (k.mem.getMeta(dev, FM.OWNER) !== owner) continue;
     found.push({ va, idx, e, dev });
   }
-  if (found.length === 0) return { collected: 0, moved: 0, pages };
   // Allocate first so a failure leaves everything in place.
   const dsts: number[] = [];
   try {

@@ -162,11 +162,14 @@ async function doExit(k: Kernel, p: Process): Promise<void> {
   await mm.notifier.release('exit');
   await mm.mmapLock.write('exit');
   try {
-    const range = await k.notify(mm, MmuNotifierEvent.UNMAP, 0, ULONG_MAX, 'exit');
-    try {
-      k.zapRange(mm, 0, TASK_SIZE);
-    } finally {
-      k.notifyEnd(mm, range);
+    // exit_mmap: with no VMA at all (a failed fork), unmap_vmas never runs.
+    if (mm.vmas.length > 0) {
+      const range = await k.notify(mm, MmuNotifierEvent.UNMAP, 0, ULONG_MAX, 'exit');
+      try {
+        k.zapRange(mm, 0, TASK_SIZE);
+      } finally {
+        k.notifyEnd(mm, range);
+      }
     }
     for (const v of [...mm.vmas.items]) {
       mm.vmas.remove(v);

@@ -78,6 +78,20 @@ async function splitHugeAt(k: Kernel, mm: MM, addr: number): Promise<void> {
   if (idx >= 0 && mm.pt.load(idx) & PTE.HUGE) await k.splitHugePmd(mm, addr, 'thp_split');
 }
 
+/**
+ * __split_vma at addr: vma_adjust_trans_huge first (split_huge_pmd_if_needed: when addr is not
+ * 2 MiB aligned and the aligned 2 MiB around it lies inside the VMA, CLEAR over it, huge or not).
+ */
+async function splitVma(k: Kernel, mm: MM, addr: number): Promise<void> {
+  const v = mm.vmas.find(addr);
+  if (!v || v.start === addr) return;
+  if (addr % PMD_SIZE !== 0) {
+    const lo = Math.floor(addr / PMD_SIZE) * PMD_SIZE;
+    if (lo >= v.start && lo + PMD_SIZE <= v.end) await k.splitHugePmd(mm, addr, 'thp_split', true);
+  }
+  mm.vmas.splitAt(addr);
+}
+
 /** Splits huge PMDs that [start, end) covers only partly. */
 async function splitHugeEdges(k: Kernel, mm: MM, start: number, end: number): Promise<void> {
   await splitHugeAt(k, mm, start);
@@ -96,9 +110,8 @@ function fileRelease(k: Kernel, v: Vma): void {
  */
 export async function doMunmap(k: Kernel, mm: MM, start: number, end: number, origin: Origin): Promise<boolean> {
   if (mm.vmas.overlapping(start, end).length === 0) return false;
-  await splitHugeEdges(k, mm, start, end);
-  mm.vmas.splitAt(start);
-  mm.vmas.splitAt(end);
+  await splitVma(k, mm, start);
+  await splitVma(k, mm, end);
   const range = await k.notify(mm, MmuNotifierEvent.UNMAP, start, end, origin);
   try {
     k.zapRange(mm, start, end);
@@ -429,9 +442,14 @@ export async function mprotect(k: Kernel, p: Process, addr: number, length: numb
   await withWrite(mm, 'mprotect', async () => {
     // Checked up front so a hole never leaves the range half changed.
     if (!mm.vmas.covers(start, end)) throw kerr('ENOMEM', 'range is not fully mapped');
-    await splitHugeEdges(k, mm, start, end);
-    mm.vmas.splitAt(start);
-    mm.vmas.splitAt(end);
+    // mprotect_fixup splits only VMAs whose protection changes.
+    for (const v of mm.vmas.overlapping(start, end)) {
+      if (v.prot === prot) continue;
+      const s = Math.max(start, v.start);
+      const e = Math.min(end, v.end);
+      await splitVma(k, mm, s);
+      await splitVma(k, mm, e);
+    }
     for (const v of mm.vmas.overlapping(start, end)) {
       if (v.prot === prot) continue;
       await changeProtection(k, mm, v, v.start, v.end, prot, 'mprotect');
@@ -520,8 +538,14 @@ export async function madvise(k: Kernel, p: Process, addr: number, length: numbe
     let pages = 0;
     if (advice === 'free' && vmas.some((v) => v.file !== null)) throw kerr('EINVAL', 'MADV_FREE needs anonymous memory');
     if (writeLock && advice !== 'collapse') {
-      mm.vmas.splitAt(start);
-      mm.vmas.splitAt(end);
+      for (const v of mm.vmas.overlapping(start, end)) {
+        const changes = advice === 'mergeable' ? !v.mergeable : v.huge !== advice;
+        if (!changes) continue;
+        const s = Math.max(start, v.start);
+        const e = Math.min(end, v.end);
+        await splitVma(k, mm, s);
+        await splitVma(k, mm, e);
+      }
       for (const v of mm.vmas.overlapping(start, end)) {
         if (advice === 'mergeable') v.mergeable = true;
         else v.huge = advice as HugeAdvice;

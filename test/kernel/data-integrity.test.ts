@@ -25,7 +25,7 @@ const MiB = 1024 * 1024;
 const PMD = 2 * MiB;
 const OWNER = 1;
 const FILE_PAGES = 48;
-const OPS = 300;
+const OPS = Number(process.env.DEVMIRROR_OPS ?? 300);
 const CHECK_EVERY = 25;
 const MAX_PROCS = 3;
 /** Keep the total mapped footprint well below RAM + swap (16 + 64 MiB), so the OOM killer never runs. */
@@ -198,6 +198,21 @@ const ops: Record<string, { weight: number; run: Op }> = {
       if (p.anyMapped(addr, addr + pages * PAGE_SIZE)) throw new Fail(`mmap returned ${hex(addr)} over mapped pages`);
       p.map(addr, pages, prot, () => ({ t: 'anon' }));
       return `mmap anon pid ${p.pid} ${hex(addr)} +${pages}p prot ${prot}${huge ? ' hugepage' : ''}${populate ? ' populate' : ''}`;
+    },
+  },
+  mmapBig: {
+    // A few MiB written in one store: with 16 MiB of RAM this drives direct reclaim and swap.
+    weight: 1,
+    run: async (w) => {
+      const p = pickProc(w);
+      const pages = w.rng.range(256, 1024);
+      if (totalModelPages(w) + pages > MAX_MODEL_PAGES) return 'skip';
+      const addr = await w.k.mmap(p.pid, { length: pages * PAGE_SIZE, prot: PROT.READ | PROT.WRITE });
+      p.map(addr, pages, PROT.READ | PROT.WRITE, () => ({ t: 'anon' }));
+      const data = w.rng.bytes(pages * PAGE_SIZE);
+      await w.k.write(p.pid, addr, data, w.rng.int(2));
+      p.write(addr, data);
+      return `mmap+write big anon pid ${p.pid} ${hex(addr)} +${pages}p`;
     },
   },
   mmapShared: {
@@ -622,6 +637,14 @@ async function runSeed(seed: number): Promise<{ k: Kernel; log: string[] }> {
   }
   let i = 0;
   let current = '';
+  const ooms: string[] = [];
+  k.observe({
+    onOomKill: (victim, reason) =>
+      ooms.push(
+        `OOM kill of pid ${victim.pid} during op #${i} (${current}): ${reason}; free frames ${k.mem.freeFrames()}, ` +
+          `free swap slots ${k.swap.free()}/${k.swap.slots}, lru active ${k.lru.active.size} inactive ${k.lru.inactive.size}`,
+      ),
+  });
   try {
     for (; i < OPS; i++) {
       const name = w.rng.weighted(weights);
@@ -643,8 +666,10 @@ async function runSeed(seed: number): Promise<{ k: Kernel; log: string[] }> {
     if (!a.ok) throw new Fail(`audit after every process exited:\n  ${a.problems.join('\n  ')}`);
   } catch (e) {
     const tail = w.log.slice(-Number(process.env.DEVMIRROR_LOG_TAIL ?? 25)).join('\n  ');
-    const msg = e instanceof Error ? `${e.constructor.name}: ${e.message}` : String(e);
-    const err = new Error(`data-integrity seed=${seed} failed at op #${i} (${current}): ${msg}\n  last ops:\n  ${tail}\n  replay: DEVMIRROR_SEED=${seed} npx vitest run test/kernel/data-integrity.test.ts`);
+    let msg = e instanceof Error ? `${e.constructor.name}: ${e.message}` : String(e);
+    if (ooms.length) msg += `\n  ${ooms.join('\n  ')}`;
+    const mem = `free frames ${k.mem.freeFrames()}, free swap ${k.swap.free()}, stats ${JSON.stringify(k.stats)}`;
+    const err = new Error(`data-integrity seed=${seed} failed at op #${i} (${current}): ${msg}\n  ${mem}\n  last ops:\n  ${tail}\n  replay: DEVMIRROR_SEED=${seed} npx vitest run test/kernel/data-integrity.test.ts`);
     if (e instanceof Error) err.stack = `${err.message}\n${e.stack ?? ''}`;
     console.error(err.message);
     throw err;
@@ -656,6 +681,7 @@ describe('data integrity: an independent shadow model predicts every page', () =
   for (const seed of testSeeds([1, 2, 3])) {
     it(`seed ${seed}: ${OPS} random operations, checked every ${CHECK_EVERY}`, async () => {
       const { k } = await runSeed(seed);
+      if (process.env.DEVMIRROR_VERBOSE) console.log(`seed ${seed} stats`, JSON.stringify(k.stats));
       // The run must really have exercised the interesting paths.
       expect(k.stats.swapOuts, 'swap-outs').toBeGreaterThan(0);
       expect(k.stats.swapIns, 'swap-ins').toBeGreaterThan(0);

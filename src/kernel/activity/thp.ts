@@ -45,37 +45,51 @@ export async function collapseHugePage(
   if (pmd & PTE.HUGE) return 'already-huge';
   const table = ptePfn(pmd);
   const base = table * (PAGE_SIZE / 4);
-  let present = 0;
-  let young = false;
-  for (let i = 0; i < PMD_PAGES; i++) {
-    const e = Atomics.load(k.mem.dataWords, base + i);
-    if (e === 0) continue;
-    if (!(e & PTE.PRESENT) || e & PTE.PROTNONE) return 'swap-or-special';
-    const pfn = ptePfn(e);
-    if (pfn !== ZERO_PFN) {
+  const words = k.mem.dataWords;
+  /** The per-page checks of hpage_collapse_scan_pmd and __collapse_huge_page_isolate. */
+  const eligible = (): CollapseResult | number => {
+    let present = 0;
+    for (let i = 0; i < PMD_PAGES; i++) {
+      const e = Atomics.load(words, base + i);
+      if (e === 0) continue;
+      if (!(e & PTE.PRESENT) || e & PTE.PROTNONE) return 'swap-or-special';
+      const pfn = ptePfn(e);
+      if (pfn === ZERO_PFN) continue;
       const fl = k.mem.flags(pfn);
       if (!(fl & FF.ANON) || fl & FF.KSM || k.mem.mapcount(pfn) !== 1 || k.mem.refcount(pfn) !== 1) {
         return 'not-anonymous-exclusive';
       }
       present++;
     }
-    if (e & PTE.YOUNG || (pfn !== ZERO_PFN && k.mem.hasFlag(pfn, FF.REFERENCED))) young = true;
-  }
-  if (present === 0) return 'empty';
-  if (requireYoung && !young) {
-    for (let i = 0; i < PMD_PAGES && !young; i++) {
-      const e = Atomics.load(k.mem.dataWords, base + i);
-      if (e !== 0 && mm.notifier.subscriberCount > 0) young = await mm.notifier.testYoung(haddr + i * PAGE_SIZE);
+    return present;
+  };
+  /** Referenced pages: PTE young, folio referenced, or a secondary MMU's test_young (each page). */
+  const referenced = async (): Promise<number> => {
+    let n = 0;
+    for (let i = 0; i < PMD_PAGES; i++) {
+      const e = Atomics.load(words, base + i);
+      const pfn = ptePfn(e);
+      if (!(e & PTE.PRESENT) || pfn === ZERO_PFN) continue;
+      if (e & PTE.YOUNG || k.mem.hasFlag(pfn, FF.REFERENCED)) n++;
+      else if (mm.notifier.subscriberCount > 0 && (await mm.notifier.testYoung(haddr + i * PAGE_SIZE))) n++;
     }
-    if (!young) return 'lack-referenced';
-  }
+    return n;
+  };
+  const scan = eligible();
+  if (typeof scan === 'string') return scan;
+  if (scan === 0) return 'empty';
+  if (requireYoung && (await referenced()) === 0) return 'lack-referenced';
   const head = k.mem.tryAllocHuge(k.mem.nodeOfPfn(table), false, FF.ANON, false);
   if (head < 0) return 'alloc-failed';
+  const freeHead = (): void => {
+    for (let i = 0; i < PMD_PAGES; i++) k.mem.put(head + i);
+  };
   const range = await k.notify(mm, MmuNotifierEvent.CLEAR, haddr, haddr + PMD_SIZE, origin);
   let detached = -1;
   try {
-    if (mm.pt.load(pmdIdx) !== pmd) {
-      for (let i = 0; i < PMD_PAGES; i++) k.mem.put(head + i);
+    // Re-validate after the acknowledgements: reclaim or migration may have moved a page.
+    if (mm.pt.load(pmdIdx) !== pmd || typeof eligible() === 'string') {
+      freeHead();
       return 'raced';
     }
     // pmdp_collapse_flush: the PTE table leaves the page table; faults would now see a none PMD
@@ -84,6 +98,12 @@ export async function collapseHugePage(
     detached = table;
   } finally {
     k.notifyEnd(mm, range);
+  }
+  // __collapse_huge_page_isolate asks again, after the invalidation, page by page.
+  if (requireYoung && (await referenced()) === 0) {
+    mm.pt.store(pmdIdx, pmd); // pmd_populate: put the PTE table back
+    freeHead();
+    return 'lack-referenced';
   }
   let soft = 0;
   for (let i = 0; i < PMD_PAGES; i++) {

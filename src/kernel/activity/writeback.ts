@@ -7,6 +7,7 @@
 import { FF, PAGE_SIZE, PTE } from '../layout.js';
 import type { MemFile } from '../files.js';
 import type { Kernel } from '../kernel.js';
+import type { MM } from '../mm.js';
 import { ptePfn } from '../pte.js';
 import { MmuNotifierEvent, type Origin } from '../../notifier/range.js';
 
@@ -16,24 +17,38 @@ export interface WritebackResult {
   written: number;
 }
 
-/** folio_mkclean: write-protect and clean every mapping; true if any PTE was dirty. */
+/**
+ * folio_mkclean: write-protect and clean the page in every shared VMA of its file that covers its
+ * offset (the file rmap walk visits them all, mapped or not: each gets PROTECTION_PAGE). Returns
+ * true if any PTE was dirty.
+ */
 export async function folioMkclean(k: Kernel, pfn: number, origin: Origin): Promise<boolean> {
+  const file = k.fileOf(pfn);
+  if (!file) return false;
+  const index = k.pageIndex[pfn];
+  const visits: Array<{ mm: MM; va: number }> = [];
+  for (const p of k.liveProcesses()) {
+    for (const v of p.mm.vmas.items) {
+      if (v.file !== file || !v.shared) continue; // invalid_mkclean_vma: VM_SHARED only
+      const va = v.addressOf(index);
+      if (va >= v.start && va < v.end) visits.push({ mm: p.mm, va });
+    }
+  }
   let cleaned = false;
-  for (const m of k.rmap.of(pfn)) {
-    const vma = m.mm.vmas.find(m.va);
-    if (!vma || !vma.shared) continue; // invalid_mkclean_vma: only VM_SHARED mappings
-    const range = await k.notify(m.mm, MmuNotifierEvent.PROTECTION_PAGE, m.va, m.va + PAGE_SIZE, origin);
+  for (const { mm, va } of visits) {
+    if (mm.exiting) continue;
+    const range = await k.notify(mm, MmuNotifierEvent.PROTECTION_PAGE, va, va + PAGE_SIZE, origin);
     try {
-      const idx = m.mm.pt.leafIndex(m.va);
-      if (idx < 0 || m.mm.pt.lastLevel !== 0) continue;
-      const e = m.mm.pt.load(idx);
+      const idx = mm.pt.leafIndex(va);
+      if (idx < 0 || mm.pt.lastLevel !== 0) continue;
+      const e = mm.pt.load(idx);
       if (ptePfn(e) !== pfn || !(e & PTE.PRESENT)) continue;
       if (e & (PTE.DIRTY | PTE.WRITE)) {
         if (e & PTE.DIRTY) cleaned = true;
-        m.mm.pt.store(idx, e & ~(PTE.DIRTY | PTE.WRITE));
+        mm.pt.store(idx, e & ~(PTE.DIRTY | PTE.WRITE));
       }
     } finally {
-      k.notifyEnd(m.mm, range);
+      k.notifyEnd(mm, range);
     }
   }
   return cleaned;

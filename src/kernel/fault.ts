@@ -40,6 +40,10 @@ export function accessCheck(mm: MM, va: number, write: boolean): Vma {
   const vma = mm.vmas.find(va);
   if (!vma) throw segv('SEGV_MAPERR', va);
   if (write ? !vma.writable : !vma.readable) throw segv('SEGV_ACCERR', va);
+  const f = vma.file;
+  if (f && f.kind === 'file' && vma.fileIndex(Math.floor(va / PAGE_SIZE) * PAGE_SIZE) >= f.pages) {
+    throw kerr('SIGBUS', `access beyond the end of file ${f.id}`, { addr: va });
+  }
   return vma;
 }
 

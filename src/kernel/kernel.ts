@@ -620,49 +620,49 @@ export class Kernel {
 
   // ---- syscalls ---------------------------------------------------------------------------------
 
-  mmap(pid: number | string, args: sys.MmapArgs): Promise<number> {
+  async mmap(pid: number | string, args: sys.MmapArgs): Promise<number> {
     return sys.mmap(this, this.process(pid), args);
   }
-  munmap(pid: number | string, addr: number, length: number): Promise<void> {
+  async munmap(pid: number | string, addr: number, length: number): Promise<void> {
     return sys.munmap(this, this.process(pid), addr, length);
   }
-  mremap(pid: number | string, args: sys.MremapArgs): Promise<number> {
+  async mremap(pid: number | string, args: sys.MremapArgs): Promise<number> {
     return sys.mremap(this, this.process(pid), args);
   }
-  mprotect(pid: number | string, addr: number, length: number, prot: number): Promise<void> {
+  async mprotect(pid: number | string, addr: number, length: number, prot: number): Promise<void> {
     return sys.mprotect(this, this.process(pid), addr, length, prot);
   }
-  madvise(pid: number | string, addr: number, length: number, advice: sys.Advice): Promise<sys.MadviseResult> {
+  async madvise(pid: number | string, addr: number, length: number, advice: sys.Advice): Promise<sys.MadviseResult> {
     return sys.madvise(this, this.process(pid), addr, length, advice);
   }
-  brk(pid: number | string, addr: number): Promise<number> {
+  async brk(pid: number | string, addr: number): Promise<number> {
     return sys.brk(this, this.process(pid), addr);
   }
-  msync(pid: number | string, addr: number, length: number): Promise<{ written: number }> {
+  async msync(pid: number | string, addr: number, length: number): Promise<{ written: number }> {
     return sys.msync(this, this.process(pid), addr, length);
   }
-  clearRefs(pid: number | string, mode: sys.ClearRefsMode): Promise<void> {
+  async clearRefs(pid: number | string, mode: sys.ClearRefsMode): Promise<void> {
     return sys.clearRefs(this, this.process(pid), mode);
   }
   pagemap(pid: number | string, addr: number, pages: number): sys.PagemapEntry[] {
     return sys.pagemap(this, this.process(pid), addr, pages);
   }
   /** A CPU load of `length` bytes (faults as needed). */
-  read(pid: number | string, addr: number, length: number, node = 0): Promise<Uint8Array> {
+  async read(pid: number | string, addr: number, length: number, node = 0): Promise<Uint8Array> {
     return sys.cpuAccess(this, this.process(pid), addr, length, null, node);
   }
   /** A CPU store (COW, dirty and soft-dirty as the MMU would). */
   async write(pid: number | string, addr: number, data: Uint8Array, node = 0): Promise<void> {
     await sys.cpuAccess(this, this.process(pid), addr, data.length, data, node);
   }
-  fork(pid: number | string): Promise<Process> {
+  async fork(pid: number | string): Promise<Process> {
     return forkProcess(this, this.process(pid));
   }
-  exit(pid: number | string): Promise<void> {
+  async exit(pid: number | string): Promise<void> {
     return exitProcess(this, this.process(pid));
   }
   /** @internal exit by object (the OOM killer's victim may no longer be found by name). */
-  exitProcess(p: Process): Promise<void> {
+  async exitProcess(p: Process): Promise<void> {
     return exitProcess(this, p);
   }
   createFile(size: number): MemFile {
@@ -675,36 +675,64 @@ export class Kernel {
     return f;
   }
   fileRead(id: number, offset: number, length: number): Uint8Array {
-    return sys.fileRead(this, this.file(id), offset, length);
+    const f = this.file(id);
+    sys.checkNumber('offset', offset);
+    sys.checkNumber('length', length);
+    return sys.fileRead(this, f, offset, length);
   }
-  fileWrite(id: number, offset: number, data: Uint8Array): Promise<void> {
-    return sys.fileWrite(this, this.file(id), offset, data);
+  async fileWrite(id: number, offset: number, data: Uint8Array): Promise<void> {
+    const f = this.file(id);
+    sys.checkNumber('offset', offset);
+    if (offset + data.length > 1 << 30) throw new DevmirrorError('DM_ERR_TOO_LARGE', 'files are limited to 1 GiB');
+    return sys.fileWrite(this, f, offset, data);
   }
 
   // ---- kernel activity ----------------------------------------------------------------------------
 
-  reclaim(pages: number): Promise<ReclaimResult> {
+  async reclaim(pages: number): Promise<ReclaimResult> {
+    if (sys.checkNumber('pages', pages) === 0) throw kerr('EINVAL', 'pages must be positive');
     return shrink(this, pages);
   }
-  compact(node = 0): Promise<CompactResult> {
+  async compact(node = 0): Promise<CompactResult> {
+    this.checkNode(node);
     return compact(this, node);
   }
-  migrate(pid: number | string, addr: number, length: number, node: number): Promise<{ scanned: number; migrated: number; failed: number }> {
+  async migrate(pid: number | string, addr: number, length: number, node: number): Promise<{ scanned: number; migrated: number; failed: number }> {
     const p = this.process(pid);
-    if (!Number.isInteger(node) || node < 0 || node >= this.mem.numaNodes) throw kerr('EINVAL', 'no such NUMA node');
-    return migrateRange(this, p.mm, addr, addr + length, node);
+    this.checkNode(node);
+    const r = sys.userRange(addr, length, 'EINVAL', true);
+    if (!r) return { scanned: 0, migrated: 0, failed: 0 };
+    return migrateRange(this, p.mm, r[0], r[1], node);
   }
-  numaBalance(pid: number | string, windowBytes?: number): Promise<NumaScanResult> {
-    return numaScan(this, this.process(pid), windowBytes);
+  private checkNode(node: unknown): void {
+    if (typeof node !== 'number' || !Number.isInteger(node) || node < 0 || node >= this.mem.numaNodes) throw kerr('EINVAL', 'no such NUMA node');
   }
-  ksm(): Promise<KsmResult> {
+  /** [start, end) given as two addresses: page aligned, non-empty, inside the user address space. */
+  private checkSpan(start: number, end: number): void {
+    sys.checkNumber('start', start);
+    sys.checkNumber('end', end);
+    if (end <= start) throw kerr('EINVAL', 'empty or inverted range');
+    sys.userRange(start, end - start, 'EINVAL', false);
+  }
+  private checkOwner(owner: unknown): void {
+    if (typeof owner !== 'number' || !Number.isSafeInteger(owner) || owner <= 0) throw new DevmirrorError('DM_ERR_VALIDATION', 'owner must be a positive integer');
+  }
+  async numaBalance(pid: number | string, windowBytes?: number): Promise<NumaScanResult> {
+    const p = this.process(pid);
+    if (windowBytes !== undefined && (sys.checkNumber('windowBytes', windowBytes) === 0 || windowBytes % PAGE_SIZE !== 0)) {
+      throw kerr('EINVAL', 'the scan window must be a positive multiple of the page size');
+    }
+    return numaScan(this, p, windowBytes);
+  }
+  async ksm(): Promise<KsmResult> {
     return ksmScan(this);
   }
-  khugepaged(max?: number): Promise<{ scanned: number; collapsed: number }> {
+  async khugepaged(max?: number): Promise<{ scanned: number; collapsed: number }> {
     return khugepagedScan(this, max);
   }
   async collapse(pid: number | string, addr: number): Promise<CollapseResult> {
     const p = this.process(pid);
+    sys.checkNumber('addr', addr);
     await p.mm.mmapLock.write('collapse');
     try {
       return await collapseHugePage(this, p.mm, Math.floor(addr / PMD_SIZE) * PMD_SIZE, 'khugepaged', false);
@@ -714,6 +742,7 @@ export class Kernel {
   }
   async splitThp(pid: number | string, addr: number): Promise<boolean> {
     const p = this.process(pid);
+    sys.checkNumber('addr', addr);
     await p.mm.mmapLock.read('split');
     try {
       return await splitThpAt(this, p.mm, addr);
@@ -721,15 +750,15 @@ export class Kernel {
       p.mm.mmapLock.readUnlock('split');
     }
   }
-  writeback(): Promise<WritebackResult> {
+  async writeback(): Promise<WritebackResult> {
     return writebackAll(this);
   }
   /** Chooses a victim (or takes `pid`), reaps it, and lets it exit. */
-  oomKill(pid?: number | string): Promise<boolean> {
+  async oomKill(pid?: number | string): Promise<boolean> {
     return oomKill(this, 'requested', (p) => this.exitProcess(p), pid === undefined ? undefined : this.process(pid));
   }
   /** Runs the OOM reaper on a process without killing it (for experiments with refusals). */
-  oomReap(pid: number | string): Promise<ReapResult> {
+  async oomReap(pid: number | string): Promise<ReapResult> {
     return oomReap(this, this.process(pid));
   }
   audit(): AuditReport {
@@ -741,6 +770,7 @@ export class Kernel {
   /** hmm_range_fault under the mmap read lock (the caller is a device driver). */
   async rangeFault(pid: number | string, r: HmmRange): Promise<number> {
     const p = this.process(pid);
+    this.checkSpan(r.start, r.end);
     await p.mm.mmapLock.read('hmm_range_fault');
     try {
       return await hmmRangeFault(this, p.mm, r);
@@ -750,6 +780,8 @@ export class Kernel {
   }
   async migrateToDevice(pid: number | string, start: number, end: number, owner: number, opts?: { allocFails?: boolean }): Promise<MigrateResult> {
     const p = this.process(pid);
+    this.checkSpan(start, end);
+    this.checkOwner(owner);
     await p.mm.mmapLock.read('migrate_vma');
     try {
       return await migrateToDevice(this, p.mm, start, end, owner, opts);
@@ -759,6 +791,8 @@ export class Kernel {
   }
   async migrateToSystem(pid: number | string, start: number, end: number, owner: number): Promise<MigrateResult> {
     const p = this.process(pid);
+    this.checkSpan(start, end);
+    this.checkOwner(owner);
     await p.mm.mmapLock.read('migrate_vma');
     try {
       return await migrateToSystem(this, p.mm, start, end, owner, 'migrate');
@@ -766,11 +800,14 @@ export class Kernel {
       p.mm.mmapLock.readUnlock('migrate_vma');
     }
   }
-  evictDeviceMemory(owner: number): Promise<number> {
+  async evictDeviceMemory(owner: number): Promise<number> {
+    this.checkOwner(owner);
     return evictDeviceMemory(this, owner);
   }
   async makeDeviceExclusive(pid: number | string, va: number, owner: number): Promise<number> {
     const p = this.process(pid);
+    this.checkSpan(va, va + PAGE_SIZE);
+    this.checkOwner(owner);
     await p.mm.mmapLock.read('make_device_exclusive');
     try {
       return await makeDeviceExclusive(this, p.mm, va, owner);

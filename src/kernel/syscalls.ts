@@ -22,7 +22,7 @@ import { dropShmem } from './process-ops.js';
 
 // ---- argument checks -------------------------------------------------------------------------------
 
-function checkNumber(name: string, v: unknown): number {
+export function checkNumber(name: string, v: unknown): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
     throw new DevmirrorError('DM_ERR_BAD_ADDRESS', `${name} must be a non-negative integer`);
   }
@@ -30,7 +30,7 @@ function checkNumber(name: string, v: unknown): number {
 }
 
 /** [addr, addr + pageAlignUp(length)) with the kernel's checks; `zeroOk` returns null for 0. */
-function userRange(addr: number, length: number, onBad: 'EINVAL' | 'ENOMEM', zeroOk: boolean): [number, number] | null {
+export function userRange(addr: number, length: number, onBad: 'EINVAL' | 'ENOMEM', zeroOk: boolean): [number, number] | null {
   checkNumber('addr', addr);
   checkNumber('length', length);
   if (!isPageAligned(addr)) throw kerr('EINVAL', 'address is not page aligned');
@@ -152,7 +152,9 @@ export async function mmap(k: Kernel, p: Process, a: MmapArgs): Promise<number> 
   if (len > TASK_SIZE - MMAP_MIN_ADDR) throw kerr('ENOMEM', 'mapping larger than the address space');
   const hint = a.addr ?? 0;
   checkNumber('addr', hint);
-  if (a.fixed && (!isPageAligned(hint) || hint < MMAP_MIN_ADDR)) throw kerr('EINVAL', 'MAP_FIXED needs an aligned address');
+  if (a.fixed && !isPageAligned(hint)) throw kerr('EINVAL', 'MAP_FIXED needs an aligned address');
+  // security_mmap_addr: an unprivileged process may not map below mmap_min_addr.
+  if (a.fixed && hint < MMAP_MIN_ADDR) throw kerr('EPERM', 'address below mmap_min_addr');
   if (a.fixed && hint > TASK_SIZE - len) throw kerr('ENOMEM', 'MAP_FIXED range leaves the address space');
   let file: MemFile | null = null;
   let pgoff = 0;
@@ -260,6 +262,7 @@ export async function mremap(k: Kernel, p: Process, a: MremapArgs): Promise<numb
   if (a.fixed) {
     checkNumber('newAddr', newAddr);
     if (!isPageAligned(newAddr) || newAddr > TASK_SIZE - newLen) throw kerr('EINVAL', 'bad new address');
+    if (newAddr < MMAP_MIN_ADDR) throw kerr('EPERM', 'address below mmap_min_addr');
     if (newAddr < a.addr + oldLen && a.addr < newAddr + newLen) throw kerr('EINVAL', 'old and new ranges overlap');
   }
   return withWrite(mm, 'mremap', async () => {
@@ -319,12 +322,25 @@ async function moveVma(
   mm.vmas.splitAt(from + len);
   const old = mm.vmas.find(from);
   if (!old) throw kerr('EFAULT', 'old range vanished');
+  // Page tables for the destination first: if memory runs out, nothing has changed yet.
+  const want: Array<{ va: number; level: number }> = [];
+  mm.pt.walk(from, from + len, (va, _idx, level) => want.push({ va: va - from + to, level }));
+  try {
+    for (const w of want) {
+      if ((await k.ensurePt(mm, w.va, w.level)) < 0) throw kerr('ENOMEM', 'no frame for a page table while moving');
+    }
+  } catch (e) {
+    // Give back the (empty) tables made for the destination.
+    const prev = mm.vmas.prevOf(to);
+    const next = mm.vmas.findFrom(to + len);
+    mm.pt.prune(to, to + len, prev ? prev.end : 0, next ? next.start : TASK_SIZE);
+    mm.vmas.mergeAround(from, from + len); // undo the VMA splits
+    throw e;
+  }
   const nv = old.clone(from, from + len);
   nv.start = to;
   nv.end = to + newLen;
   if (nv.file) nv.file.mappers++;
-  // Reserve frames for the destination's page tables before notifying.
-  await k.reserve(Math.ceil(len / PMD_SIZE) + 4);
   mm.vmas.insert(nv);
   const range = await k.notify(mm, MmuNotifierEvent.UNMAP, from, from + len, 'mremap');
   try {

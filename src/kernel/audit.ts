@@ -50,7 +50,13 @@ export function audit(k: Kernel, maxProblems = 20): AuditReport {
       }
       const pfn = ptePfn(e);
       if (pfn === ZERO_PFN && !(e & PTE.DEVICE_PRIVATE)) return;
-      if (!mm.vmas.find(va)) report(`pid ${p.pid}: entry at 0x${va.toString(16)} outside any VMA`);
+      const vma = mm.vmas.find(va);
+      if (!vma) report(`pid ${p.pid}: entry at 0x${va.toString(16)} outside any VMA`);
+      else if (vma.file && level === 0 && e & (PTE.PRESENT | PTE.PROTNONE) && mem.hasFlag(pfn, FF.FILE)) {
+        // A page-cache page must be the cache page of the file offset this address maps.
+        const want = vma.file.cache.get(vma.fileIndex(va));
+        if (want !== pfn) report(`pid ${p.pid}: 0x${va.toString(16)} maps frame ${pfn}, file ${vma.file.id} index ${vma.fileIndex(va)} is ${want}`);
+      }
       if (level === 1) {
         for (let i = 0; i < PMD_PAGES; i++) {
           refs[pfn + i]++;

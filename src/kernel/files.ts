@@ -17,8 +17,6 @@ export class MemFile {
   readonly swapped = new Map<number, number>();
   /** file only: page index -> contents on the emulated disk (absent = zeros). */
   readonly disk = new Map<number, Uint8Array>();
-  /** Mappings (VMAs) of this file, for rmap walks over file offsets. */
-  mappers = 0;
   unlinked = false;
 
   constructor(

@@ -158,7 +158,7 @@ export class Kernel {
   };
   /** Memory-pressure hooks installed by the activity modules (reclaim, OOM). */
   pressure: {
-    reclaim(k: Kernel, pages: number): Promise<number>;
+    reclaim(k: Kernel, pages: number, scanLimit?: number): Promise<number>;
     oom(k: Kernel, reason: string): Promise<boolean>;
   } | null = null;
   readonly bootId: number;
@@ -193,7 +193,7 @@ export class Kernel {
     for (let s = cfg.maxProcesses - 1; s >= 0; s--) this.freeSlots.push(s);
     this.daemons = new Daemons(this);
     this.pressure = {
-      reclaim: async (k, pages) => (await shrink(k, pages)).reclaimed,
+      reclaim: async (k, pages, scanLimit) => (await shrink(k, pages, 'reclaim', scanLimit)).reclaimed,
       oom: (k, reason) => oomKill(k, reason, (p) => k.exitProcess(p)),
     };
   }
@@ -309,9 +309,13 @@ export class Kernel {
 
   private async allocSlow(flags: number, node: number, zero: boolean): Promise<number> {
     const pressure = this.pressure;
-    for (let round = 0; round < 4 && pressure; round++) {
-      // Direct reclaim: free a batch (SWAP_CLUSTER_MAX), then try again.
-      await pressure.reclaim(this, 32);
+    // Direct reclaim with rising priority, as do_try_to_free_pages: each round scans a larger
+    // share of the LRU (1/4096 of it up to all of it, twice, so second-chance pages go too)
+    // before the OOM killer is considered.
+    for (let priority = 12; priority >= -1 && pressure; priority -= 2) {
+      const lruSize = this.lru.active.size + this.lru.inactive.size;
+      const scan = Math.max(32, priority < 0 ? 2 * lruSize : lruSize >> priority);
+      await pressure.reclaim(this, 32, scan);
       const pfn = this.mem.tryAlloc(node, false, flags, zero);
       if (pfn >= 0) return pfn;
     }
@@ -595,6 +599,15 @@ export class Kernel {
       this.lruAdd(pfn);
       return pfn;
     }
+  }
+
+  /** Does any VMA of a live process map this file? (the file's i_mmap tree is not empty) */
+  fileMapped(file: MemFile): boolean {
+    for (const p of this.processes.values()) {
+      if (p.mm.dead) continue;
+      for (const v of p.mm.vmas.items) if (v.file === file) return true;
+    }
+    return false;
   }
 
   /** Removes a clean, unmapped page from its file's cache and frees it. */

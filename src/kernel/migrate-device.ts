@@ -166,15 +166,11 @@ export async function migrateToSystem(
 ): Promise<MigrateResult> {
   const pages: MigratedPage[] = [];
   const found: Array<{ va: number; idx: number; e: Pte; dev: number }> = [];
-  for (let va = start; va < end; va += PAGE_SIZE) {
-    const idx = mm.pt.leafIndex(va);
-    if (idx < 0 || mm.pt.lastLevel !== 0) continue;
-    const e = mm.pt.load(idx);
-    if (!(e & PTE.DEVICE_PRIVATE)) continue;
+  mm.pt.walk(start, end, (va, idx, level, e) => {
+    if (level !== 0 || !(e & PTE.DEVICE_PRIVATE)) return;
     const dev = ptePfn(e);
-    if (k.mem.getMeta(dev, FM.OWNER) !== owner) continue;
-    found.push({ va, idx, e, dev });
-  }
+    if (k.mem.getMeta(dev, FM.OWNER) === owner) found.push({ va, idx, e, dev });
+  });
   // Allocate first so a failure leaves everything in place.
   const dsts: number[] = [];
   try {

@@ -97,7 +97,6 @@ export async function fork(k: Kernel, parent: Process): Promise<Process> {
     for (const v of pmm.vmas.items) {
       const cv = v.clone(v.start, v.end);
       cmm.vmas.insert(cv);
-      if (cv.file) cv.file.mappers++;
       if (!needsCopy(v)) continue;
       // Enough frames for the child's page tables of this VMA, before notifying.
       await k.reserve(Math.ceil((v.end - v.start) / PMD_SIZE) + 4);
@@ -128,7 +127,6 @@ async function teardown(k: Kernel, p: Process): Promise<void> {
   k.zapRange(mm, 0, TASK_SIZE);
   for (const v of [...mm.vmas.items]) {
     mm.vmas.remove(v);
-    if (v.file) v.file.mappers--;
   }
   freeAllTables(k, mm);
   k.reapProcess(p);
@@ -173,10 +171,7 @@ async function doExit(k: Kernel, p: Process): Promise<void> {
     }
     for (const v of [...mm.vmas.items]) {
       mm.vmas.remove(v);
-      if (v.file) {
-        v.file.mappers--;
-        if (v.file.kind === 'shmem' && v.file.mappers === 0) dropShmem(k, v.file.id);
-      }
+      if (v.file && v.file.kind === 'shmem' && !k.fileMapped(v.file)) dropShmem(k, v.file.id);
     }
     freeAllTables(k, mm);
   } finally {

@@ -98,10 +98,9 @@ async function splitHugeEdges(k: Kernel, mm: MM, start: number, end: number): Pr
   await splitHugeAt(k, mm, end);
 }
 
+/** A VMA went away: a MAP_SHARED|MAP_ANONYMOUS object nobody maps any more is freed. */
 function fileRelease(k: Kernel, v: Vma): void {
-  if (!v.file) return;
-  v.file.mappers--;
-  if (v.file.kind === 'shmem' && v.file.mappers === 0) dropShmem(k, v.file.id);
+  if (v.file && v.file.kind === 'shmem' && !k.fileMapped(v.file)) dropShmem(k, v.file.id);
 }
 
 /**
@@ -197,7 +196,6 @@ export async function mmap(k: Kernel, p: Process, a: MmapArgs): Promise<number> 
       mergeable: false,
       name: a.name ?? null,
     });
-    if (file) file.mappers++;
     mm.vmas.insert(v);
     if (!file) mm.vmas.mergeAround(addr, addr + len);
     result = addr;
@@ -340,7 +338,6 @@ async function moveVma(
   const nv = old.clone(from, from + len);
   nv.start = to;
   nv.end = to + newLen;
-  if (nv.file) nv.file.mappers++;
   mm.vmas.insert(nv);
   const range = await k.notify(mm, MmuNotifierEvent.UNMAP, from, from + len, 'mremap');
   try {

@@ -194,10 +194,13 @@ async function ageActive(k: Kernel, count: number): Promise<void> {
   }
 }
 
-/** shrink_node: scan the inactive list until `target` pages are freed or the lists run dry. */
-export async function shrink(k: Kernel, target: number, origin: Origin = 'reclaim'): Promise<ReclaimResult> {
+/**
+ * shrink_node: scan the inactive list until `target` pages are freed, `scanLimit` pages were looked
+ * at, or the lists run dry.
+ */
+export async function shrink(k: Kernel, target: number, origin: Origin = 'reclaim', scanLimit = Math.max(64, target * 8)): Promise<ReclaimResult> {
   const res = emptyResult();
-  const limit = Math.max(64, target * 8);
+  const limit = scanLimit;
   k.stats.reclaimScans++;
   while (res.reclaimed < target && res.scanned < limit) {
     if (k.lru.inactive.size < k.lru.active.size || k.lru.inactive.size === 0) await ageActive(k, 32);

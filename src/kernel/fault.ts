@@ -189,8 +189,10 @@ async function doWpPage(k: Kernel, mm: MM, vma: Vma, va: number, idx: number, e:
       mm.pt.store(idx, e | PTE.WRITE | PTE.DIRTY | PTE.SOFT_DIRTY | PTE.YOUNG);
       return DONE;
     }
-    if (fl & FF.ANON && !(fl & FF.KSM) && mem.mapcount(pfn) === 1 && mem.refcount(pfn) === 1) {
+    if (fl & FF.ANON && !(fl & FF.KSM) && mem.mapcount(pfn) === 1 && mem.refcount(pfn) === 1 && !k.folioLocks.isLocked(pfn)) {
       // wp_page_reuse: we are the only user, so make it writable in place. No notification.
+      // wp_can_reuse_anon_folio trylocks the folio: whoever holds it (KSM write-protecting it to
+      // merge, reclaim, migration) makes us copy instead.
       mm.pt.store(idx, e | PTE.WRITE | PTE.DIRTY | PTE.SOFT_DIRTY | PTE.YOUNG);
       mem.clearFlags(pfn, FF.LAZYFREE);
       return DONE;
@@ -315,6 +317,7 @@ async function doHugePmdFault(
       head !== ZERO_PFN &&
       !k.mem.hasFlag(head, FF.KSM) &&
       k.mem.folioIntact(head) &&
+      !k.folioLocks.isLocked(head) &&
       Array.from({ length: PMD_PAGES }, (_, i) => head + i).every(
         (p) => k.mem.mapcount(p) === 1 && k.mem.refcount(p) === 1,
       );

@@ -13,7 +13,7 @@ import { FF, FM, PAGE_SIZE, PMD_SIZE, PTE } from './layout.js';
 import type { Kernel } from './kernel.js';
 import type { MM } from './mm.js';
 import { ZERO_PFN } from './phys-mem.js';
-import { mkPte, ptePfn, type Pte } from './pte.js';
+import { fromMigration, isMigrationOf, mkPte, ptePfn, type Pte } from './pte.js';
 import { MmuNotifierEvent } from '../notifier/range.js';
 import { handleMmFault } from './fault.js';
 
@@ -118,10 +118,10 @@ export async function migrateToDevice(
       const dst = dsts.get(c.va);
       const page = pages[(c.va - start) / PAGE_SIZE];
       const cur = mm.pt.load(c.idx);
-      const expected = c.mig !== 0 ? c.mig : c.old;
-      if (dst === undefined || cur !== expected) {
+      const intact = c.mig !== 0 ? isMigrationOf(cur, c.src) : cur === c.old;
+      if (dst === undefined || !intact) {
         // Not moved: restore the source (migrate_vma_finalize) and give back the device page.
-        if (c.mig !== 0 && cur === c.mig) mm.pt.store(c.idx, c.old);
+        if (c.mig !== 0 && isMigrationOf(cur, c.src)) mm.pt.store(c.idx, fromMigration(cur, c.old, c.src));
         if (dst !== undefined) k.mem.put(dst);
         if (c.mig !== 0) k.folioLocks.unlock(c.src);
         continue;
@@ -131,7 +131,7 @@ export async function migrateToDevice(
         PTE.DEVICE_PRIVATE |
         (writable ? PTE.WRITE : 0) |
         PTE.DIRTY |
-        (c.old & PTE.SOFT_DIRTY) |
+        (cur & PTE.SOFT_DIRTY) |
         (c.old === 0 || c.src === ZERO_PFN ? PTE.SOFT_DIRTY : 0);
       if (c.mig !== 0) {
         mm.pt.store(c.idx, 0);

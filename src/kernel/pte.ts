@@ -48,3 +48,19 @@ export function describePte(e: Pte): string {
     .map(([n]) => n.toLowerCase());
   return `${names.join('|')} pfn=${ptePfn(e)}`;
 }
+
+/** Is `e` the migration entry of frame `pfn`? (Its permission bits may have changed since it was
+ * installed: mprotect and clear_refs edit migration entries too.) */
+export function isMigrationOf(e: Pte, pfn: number): boolean {
+  return (e & PTE.MIGRATION) !== 0 && ptePfn(e) === pfn;
+}
+
+/**
+ * remove_migration_ptes: the entry to put back for a migration entry `mig` of a page that was
+ * mapped as `old`, pointing at `pfn`. Permission and dirty bits come from the migration entry (they
+ * may have been changed while it was installed); presence (present or NUMA-hinted) from `old`.
+ */
+export function fromMigration(mig: Pte, old: Pte, pfn: number): Pte {
+  const keep = PTE.WRITE | PTE.DIRTY | PTE.SOFT_DIRTY | PTE.YOUNG;
+  return mkPte(pfn, (old & (PTE.PRESENT | PTE.PROTNONE)) | (mig & keep));
+}

@@ -341,6 +341,16 @@ async function moveVma(
   mm.vmas.insert(nv);
   const range = await k.notify(mm, MmuNotifierEvent.UNMAP, from, from + len, 'mremap');
   try {
+    // A migration finds its entries again by address: let migrations in the range finish first
+    // (nothing can start a new one between this check and the synchronous move below).
+    for (;;) {
+      let pending = -1;
+      mm.pt.walk(from, from + len, (_va, _i, _l, e) => {
+        if (pending < 0 && e & PTE.MIGRATION) pending = ptePfn(e);
+      });
+      if (pending < 0) break;
+      await k.waitFolio(pending);
+    }
     const leaves: Array<{ va: number; idx: number; level: number; e: Pte }> = [];
     mm.pt.walk(from, from + len, (va, idx, level, e) => leaves.push({ va, idx, level, e }));
     for (const l of leaves) {
@@ -781,10 +791,12 @@ export async function cpuAccess(
       const pageVa = Math.floor(va / PAGE_SIZE) * PAGE_SIZE;
       const off = va - pageVa;
       const n = Math.min(PAGE_SIZE - off, length - done);
-      const pfn = await touch(k, mm, pageVa, write !== null, node);
-      const base = pfn * PAGE_SIZE + off;
-      if (write) k.mem.data.set(write.subarray(done, done + n), base);
-      else out.set(k.mem.data.subarray(base, base + n), done);
+      const at = done;
+      await touch(k, mm, pageVa, write !== null, node, (pfn) => {
+        const base = pfn * PAGE_SIZE + off;
+        if (write) k.mem.data.set(write.subarray(at, at + n), base);
+        else out.set(k.mem.data.subarray(base, base + n), at);
+      });
       done += n;
     }
     return out;
@@ -792,10 +804,19 @@ export async function cpuAccess(
 }
 
 /**
- * Makes the entry at va usable for the access (faulting as needed) and sets the accessed/dirty
- * bits; returns the frame. The access itself must follow with no await in between.
+ * Makes the entry at va usable for the access (faulting as needed), sets the accessed/dirty bits
+ * and performs `access` on the frame, all in one synchronous step once the entry allows it: no
+ * other kernel task can move, free or reuse the frame between the check and the access (what the
+ * page-table lock and the TLB give a real CPU).
  */
-export async function touch(k: Kernel, mm: MM, va: number, write: boolean, node = 0): Promise<number> {
+export async function touch(
+  k: Kernel,
+  mm: MM,
+  va: number,
+  write: boolean,
+  node: number,
+  access: (pfn: number) => void,
+): Promise<void> {
   for (;;) {
     const idx = mm.pt.leafIndex(va);
     const e = idx >= 0 ? mm.pt.load(idx) : 0;
@@ -803,10 +824,10 @@ export async function touch(k: Kernel, mm: MM, va: number, write: boolean, node 
       const huge = (e & PTE.HUGE) !== 0;
       mm.pt.store(idx, e | PTE.YOUNG | (write ? PTE.DIRTY | PTE.SOFT_DIRTY : 0));
       const pfn = ptePfn(e);
-      if (pfn === ZERO_PFN) return ZERO_PFN;
-      const sub = huge ? pfn + (va % PMD_SIZE) / PAGE_SIZE : pfn;
+      const sub = pfn === ZERO_PFN ? ZERO_PFN : huge ? pfn + (va % PMD_SIZE) / PAGE_SIZE : pfn;
       if (write) k.mem.clearFlags(sub, FF.LAZYFREE);
-      return sub;
+      access(sub);
+      return;
     }
     await handleMmFault(k, mm, va, { write, node });
   }

@@ -93,6 +93,24 @@ export async function ksmScan(k: Kernel): Promise<KsmResult> {
       });
     }
   }
+  // Hold a reference on every page we may use across the awaits below (get_mergeable_page), so
+  // none is freed and reused under us.
+  const held: number[] = [];
+  const hold = (pfn: number): void => {
+    k.mem.get(pfn);
+    held.push(pfn);
+  };
+  for (const cands of groups.values()) for (const c of cands) hold(c.pfn);
+  for (const pfn of stable.values()) hold(pfn);
+  try {
+    await mergeGroups(k, groups, stable, res);
+  } finally {
+    for (const pfn of held) k.putPage(pfn);
+  }
+  return res;
+}
+
+async function mergeGroups(k: Kernel, groups: Map<number, Candidate[]>, stable: Map<number, number>, res: KsmResult): Promise<void> {
   for (const [h, cands] of groups) {
     let ksm = stable.get(h) ?? -1;
     if (ksm >= 0 && !k.mem.pagesEqual(ksm, cands[0].pfn)) ksm = -1;
@@ -111,7 +129,7 @@ export async function ksmScan(k: Kernel): Promise<KsmResult> {
       rest = cands.slice(1);
     }
     for (const c of rest) {
-      if (k.mem.hasFlag(ksm, FF.FREE) || !k.folioLocks.tryLock(c.pfn, 'ksm')) continue;
+      if (!k.mem.hasFlag(ksm, FF.KSM) || !k.folioLocks.tryLock(c.pfn, 'ksm')) continue;
       try {
         if (!(await writeProtect(k, c))) continue;
         if (await replacePage(k, c, ksm)) {
@@ -124,5 +142,5 @@ export async function ksmScan(k: Kernel): Promise<KsmResult> {
       }
     }
   }
-  return res;
 }
+

@@ -8,7 +8,7 @@ import { FF, FM, PAGE_SIZE, PMD_PAGES, PTE, PTE_FLAGS_MASK } from '../layout.js'
 import type { Kernel } from '../kernel.js';
 import type { MM } from '../mm.js';
 import { ZERO_PFN } from '../phys-mem.js';
-import { mkPte, ptePfn, type Pte } from '../pte.js';
+import { fromMigration, isMigrationOf, mkPte, ptePfn, type Pte } from '../pte.js';
 import { MmuNotifierEvent, type Origin } from '../../notifier/range.js';
 
 interface Unmapped {
@@ -48,7 +48,10 @@ export async function unmapToMigrationEntries(k: Kernel, pfn: number, origin: Or
 
 /** Puts back the original entries (remove_migration_ptes on failure): an upgrade, no notify. */
 export function rollback(k: Kernel, done: Unmapped[]): null {
-  for (const u of done) if (u.mm.pt.load(u.idx) === u.mig) u.mm.pt.store(u.idx, u.old);
+  for (const u of done) {
+    const cur = u.mm.pt.load(u.idx);
+    if (isMigrationOf(cur, ptePfn(u.mig))) u.mm.pt.store(u.idx, fromMigration(cur, u.old, ptePfn(u.mig)));
+  }
   return null;
 }
 
@@ -106,11 +109,12 @@ export async function migratePage(
       mem.put(pfn);
     }
     for (const u of unmapped) {
-      if (u.mm.pt.load(u.idx) !== u.mig) continue;
+      const cur = u.mm.pt.load(u.idx);
+      if (!isMigrationOf(cur, pfn)) continue; // zapped meanwhile
       u.mm.pt.store(u.idx, 0);
       k.releaseLeaf(u.mm, u.va, u.old);
       mem.get(target);
-      k.mapLeaf(u.mm, u.va, u.idx, target, u.old & PTE_FLAGS_MASK);
+      k.mapLeaf(u.mm, u.va, u.idx, target, fromMigration(cur, u.old, target) & PTE_FLAGS_MASK);
     }
     k.lruDel(pfn);
     k.lruAdd(target);

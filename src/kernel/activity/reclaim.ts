@@ -9,7 +9,7 @@
  */
 import { FF, PAGE_SIZE, PMD_SIZE, PTE } from '../layout.js';
 import type { Kernel } from '../kernel.js';
-import { mkPte, ptePfn } from '../pte.js';
+import { isMigrationOf, mkPte, ptePfn } from '../pte.js';
 import type { Origin } from '../../notifier/range.js';
 import { unmapToMigrationEntries, rollback } from './migrate.js';
 
@@ -120,8 +120,9 @@ export async function evictPage(
       return 'keep';
     }
     // Every mapping now holds a migration entry: nobody can write the page any more.
+    // The migration entries may have had bits changed (mprotect, clear_refs): match by pfn.
     const finish = (u: (typeof unmapped)[number], entry: number): boolean => {
-      if (u.mm.pt.load(u.idx) !== u.mig) return false;
+      if (!isMigrationOf(u.mm.pt.load(u.idx), pfn)) return false;
       u.mm.pt.store(u.idx, entry);
       k.releaseLeaf(u.mm, u.va, u.old);
       return true;
@@ -142,7 +143,7 @@ export async function evictPage(
       const slot = k.swap.swapOut(pfn, unmapped.length);
       let used = 0;
       for (const u of unmapped) {
-        if (finish(u, mkPte(slot, PTE.SWAP | (u.old & PTE.SOFT_DIRTY)))) {
+        if (finish(u, mkPte(slot, PTE.SWAP | (u.mm.pt.load(u.idx) & PTE.SOFT_DIRTY)))) {
           u.mm.swapEntries++;
           used++;
         }

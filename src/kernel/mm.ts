@@ -3,7 +3,7 @@
  * subscriptions and the counters. Published to other threads through its mm-table slot (layout.ts
  * MS.*): the page-table root, invalidateSeq and active-range count.
  */
-import { MS, MM_STATE } from './layout.js';
+import { MS, MM_STATE, mmSlotIndex } from './layout.js';
 import { RwLock } from './locks.js';
 import { PageTable } from './page-table.js';
 import type { PhysicalMemory } from './phys-mem.js';
@@ -66,7 +66,7 @@ export class MM {
   }
 
   slotIndex(word: number): number {
-    return this.mem.mmBase + this.slot * 8 + word;
+    return mmSlotIndex(this.mem.mmBase, this.slot, word);
   }
   slotStore(word: number, v: number): void {
     Atomics.store(this.mem.meta, this.slotIndex(word), v);

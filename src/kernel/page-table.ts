@@ -19,8 +19,8 @@
  * All accesses are sequentially consistent Atomics, so if the reader loaded an entry from a table
  * page after it was freed, the PT_GEN bump that precedes the free is visible to its second load.
  */
-import { invariant } from '../errors.js';
-import { FF, LEVEL, LEVEL_SHIFT, MS, PAGE_SIZE, PTE, PTRS_PER_TABLE } from './layout.js';
+import { DevmirrorError, invariant } from '../errors.js';
+import { FF, HDR, LAYOUT_VERSION, LEVEL, LEVEL_SHIFT, MS, PAGE_SIZE, PTE, PTRS_PER_TABLE, mmSlotIndex } from './layout.js';
 import type { PhysicalMemory } from './phys-mem.js';
 import { mkPte, ptePfn, type Pte } from './pte.js';
 
@@ -200,7 +200,7 @@ export class PageTable {
     if (freed.length === 0) return 0;
     // Parent entries are already cleared; bump PT_GEN before any freed table can be reused so a
     // lockless reader that walked into one retries (see the protocol at the top of this file).
-    Atomics.add(this.mem.meta, this.mem.mmBase + this.mmSlot * 8 + MS.PT_GEN, 1);
+    Atomics.add(this.mem.meta, mmSlotIndex(this.mem.mmBase, this.mmSlot, MS.PT_GEN), 1);
     for (const pfn of freed) {
       this.mem.clearFlags(pfn, FF.PGTABLE);
       invariant(this.mem.put(pfn), `page-table page ${pfn} still referenced`);
@@ -282,11 +282,14 @@ export class PageTableReader {
   ) {
     this.meta = new Int32Array(metaSab);
     this.words = new Int32Array(dataSab);
-    this.mmBase = this.meta[9 /* HDR.MM_TABLE_OFFSET */];
+    if (Atomics.load(this.meta, HDR.LAYOUT_VERSION) !== LAYOUT_VERSION) {
+      throw new DevmirrorError('DM_ERR_LAYOUT_MISMATCH', 'shared memory layout version does not match');
+    }
+    this.mmBase = this.meta[HDR.MM_TABLE_OFFSET];
   }
 
   private slotWord(slot: number, word: number): number {
-    return this.mmBase + slot * 8 + word;
+    return mmSlotIndex(this.mmBase, slot, word);
   }
 
   /**

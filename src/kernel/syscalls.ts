@@ -460,11 +460,21 @@ export async function mprotect(k: Kernel, p: Process, addr: number, length: numb
   checkProt(prot);
   const r = userRange(addr, length, 'ENOMEM', true);
   if (!r) return;
-  const [start, end] = r;
+  const start = r[0];
+  let end = r[1];
   const mm = p.mm;
   await withWrite(mm, 'mprotect', async () => {
-    // Checked up front so a hole never leaves the range half changed.
-    if (!mm.vmas.covers(start, end)) throw kerr('ENOMEM', 'range is not fully mapped');
+    // As do_mprotect_pkey: a hole at the start changes nothing; a hole further on stops the
+    // change there (the VMAs before it keep their new protection) and the call fails with ENOMEM.
+    const first = mm.vmas.find(start);
+    if (!first) throw kerr('ENOMEM', 'range is not mapped at its start');
+    let covered = start;
+    for (const v of mm.vmas.overlapping(start, end)) {
+      if (v.start > covered) break;
+      covered = v.end;
+    }
+    const hole = covered < end;
+    if (hole) end = covered;
     // mprotect_fixup splits only VMAs whose protection changes.
     for (const v of mm.vmas.overlapping(start, end)) {
       if (v.prot === prot) continue;
@@ -479,6 +489,7 @@ export async function mprotect(k: Kernel, p: Process, addr: number, length: numb
       v.prot = prot;
     }
     mm.vmas.mergeAround(start, end);
+    if (hole) throw kerr('ENOMEM', 'part of the range is not mapped (the part before the hole was changed)');
   });
 }
 
@@ -637,7 +648,8 @@ export async function msync(k: Kernel, p: Process, addr: number, length: number)
   const [start, end] = r;
   const mm = p.mm;
   return withRead(mm, 'msync', async () => {
-    if (!mm.vmas.covers(start, end)) throw kerr('ENOMEM', 'range is not fully mapped');
+    // As the kernel: the mapped parts are synced, an unmapped part makes the call fail with ENOMEM.
+    const hole = !mm.vmas.covers(start, end);
     let written = 0;
     for (const v of mm.vmas.overlapping(start, end)) {
       if (!v.sharedFile || !v.file) continue;
@@ -646,6 +658,7 @@ export async function msync(k: Kernel, p: Process, addr: number, length: number)
       const res = await writebackFile(k, v.file, v.fileIndex(s), v.fileIndex(e - PAGE_SIZE), 'msync');
       written += res.written;
     }
+    if (hole) throw kerr('ENOMEM', 'part of the range is not mapped (the mapped part was synced)');
     return { written };
   });
 }

@@ -413,9 +413,17 @@ describe('bad input is refused with the documented code and changes nothing', ()
     });
   });
 
+  it('mprotect over a hole follows do_mprotect_pkey: the part before the hole changes, then ENOMEM', async () => {
+    const f = await fixture();
+    await expect(f.k.mprotect(f.p.pid, f.holey, 6 * PAGE, PROT.READ)).rejects.toMatchObject({ code: 'ENOMEM' });
+    const prots = [0, 1, 2, 3, 4, 5].map((i) => f.p.mm.vmas.find(f.holey + i * PAGE)?.prot ?? null);
+    expect(prots).toEqual([PROT.READ, PROT.READ, null, RW, RW, RW]);
+    await expect(f.k.write(f.p.pid, f.holey, new Uint8Array([1]))).rejects.toMatchObject({ code: 'SIGSEGV' });
+    expect(f.k.audit().problems).toEqual([]);
+  });
+
   describe('mprotect, madvise, msync, clear_refs', () => {
     const cases: Case[] = [
-      ['mprotect over a hole', (f) => f.k.mprotect(f.p.pid, f.holey, 6 * PAGE, PROT.READ), ENOMEM],
       ['mprotect from a hole', (f) => f.k.mprotect(f.p.pid, f.holey + 2 * PAGE, 4 * PAGE, PROT.NONE), ENOMEM],
       ['mprotect of an unmapped range', (f) => f.k.mprotect(f.p.pid, FAR, PAGE, PROT.READ), ENOMEM],
       ['mprotect with unknown bits (8)', (f) => f.k.mprotect(f.p.pid, f.rw, PAGE, 8), EINVAL],

@@ -56,6 +56,12 @@ export interface HmmRange {
   defaultFlags: number;
   pfnFlagsMask: number;
   devPrivateOwner: number | null;
+  /**
+   * Output: the global clock tick at the start of the walk that produced the result. Every page
+   * table entry the result reflects was read after this tick, synchronously (the sanitizer orders
+   * grants against invalidations with it).
+   */
+  tick?: number;
 }
 
 const NEED_FAULT = 1;
@@ -123,6 +129,9 @@ class Walk {
 
   async run(): Promise<number> {
     const { r, mm } = this;
+    // A pass that returns 0 runs without awaiting (faults and waits restart the walk), so every
+    // entry it reads is read after this tick.
+    r.tick = this.k.mem.tick();
     let addr = this.last;
     while (addr < r.end) {
       const vma = mm.vmas.findFrom(addr);

@@ -12,7 +12,7 @@
 import { DevmirrorError, invariant, kerr } from '../errors.js';
 import { FF, FM, LEVEL, PAGE_SIZE, PMD_PAGES, PMD_SIZE, PTE, PTE_FLAGS_MASK } from './layout.js';
 import { FileTable, type MemFile } from './files.js';
-import { KeyedMutex } from './locks.js';
+import { KeyedMutex } from '../lib/locks.js';
 import { MM } from './mm.js';
 import { PhysicalMemory, ZERO_PFN } from './phys-mem.js';
 import { mkPte, ptePfn, type Pte } from './pte.js';
@@ -37,6 +37,7 @@ import { writebackAll, type WritebackResult } from './activity/writeback.js';
 import { audit, type AuditReport } from './audit.js';
 import { hmmRangeFault, type HmmRange } from './hmm.js';
 import { makeDeviceExclusive, migrateToDevice, migrateToSystem, evictDeviceMemory, type MigrateResult } from './migrate-device.js';
+import { handleMmFault } from './fault.js';
 import { PROT } from './vma.js';
 import { Daemons } from './activity/daemons.js';
 
@@ -83,6 +84,11 @@ export interface DevicePagemap {
    * and then updates its own mirror. Without a hook the kernel calls `migrate` itself.
    */
   migrateToRam?(mm: MM, va: number, migrate: () => Promise<void>): Promise<void>;
+  /**
+   * Pages of this owner are moving back to RAM (their entries are migration entries now): drop
+   * the translations before they move. Awaited inside the invalidation window.
+   */
+  migratingOut?(mm: MM, vas: number[]): Promise<void>;
   /** The kernel moved a page of this owner (CPU fault, eviction): forget the mirror entry. */
   pageMigratedOut?(mm: MM, va: number, devPfn: number): void;
 }
@@ -813,11 +819,46 @@ export class Kernel {
       p.mm.mmapLock.readUnlock('migrate_vma');
     }
   }
+  /**
+   * get_user_pages for a device that mirrors without an interval notifier (KVM's hva_to_pfn):
+   * faults the page in (for writing if asked) and returns the frame, its generation and the clock
+   * tick at which the entry was read.
+   */
+  async gup(pid: number | string, va: number, write: boolean): Promise<{ pfn: number; gen: number; tick: number; write: boolean; huge: boolean }> {
+    const p = this.process(pid);
+    this.checkSpan(Math.floor(va / PAGE_SIZE) * PAGE_SIZE, Math.floor(va / PAGE_SIZE) * PAGE_SIZE + PAGE_SIZE);
+    const mm = p.mm;
+    await mm.mmapLock.read('gup');
+    try {
+      for (let tries = 0; tries < 64; tries++) {
+        if (mm.exiting) throw kerr('EFAULT', 'the process is exiting');
+        const idx = mm.pt.leafIndex(va);
+        const e = idx >= 0 ? mm.pt.load(idx) : 0;
+        if (e & PTE.PRESENT && (!write || e & PTE.WRITE)) {
+          const huge = (e & PTE.HUGE) !== 0;
+          const head = ptePfn(e);
+          const pfn = head === ZERO_PFN ? ZERO_PFN : huge ? head + Math.floor((va % PMD_SIZE) / PAGE_SIZE) : head;
+          mm.pt.store(idx, e | PTE.YOUNG | (write ? PTE.DIRTY | PTE.SOFT_DIRTY : 0));
+          return { pfn, gen: this.mem.generation(pfn), tick: this.mem.tick(), write: (e & PTE.WRITE) !== 0, huge };
+        }
+        try {
+          await handleMmFault(this, mm, va, { write, remote: true });
+        } catch (err) {
+          if ((err as DevmirrorError).code === 'ENOMEM') throw err;
+          throw kerr('EFAULT', (err as Error).message);
+        }
+      }
+      throw kerr('EAGAIN', 'gup kept racing invalidations');
+    } finally {
+      mm.mmapLock.readUnlock('gup');
+    }
+  }
+
   async evictDeviceMemory(owner: number): Promise<number> {
     this.checkOwner(owner);
     return evictDeviceMemory(this, owner);
   }
-  async makeDeviceExclusive(pid: number | string, va: number, owner: number): Promise<number> {
+  async makeDeviceExclusive(pid: number | string, va: number, owner: number): Promise<{ pfn: number; tick: number }> {
     const p = this.process(pid);
     this.checkSpan(va, va + PAGE_SIZE);
     this.checkOwner(owner);

@@ -189,3 +189,119 @@ export function mmSlotIndex(mmBase: number, slot: number, word: number): number 
 export function tableEntryIndex(pfn: number, idx: number): number {
   return pfn * (PAGE_SIZE / 4) + idx;
 }
+
+// ---- device mailboxes (the invalidate start/end handshake with device workers) ---------------------
+
+/**
+ * One mailbox SharedArrayBuffer per device worker (Int32Array). The kernel posts calls (invalidate
+ * start, young queries, release) into the CALL ring and one-way ends into the END ring, then bumps
+ * DOORBELL. The device answers each call in its slot (CS.ANSWER) and bumps the global
+ * KC.ACK_DOORBELL so the kernel, which waits for many devices at once, wakes once.
+ */
+export const MAILBOX_VERSION = 1;
+export const MB = {
+  /** Must equal MAILBOX_VERSION. */
+  VERSION: 0,
+  /** Kernel -> device: bumped (Atomics.add) after every post; the device waits on it. */
+  DOORBELL: 1,
+  /** 0 running, 1 stop requested (the device exits its loop). */
+  STATE: 2,
+  /** Calls published by the kernel (monotonic); slot = n % CALL_SLOTS. */
+  CALL_HEAD: 3,
+  /** Calls the device has taken (monotonic). */
+  CALL_TAIL: 4,
+  END_HEAD: 5,
+  END_TAIL: 6,
+  /** Device -> kernel: 1 while the device is parked in Atomics.wait (kernel must notify). */
+  PARKED: 7,
+  /** Kernel -> device: how many loads to spin before parking (adapted to free cores). */
+  SPIN: 8,
+  /** Device: answers written (monotonic), for statistics. */
+  ANSWERS: 9,
+  /** Device: heartbeat counter, bumped every loop (hang detection, dashboards). */
+  HEARTBEAT: 10,
+} as const;
+export const MB_HEADER_WORDS = 16;
+export const CALL_SLOTS = 64;
+export const END_SLOTS = 64;
+
+/** Call opcodes (CS.OP). */
+export const CALL_OP = {
+  INVALIDATE: 1,
+  MM_START: 2,
+  RELEASE: 3,
+  CLEAR_FLUSH_YOUNG: 4,
+  CLEAR_YOUNG: 5,
+  TEST_YOUNG: 6,
+} as const;
+
+/** Words of a call slot. Addresses are split into low and high 32-bit halves. */
+export const CS = {
+  /** Round id (invalidation id) low 31 bits; written last by the kernel, read first by the device. */
+  ID: 0,
+  OP: 1,
+  SUB: 2,
+  START_LO: 3,
+  START_HI: 4,
+  END_LO: 5,
+  END_HI: 6,
+  EVENT: 7,
+  FLAGS: 8,
+  /** Owner device id, or -1 for null. */
+  OWNER: 9,
+  CUR_SEQ: 10,
+  PID: 11,
+  /** Global clock tick when the kernel published the call (sanitizer ordering). */
+  TICK: 12,
+  /** Origin code (provenance). */
+  ORIGIN: 13,
+  /** 0 pending; 1 ok / true; 2 refused (would block) / false. Written by the device, last. */
+  ANSWER: 14,
+  /** Global clock tick when the device answered. */
+  ANSWER_TICK: 15,
+} as const;
+export const CALL_SLOT_WORDS = 16;
+export const ANSWER = { PENDING: 0, OK: 1, REFUSED: 2 } as const;
+
+/** Words of an end slot (one-way). */
+export const ES = {
+  /** Written last by the kernel. */
+  ID: 0,
+  SUB: 1,
+  START_LO: 2,
+  START_HI: 3,
+  END_LO: 4,
+  END_HI: 5,
+  EVENT: 6,
+  FLAGS: 7,
+  PID: 8,
+  /** Global clock tick when the end was published (after the PTEs changed). */
+  TICK: 9,
+} as const;
+export const END_SLOT_WORDS = 12;
+
+export const MB_CALLS_OFFSET = MB_HEADER_WORDS;
+export const MB_ENDS_OFFSET = MB_CALLS_OFFSET + CALL_SLOTS * CALL_SLOT_WORDS;
+export const MB_WORDS = MB_ENDS_OFFSET + END_SLOTS * END_SLOT_WORDS;
+
+/** The kernel's control buffer shared with every device worker (Int32Array). */
+export const KC = {
+  VERSION: 0,
+  /** Devices -> kernel: bumped after every answer; the kernel parks on it with waitAsync. */
+  ACK_DOORBELL: 1,
+  /** Kernel: 1 while parked on ACK_DOORBELL (devices must notify). */
+  KERNEL_PARKED: 2,
+} as const;
+export const KC_WORDS = 8;
+
+/** Splits a user address (< 2^53) into two 32-bit halves; ULONG_MAX becomes all ones. */
+export function addrLo(a: number): number {
+  return a >= ULONG_MAX ? -1 : a % 0x100000000 | 0;
+}
+export function addrHi(a: number): number {
+  return a >= ULONG_MAX ? -1 : Math.floor(a / 0x100000000) | 0;
+}
+export function joinAddr(lo: number, hi: number): number {
+  if (lo === -1 && hi === -1) return ULONG_MAX;
+  return (hi >>> 0) * 0x100000000 + (lo >>> 0);
+}

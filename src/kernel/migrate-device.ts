@@ -26,6 +26,8 @@ export interface MigratedPage {
 }
 
 export interface MigrateResult {
+  /** Global clock tick when the destination entries were installed. */
+  tick: number;
   /** Pages collected for migration (migrate->cpages). */
   collected: number;
   /** Pages that actually moved. */
@@ -113,6 +115,7 @@ export async function migrateToDevice(
   let holeRange = null;
   if (firstHole) holeRange = await k.notify(mm, MmuNotifierEvent.MIGRATE, firstHole.va, end, 'device_migration', owner);
   let moved = 0;
+  const tick = k.mem.tick();
   try {
     for (const c of collected) {
       const dst = dsts.get(c.va);
@@ -148,7 +151,7 @@ export async function migrateToDevice(
   } finally {
     if (holeRange) k.notifyEnd(mm, holeRange);
   }
-  return { collected: collected.length, moved, pages };
+  return { tick, collected: collected.length, moved, pages };
 }
 
 /**
@@ -183,30 +186,50 @@ export async function migrateToSystem(
     how === 'migrate'
       ? await k.notify(mm, MmuNotifierEvent.MIGRATE, start, end, 'device_migration', owner)
       : await k.notify(mm, MmuNotifierEvent.CLEAR, start, end, 'device_migration');
+  const pm = k.pagemaps.get(owner);
   let moved = 0;
+  let tick = 0;
   try {
+    // migrate_vma_collect: migration entries (device faults on them wait for the page lock).
+    const live: Array<{ va: number; idx: number; e: Pte; dev: number; dst: number; mig: Pte }> = [];
     found.forEach((f, i) => {
-      const dst = dsts[i];
-      if (mm.pt.load(f.idx) !== f.e) {
-        k.mem.put(dst);
+      if (mm.pt.load(f.idx) !== f.e || !k.folioLocks.tryLock(f.dev, 'migrate_to_ram')) {
+        k.mem.put(dsts[i]);
         return;
       }
-      k.mem.copyPage(dst, f.dev);
-      mm.pt.store(f.idx, 0);
-      k.releaseLeaf(mm, f.va, f.e);
-      const flags = PTE.PRESENT | PTE.YOUNG | PTE.DIRTY | (f.e & (PTE.WRITE | PTE.SOFT_DIRTY));
-      k.mem.setFlags(dst, FF.DIRTY);
-      k.mapLeaf(mm, f.va, f.idx, dst, flags);
-      k.lruAdd(dst);
-      pages.push({ va: f.va, src: f.dev, dst });
-      moved++;
+      const mig = mkPte(f.dev, PTE.MIGRATION | (f.e & (PTE.WRITE | PTE.SOFT_DIRTY)));
+      mm.pt.store(f.idx, mig);
+      live.push({ ...f, dst: dsts[i], mig });
     });
+    try {
+      // The owner drops its translations before the pages move (dmirror_devmem_fault_alloc_and_copy
+      // erases its entry under its lock), so it never sees a half-moved page.
+      if (live.length > 0 && pm?.migratingOut) await pm.migratingOut(mm, live.map((l) => l.va));
+    } finally {
+      tick = k.mem.tick();
+      for (const f of live) {
+        const cur = mm.pt.load(f.idx);
+        if (!isMigrationOf(cur, f.dev)) {
+          k.mem.put(f.dst);
+        } else {
+          k.mem.copyPage(f.dst, f.dev);
+          mm.pt.store(f.idx, 0);
+          k.releaseLeaf(mm, f.va, f.e);
+          const flags = PTE.PRESENT | PTE.YOUNG | PTE.DIRTY | (cur & (PTE.WRITE | PTE.SOFT_DIRTY));
+          k.mem.setFlags(f.dst, FF.DIRTY);
+          k.mapLeaf(mm, f.va, f.idx, f.dst, flags);
+          k.lruAdd(f.dst);
+          pages.push({ va: f.va, src: f.dev, dst: f.dst });
+          moved++;
+        }
+        k.folioLocks.unlock(f.dev);
+      }
+    }
   } finally {
     k.notifyEnd(mm, range);
   }
-  const pm = k.pagemaps.get(owner);
   for (const p of pages) pm?.pageMigratedOut?.(mm, p.va, p.src);
-  return { collected: found.length, moved, pages };
+  return { tick, collected: found.length, moved, pages };
 }
 
 /** A CPU fault on a device-private page: ask the owner (dev_pagemap_ops.migrate_to_ram). */
@@ -238,7 +261,7 @@ export async function evictDeviceMemory(k: Kernel, owner: number): Promise<numbe
  * make_device_exclusive: fault the page in for writing, then replace the PTE with a device-exclusive
  * entry (EXCLUSIVE, owner = the caller, one page). Returns the frame, or throws EBUSY.
  */
-export async function makeDeviceExclusive(k: Kernel, mm: MM, va: number, owner: number): Promise<number> {
+export async function makeDeviceExclusive(k: Kernel, mm: MM, va: number, owner: number): Promise<{ pfn: number; tick: number }> {
   for (let tries = 0; tries < 8; tries++) {
     await handleMmFault(k, mm, va, { write: true, remote: true });
     const vma = mm.vmas.find(va);
@@ -259,7 +282,7 @@ export async function makeDeviceExclusive(k: Kernel, mm: MM, va: number, owner: 
       try {
         if (mm.pt.load(idx) !== e) continue;
         mm.pt.store(idx, mkPte(pfn, PTE.DEVICE_EXCLUSIVE | (e & (PTE.WRITE | PTE.DIRTY | PTE.SOFT_DIRTY | PTE.YOUNG))));
-        return pfn;
+        return { pfn, tick: k.mem.tick() };
       } finally {
         k.notifyEnd(mm, range);
       }

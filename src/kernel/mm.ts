@@ -4,7 +4,7 @@
  * MS.*): the page-table root, invalidateSeq and active-range count.
  */
 import { MS, MM_STATE, mmSlotIndex } from './layout.js';
-import { RwLock } from './locks.js';
+import { RwLock } from '../lib/locks.js';
 import { PageTable } from './page-table.js';
 import type { PhysicalMemory } from './phys-mem.js';
 import { VmaList } from './vma.js';

@@ -90,6 +90,7 @@ export async function fork(k: Kernel, parent: Process): Promise<Process> {
   let child: Process | null = null;
   try {
     if (pmm.exiting) throw new DevmirrorError('DM_ERR_PROCESS_EXITING', `process ${parent.pid} is exiting`);
+    await k.reserve(1); // the child's page directory (reclaiming if needed)
     child = k.createProcess(undefined, parent.pid);
     const cmm = child.mm;
     cmm.brkStart = pmm.brkStart;

@@ -64,6 +64,38 @@ export type Origin =
   | 'device_exclusive'
   | 'mmap';
 
+/** Every origin, in a fixed order: its index is the origin's code in shared memory and on the wire. */
+export const ORIGINS: readonly Origin[] = [
+  'munmap',
+  'mremap',
+  'mprotect',
+  'madvise',
+  'brk',
+  'fork',
+  'exit',
+  'clear_refs',
+  'msync',
+  'cow_fault',
+  'exclusive_restore',
+  'reclaim',
+  'swap',
+  'compaction',
+  'migration',
+  'numa_balancing',
+  'ksm',
+  'khugepaged',
+  'thp_split',
+  'writeback',
+  'oom_reaper',
+  'device_migration',
+  'device_exclusive',
+  'mmap',
+];
+export const ORIGIN_CODES: Record<string, number> = Object.fromEntries(ORIGINS.map((o, i) => [o, i + 1]));
+export function originOf(code: number): Origin | null {
+  return ORIGINS[code - 1] ?? null;
+}
+
 export interface NotifierRange {
   /** Process whose address space changes. */
   readonly pid: number;

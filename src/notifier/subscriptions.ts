@@ -32,6 +32,7 @@ import { DevmirrorError, invariant } from '../errors.js';
 import { ULONG_MAX } from '../kernel/layout.js';
 import { IntervalTree, type IntervalNode } from './interval-tree.js';
 import { MmuNotifierEvent, RANGE_BLOCKABLE, rangeBlockable, type NotifierRange } from './range.js';
+import { ACK_OK, isPendingAck, waitAcks, type PendingAck } from './pending-ack.js';
 
 export const EAGAIN = -11;
 
@@ -51,8 +52,8 @@ export interface MmuNotifierOps {
   clearFlushYoung?(sub: MmuNotifier, start: number, end: number): boolean | Promise<boolean>;
   clearYoung?(sub: MmuNotifier, start: number, end: number): boolean | Promise<boolean>;
   testYoung?(sub: MmuNotifier, addr: number): boolean | Promise<boolean>;
-  /** 0, or EAGAIN (only for a non-blockable range). */
-  invalidateRangeStart?(sub: MmuNotifier, range: NotifierRange): number | Promise<number>;
+  /** 0, or EAGAIN (only for a non-blockable range); a PendingAck answers OK (0) or REFUSED. */
+  invalidateRangeStart?(sub: MmuNotifier, range: NotifierRange): number | Promise<number> | PendingAck;
   /** One-way. */
   invalidateRangeEnd?(sub: MmuNotifier, range: NotifierRange): void;
 }
@@ -97,7 +98,13 @@ export interface MmuIntervalNotifierOps {
    * `sub.setSeq(curSeq)` under the driver lock. May return false only if the range is not
    * blockable.
    */
-  invalidate(sub: MmuIntervalNotifier, range: NotifierRange, curSeq: number): boolean | Promise<boolean>;
+  invalidate(sub: MmuIntervalNotifier, range: NotifierRange, curSeq: number): boolean | Promise<boolean> | PendingAck;
+  /**
+   * Not a kernel callback (interval subscriptions get no end in the kernel): devmirror's transports
+   * use it to tell a device, and its sanitizer, that the window of an invalidation it received has
+   * closed. Called after the tree bookkeeping of the end, one-way.
+   */
+  windowClosed?(sub: MmuIntervalNotifier, range: NotifierRange): void;
 }
 
 let nextKey = 1;
@@ -183,6 +190,8 @@ export interface NotifierObserver {
 
 interface OpenRange {
   record: InvalidationRecord;
+  /** Interval subscriptions that were called (for windowClosed). */
+  intervals: MmuIntervalNotifier[];
   /** hlist subscribers whose start succeeded: they, and only they, get end. */
   started: MmuNotifier[];
   /** Did this range take part in the tree window (active counted)? */
@@ -398,9 +407,9 @@ export class MmuNotifierSubscriptions {
     sub: MmuIntervalNotifier,
     range: NotifierRange,
     curSeq: number,
-  ): boolean | Promise<boolean> {
+  ): boolean | Promise<boolean> | PendingAck {
     sub.inFlight++;
-    let r: boolean | Promise<boolean>;
+    let r: boolean | Promise<boolean> | PendingAck;
     try {
       r = sub.ops.invalidate(sub, range, curSeq);
     } catch (e) {
@@ -412,6 +421,7 @@ export class MmuNotifierSubscriptions {
       sub.inFlight--;
       return r;
     }
+    if (isPendingAck(r)) return r; // inFlight is dropped when the core reads the answer
     return r.then(
       (v) => {
         sub.inFlight--;
@@ -425,11 +435,11 @@ export class MmuNotifierSubscriptions {
     );
   }
 
-  private callStart(sub: MmuNotifier, range: NotifierRange): number | Promise<number> {
+  private callStart(sub: MmuNotifier, range: NotifierRange): number | Promise<number> | PendingAck {
     const fn = sub.ops.invalidateRangeStart;
     if (!fn) return 0;
     sub.enter();
-    let r: number | Promise<number>;
+    let r: number | Promise<number> | PendingAck;
     try {
       r = fn.call(sub.ops, sub, range);
     } catch (e) {
@@ -441,6 +451,7 @@ export class MmuNotifierSubscriptions {
       sub.exit();
       return r;
     }
+    if (isPendingAck(r)) return r; // exit() when the core reads the answer
     return r.then(
       (v) => {
         sub.exit();
@@ -452,6 +463,13 @@ export class MmuNotifierSubscriptions {
         return 0;
       },
     );
+  }
+
+  /** Waits for one answer of any kind (non-blockable path, one subscriber at a time). */
+  private async answer<T extends boolean | number>(r: T | Promise<T> | PendingAck, ok: T, refused: T): Promise<T> {
+    if (!isPendingAck(r)) return r;
+    await waitAcks([r]);
+    return r.poll() === ACK_OK ? ok : refused;
   }
 
   // ---- invalidate_range_start / end ------------------------------------------------------------
@@ -473,22 +491,33 @@ export class MmuNotifierSubscriptions {
       ackedUs: 0,
       endedUs: 0,
     };
-    const open: OpenRange = { record: rec, started: [], treeCounted: false };
+    const open: OpenRange = { record: rec, intervals: [], started: [], treeCounted: false };
     this.open.set(range.id, open);
     this.observer?.onInvalidationStart?.(range);
     if (!blockable) return this.startNonBlockable(range, open);
 
     const pending: Promise<unknown>[] = [];
+    // Shared-memory answers are collected and waited for together after the publish loop.
+    const acks: PendingAck[] = [];
+    const settles: Array<(ok: boolean) => void> = [];
     if (this.hasItree) {
       const hits: MmuIntervalNotifier[] = [];
       const curSeq = this.itreeStart(range, hits);
       open.treeCounted = true;
+      open.intervals = hits;
       for (const sub of hits) {
         const r = this.callInterval(sub, range, curSeq);
         const outcome: SubscriberOutcome = { info: sub.info, kind: 'interval', result: 'ok', ackUs: 0 };
         rec.subscribers.push(outcome);
         if (typeof r === 'boolean') {
           if (!r) this.blockableRefused(sub.info, outcome, range);
+        } else if (isPendingAck(r)) {
+          acks.push(r);
+          settles.push((ok) => {
+            sub.inFlight--;
+            outcome.ackUs = (r.answeredAtUs ?? now()) - rec.startedUs;
+            if (!ok) this.blockableRefused(sub.info, outcome, range);
+          });
         } else {
           pending.push(
             r.then((ok) => {
@@ -510,6 +539,13 @@ export class MmuNotifierSubscriptions {
       rec.subscribers.push(outcome);
       if (typeof r === 'number') {
         if (r !== 0) this.blockableRefused(sub.info, outcome, range);
+      } else if (isPendingAck(r)) {
+        acks.push(r);
+        settles.push((ok) => {
+          sub.exit();
+          outcome.ackUs = (r.answeredAtUs ?? now()) - rec.startedUs;
+          if (!ok) this.blockableRefused(sub.info, outcome, range);
+        });
       } else {
         pending.push(
           r.then((v) => {
@@ -518,6 +554,14 @@ export class MmuNotifierSubscriptions {
           }),
         );
       }
+    }
+    if (acks.length > 0) {
+      const settleAll = (): void => {
+        for (let i = 0; i < acks.length; i++) settles[i](acks[i].poll() === ACK_OK);
+      };
+      const w = waitAcks(acks);
+      if (w === null) settleAll();
+      else pending.push(w.then(settleAll));
     }
     if (pending.length === 0) {
       rec.ackedUs = now();
@@ -542,7 +586,10 @@ export class MmuNotifierSubscriptions {
       const curSeq = this.itreeStart(range, hits);
       open.treeCounted = true;
       for (const sub of hits) {
-        const ok = await this.callInterval(sub, range, curSeq);
+        open.intervals.push(sub);
+        const raw = this.callInterval(sub, range, curSeq);
+        const ok = await this.answer(raw, true, false);
+        if (isPendingAck(raw)) sub.inFlight--;
         const outcome: SubscriberOutcome = {
           info: sub.info,
           kind: 'interval',
@@ -565,7 +612,9 @@ export class MmuNotifierSubscriptions {
         if (sub.ops.invalidateRangeEnd) open.started.push(sub);
         continue;
       }
-      const r = await this.callStart(sub, range);
+      const raw = this.callStart(sub, range);
+      const r = await this.answer(raw, 0, EAGAIN);
+      if (isPendingAck(raw)) sub.exit();
       const ok = r === 0;
       rec.subscribers.push({ info: sub.info, kind: 'mm', result: ok ? 'ok' : 'would-block', ackUs: now() - rec.startedUs });
       if (ok) open.started.push(sub);
@@ -589,6 +638,7 @@ export class MmuNotifierSubscriptions {
 
   private failStart(range: NotifierRange, open: OpenRange): number {
     const rec = open.record;
+    this.closeWindows(open.intervals, range);
     rec.result = 'EAGAIN';
     rec.ackedUs = rec.endedUs = now();
     this.open.delete(range.id);
@@ -609,12 +659,24 @@ export class MmuNotifierSubscriptions {
     }
   }
 
+  private closeWindows(subs: readonly MmuIntervalNotifier[], range: NotifierRange): void {
+    for (const sub of subs) {
+      if (!sub.ops.windowClosed || sub.subscriptions !== this) continue;
+      try {
+        sub.ops.windowClosed(sub, range);
+      } catch (e) {
+        this.bug(sub.info, `windowClosed threw: ${(e as Error).message}`, range);
+      }
+    }
+  }
+
   /** mmu_notifier_invalidate_range_end: tree bookkeeping first, then the list's ends. */
   invalidateRangeEnd(range: NotifierRange): void {
     const open = this.open.get(range.id);
     invariant(open, `invalidate_range_end for range ${range.id} that is not open`);
     this.open.delete(range.id);
     if (open.treeCounted) this.itreeEnd();
+    this.closeWindows(open.intervals, range);
     for (const sub of open.started) this.callEnd(sub, range);
     open.record.endedUs = now();
     this.observer?.onInvalidationEnd?.(open.record);
@@ -691,7 +753,9 @@ export class MmuNotifierSubscriptions {
       const curSeq = this.itreeStart(range, hits);
       await Promise.all(
         hits.map(async (sub) => {
-          const ok = await this.callInterval(sub, range, curSeq);
+          const raw = this.callInterval(sub, range, curSeq);
+          const ok = await this.answer(raw, true, false);
+          if (isPendingAck(raw)) sub.inFlight--;
           const outcome: SubscriberOutcome = { info: sub.info, kind: 'interval', result: 'ok', ackUs: now() - rec.startedUs };
           rec.subscribers.push(outcome);
           if (!ok) this.blockableRefused(sub.info, outcome, range);
@@ -699,6 +763,7 @@ export class MmuNotifierSubscriptions {
       );
       rec.ackedUs = now();
       this.itreeEnd();
+      this.closeWindows(hits, range);
       rec.endedUs = now();
       this.observer?.onInvalidationEnd?.(rec);
     }

@@ -580,6 +580,19 @@ describe('exhausted memory', () => {
     expect(k.audit().problems).toEqual([]);
   });
 
+  it('fork with RAM full of reclaimable pages reclaims instead of failing', async () => {
+    const k = new Kernel({ memoryBytes: 4 * MiB, swapBytes: 16 * MiB, bootId: 10 });
+    const p = k.createProcess('p');
+    const a = await k.mmap(p.pid, { length: 2048 * PAGE, prot: RW });
+    for (let i = 0; i < 2048 && k.mem.freeFrames() > 0; i++) await k.write(p.pid, a + i * PAGE, pattern(1, 1));
+    expect(k.mem.freeFrames()).toBe(0);
+    expect(k.swap.free()).toBeGreaterThan(1000);
+    const child = await k.fork(p.pid);
+    expect((await k.read(child.pid, a, 1))[0]).toBe(1);
+    expect(k.stats.oomKills).toBe(0);
+    expect(k.audit().problems).toEqual([]);
+  });
+
   describe('without an OOM victim (the OOM hook finds nobody): ENOMEM', () => {
     async function exhausted(): Promise<{ k: Kernel; p: Process; a: number; n: number }> {
       const k = tinyKernel();

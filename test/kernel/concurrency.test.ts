@@ -18,6 +18,7 @@ const MiB = 1024 * 1024;
 const PMD = 2 * MiB;
 const RW = PROT.READ | PROT.WRITE;
 const OWNER = 1;
+const FAR_AWAY = 0x200000000000;
 
 const hex = (n: number): string => '0x' + n.toString(16);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -463,6 +464,130 @@ describe('concurrency: no operation is ever seen half applied', () => {
       expect(counts.get('PROTECTION_VMA') ?? 0).toBeGreaterThan(0);
       expect(k.audit().problems).toEqual([]);
     }, 30_000);
+  });
+
+  describe('deterministic interleavings (a subscriber runs the racing operation while it holds an acknowledgement)', () => {
+    /** A subscriber that, on the first start matching `when`, runs `race` and acknowledges after 5 ms. */
+    function racer(when: (r: NotifierRange) => boolean, race: (r: NotifierRange) => Promise<unknown>): { sub: MmuNotifier; raced: () => Promise<unknown> | null } {
+      let raced: Promise<unknown> | null = null;
+      const sub = new MmuNotifier(
+        {
+          invalidateRangeStart: (_s, r) => {
+            if (raced || !when(r)) return 0;
+            raced = race(r);
+            return new Promise<number>((resolve) => setTimeout(() => resolve(0), 5));
+          },
+          invalidateRangeEnd: () => undefined,
+        },
+        { label: 'racer' },
+      );
+      return { sub, raced: () => raced };
+    }
+
+    it('KSM: the page being merged into is COW-broken (freed) while replace_page waits', async () => {
+      const k = new Kernel({ bootId: 51 });
+      const p = k.createProcess('ksm');
+      const a = await k.mmap(p.pid, { length: 2 * PAGE, prot: RW });
+      await k.write(p.pid, a, new Uint8Array(2 * PAGE).fill(7));
+      await k.madvise(p.pid, a, 2 * PAGE, 'mergeable');
+      let clears = 0;
+      // CLEARs: 1 write-protects A (the KSM page), 2 write-protects B, 3 replaces B: A is written then.
+      const { sub, raced } = racer((r) => eventName(r.event) === 'CLEAR' && ++clears === 3, () => k.write(p.pid, a, new Uint8Array([1])));
+      p.mm.notifier.register(sub);
+      await k.ksm();
+      expect(raced()).not.toBeNull();
+      await raced();
+      expect([...(await k.read(p.pid, a, 2))]).toEqual([1, 7]);
+      expect([...(await k.read(p.pid, a + PAGE, 2))]).toEqual([7, 7]);
+      expect(k.audit().problems).toEqual([]);
+    });
+
+    it('clear_refs edits a migration entry while the other mapping of the page acknowledges: migration still completes', async () => {
+      const k = new Kernel({ bootId: 52 });
+      const parent = k.createProcess('parent');
+      const a = await k.mmap(parent.pid, { length: PAGE, prot: RW });
+      await k.write(parent.pid, a, new Uint8Array(PAGE).fill(7));
+      const child = await k.fork(parent.pid);
+      let firstPid = -1;
+      const when = (r: NotifierRange): boolean => {
+        if (r.origin !== 'migration') return false;
+        if (firstPid < 0) {
+          firstPid = r.pid;
+          return false;
+        }
+        return true;
+      };
+      const race = (): Promise<unknown> => k.clearRefs(firstPid, 'soft-dirty');
+      const r1 = racer(when, race);
+      const r2 = racer(when, race);
+      parent.mm.notifier.register(r1.sub);
+      child.mm.notifier.register(r2.sub);
+      await k.migrate(parent.pid, a, PAGE, 1);
+      expect(r1.raced() ?? r2.raced()).not.toBeNull();
+      await (r1.raced() ?? r2.raced());
+      for (const q of [parent, child]) {
+        const e = k.pagemap(q.pid, a, 1)[0];
+        expect(e.migration, `pid ${q.pid}`).toBe(false);
+        expect(e.node, `pid ${q.pid}`).toBe(1);
+        expect((await k.read(q.pid, a, 1))[0]).toBe(7);
+      }
+      expect(k.audit().problems).toEqual([]);
+    }, 30_000);
+
+    it('reclaim of a shared anonymous page racing the last munmap of its object leaks no swap slot', async () => {
+      const k = new Kernel({ bootId: 53 });
+      const p = k.createProcess('shm');
+      const a = await k.mmap(p.pid, { length: PAGE, prot: RW, shared: true });
+      await k.write(p.pid, a, new Uint8Array(PAGE).fill(7));
+      const { sub, raced } = racer((r) => r.origin === 'reclaim', () => k.munmap(p.pid, a, PAGE));
+      p.mm.notifier.register(sub);
+      for (let i = 0; i < 4 && !raced(); i++) await k.reclaim(32);
+      expect(raced(), 'reclaim never tried to unmap the page').not.toBeNull();
+      await raced();
+      const audit = k.audit();
+      expect(audit.problems).toEqual([]);
+      expect(audit.swapSlotsInUse).toBe(0);
+    });
+
+    it('munmap of a page while reclaim waits to unmap it: the page is freed once, nothing leaks', async () => {
+      const k = new Kernel({ bootId: 54 });
+      const p = k.createProcess('anon');
+      const a = await k.mmap(p.pid, { length: 2 * PAGE, prot: RW });
+      await k.write(p.pid, a, new Uint8Array(2 * PAGE).fill(7));
+      const { sub, raced } = racer((r) => r.origin === 'reclaim', (r) => k.munmap(p.pid, r.start, PAGE));
+      p.mm.notifier.register(sub);
+      for (let i = 0; i < 4 && !raced(); i++) await k.reclaim(32);
+      expect(raced()).not.toBeNull();
+      await raced();
+      await k.reclaim(32);
+      expect(k.audit().problems).toEqual([]);
+      const left = [0, 1].map((i) => a + i * PAGE).filter((va) => p.mm.vmas.find(va));
+      expect(left).toHaveLength(1);
+      expect((await k.read(p.pid, left[0], 1))[0]).toBe(7);
+      expect(k.audit().problems).toEqual([]);
+    });
+
+    it('mremap moves a page while reclaim waits to unmap it: the moved page keeps its contents', async () => {
+      const k = new Kernel({ bootId: 55 });
+      const p = k.createProcess('mremap');
+      const a = await k.mmap(p.pid, { length: PAGE, prot: RW });
+      await k.write(p.pid, a, new Uint8Array(PAGE).fill(7));
+      let to = -1;
+      const { sub, raced } = racer(
+        (r) => r.origin === 'reclaim',
+        async () => {
+          to = await k.mremap(p.pid, { addr: a, length: PAGE, newLength: PAGE, maymove: true, fixed: true, newAddr: FAR_AWAY });
+        },
+      );
+      p.mm.notifier.register(sub);
+      for (let i = 0; i < 4 && !raced(); i++) await k.reclaim(32);
+      expect(raced()).not.toBeNull();
+      await raced();
+      expect(to).toBe(FAR_AWAY);
+      expect((await k.read(p.pid, FAR_AWAY, PAGE)).every((b) => b === 7)).toBe(true);
+      await expect(k.read(p.pid, a, 1)).rejects.toMatchObject({ code: 'SIGSEGV' });
+      expect(k.audit().problems).toEqual([]);
+    });
   });
 
   it('exit while threads run: in-flight operations complete or fail cleanly, and the books balance', async () => {

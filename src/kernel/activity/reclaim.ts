@@ -114,7 +114,7 @@ export async function evictPage(
     if (file && file.kind === 'shmem' && k.swap.free() === 0) return 'activate';
     const unmapped = await unmapToMigrationEntries(k, pfn, origin);
     if (!unmapped) return 'keep';
-    const cacheRef = file && file.cache.get(index) === pfn ? 1 : 0;
+    const cacheRef = file && k.files.get(file.id) === file && file.cache.get(index) === pfn ? 1 : 0;
     if (mem.refcount(pfn) !== 1 + cacheRef + unmapped.length || mem.mapcount(pfn) !== unmapped.length) {
       rollback(k, unmapped);
       return 'keep';
@@ -158,6 +158,9 @@ export async function evictPage(
       return 'failed';
     }
     for (const u of unmapped) finish(u, 0);
+    // The object may have gone while we waited (its last mapping was unmapped): then the page is
+    // simply dropped with our reference, nothing goes to swap or disk.
+    if (k.files.get(file.id) !== file || !cacheRef) return 'reclaimed';
     if (file.kind === 'shmem') {
       const slot = k.swap.swapOut(pfn, 1);
       file.swapped.set(index, slot);

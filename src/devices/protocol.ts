@@ -1,0 +1,148 @@
+/**
+ * Messages between the kernel and a device worker, beside the shared-memory handshake (which
+ * carries invalidate start/answer/end and the young and release calls; see layout.ts MB/CS/ES).
+ * These are requests a device makes of the kernel (subscribe, readBegin, range fault, migrate,
+ * ...) and commands the kernel forwards to a device (test_hmm commands, DMA control, fault
+ * injection). Structured-clone over postMessage.
+ */
+
+export type DeviceKind = 'gpu' | 'rdma' | 'kvm' | 'dmirror';
+export const DEVICE_KINDS: readonly DeviceKind[] = ['gpu', 'rdma', 'kvm', 'dmirror'];
+
+/** How a device uses the event context. */
+export type EventPolicy = 'faithful' | 'aware' | 'blind';
+export const EVENT_POLICIES: readonly EventPolicy[] = ['faithful', 'aware', 'blind'];
+
+/** Deliberate bugs, to prove the sanitizer and the tools catch them. */
+export type BugMode = 'ack-before-quiesce' | 'skip-seq-retry' | `ignore-event:${string}`;
+
+export interface DmaConfig {
+  /** Accesses per second (0 = idle). */
+  rate: number;
+  pattern: 'sequential' | 'random' | 'hotset';
+  /** Fraction of accesses that are writes. */
+  writeMix: number;
+  /** Address window the engine works on (defaults to the device's mapped areas). */
+  start?: number;
+  end?: number;
+  /** Simulated transfer time of one access, microseconds (the in-flight window). */
+  transferUs: number;
+  /** Bytes touched per access. */
+  bytes: number;
+}
+
+export interface FaultInjection {
+  /** Delay before each answer, microseconds. */
+  ackDelayUs?: number;
+  /** Stop answering the handshake (the kernel evicts after its deadline). */
+  hang?: boolean;
+  /** Crash the worker. */
+  crash?: boolean;
+  /** Refuse every non-blockable invalidation (even where the driver would not). */
+  refuseNonblock?: boolean;
+  /** Drop the connection (external clients only). */
+  disconnect?: boolean;
+  bug?: BugMode | null;
+}
+
+export interface DeviceInit {
+  deviceId: number;
+  kind: DeviceKind;
+  name: string;
+  pid: number;
+  policy: EventPolicy;
+  options: Record<string, unknown>;
+  mailbox: SharedArrayBuffer;
+  kc: SharedArrayBuffer;
+  meta: SharedArrayBuffer;
+  data: SharedArrayBuffer;
+  bootId: number;
+}
+
+// ---- device -> kernel -----------------------------------------------------------------------------
+
+export type DeviceRequest =
+  | { t: 'insert'; req: number; start: number; length: number; label: string }
+  | { t: 'remove'; req: number; sub: number }
+  | { t: 'register'; req: number; label: string }
+  | { t: 'unregister'; req: number; sub: number }
+  | { t: 'readBegin'; req: number; sub: number }
+  | {
+      t: 'fault';
+      req: number;
+      sub: number;
+      seq: number;
+      start: number;
+      end: number;
+      defaultFlags: number;
+      mask: number;
+      input: Uint32Array | null;
+      ownerSelf: boolean;
+    }
+  | { t: 'gup'; req: number; va: number; write: boolean }
+  | { t: 'vma'; req: number; va: number }
+  | { t: 'migrate'; req: number; dir: 'to' | 'from'; start: number; end: number; allocFails: boolean }
+  | { t: 'exclusive'; req: number; va: number };
+
+export type DeviceEvent =
+  | { t: 'ready' }
+  | { t: 'stats'; counters: Record<string, number>; sanitizer: SanitizerSnapshot; mirror: MirrorSummary }
+  | { t: 'finding'; finding: import('../sanitizer/sanitizer.js').Finding }
+  | { t: 'log'; level: 'debug' | 'info' | 'warn' | 'error'; msg: string; data?: Record<string, unknown> }
+  | { t: 'reply'; req: number; ok: boolean; value?: unknown; error?: { code: string; message: string; details?: Record<string, unknown> } };
+
+export interface SanitizerSnapshot {
+  checked: number;
+  findings: number;
+  byKind: Record<string, number>;
+  recent: import('../sanitizer/sanitizer.js').Finding[];
+}
+
+export interface MirrorSummary {
+  /** Pages the device can currently access. */
+  pages: number;
+  writable: number;
+  /** Pages held in device memory. */
+  devicePages: number;
+  /** Tracking structures (SVM ranges, MRs, memslots, one for dmirror). */
+  objects: number;
+}
+
+// ---- kernel -> device -----------------------------------------------------------------------------
+
+export type KernelMessage =
+  | { t: 'reply'; req: number; ok: boolean; value?: unknown; error?: { code: string; message: string; details?: Record<string, unknown> } }
+  | { t: 'command'; req: number; name: string; args: Record<string, unknown> }
+  | { t: 'stop' };
+
+export interface FaultReply {
+  ret: number;
+  pfns: Uint32Array;
+  gens: Int32Array;
+  tick: number;
+}
+
+export interface GupReply {
+  ret: number;
+  pfn: number;
+  gen: number;
+  tick: number;
+  write: boolean;
+  huge: boolean;
+}
+
+export interface MigrateReply {
+  ret: number;
+  collected: number;
+  moved: number;
+  /** [va, dst pfn, dst generation] for pages that moved. */
+  pages: Array<[number, number, number]>;
+  tick: number;
+}
+
+export interface ExclusiveReply {
+  ret: number;
+  pfn: number;
+  gen: number;
+  tick: number;
+}

@@ -1,0 +1,617 @@
+/**
+ * The kernel's side of one device worker: its subscriptions (kernel-side notifier objects whose
+ * callbacks post into the worker's mailbox), the requests the device makes (readBegin, range
+ * fault, migrate, ...), the acknowledgement deadline, and eviction.
+ *
+ * Acknowledgements of every transport are accounted in one place, `HandshakeLedger`: a call is
+ * answered once; a late, duplicate or foreign answer is a protocol error.
+ */
+import { Worker } from 'node:worker_threads';
+import { DevmirrorError } from '../errors.js';
+import {
+  ANSWER,
+  CALL_OP,
+  CALL_SLOTS,
+  CALL_SLOT_WORDS,
+  CS,
+  END_SLOTS,
+  END_SLOT_WORDS,
+  ES,
+  MAILBOX_VERSION,
+  MB,
+  MB_CALLS_OFFSET,
+  MB_ENDS_OFFSET,
+  MB_WORDS,
+  PAGE_SIZE,
+  addrHi,
+  addrLo,
+} from '../kernel/layout.js';
+import type { Kernel, Process } from '../kernel/kernel.js';
+import { HMM_PFN } from '../kernel/hmm.js';
+import { MmuIntervalNotifier, MmuNotifier } from '../notifier/subscriptions.js';
+import { ACK_OK, ACK_PENDING, ACK_REFUSED, waitAcks, type PendingAck } from '../notifier/pending-ack.js';
+import { ORIGIN_CODES, type NotifierRange } from '../notifier/range.js';
+import type { Finding } from '../sanitizer/sanitizer.js';
+import type { WorkerAckGroup } from './ack-group.js';
+import type {
+  DeviceEvent,
+  DeviceInit,
+  DeviceKind,
+  DeviceRequest,
+  EventPolicy,
+  FaultInjection,
+  KernelMessage,
+  MirrorSummary,
+  SanitizerSnapshot,
+} from './protocol.js';
+
+export type DeviceState = 'starting' | 'running' | 'stopping' | 'stopped' | 'evicted' | 'crashed';
+
+export interface DeviceOptions {
+  kind: DeviceKind;
+  name: string;
+  process: Process;
+  policy: EventPolicy;
+  options: Record<string, unknown>;
+  /** Acknowledgement deadline before eviction (HMM_RANGE_DEFAULT_TIMEOUT is 1 s). */
+  deadlineMs: number;
+}
+
+/** A posted call waiting for its answer. */
+class CallAck implements PendingAck {
+  answeredAtUs?: number;
+  /** Set when the device is gone: the call counts as answered (its mirror is torn down). */
+  forced = 0;
+  constructor(
+    readonly dev: WorkerDevice,
+    readonly slot: number,
+    readonly id: number,
+    readonly postedMs: number,
+    readonly group: WorkerAckGroup,
+  ) {}
+  poll(): number {
+    if (this.forced) return this.forced;
+    const a = Atomics.load(this.dev.mailbox, MB_CALLS_OFFSET + this.slot * CALL_SLOT_WORDS + CS.ANSWER);
+    if (a === ANSWER.PENDING) return ACK_PENDING;
+    this.dev.consume(this);
+    return a === ANSWER.OK ? ACK_OK : ACK_REFUSED;
+  }
+}
+
+let nextSubId = 1;
+
+interface CallFields {
+  id: number;
+  start: number;
+  end: number;
+  event: number;
+  flags: number;
+  owner: number | null;
+  curSeq: number;
+  origin: number;
+}
+
+function rangeFields(r: NotifierRange, curSeq: number): CallFields {
+  return { id: r.id, start: r.start, end: r.end, event: r.event, flags: r.flags, owner: r.owner, curSeq, origin: ORIGIN_CODES[r.origin] ?? 0 };
+}
+
+export class WorkerDevice {
+  readonly id: number;
+  readonly kind: DeviceKind;
+  readonly name: string;
+  readonly pid: number;
+  readonly policy: EventPolicy;
+  readonly mailboxSab: SharedArrayBuffer;
+  readonly mailbox: Int32Array;
+  readonly transport = 'worker' as const;
+  state: DeviceState = 'starting';
+  stateReason = '';
+  readonly createdAt = Date.now();
+  deadlineMs: number;
+  counters: Record<string, number> = {};
+  sanitizer: SanitizerSnapshot = { checked: 0, findings: 0, byKind: {}, recent: [] };
+  mirror: MirrorSummary = { pages: 0, writable: 0, devicePages: 0, objects: 0 };
+  readonly findings: Finding[] = [];
+  faults: FaultInjection = {};
+  readonly handshake = { calls: 0, answered: 0, refused: 0, evictions: 0, protocolErrors: 0, lateAnswers: 0 };
+
+  private worker: Worker | null = null;
+  private readonly slots: Array<CallAck | null> = new Array(CALL_SLOTS).fill(null);
+  private callHead = 0;
+  private endHead = 0;
+  private readonly subs = new Map<number, MmuIntervalNotifier | MmuNotifier>();
+  private readonly replies = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private nextReq = 1;
+  private watchdog: NodeJS.Timeout | null = null;
+  private readyResolve: (() => void) | null = null;
+  private exitPromise: Promise<number> | null = null;
+  private slotWaiters: Array<() => void> = [];
+  onFinding: ((d: WorkerDevice, f: Finding) => void) | null = null;
+  onStateChange: ((d: WorkerDevice) => void) | null = null;
+  log: (level: 'debug' | 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>) => void = () => undefined;
+
+  constructor(
+    private readonly k: Kernel,
+    private readonly group: WorkerAckGroup,
+    id: number,
+    private readonly opts: DeviceOptions,
+  ) {
+    this.id = id;
+    this.kind = opts.kind;
+    this.name = opts.name;
+    this.pid = opts.process.pid;
+    this.policy = opts.policy;
+    this.deadlineMs = opts.deadlineMs;
+    this.mailboxSab = new SharedArrayBuffer(MB_WORDS * 4);
+    this.mailbox = new Int32Array(this.mailboxSab);
+    this.mailbox[MB.SPIN] = 2000;
+    Atomics.store(this.mailbox, MB.VERSION, MAILBOX_VERSION);
+  }
+
+  get alive(): boolean {
+    return this.state === 'starting' || this.state === 'running' || this.state === 'stopping';
+  }
+
+  /** Spawns the worker and waits until the personality is up. */
+  async start(entry: { url: URL; tsBootstrap: boolean }): Promise<void> {
+    const init: DeviceInit = {
+      deviceId: this.id,
+      kind: this.kind,
+      name: this.name,
+      pid: this.pid,
+      policy: this.policy,
+      options: this.opts.options,
+      mailbox: this.mailboxSab,
+      kc: this.group.kcSab,
+      meta: this.k.mem.handles.meta,
+      data: this.k.mem.handles.data,
+      bootId: this.k.bootId,
+    };
+    const w = entry.tsBootstrap
+      ? new Worker(`import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(entry.url.href)}); })`, {
+          eval: true,
+          workerData: init,
+        })
+      : new Worker(entry.url, { workerData: init });
+    this.worker = w;
+    this.exitPromise = new Promise((resolve) => w.once('exit', resolve));
+    w.on('message', (m: DeviceEvent | DeviceRequest) => this.onMessage(m));
+    w.on('error', (e) => {
+      this.log('error', 'device worker error', { err: String(e) });
+      void this.gone('crashed', `worker error: ${e.message}`);
+    });
+    w.once('exit', (code) => {
+      if (this.alive) void this.gone('crashed', `worker exited with code ${code}`);
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.readyResolve = resolve;
+      const t = setTimeout(() => reject(new DevmirrorError('DM_ERR_INTERNAL', `device ${this.name} did not start`)), 30_000);
+      t.unref();
+      void this.exitPromise?.then(() => reject(new DevmirrorError('DM_ERR_INTERNAL', `device ${this.name} exited while starting`)));
+    });
+    this.state = 'running';
+    this.watchdog = setInterval(() => this.checkDeadlines(), Math.max(5, Math.min(250, this.deadlineMs / 4)));
+    this.watchdog.unref();
+    this.onStateChange?.(this);
+  }
+
+  // ---- the handshake (kernel side) -----------------------------------------------------------
+
+  /** Publishes a call into the mailbox; returns its pending answer, or null if the ring is full. */
+  private post(op: number, subId: number, c: CallFields): CallAck | null {
+    const slot = this.callHead % CALL_SLOTS;
+    if (this.slots[slot]) return null;
+    const base = MB_CALLS_OFFSET + slot * CALL_SLOT_WORDS;
+    const mb = this.mailbox;
+    const id = (c.id & 0x7fffffff) || ((this.callHead + 1) & 0x7fffffff) || 1;
+    mb[base + CS.OP] = op;
+    mb[base + CS.SUB] = subId;
+    mb[base + CS.START_LO] = addrLo(c.start);
+    mb[base + CS.START_HI] = addrHi(c.start);
+    mb[base + CS.END_LO] = addrLo(c.end);
+    mb[base + CS.END_HI] = addrHi(c.end);
+    mb[base + CS.EVENT] = c.event;
+    mb[base + CS.FLAGS] = c.flags;
+    mb[base + CS.OWNER] = c.owner ?? -1;
+    mb[base + CS.CUR_SEQ] = c.curSeq;
+    mb[base + CS.PID] = this.pid;
+    mb[base + CS.ORIGIN] = c.origin;
+    mb[base + CS.ANSWER_TICK] = 0;
+    Atomics.store(mb, base + CS.ANSWER, ANSWER.PENDING);
+    mb[base + CS.TICK] = this.k.mem.tick();
+    // ID last: the device reads it first (Atomics), so every word above is visible when it
+    // sees the new id; CALL_HEAD then tells it there is something to read.
+    Atomics.store(mb, base + CS.ID, id);
+    this.callHead++;
+    Atomics.store(mb, MB.CALL_HEAD, this.callHead);
+    const ack = new CallAck(this, slot, id, Date.now(), this.group);
+    this.slots[slot] = ack;
+    this.handshake.calls++;
+    this.ring();
+    return ack;
+  }
+
+  /** Publishes and, if the ring is full, waits for a slot first. */
+  private call(op: number, subId: number, c: CallFields): PendingAck | Promise<boolean> {
+    if (!this.alive) return { poll: () => ACK_OK, group: this.group };
+    const ack = this.post(op, subId, c);
+    if (ack) return ack;
+    return (async () => {
+      for (;;) {
+        await new Promise<void>((r) => this.slotWaiters.push(r));
+        if (!this.alive) return true;
+        const a = this.post(op, subId, c);
+        if (a) {
+          await waitAcks([a]);
+          return a.poll() === ACK_OK;
+        }
+      }
+    })();
+  }
+
+  private async callAndWait(op: number, subId: number, c: CallFields): Promise<boolean> {
+    const r = this.call(op, subId, c);
+    if (r instanceof Promise) return r;
+    await waitAcks([r]);
+    return r.poll() === ACK_OK;
+  }
+
+  /** @internal the kernel read the answer: free the slot (a second read is a protocol error). */
+  consume(ack: CallAck): void {
+    if (this.slots[ack.slot] !== ack) return;
+    this.slots[ack.slot] = null;
+    const a = Atomics.load(this.mailbox, MB_CALLS_OFFSET + ack.slot * CALL_SLOT_WORDS + CS.ANSWER);
+    if (a === ANSWER.OK) this.handshake.answered++;
+    else this.handshake.refused++;
+    const w = this.slotWaiters.shift();
+    if (w) w();
+  }
+
+  private postEnd(subId: number, range: NotifierRange): void {
+    if (!this.alive) return;
+    const mb = this.mailbox;
+    const endTail = Atomics.load(mb, MB.END_TAIL);
+    if (this.endHead - endTail >= END_SLOTS) {
+      // The device is END_SLOTS ends behind: it is not consuming; drop (it will be evicted by
+      // its call deadline) rather than overwrite unread ends.
+      this.handshake.protocolErrors++;
+      return;
+    }
+    const slot = this.endHead % END_SLOTS;
+    const base = MB_ENDS_OFFSET + slot * END_SLOT_WORDS;
+    mb[base + ES.SUB] = subId;
+    mb[base + ES.START_LO] = addrLo(range.start);
+    mb[base + ES.START_HI] = addrHi(range.start);
+    mb[base + ES.END_LO] = addrLo(range.end);
+    mb[base + ES.END_HI] = addrHi(range.end);
+    mb[base + ES.EVENT] = range.event;
+    mb[base + ES.FLAGS] = range.flags;
+    mb[base + ES.PID] = this.pid;
+    mb[base + ES.TICK] = this.k.mem.tick();
+    Atomics.store(mb, base + ES.ID, (range.id & 0x7fffffff) || 1);
+    this.endHead++;
+    Atomics.store(mb, MB.END_HEAD, this.endHead);
+    this.ring();
+  }
+
+  private ring(): void {
+    Atomics.add(this.mailbox, MB.DOORBELL, 1);
+    Atomics.notify(this.mailbox, MB.DOORBELL);
+  }
+
+  private checkDeadlines(): void {
+    if (!this.alive) return;
+    const now = Date.now();
+    for (const a of this.slots) {
+      if (a && !a.forced && now - a.postedMs > this.deadlineMs) {
+        const late = Atomics.load(this.mailbox, MB_CALLS_OFFSET + a.slot * CALL_SLOT_WORDS + CS.ANSWER);
+        if (late !== ANSWER.PENDING) continue;
+        void this.evict(`no answer to call ${a.id} within ${this.deadlineMs} ms`);
+        return;
+      }
+    }
+  }
+
+  // ---- subscriptions ---------------------------------------------------------------------------
+
+  private info(label: string): { label: string; deviceId: number; deviceKind: string } {
+    return { label: `${this.name}:${label}`, deviceId: this.id, deviceKind: this.kind };
+  }
+
+  private insertInterval(start: number, length: number, label: string): number {
+    const id = nextSubId++;
+    const sub = new MmuIntervalNotifier(
+      {
+        invalidate: (s, range, curSeq) => {
+          // Mirror the device's setSeq: the device sets its own copy when it handles the call.
+          s.setSeq(curSeq);
+          return this.call(CALL_OP.INVALIDATE, id, rangeFields(range, curSeq));
+        },
+        windowClosed: (_s, range) => this.postEnd(id, range),
+      },
+      this.info(label),
+    );
+    this.opts.process.mm.notifier.insertInterval(sub, start, length);
+    this.subs.set(id, sub);
+    return id;
+  }
+
+  private registerMm(label: string): number {
+    const id = nextSubId++;
+    const young = (op: number, start: number, end: number): Promise<boolean> =>
+      this.alive ? this.callAndWait(op, id, { id: 0, start, end, event: -1, flags: 0, owner: null, curSeq: 0, origin: 0 }) : Promise.resolve(false);
+    const sub = new MmuNotifier(
+      {
+        invalidateRangeStart: (_s, range) => {
+          const r = this.call(CALL_OP.MM_START, id, rangeFields(range, 0));
+          if (r instanceof Promise) return r.then((ok) => (ok ? 0 : -11));
+          return r;
+        },
+        invalidateRangeEnd: (_s, range) => this.postEnd(id, range),
+        release: async () => {
+          if (this.alive) await this.callAndWait(CALL_OP.RELEASE, id, { id: 0, start: 0, end: 2 ** 64, event: -1, flags: 0, owner: null, curSeq: 0, origin: 0 });
+        },
+        clearFlushYoung: (_s, start, end) => young(CALL_OP.CLEAR_FLUSH_YOUNG, start, end),
+        clearYoung: (_s, start, end) => young(CALL_OP.CLEAR_YOUNG, start, end),
+        testYoung: (_s, addr) => young(CALL_OP.TEST_YOUNG, addr, addr + PAGE_SIZE),
+      },
+      this.info(label),
+    );
+    this.opts.process.mm.notifier.register(sub);
+    this.subs.set(id, sub);
+    return id;
+  }
+
+  private async removeSub(id: number): Promise<void> {
+    const sub = this.subs.get(id);
+    if (!sub) return;
+    this.subs.delete(id);
+    const n = this.opts.process.mm.notifier;
+    if (sub instanceof MmuIntervalNotifier) await n.removeInterval(sub);
+    else await n.unregister(sub);
+  }
+
+  // ---- requests from the device ----------------------------------------------------------------
+
+  private send(m: KernelMessage, transfer?: ArrayBuffer[]): void {
+    if (!this.worker || !this.alive) return;
+    this.worker.postMessage(m, transfer as never);
+  }
+
+  private reply(req: number, value: unknown, transfer?: ArrayBuffer[]): void {
+    this.send({ t: 'reply', req, ok: true, value }, transfer);
+  }
+
+  private fail(req: number, e: unknown): void {
+    const err = e instanceof DevmirrorError ? e : new DevmirrorError('DM_ERR_INTERNAL', (e as Error)?.message ?? String(e));
+    this.send({ t: 'reply', req, ok: false, error: { code: err.code, message: err.message, details: err.details } });
+  }
+
+  private onMessage(m: DeviceEvent | DeviceRequest): void {
+    switch (m.t) {
+      case 'ready':
+        this.readyResolve?.();
+        this.readyResolve = null;
+        return;
+      case 'stats':
+        this.counters = m.counters;
+        this.sanitizer = m.sanitizer;
+        this.mirror = m.mirror;
+        return;
+      case 'finding':
+        if (this.findings.length < 500) this.findings.push(m.finding);
+        this.onFinding?.(this, m.finding);
+        return;
+      case 'log':
+        this.log(m.level, m.msg, m.data);
+        return;
+      case 'reply': {
+        const r = this.replies.get(m.req);
+        if (!r) return;
+        this.replies.delete(m.req);
+        if (m.ok) r.resolve(m.value);
+        else r.reject(new DevmirrorError((m.error?.code ?? 'DM_ERR_INTERNAL') as never, m.error?.message, m.error?.details));
+        return;
+      }
+      default:
+        void this.handleRequest(m);
+    }
+  }
+
+  private async handleRequest(m: DeviceRequest): Promise<void> {
+    const k = this.k;
+    try {
+      switch (m.t) {
+        case 'insert': {
+          const id = this.insertInterval(m.start, m.length, m.label);
+          return this.reply(m.req, { id, seq: (this.subs.get(id) as MmuIntervalNotifier).invalidateSeq });
+        }
+        case 'remove':
+          await this.removeSub(m.sub);
+          return this.reply(m.req, true);
+        case 'register':
+          return this.reply(m.req, { id: this.registerMm(m.label), seq: 0 });
+        case 'unregister':
+          await this.removeSub(m.sub);
+          return this.reply(m.req, true);
+        case 'readBegin': {
+          const sub = this.subs.get(m.sub);
+          if (!(sub instanceof MmuIntervalNotifier)) throw new DevmirrorError('DM_ERR_VALIDATION', `no interval subscription ${m.sub}`);
+          return this.reply(m.req, await sub.readBegin());
+        }
+        case 'fault': {
+          const sub = this.subs.get(m.sub);
+          if (!(sub instanceof MmuIntervalNotifier)) throw new DevmirrorError('DM_ERR_VALIDATION', `no interval subscription ${m.sub}`);
+          const pages = (m.end - m.start) / PAGE_SIZE;
+          const pfns = m.input ?? new Uint32Array(pages);
+          const r = {
+            notifier: sub,
+            notifierSeq: m.seq,
+            start: m.start,
+            end: m.end,
+            hmmPfns: pfns,
+            defaultFlags: m.defaultFlags,
+            pfnFlagsMask: m.mask,
+            devPrivateOwner: m.ownerSelf ? this.id : null,
+            tick: 0,
+          };
+          let ret: number;
+          try {
+            ret = await k.rangeFault(this.pid, r);
+          } catch (e) {
+            ret = (e as DevmirrorError).code === 'DM_ERR_NO_SUCH_PROCESS' ? -14 : -22;
+          }
+          const gens = new Int32Array(pages);
+          if (ret === 0) {
+            for (let i = 0; i < pages; i++) if (pfns[i] & HMM_PFN.VALID) gens[i] = k.mem.generation(pfns[i] & HMM_PFN.PFN_MASK);
+          }
+          return this.reply(m.req, { ret, pfns, gens, tick: r.tick ?? 0 });
+        }
+        case 'gup': {
+          try {
+            const g = await k.gup(this.pid, m.va, m.write);
+            return this.reply(m.req, { ret: 0, ...g });
+          } catch (e) {
+            const code = (e as DevmirrorError).code;
+            return this.reply(m.req, { ret: code === 'ENOMEM' ? -12 : -14, pfn: 0, gen: 0, tick: 0, write: false, huge: false });
+          }
+        }
+        case 'vma': {
+          const p = k.findProcess(this.pid);
+          const v = p?.mm.vmas.find(m.va);
+          return this.reply(m.req, v ? { start: v.start, end: v.end, prot: v.prot, shared: v.shared, file: v.file !== null } : null);
+        }
+        case 'migrate': {
+          try {
+            const res =
+              m.dir === 'to'
+                ? await k.migrateToDevice(this.pid, m.start, m.end, this.id, { allocFails: m.allocFails })
+                : await k.migrateToSystem(this.pid, m.start, m.end, this.id);
+            const pages: Array<[number, number, number]> = res.pages
+              .filter((pg) => pg.dst >= 0)
+              .map((pg) => [pg.va, pg.dst, k.mem.generation(pg.dst)]);
+            return this.reply(m.req, { ret: 0, collected: res.collected, moved: res.moved, pages, tick: res.tick });
+          } catch (e) {
+            const code = (e as DevmirrorError).code;
+            const ret = code === 'EINVAL' ? -22 : code === 'ENOMEM' ? -12 : code === 'EBUSY' ? -16 : -14;
+            return this.reply(m.req, { ret, collected: 0, moved: 0, pages: [], tick: 0 });
+          }
+        }
+        case 'exclusive': {
+          try {
+            const r = await k.makeDeviceExclusive(this.pid, m.va, this.id);
+            return this.reply(m.req, { ret: 0, pfn: r.pfn, gen: k.mem.generation(r.pfn), tick: r.tick });
+          } catch {
+            return this.reply(m.req, { ret: -16, pfn: 0, gen: 0, tick: 0 });
+          }
+        }
+      }
+    } catch (e) {
+      this.fail((m as { req: number }).req, e);
+    }
+  }
+
+  // ---- commands to the device ------------------------------------------------------------------
+
+  /** Sends a command to the personality (test_hmm ioctls, DMA control, ...) and awaits its reply. */
+  command<T = unknown>(name: string, args: Record<string, unknown> = {}, timeoutMs = 0): Promise<T> {
+    if (!this.alive) return Promise.reject(new DevmirrorError('DM_ERR_CONFLICT', `device ${this.name} is ${this.state}`));
+    const req = this.nextReq++;
+    return new Promise<T>((resolve, reject) => {
+      this.replies.set(req, { resolve: resolve as (v: unknown) => void, reject });
+      this.send({ t: 'command', req, name, args });
+      // Wake a parked device loop at once.
+      this.ring();
+      if (timeoutMs > 0) {
+        const t = setTimeout(() => {
+          if (this.replies.delete(req)) reject(new DevmirrorError('ETIME', `device ${this.name} did not answer ${name}`));
+        }, timeoutMs);
+        t.unref();
+      }
+    });
+  }
+
+  async inject(f: FaultInjection): Promise<void> {
+    this.faults = { ...this.faults, ...f };
+    if (f.crash) {
+      this.send({ t: 'command', req: 0, name: 'crash', args: {} });
+      this.ring();
+      return;
+    }
+    await this.command('inject', f as Record<string, unknown>, 10_000);
+  }
+
+  // ---- teardown --------------------------------------------------------------------------------
+
+  /**
+   * The device stopped answering (hang, crash): take the memory away for real. The worker is
+   * terminated and must have exited before any of its pending calls counts as answered (only then
+   * may the kernel change the PTEs); if it cannot be stopped, the frames in the ranges it was told
+   * about are quarantined (never reused) and that is reported.
+   */
+  async evict(reason: string): Promise<void> {
+    if (!this.alive) return;
+    this.handshake.evictions++;
+    this.log('warn', 'evicting device', { reason });
+    await this.gone('evicted', reason);
+  }
+
+  private async gone(state: DeviceState, reason: string): Promise<void> {
+    if (!this.alive) return;
+    const wasAlive = true;
+    this.state = state;
+    this.stateReason = reason;
+    if (this.watchdog) clearInterval(this.watchdog);
+    this.watchdog = null;
+    if (this.worker && wasAlive) {
+      const stopped = await Promise.race([
+        this.worker.terminate().then(() => true),
+        new Promise<boolean>((r) => setTimeout(() => r(false), Math.max(1000, this.deadlineMs)).unref()),
+      ]);
+      if (!stopped) this.quarantinePending();
+    }
+    // Now every outstanding call counts as answered: the device can no longer touch memory.
+    for (const a of this.slots) if (a) a.forced = ACK_OK;
+    this.slots.fill(null);
+    for (const w of this.slotWaiters.splice(0)) w();
+    for (const r of this.replies.values()) r.reject(new DevmirrorError('DM_ERR_CONFLICT', `device ${this.name} ${state}: ${reason}`));
+    this.replies.clear();
+    this.group.ring();
+    this.group.recheck();
+    // Tear the mirror down as on unregister.
+    for (const id of [...this.subs.keys()]) await this.removeSub(id).catch(() => undefined);
+    this.k.pagemaps.delete(this.id);
+    await this.k.evictDeviceMemory(this.id).catch(() => 0);
+    this.onStateChange?.(this);
+  }
+
+  private quarantinePending(): void {
+    const p = this.k.findProcess(this.pid);
+    if (!p) return;
+    let n = 0;
+    for (const a of this.slots) {
+      if (!a) continue;
+      const base = MB_CALLS_OFFSET + a.slot * CALL_SLOT_WORDS;
+      const start = (this.mailbox[base + CS.START_HI] >>> 0) * 2 ** 32 + (this.mailbox[base + CS.START_LO] >>> 0);
+      const endHi = this.mailbox[base + CS.END_HI];
+      const end = endHi === -1 ? 2 ** 47 : (endHi >>> 0) * 2 ** 32 + (this.mailbox[base + CS.END_LO] >>> 0);
+      p.mm.pt.walk(start, Math.min(end, 2 ** 47), (_va, _idx, _l, e) => {
+        if (e & 1) {
+          this.k.mem.quarantine(e >>> 12);
+          n++;
+        }
+      });
+    }
+    this.log('error', 'device could not be stopped: frames quarantined', { frames: n });
+    this.counters.quarantinedFrames = n;
+  }
+
+  /** Unregisters every subscription (release is called as on unregister) and stops the worker. */
+  async stop(): Promise<void> {
+    if (!this.alive) return;
+    this.state = 'stopping';
+    for (const id of [...this.subs.keys()]) await this.removeSub(id).catch(() => undefined);
+    await this.gone('stopped', 'stopped');
+    await this.exitPromise;
+  }
+}

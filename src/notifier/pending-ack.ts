@@ -1,0 +1,49 @@
+/**
+ * Acknowledgements that arrive through shared memory. A subscription callback may answer an
+ * invalidation with a PendingAck instead of a promise: the core first publishes the start to every
+ * subscriber, then asks the PendingAcks' group to wait for all of them at once, which spins briefly
+ * (an answer from a worker on another core arrives in well under a microsecond) and only then
+ * parks. When everything is answered inside the spin, the whole invalidation completes without a
+ * single promise or event-loop turn.
+ */
+
+export const ACK_PENDING = 0;
+export const ACK_OK = 1;
+export const ACK_REFUSED = 2;
+
+export interface PendingAck {
+  /** ACK_PENDING, ACK_OK or ACK_REFUSED; cheap, called in spin loops. */
+  poll(): number;
+  readonly group: AckGroup;
+  /** performance.now() in microseconds when the group first saw the answer, if it tracks it. */
+  answeredAtUs?: number;
+}
+
+export interface AckGroup {
+  /**
+   * Spins until every ack is answered or the spin budget is spent. Returns true if all are
+   * answered. Never blocks (the caller may be the thread that serves I/O).
+   */
+  spin(acks: readonly PendingAck[]): boolean;
+  /** Resolves when every ack is answered (or given up by eviction: then they poll as answered). */
+  park(acks: readonly PendingAck[]): Promise<void>;
+}
+
+export function isPendingAck(x: unknown): x is PendingAck {
+  return typeof x === 'object' && x !== null && typeof (x as PendingAck).poll === 'function' && 'group' in x;
+}
+
+/** Waits for a set of PendingAcks, grouped by their AckGroup. */
+export function waitAcks(acks: readonly PendingAck[]): Promise<void> | null {
+  if (acks.length === 0) return null;
+  const groups = new Map<AckGroup, PendingAck[]>();
+  for (const a of acks) {
+    const list = groups.get(a.group);
+    if (list) list.push(a);
+    else groups.set(a.group, [a]);
+  }
+  const parked: Promise<void>[] = [];
+  for (const [g, list] of groups) if (!g.spin(list)) parked.push(g.park(list));
+  if (parked.length === 0) return null;
+  return parked.length === 1 ? parked[0] : Promise.all(parked).then(() => undefined);
+}

@@ -1,0 +1,269 @@
+/**
+ * The stale-access sanitizer: proves that a device never uses a page it was told to stop using.
+ *
+ * It never asks the device what it believes. It keeps its own record, built only from what the
+ * kernel sent: every pfn the kernel handed out (range-fault and migration replies, with the frame
+ * generation and the global clock tick at which the kernel computed them) is a *grant*; every
+ * invalidation the device acknowledged *revokes* the grants in its range (or downgrades them to
+ * read-only for events that keep the frame mapped read-only: PROTECTION_PAGE, SOFT_DIRTY, and
+ * PROTECTION_VMA when the update is to read-only); grants computed while an invalidation was open
+ * are revoked when it ends. Then every device access is checked:
+ *
+ *   - no grant for (pid, page)         -> `unmapped` (the device invented a translation)
+ *   - grant revoked                    -> `stale` (use after an acknowledged invalidation)
+ *   - frame generation moved on        -> `stale` (the frame was freed or reused); a write there is
+ *                                         also a `lost-write` (it went to a page nobody maps)
+ *   - write through a read-only grant  -> `write-ro`
+ *   - pfn differs from the grant       -> `wrong-pfn`
+ *
+ * Ordering uses the kernel's global clock (HDR.CLOCK): a reply computed before an invalidation
+ * started is revoked by that invalidation's acknowledgement even if the reply reaches the device
+ * after it (a reply races the start message).
+ */
+import { FM, FRAME_META_WORDS, HDR, PAGE_SIZE, ULONG_MAX } from '../kernel/layout.js';
+import { eventName, MmuNotifierEvent } from '../notifier/range.js';
+
+/** Range flag (beside RANGE_BLOCKABLE): the update leaves the pages readable (read-only). */
+export const RANGE_UPDATE_TO_READ_ONLY = 1 << 1;
+
+export type FindingKind = 'stale' | 'lost-write' | 'write-ro' | 'unmapped' | 'wrong-pfn';
+
+export interface Finding {
+  kind: FindingKind;
+  deviceId: number;
+  pid: number;
+  va: number;
+  pfn: number;
+  write: boolean;
+  /** Clock tick of the access. */
+  tick: number;
+  /** The grant it was checked against, if any. */
+  grant: { pfn: number; gen: number; write: boolean; tick: number } | null;
+  /** The invalidation that revoked the grant (stale findings). */
+  revokedBy: { id: number; event: string; start: number; end: number; startTick: number } | null;
+  message: string;
+}
+
+interface Grant {
+  pfn: number;
+  gen: number;
+  write: boolean;
+  tick: number;
+  /** Set when revoked (or downgraded: write -> false with `downgradedBy`). */
+  revokedBy: Window | null;
+  downgradedBy: Window | null;
+}
+
+interface Window {
+  id: number;
+  pid: number;
+  start: number;
+  end: number;
+  event: number;
+  flags: number;
+  startTick: number;
+  /** Clock tick when the end was published (after the PTEs changed); Infinity while open. */
+  endTick: number;
+  acked: boolean;
+  ended: boolean;
+}
+
+const MAX_FINDINGS = 200;
+/** Acknowledged windows remembered for replies that arrive late. */
+const MAX_CLOSED_WINDOWS = 256;
+
+export interface SanitizerStats {
+  checked: number;
+  findings: number;
+  byKind: Record<FindingKind, number>;
+  grants: number;
+}
+
+export class Sanitizer {
+  private readonly meta: Int32Array;
+  private readonly metaBase: number;
+  private readonly grants = new Map<number, Map<number, Grant>>();
+  private readonly open = new Map<number, Window>();
+  private closed: Window[] = [];
+  readonly findings: Finding[] = [];
+  readonly stats: SanitizerStats = {
+    checked: 0,
+    findings: 0,
+    byKind: { stale: 0, 'lost-write': 0, 'write-ro': 0, unmapped: 0, 'wrong-pfn': 0 },
+    grants: 0,
+  };
+  /** Called for every new finding (to report it to the kernel). */
+  onFinding: ((f: Finding) => void) | null = null;
+  enabled = true;
+
+  constructor(
+    metaSab: SharedArrayBuffer,
+    readonly deviceId: number,
+  ) {
+    this.meta = new Int32Array(metaSab);
+    this.metaBase = this.meta[HDR.FRAME_META_OFFSET];
+  }
+
+  tick(): number {
+    return Atomics.add(this.meta, HDR.CLOCK, 1) + 1;
+  }
+
+  generation(pfn: number): number {
+    return Atomics.load(this.meta, this.metaBase + pfn * FRAME_META_WORDS + FM.GENERATION);
+  }
+
+  private pidGrants(pid: number): Map<number, Grant> {
+    let m = this.grants.get(pid);
+    if (!m) {
+      m = new Map();
+      this.grants.set(pid, m);
+    }
+    return m;
+  }
+
+  /** Does this invalidation take write access only (the frame stays mapped, read-only)? */
+  private static downgradeOnly(w: Window): boolean {
+    return (
+      w.event === MmuNotifierEvent.PROTECTION_PAGE ||
+      w.event === MmuNotifierEvent.SOFT_DIRTY ||
+      (w.event === MmuNotifierEvent.PROTECTION_VMA && (w.flags & RANGE_UPDATE_TO_READ_ONLY) !== 0)
+    );
+  }
+
+  /**
+   * The kernel handed out pfn for (pid, va): `tick` is the clock when it computed it, `gen` the
+   * frame generation it read then.
+   */
+  grant(pid: number, va: number, pfn: number, gen: number, write: boolean, tick: number): void {
+    const g: Grant = { pfn, gen, write, tick, revokedBy: null, downgradedBy: null };
+    // Windows that started after the reply was computed and overlap it take it away at once if
+    // they are acknowledged, or at their end if still open (the device may legitimately fetch
+    // pfns inside a window; it must then fail readRetry).
+    // A closed window revokes every grant computed before it ended (before it started: the ack
+    // took it; inside it: the end did).
+    for (const w of this.closed) if (w.pid === pid && tick < w.endTick && va >= w.start && va < w.end) this.apply(g, w);
+    for (const w of this.open.values()) {
+      if (w.pid === pid && w.acked && w.startTick > tick && va >= w.start && va < w.end) this.apply(g, w);
+    }
+    this.pidGrants(pid).set(Math.floor(va / PAGE_SIZE), g);
+    this.stats.grants++;
+  }
+
+  /** The device dropped its translation on its own (no longer needed for checks). */
+  forget(pid: number, va: number): void {
+    this.grants.get(pid)?.delete(Math.floor(va / PAGE_SIZE));
+  }
+
+  private apply(g: Grant, w: Window): void {
+    if (g.revokedBy) return;
+    if (Sanitizer.downgradeOnly(w)) {
+      if (g.write) {
+        g.write = false;
+        g.downgradedBy = w;
+      }
+    } else {
+      g.revokedBy = w;
+    }
+  }
+
+  /** An invalidation was delivered to the device (window opens). */
+  started(id: number, pid: number, start: number, end: number, event: number, flags: number, tick: number): void {
+    this.open.set(id, { id, pid, start, end, event, flags, startTick: tick, endTick: Infinity, acked: false, ended: false });
+  }
+
+  private forRange(w: Window, fn: (g: Grant) => void): void {
+    const m = this.grants.get(w.pid);
+    if (!m || m.size === 0) return;
+    const first = Math.floor(w.start / PAGE_SIZE);
+    const last = w.end >= ULONG_MAX ? Number.MAX_SAFE_INTEGER : Math.ceil(w.end / PAGE_SIZE) - 1;
+    if (last - first + 1 > m.size) {
+      for (const [vpn, g] of m) if (vpn >= first && vpn <= last) fn(g);
+    } else {
+      for (let vpn = first; vpn <= last; vpn++) {
+        const g = m.get(vpn);
+        if (g) fn(g);
+      }
+    }
+  }
+
+  /**
+   * The device acknowledged it: every grant in range computed before the window opened is gone
+   * (or downgraded). `skipped` marks an acknowledgement the device gave without acting (its own
+   * MIGRATE/EXCLUSIVE): grants are revoked all the same; the migration replies grant the new pfns.
+   */
+  acked(id: number): void {
+    const w = this.open.get(id);
+    if (!w) return;
+    w.acked = true;
+    this.forRange(w, (g) => {
+      if (g.tick < w.startTick) this.apply(g, w);
+    });
+  }
+
+  /** The invalidation ended (published at `tick`): grants computed inside the window are stale too. */
+  ended(id: number, tick: number): void {
+    const w = this.open.get(id);
+    if (!w) return;
+    w.ended = true;
+    w.endTick = tick;
+    this.open.delete(id);
+    this.forRange(w, (g) => {
+      if (g.tick >= w.startTick) this.apply(g, w);
+    });
+    this.closed.push(w);
+    if (this.closed.length > MAX_CLOSED_WINDOWS) this.closed = this.closed.slice(-MAX_CLOSED_WINDOWS / 2);
+  }
+
+  /** Drops every window and grant of a process (it exited, or the device released it). */
+  dropPid(pid: number): void {
+    this.grants.delete(pid);
+  }
+
+  /**
+   * Checks one device access of the page at va through pfn. Returns the finding, or null. Call it
+   * after the data moved, so a frame recycled during the access is caught by its generation.
+   */
+  check(pid: number, va: number, pfn: number, write: boolean): Finding | null {
+    if (!this.enabled) return null;
+    this.stats.checked++;
+    const g = this.grants.get(pid)?.get(Math.floor(va / PAGE_SIZE));
+    let kind: FindingKind | null = null;
+    let message = '';
+    if (!g) {
+      kind = 'unmapped';
+      message = 'access through a translation the kernel never granted';
+    } else if (g.pfn !== pfn) {
+      kind = 'wrong-pfn';
+      message = `access through pfn ${pfn}, the kernel granted ${g.pfn}`;
+    } else if (g.revokedBy) {
+      kind = write ? 'lost-write' : 'stale';
+      const w = g.revokedBy;
+      message = `${write ? 'write' : 'read'} after the device acknowledged ${eventName(w.event as MmuNotifierEvent)} #${w.id}`;
+    } else if (this.generation(pfn) !== g.gen) {
+      kind = write ? 'lost-write' : 'stale';
+      message = `frame ${pfn} was freed or reused since it was granted`;
+    } else if (write && !g.write) {
+      kind = 'write-ro';
+      message = g.downgradedBy ? `write after ${eventName(g.downgradedBy.event as MmuNotifierEvent)} #${g.downgradedBy.id} made it read-only` : 'write through a read-only translation';
+    }
+    if (!kind) return null;
+    const w = g?.revokedBy ?? g?.downgradedBy ?? null;
+    const f: Finding = {
+      kind,
+      deviceId: this.deviceId,
+      pid,
+      va,
+      pfn,
+      write,
+      tick: this.tick(),
+      grant: g ? { pfn: g.pfn, gen: g.gen, write: g.write, tick: g.tick } : null,
+      revokedBy: w ? { id: w.id, event: eventName(w.event as MmuNotifierEvent), start: w.start, end: w.end, startTick: w.startTick } : null,
+      message,
+    };
+    this.stats.findings++;
+    this.stats.byKind[kind]++;
+    if (this.findings.length < MAX_FINDINGS) this.findings.push(f);
+    this.onFinding?.(f);
+    return f;
+  }
+}

@@ -1,0 +1,129 @@
+/**
+ * The device side of the notifier: what a personality (gpu, rdma, kvm, dmirror) programs against.
+ * One interface, two transports: `WorkerHost` (a worker thread: the handshake on Atomics, requests
+ * over postMessage) and, later, a socket host for external clients. Personality code never sees
+ * which one it runs on.
+ *
+ * The host also runs the sanitizer: it records every pfn the kernel grants, revokes grants when the
+ * device answers an invalidation, and checks every memory access the device makes through
+ * `access()`. The personality cannot bypass it: it has no other way to touch memory.
+ */
+import type { DeviceKind, EventPolicy, FaultReply, GupReply, MigrateReply, ExclusiveReply } from '../../src/devices/protocol.js';
+import type { Sanitizer } from '../../src/sanitizer/sanitizer.js';
+
+export interface DevRange {
+  /** Invalidation id. */
+  id: number;
+  pid: number;
+  start: number;
+  end: number;
+  event: number;
+  flags: number;
+  owner: number | null;
+  blockable: boolean;
+  origin: number;
+  /** Clock tick when the kernel published it. */
+  tick: number;
+}
+
+/** The device's copy of an interval subscription, with its own invalidate_seq. */
+export class DevSub {
+  /** Local mmu_interval_notifier.invalidate_seq: set by the invalidate handler (setSeq). */
+  seq: number;
+  constructor(
+    readonly id: number,
+    readonly start: number,
+    readonly length: number,
+    readonly handler: IntervalHandler | MmHandler,
+    seq: number,
+  ) {
+    this.seq = seq;
+  }
+  get end(): number {
+    return this.start + this.length;
+  }
+  /** mmu_interval_set_seq: call under the driver lock in invalidate. */
+  setSeq(cur: number): void {
+    this.seq = cur;
+  }
+  /** mmu_interval_read_retry: under the driver lock; true means the pfns are stale. */
+  readRetry(seq: number): boolean {
+    return this.seq !== seq;
+  }
+}
+
+export interface IntervalHandler {
+  /**
+   * Stop using [range] (wait for in-flight DMA), call sub.setSeq(curSeq), then return true. May
+   * return false only if the range is not blockable.
+   */
+  invalidate(sub: DevSub, range: DevRange, curSeq: number): boolean | Promise<boolean>;
+  /** The invalidation's window closed (not a kernel callback; for end-side work). */
+  windowClosed?(sub: DevSub, range: DevRange): void;
+}
+
+export interface MmHandler {
+  start(range: DevRange): boolean | Promise<boolean>;
+  end?(range: DevRange): void;
+  release?(): void | Promise<void>;
+  clearFlushYoung?(start: number, end: number): boolean;
+  clearYoung?(start: number, end: number): boolean;
+  testYoung?(addr: number): boolean;
+}
+
+export interface FaultRequest {
+  defaultFlags: number;
+  mask: number;
+  input?: Uint32Array | null;
+  /** Report this device's own device-private pages as valid (dev_private_owner). */
+  ownerSelf: boolean;
+}
+
+export interface VmaInfo {
+  start: number;
+  end: number;
+  prot: number;
+  shared: boolean;
+  file: boolean;
+}
+
+export type CommandHandler = (args: Record<string, unknown>) => unknown | Promise<unknown>;
+
+export interface DeviceHost {
+  readonly deviceId: number;
+  readonly pid: number;
+  readonly kind: DeviceKind;
+  readonly name: string;
+  readonly policy: EventPolicy;
+  readonly options: Record<string, unknown>;
+  readonly sanitizer: Sanitizer;
+  readonly counters: Record<string, number>;
+
+  insertInterval(start: number, length: number, handler: IntervalHandler, label: string): Promise<DevSub>;
+  removeInterval(sub: DevSub): Promise<void>;
+  registerMm(handler: MmHandler, label: string): Promise<DevSub>;
+  unregisterMm(sub: DevSub): Promise<void>;
+  readBegin(sub: DevSub): Promise<number>;
+  /** hmm_range_fault under the mmap lock, in the kernel; valid pfns are granted to this device. */
+  rangeFault(sub: DevSub, seq: number, start: number, end: number, req: FaultRequest): Promise<FaultReply>;
+  /** get_user_pages of one page (KVM's hva_to_pfn); the pfn is granted. */
+  gup(va: number, write: boolean): Promise<GupReply>;
+  vma(va: number): Promise<VmaInfo | null>;
+  /** migrate_vma to (or from) this device's memory; moved pages are granted. */
+  migrate(dir: 'to' | 'from', start: number, end: number, allocFails?: boolean): Promise<MigrateReply>;
+  /** make_device_exclusive of one page for this device. */
+  exclusive(va: number): Promise<ExclusiveReply>;
+
+  /**
+   * The only way a device touches memory: reads (into `buf`) or writes (from `buf`) `len` bytes at
+   * `off` of the page at `va`, through frame `pfn`; checked by the sanitizer after the copy.
+   */
+  access(va: number, pfn: number, write: boolean, buf: Uint8Array, bufOff: number, off: number, len: number): void;
+  /** The device dropped its translation of va (no longer granted). */
+  forget(va: number): void;
+
+  onCommand(name: string, fn: CommandHandler): void;
+  log(level: 'debug' | 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>): void;
+  /** Resolves after `us` microseconds (a simulated device latency). */
+  sleepUs(us: number): Promise<void>;
+}

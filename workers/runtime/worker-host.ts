@@ -1,0 +1,428 @@
+/**
+ * DeviceHost for a worker thread. The mailbox loop answers invalidations (spin briefly, then park
+ * with Atomics.waitAsync so the worker's event loop keeps serving replies and timers); requests go
+ * to the kernel over postMessage.
+ *
+ * Handshake, device side (see src/devices/ack-group.ts for the kernel side):
+ *
+ *   wait: spin on MB.DOORBELL (budget MB.SPIN loads), then waitAsync(DOORBELL)
+ *   take: while CALL_TAIL < CALL_HEAD: read slot ID (Atomics), then its words; CALL_TAIL++
+ *   handle: sanitizer.started; personality stops using the range (drains DMA), setSeq
+ *   answer: sanitizer.acked; store ANSWER_TICK, ANSWER (Atomics); add KC.ACK_DOORBELL; notify
+ *   ends: while END_TAIL < END_HEAD: sanitizer.ended; personality end/windowClosed; END_TAIL++
+ *
+ * The sanitizer revokes grants *before* the answer is stored, so any access this thread makes
+ * after answering is checked against the revoked grant.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import {
+  ANSWER,
+  CALL_OP,
+  CALL_SLOTS,
+  CALL_SLOT_WORDS,
+  CS,
+  END_SLOTS,
+  END_SLOT_WORDS,
+  ES,
+  KC,
+  MB,
+  MB_CALLS_OFFSET,
+  MB_ENDS_OFFSET,
+  PAGE_SIZE,
+  joinAddr,
+} from '../../src/kernel/layout.js';
+import { HMM_PFN } from '../../src/kernel/hmm.js';
+import { RANGE_BLOCKABLE } from '../../src/notifier/range.js';
+import { Sanitizer } from '../../src/sanitizer/sanitizer.js';
+import type {
+  DeviceEvent,
+  DeviceInit,
+  DeviceKind,
+  DeviceRequest,
+  EventPolicy,
+  ExclusiveReply,
+  FaultInjection,
+  FaultReply,
+  GupReply,
+  KernelMessage,
+  MigrateReply,
+  MirrorSummary,
+} from '../../src/devices/protocol.js';
+import {
+  DevSub,
+  type CommandHandler,
+  type DevRange,
+  type DeviceHost,
+  type FaultRequest,
+  type IntervalHandler,
+  type MmHandler,
+  type VmaInfo,
+} from './host.js';
+
+type Pending = { resolve: (v: unknown) => void; reject: (e: Error) => void };
+
+export class WorkerHost implements DeviceHost {
+  readonly deviceId: number;
+  readonly pid: number;
+  readonly kind: DeviceKind;
+  readonly name: string;
+  readonly policy: EventPolicy;
+  readonly options: Record<string, unknown>;
+  readonly sanitizer: Sanitizer;
+  readonly counters: Record<string, number> = {};
+  readonly data: Uint8Array;
+  private readonly mb: Int32Array;
+  private readonly kc: Int32Array;
+  private readonly subs = new Map<number, DevSub>();
+  private readonly pending = new Map<number, Pending>();
+  private readonly commands = new Map<string, CommandHandler>();
+  private nextReq = 1;
+  private stopped = false;
+  faults: FaultInjection = {};
+  mirrorSummary: () => MirrorSummary = () => ({ pages: 0, writable: 0, devicePages: 0, objects: 0 });
+  /** Spin budget on the doorbell before parking (the kernel may lower it in MB.SPIN). */
+  private spinBudget(): number {
+    return Atomics.load(this.mb, MB.SPIN);
+  }
+
+  constructor(init: DeviceInit = workerData as DeviceInit) {
+    this.deviceId = init.deviceId;
+    this.pid = init.pid;
+    this.kind = init.kind;
+    this.name = init.name;
+    this.policy = init.policy;
+    this.options = init.options ?? {};
+    this.mb = new Int32Array(init.mailbox);
+    this.kc = new Int32Array(init.kc);
+    this.data = new Uint8Array(init.data);
+    this.sanitizer = new Sanitizer(init.meta, init.deviceId);
+    this.sanitizer.onFinding = (finding) => this.emit({ t: 'finding', finding });
+    parentPort?.on('message', (m: KernelMessage) => this.onMessage(m));
+    this.onCommand('inject', (args) => {
+      this.faults = { ...this.faults, ...(args as FaultInjection) };
+      return true;
+    });
+    this.onCommand('stats', () => this.snapshot());
+  }
+
+  private emit(m: DeviceEvent | DeviceRequest, transfer?: ArrayBuffer[]): void {
+    parentPort?.postMessage(m, transfer as never);
+  }
+
+  private request<T>(m: DeviceRequest): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(m.req, { resolve: resolve as (v: unknown) => void, reject });
+      this.emit(m);
+    });
+  }
+
+  private req(): number {
+    return this.nextReq++;
+  }
+
+  private onMessage(m: KernelMessage): void {
+    if (m.t === 'reply') {
+      const p = this.pending.get(m.req);
+      if (!p) return;
+      this.pending.delete(m.req);
+      if (m.ok) p.resolve(m.value);
+      else p.reject(Object.assign(new Error(m.error?.message ?? 'error'), { code: m.error?.code, details: m.error?.details }));
+      return;
+    }
+    if (m.t === 'command') {
+      if (m.name === 'crash') {
+        // Fault injection: die mid-whatever, like a driver oops.
+        process.exit(3);
+      }
+      void this.runCommand(m.req, m.name, m.args);
+      return;
+    }
+    if (m.t === 'stop') this.stopped = true;
+  }
+
+  private async runCommand(req: number, name: string, args: Record<string, unknown>): Promise<void> {
+    const fn = this.commands.get(name);
+    try {
+      if (!fn) throw Object.assign(new Error(`unknown command ${name}`), { code: 'DM_ERR_VALIDATION' });
+      const value = await fn(args);
+      this.emit({ t: 'reply', req, ok: true, value });
+    } catch (e) {
+      const err = e as Error & { code?: string; details?: Record<string, unknown> };
+      this.emit({ t: 'reply', req, ok: false, error: { code: err.code ?? 'DM_ERR_INTERNAL', message: err.message, details: err.details } });
+    }
+  }
+
+  onCommand(name: string, fn: CommandHandler): void {
+    this.commands.set(name, fn);
+  }
+
+  log(level: 'debug' | 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>): void {
+    this.emit({ t: 'log', level, msg, data });
+  }
+
+  sleepUs(us: number): Promise<void> {
+    if (us <= 0) return new Promise((r) => setImmediate(r));
+    if (us < 1000) return new Promise((r) => setImmediate(r));
+    return new Promise((r) => setTimeout(r, us / 1000));
+  }
+
+  snapshot(): { counters: Record<string, number>; sanitizer: ReturnType<WorkerHost['sanitizerSnapshot']>; mirror: MirrorSummary } {
+    return { counters: { ...this.counters }, sanitizer: this.sanitizerSnapshot(), mirror: this.mirrorSummary() };
+  }
+
+  private sanitizerSnapshot(): { checked: number; findings: number; byKind: Record<string, number>; recent: Sanitizer['findings'] } {
+    const s = this.sanitizer.stats;
+    return { checked: s.checked, findings: s.findings, byKind: { ...s.byKind }, recent: this.sanitizer.findings.slice(-20) };
+  }
+
+  private reportStats(): void {
+    const snap = this.snapshot();
+    this.emit({ t: 'stats', counters: snap.counters, sanitizer: snap.sanitizer, mirror: snap.mirror });
+  }
+
+  // ---- subscriptions and requests --------------------------------------------------------------
+
+  async insertInterval(start: number, length: number, handler: IntervalHandler, label: string): Promise<DevSub> {
+    const r = await this.request<{ id: number; seq: number }>({ t: 'insert', req: this.req(), start, length, label });
+    const sub = new DevSub(r.id, start, length, handler, r.seq);
+    this.subs.set(r.id, sub);
+    return sub;
+  }
+
+  async removeInterval(sub: DevSub): Promise<void> {
+    await this.request({ t: 'remove', req: this.req(), sub: sub.id });
+    this.subs.delete(sub.id);
+  }
+
+  async registerMm(handler: MmHandler, label: string): Promise<DevSub> {
+    const r = await this.request<{ id: number; seq: number }>({ t: 'register', req: this.req(), label });
+    const sub = new DevSub(r.id, 0, 2 ** 64, handler, 0);
+    this.subs.set(r.id, sub);
+    return sub;
+  }
+
+  async unregisterMm(sub: DevSub): Promise<void> {
+    await this.request({ t: 'unregister', req: this.req(), sub: sub.id });
+    this.subs.delete(sub.id);
+  }
+
+  readBegin(sub: DevSub): Promise<number> {
+    return this.request<number>({ t: 'readBegin', req: this.req(), sub: sub.id });
+  }
+
+  async rangeFault(sub: DevSub, seq: number, start: number, end: number, req: FaultRequest): Promise<FaultReply> {
+    const r = await this.request<FaultReply>({
+      t: 'fault',
+      req: this.req(),
+      sub: sub.id,
+      seq,
+      start,
+      end,
+      defaultFlags: req.defaultFlags,
+      mask: req.mask,
+      input: req.input ?? null,
+      ownerSelf: req.ownerSelf,
+    });
+    if (r.ret === 0) {
+      for (let i = 0; i < r.pfns.length; i++) {
+        const w = r.pfns[i];
+        if (w & HMM_PFN.VALID) this.sanitizer.grant(this.pid, start + i * PAGE_SIZE, w & HMM_PFN.PFN_MASK, r.gens[i], (w & HMM_PFN.WRITE) !== 0, r.tick);
+      }
+    }
+    return r;
+  }
+
+  async gup(va: number, write: boolean): Promise<GupReply> {
+    const r = await this.request<GupReply>({ t: 'gup', req: this.req(), va, write });
+    if (r.ret === 0) this.sanitizer.grant(this.pid, va, r.pfn, r.gen, r.write, r.tick);
+    return r;
+  }
+
+  vma(va: number): Promise<VmaInfo | null> {
+    return this.request<VmaInfo | null>({ t: 'vma', req: this.req(), va });
+  }
+
+  async migrate(dir: 'to' | 'from', start: number, end: number, allocFails = false): Promise<MigrateReply> {
+    const r = await this.request<MigrateReply>({ t: 'migrate', req: this.req(), dir, start, end, allocFails });
+    if (dir === 'to') for (const [va, pfn, gen] of r.pages) this.sanitizer.grant(this.pid, va, pfn, gen, true, r.tick);
+    return r;
+  }
+
+  async exclusive(va: number): Promise<ExclusiveReply> {
+    const r = await this.request<ExclusiveReply>({ t: 'exclusive', req: this.req(), va });
+    if (r.ret === 0) this.sanitizer.grant(this.pid, va, r.pfn, r.gen, true, r.tick);
+    return r;
+  }
+
+  access(va: number, pfn: number, write: boolean, buf: Uint8Array, bufOff: number, off: number, len: number): void {
+    const base = pfn * PAGE_SIZE + off;
+    if (write) this.data.set(buf.subarray(bufOff, bufOff + len), base);
+    else buf.set(this.data.subarray(base, base + len), bufOff);
+    this.counters.dma_bytes = (this.counters.dma_bytes ?? 0) + len;
+    this.sanitizer.check(this.pid, va, pfn, write);
+  }
+
+  forget(va: number): void {
+    this.sanitizer.forget(this.pid, va);
+  }
+
+  // ---- the mailbox loop --------------------------------------------------------------------------
+
+  private readCall(slot: number): { op: number; sub: number; range: DevRange; curSeq: number } {
+    const base = MB_CALLS_OFFSET + slot * CALL_SLOT_WORDS;
+    const mb = this.mb;
+    // The kernel stores ID last (Atomics); loading it first orders the other loads after it.
+    const id = Atomics.load(mb, base + CS.ID);
+    const flags = mb[base + CS.FLAGS];
+    const owner = mb[base + CS.OWNER];
+    return {
+      op: mb[base + CS.OP],
+      sub: mb[base + CS.SUB],
+      curSeq: mb[base + CS.CUR_SEQ],
+      range: {
+        id,
+        pid: mb[base + CS.PID],
+        start: joinAddr(mb[base + CS.START_LO], mb[base + CS.START_HI]),
+        end: joinAddr(mb[base + CS.END_LO], mb[base + CS.END_HI]),
+        event: mb[base + CS.EVENT],
+        flags,
+        owner: owner === -1 ? null : owner,
+        blockable: (flags & RANGE_BLOCKABLE) !== 0,
+        origin: mb[base + CS.ORIGIN],
+        tick: mb[base + CS.TICK],
+      },
+    };
+  }
+
+  private answer(slot: number, ok: boolean): void {
+    const base = MB_CALLS_OFFSET + slot * CALL_SLOT_WORDS;
+    this.mb[base + CS.ANSWER_TICK] = this.sanitizer.tick();
+    // ANSWER is stored before the shared doorbell moves: a kernel woken by the doorbell (or
+    // spinning on it) then re-polls and sees it.
+    Atomics.store(this.mb, base + CS.ANSWER, ok ? ANSWER.OK : ANSWER.REFUSED);
+    Atomics.add(this.mb, MB.ANSWERS, 1);
+    Atomics.add(this.kc, KC.ACK_DOORBELL, 1);
+    Atomics.notify(this.kc, KC.ACK_DOORBELL);
+  }
+
+  private finish(slot: number, op: number, range: DevRange, ok: boolean): void {
+    if ((op === CALL_OP.INVALIDATE || op === CALL_OP.MM_START) && ok) this.sanitizer.acked(range.id);
+    this.answer(slot, ok);
+  }
+
+  private handleCall(slot: number): void {
+    const { op, sub: subId, range, curSeq } = this.readCall(slot);
+    const sub = this.subs.get(subId);
+    const f = this.faults;
+    if (op === CALL_OP.INVALIDATE || op === CALL_OP.MM_START) {
+      this.sanitizer.started(range.id, range.pid, range.start, range.end, range.event, range.flags, range.tick);
+      this.counters.invalidations = (this.counters.invalidations ?? 0) + 1;
+    }
+    if (f.hang) return; // never answers: the kernel evicts us after its deadline
+    let result: boolean | Promise<boolean> | void | Promise<void>;
+    if (!sub) {
+      result = true; // a subscription we already dropped
+    } else if (op === CALL_OP.INVALIDATE) {
+      result = (sub.handler as IntervalHandler).invalidate(sub, range, curSeq);
+    } else {
+      const h = sub.handler as MmHandler;
+      switch (op) {
+        case CALL_OP.MM_START:
+          result = h.start(range);
+          break;
+        case CALL_OP.RELEASE:
+          result = h.release?.();
+          break;
+        case CALL_OP.CLEAR_FLUSH_YOUNG:
+          result = h.clearFlushYoung?.(range.start, range.end) ?? false;
+          break;
+        case CALL_OP.CLEAR_YOUNG:
+          result = h.clearYoung?.(range.start, range.end) ?? false;
+          break;
+        case CALL_OP.TEST_YOUNG:
+          result = h.testYoung?.(range.start) ?? false;
+          break;
+      }
+    }
+    const refuse = f.refuseNonblock && !range.blockable && (op === CALL_OP.INVALIDATE || op === CALL_OP.MM_START);
+    const done = (v: boolean | void): void => {
+      const ok = refuse ? false : op === CALL_OP.RELEASE ? true : v !== false;
+      if (f.ackDelayUs && f.ackDelayUs > 0) void this.sleepUs(f.ackDelayUs).then(() => this.finish(slot, op, range, ok));
+      else this.finish(slot, op, range, ok);
+    };
+    if (result instanceof Promise) void result.then(done, () => done(true));
+    else done(result);
+  }
+
+  private handleEnd(slot: number): void {
+    const base = MB_ENDS_OFFSET + slot * END_SLOT_WORDS;
+    const mb = this.mb;
+    const id = Atomics.load(mb, base + ES.ID);
+    const flags = mb[base + ES.FLAGS];
+    const range: DevRange = {
+      id,
+      pid: mb[base + ES.PID],
+      start: joinAddr(mb[base + ES.START_LO], mb[base + ES.START_HI]),
+      end: joinAddr(mb[base + ES.END_LO], mb[base + ES.END_HI]),
+      event: mb[base + ES.EVENT],
+      flags,
+      owner: null,
+      blockable: (flags & RANGE_BLOCKABLE) !== 0,
+      origin: 0,
+      tick: mb[base + ES.TICK],
+    };
+    this.sanitizer.ended(id, range.tick);
+    const sub = this.subs.get(mb[base + ES.SUB]);
+    if (!sub) return;
+    if ('invalidate' in sub.handler) sub.handler.windowClosed?.(sub, range);
+    else sub.handler.end?.(range);
+  }
+
+  /** Takes every posted call and end. */
+  pump(): void {
+    const mb = this.mb;
+    let tail = Atomics.load(mb, MB.CALL_TAIL);
+    while (tail < Atomics.load(mb, MB.CALL_HEAD)) {
+      this.handleCall(tail % CALL_SLOTS);
+      tail++;
+      Atomics.store(mb, MB.CALL_TAIL, tail);
+    }
+    let etail = Atomics.load(mb, MB.END_TAIL);
+    while (etail < Atomics.load(mb, MB.END_HEAD)) {
+      this.handleEnd(etail % END_SLOTS);
+      etail++;
+      Atomics.store(mb, MB.END_TAIL, etail);
+    }
+  }
+
+  /** The device's main loop: runs until the kernel stops the worker. */
+  async run(ready: () => void): Promise<void> {
+    // A pending waitAsync does not keep a worker alive: the stats timer does.
+    const stats = setInterval(() => this.reportStats(), 200);
+    ready();
+    this.emit({ t: 'ready' });
+    const mb = this.mb;
+    try {
+      while (!this.stopped && Atomics.load(mb, MB.STATE) === 0) {
+        const seen = Atomics.load(mb, MB.DOORBELL);
+        this.pump();
+        Atomics.add(mb, MB.HEARTBEAT, 1);
+        let v = Atomics.load(mb, MB.DOORBELL);
+        for (let i = this.spinBudget(); v === seen && i > 0; i--) v = Atomics.load(mb, MB.DOORBELL);
+        if (v !== seen) {
+          // Something arrived while spinning; let queued messages (replies) run now and then.
+          if ((Atomics.load(mb, MB.HEARTBEAT) & 63) === 0) await new Promise((r) => setImmediate(r));
+          continue;
+        }
+        Atomics.store(mb, MB.PARKED, 1);
+        const r = Atomics.waitAsync(mb, MB.DOORBELL, seen, 1000);
+        if (r.async) await r.value;
+        Atomics.store(mb, MB.PARKED, 0);
+      }
+    } finally {
+      clearInterval(stats);
+    }
+  }
+}
+
+export { CALL_SLOTS, END_SLOTS };

@@ -82,7 +82,8 @@ export type DeviceRequest =
   | { t: 'gup'; req: number; va: number; write: boolean }
   | { t: 'vma'; req: number; va: number }
   | { t: 'migrate'; req: number; dir: 'to' | 'from'; start: number; end: number; allocFails: boolean }
-  | { t: 'exclusive'; req: number; va: number };
+  | { t: 'exclusive'; req: number; va: number }
+  | { t: 'evict'; req: number };
 
 export type DeviceEvent =
   | { t: 'ready' }
@@ -135,8 +136,8 @@ export interface MigrateReply {
   ret: number;
   collected: number;
   moved: number;
-  /** [va, dst pfn, dst generation] for pages that moved. */
-  pages: Array<[number, number, number]>;
+  /** [va, dst pfn, dst generation, writable] for pages that moved. */
+  pages: Array<[number, number, number, boolean]>;
   tick: number;
 }
 

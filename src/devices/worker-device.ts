@@ -487,9 +487,10 @@ export class WorkerDevice {
               m.dir === 'to'
                 ? await k.migrateToDevice(this.pid, m.start, m.end, this.id, { allocFails: m.allocFails })
                 : await k.migrateToSystem(this.pid, m.start, m.end, this.id);
-            const pages: Array<[number, number, number]> = res.pages
+            const mm = k.process(this.pid).mm;
+            const pages: Array<[number, number, number, boolean]> = res.pages
               .filter((pg) => pg.dst >= 0)
-              .map((pg) => [pg.va, pg.dst, k.mem.generation(pg.dst)]);
+              .map((pg) => [pg.va, pg.dst, k.mem.generation(pg.dst), (mm.pt.lookup(pg.va) & 2) !== 0]);
             return this.reply(m.req, { ret: 0, collected: res.collected, moved: res.moved, pages, tick: res.tick });
           } catch (e) {
             const code = (e as DevmirrorError).code;
@@ -497,6 +498,8 @@ export class WorkerDevice {
             return this.reply(m.req, { ret, collected: 0, moved: 0, pages: [], tick: 0 });
           }
         }
+        case 'evict':
+          return this.reply(m.req, await k.evictDeviceMemory(this.id));
         case 'exclusive': {
           try {
             const r = await k.makeDeviceExclusive(this.pid, m.va, this.id);

@@ -37,7 +37,7 @@ export const HMM_PFN = {
   REQ_WRITE: 0x40000000,
 } as const;
 
-export const ERRNO = { EPERM: -1, ENOMEM: -12, EFAULT: -14, EBUSY: -16, EINVAL: -22 } as const;
+export const ERRNO = { EPERM: -1, ENOENT: -2, ENOMEM: -12, EFAULT: -14, EBUSY: -16, EINVAL: -22 } as const;
 
 export function hmmPfnToPfn(w: number): number {
   return w & HMM_PFN.PFN_MASK;

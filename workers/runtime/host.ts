@@ -98,6 +98,8 @@ export interface DeviceHost {
   readonly options: Record<string, unknown>;
   readonly sanitizer: Sanitizer;
   readonly counters: Record<string, number>;
+  /** Frames of RAM; frame numbers at or above are device memory. */
+  readonly ramFrames: number;
 
   insertInterval(start: number, length: number, handler: IntervalHandler, label: string): Promise<DevSub>;
   removeInterval(sub: DevSub): Promise<void>;
@@ -113,6 +115,8 @@ export interface DeviceHost {
   migrate(dir: 'to' | 'from', start: number, end: number, allocFails?: boolean): Promise<MigrateReply>;
   /** make_device_exclusive of one page for this device. */
   exclusive(va: number): Promise<ExclusiveReply>;
+  /** Moves every page of this device's memory back to RAM (device-range eviction); returns pages moved. */
+  evictDeviceMemory(): Promise<number>;
 
   /**
    * The only way a device touches memory: reads (into `buf`) or writes (from `buf`) `len` bytes at

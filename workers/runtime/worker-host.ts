@@ -24,6 +24,7 @@ import {
   END_SLOTS,
   END_SLOT_WORDS,
   ES,
+  HDR,
   KC,
   MB,
   MB_CALLS_OFFSET,
@@ -71,6 +72,7 @@ export class WorkerHost implements DeviceHost {
   readonly sanitizer: Sanitizer;
   readonly counters: Record<string, number> = {};
   readonly data: Uint8Array;
+  readonly ramFrames: number;
   private readonly mb: Int32Array;
   private readonly kc: Int32Array;
   private readonly subs = new Map<number, DevSub>();
@@ -95,6 +97,7 @@ export class WorkerHost implements DeviceHost {
     this.mb = new Int32Array(init.mailbox);
     this.kc = new Int32Array(init.kc);
     this.data = new Uint8Array(init.data);
+    this.ramFrames = new Int32Array(init.meta)[HDR.RAM_FRAMES];
     this.sanitizer = new Sanitizer(init.meta, init.deviceId);
     this.sanitizer.onFinding = (finding) => this.emit({ t: 'finding', finding });
     parentPort?.on('message', (m: KernelMessage) => this.onMessage(m));
@@ -244,8 +247,12 @@ export class WorkerHost implements DeviceHost {
 
   async migrate(dir: 'to' | 'from', start: number, end: number, allocFails = false): Promise<MigrateReply> {
     const r = await this.request<MigrateReply>({ t: 'migrate', req: this.req(), dir, start, end, allocFails });
-    if (dir === 'to') for (const [va, pfn, gen] of r.pages) this.sanitizer.grant(this.pid, va, pfn, gen, true, r.tick);
+    if (dir === 'to') for (const [va, pfn, gen, write] of r.pages) this.sanitizer.grant(this.pid, va, pfn, gen, write, r.tick);
     return r;
+  }
+
+  evictDeviceMemory(): Promise<number> {
+    return this.request<number>({ t: 'evict', req: this.req() });
   }
 
   async exclusive(va: number): Promise<ExclusiveReply> {
@@ -395,12 +402,20 @@ export class WorkerHost implements DeviceHost {
     }
   }
 
-  /** The device's main loop: runs until the kernel stops the worker. */
-  async run(ready: () => void): Promise<void> {
+  /**
+   * The device's main loop: runs until the kernel stops the worker. `attach` (subscribing, the
+   * initial mirror) runs once the loop answers the handshake; then the kernel hears 'ready'.
+   */
+  async run(attach: () => Promise<void>): Promise<void> {
     // A pending waitAsync does not keep a worker alive: the stats timer does.
     const stats = setInterval(() => this.reportStats(), 200);
-    ready();
-    this.emit({ t: 'ready' });
+    void attach().then(
+      () => this.emit({ t: 'ready' }),
+      (e: Error) => {
+        this.log('error', `attach failed: ${e.message}`);
+        process.exit(4);
+      },
+    );
     const mb = this.mb;
     try {
       while (!this.stopped && Atomics.load(mb, MB.STATE) === 0) {

@@ -1,0 +1,126 @@
+/**
+ * Spawns, lists and stops device workers. One worker thread per device; each device is attached to
+ * one process and owns a share of device memory (its frames carry its id as owner).
+ */
+import { DevmirrorError } from '../errors.js';
+import type { Kernel } from '../kernel/kernel.js';
+import { AdaptiveSpin, WorkerAckGroup } from './ack-group.js';
+import { DEVICE_KINDS, EVENT_POLICIES, type DeviceKind, type EventPolicy } from './protocol.js';
+import { WorkerDevice } from './worker-device.js';
+import type { Finding } from '../sanitizer/sanitizer.js';
+
+export interface CreateDevice {
+  kind: DeviceKind;
+  name?: string;
+  pid?: number;
+  process?: string;
+  policy?: EventPolicy;
+  options?: Record<string, unknown>;
+  /** Acknowledgement deadline before eviction, ms (default: the manager's). */
+  deadlineMs?: number;
+}
+
+export interface DeviceManagerOptions {
+  deadlineMs?: number;
+  log?: (level: 'debug' | 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>) => void;
+}
+
+/** Where the worker entry is: the compiled .js next to us, or the .ts sources under vitest/tsx. */
+function workerEntry(): { url: URL; tsBootstrap: boolean } {
+  const here = import.meta.url;
+  if (here.endsWith('.ts')) return { url: new URL('../../workers/entry.ts', here), tsBootstrap: true };
+  return { url: new URL('../../workers/entry.js', here), tsBootstrap: false };
+}
+
+export class DeviceManager {
+  readonly devices = new Map<number, WorkerDevice>();
+  readonly group: WorkerAckGroup;
+  private nextId = 1;
+  private readonly counts = new Map<string, number>();
+  readonly deadlineMs: number;
+  private readonly log: NonNullable<DeviceManagerOptions['log']>;
+  onFinding: ((d: WorkerDevice, f: Finding) => void) | null = null;
+  onChange: ((d: WorkerDevice) => void) | null = null;
+
+  constructor(
+    private readonly k: Kernel,
+    opts: DeviceManagerOptions = {},
+  ) {
+    this.deadlineMs = opts.deadlineMs ?? 1000;
+    this.log = opts.log ?? (() => undefined);
+    const spin = new AdaptiveSpin(undefined, undefined, () => this.liveCount());
+    this.group = new WorkerAckGroup(undefined, spin);
+  }
+
+  liveCount(): number {
+    let n = 0;
+    for (const d of this.devices.values()) if (d.alive) n++;
+    return n;
+  }
+
+  async create(req: CreateDevice): Promise<WorkerDevice> {
+    if (!DEVICE_KINDS.includes(req.kind)) throw new DevmirrorError('DM_ERR_VALIDATION', `unknown device kind ${String(req.kind)}`);
+    const policy = req.policy ?? 'faithful';
+    if (!EVENT_POLICIES.includes(policy)) throw new DevmirrorError('DM_ERR_VALIDATION', `unknown event policy ${String(policy)}`);
+    const proc = req.pid !== undefined ? this.k.process(req.pid) : this.k.process(req.process ?? '');
+    if (proc.mm.exiting) throw new DevmirrorError('DM_ERR_PROCESS_EXITING', `process ${proc.pid} is exiting`);
+    const n = (this.counts.get(req.kind) ?? 0) + 1;
+    this.counts.set(req.kind, n);
+    const name = req.name ?? `${req.kind}${n - 1}`;
+    for (const d of this.devices.values()) {
+      if (d.name === name && d.alive) throw new DevmirrorError('DM_ERR_CONFLICT', `a device named ${name} exists`);
+    }
+    const id = this.nextId++;
+    const dev = new WorkerDevice(this.k, this.group, id, {
+      kind: req.kind,
+      name,
+      process: proc,
+      policy,
+      options: req.options ?? {},
+      deadlineMs: req.deadlineMs ?? this.deadlineMs,
+    });
+    dev.log = (level, msg, data) => this.log(level, msg, { device: name, deviceId: id, ...data });
+    dev.onFinding = (d, f) => this.onFinding?.(d, f);
+    dev.onStateChange = (d) => this.onChange?.(d);
+    this.devices.set(id, dev);
+    // dev_pagemap_ops: the kernel tells the device before it moves the device's pages back.
+    this.k.pagemaps.set(id, {
+      owner: id,
+      migratingOut: async (mm, vas) => {
+        // The device mirrors one process; pages of its memory mapped elsewhere (after fork) are
+        // not in its mirror.
+        if (dev.alive && mm.pid === dev.pid) await dev.command('migrating-out', { vas }, dev.deadlineMs * 2).catch(() => undefined);
+      },
+    });
+    try {
+      await dev.start(workerEntry());
+    } catch (e) {
+      this.devices.delete(id);
+      this.k.pagemaps.delete(id);
+      await dev.evict('failed to start').catch(() => undefined);
+      throw e;
+    }
+    this.log('info', 'device attached', { device: name, deviceId: id, kind: req.kind, pid: proc.pid, policy });
+    return dev;
+  }
+
+  get(id: number): WorkerDevice {
+    const d = this.devices.get(id);
+    if (!d) throw new DevmirrorError('DM_ERR_NO_SUCH_DEVICE', `no device ${id}`);
+    return d;
+  }
+
+  list(): WorkerDevice[] {
+    return [...this.devices.values()];
+  }
+
+  async remove(id: number): Promise<void> {
+    const d = this.get(id);
+    await d.stop();
+    this.devices.delete(id);
+  }
+
+  async stopAll(): Promise<void> {
+    await Promise.all(this.list().map((d) => d.stop().catch(() => undefined)));
+  }
+}

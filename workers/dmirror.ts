@@ -1,0 +1,401 @@
+/**
+ * dmirror: the kernel's reference test device (lib/test_hmm.c), so the kernel's own hmm-tests can
+ * run against the emulator.
+ *
+ * One interval subscription over the whole address space; a mirror `pt` (page -> frame, tagged
+ * WRITE or ATOMIC); a mutex (the driver lock). invalidate: skip a MIGRATE this device caused (no
+ * setSeq: the migration code updates the mirror), else lock (trylock when not blockable), setSeq,
+ * erase the range *inclusive of the end page* (one page too many, as the kernel does), unlock.
+ * Commands mirror the ioctls: read, write, migrate-to-device, migrate-to-system, snapshot,
+ * exclusive, check-exclusive, release, flags; each returns `cpages` and `faults`.
+ */
+import { PAGE_SIZE, ULONG_MAX } from '../src/kernel/layout.js';
+import { ERRNO, HMM_PFN, hmmPfnOrder } from '../src/kernel/hmm.js';
+import { ZERO_PFN } from '../src/kernel/phys-mem.js';
+import type { MirrorSummary } from '../src/devices/protocol.js';
+import { Device } from './runtime/device.js';
+import type { DevRange, DevSub, DeviceHost, IntervalHandler } from './runtime/host.js';
+
+export const SNAPSHOT = {
+  ERROR: 0xff,
+  NONE: 0,
+  READ: 1,
+  WRITE: 2,
+  PMD: 4,
+  PUD: 8,
+  ZERO: 0x10,
+  DEV_PRIVATE_LOCAL: 0x20,
+  DEV_PRIVATE_REMOTE: 0x30,
+} as const;
+
+export const DMIRROR_FLAG_FAIL_ALLOC = 1;
+
+interface Entry {
+  pfn: number;
+  write: boolean;
+  atomic: boolean;
+}
+
+const CHUNK_PAGES = 64;
+const ERRNAME: Record<number, string> = { [-1]: 'EPERM', [-2]: 'ENOENT', [-12]: 'ENOMEM', [-14]: 'EFAULT', [-16]: 'EBUSY', [-22]: 'EINVAL' };
+
+class CmdError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly details: Record<string, unknown>,
+  ) {
+    super(message);
+  }
+}
+
+interface Cmd {
+  addr: number;
+  npages: number;
+  cpages: number;
+  faults: number;
+}
+
+export class Dmirror extends Device implements IntervalHandler {
+  readonly pt = new Map<number, Entry>();
+  sub!: DevSub;
+  flags = 0;
+
+  constructor(host: DeviceHost) {
+    super(host);
+    const cmd = (name: string, fn: (c: Cmd, args: Record<string, unknown>) => Promise<Uint8Array | void>): void =>
+      host.onCommand(name, async (args) => {
+        const c: Cmd = { addr: Number(args.addr), npages: Number(args.npages ?? 0), cpages: 0, faults: 0 };
+        if (!Number.isSafeInteger(c.addr) || c.addr < 0 || c.addr % PAGE_SIZE !== 0 || !Number.isSafeInteger(c.npages) || c.npages < 0) {
+          throw new CmdError('EINVAL', 'bad address or page count', { cpages: 0, faults: 0 });
+        }
+        try {
+          const data = await fn(c, args);
+          return { cpages: c.cpages, faults: c.faults, ...(data ? { data } : {}) };
+        } catch (e) {
+          if (e instanceof CmdError) {
+            Object.assign(e.details, { cpages: c.cpages, faults: c.faults });
+            throw e;
+          }
+          throw e;
+        }
+      });
+    cmd('read', (c) => this.read(c));
+    cmd('write', (c, a) => this.write(c, a.data as Uint8Array));
+    cmd('migrate-to-device', (c) => this.migrateToDevice(c));
+    cmd('migrate-to-system', (c) => this.migrateToSystem(c));
+    cmd('snapshot', (c) => this.snapshot(c));
+    cmd('exclusive', (c) => this.exclusive(c));
+    cmd('check-exclusive', (c) => this.checkExclusive(c));
+    cmd('release', async () => {
+      await this.host.evictDeviceMemory();
+    });
+    host.onCommand('flags', (args) => {
+      this.flags = Number(args.flags ?? 0);
+      return { flags: this.flags };
+    });
+  }
+
+  async attach(): Promise<void> {
+    this.sub = await this.host.insertInterval(0, ULONG_MAX - PAGE_SIZE, this, 'dmirror');
+  }
+
+  // ---- the notifier --------------------------------------------------------------------------
+
+  invalidate(sub: DevSub, r: DevRange, curSeq: number): boolean | Promise<boolean> {
+    const seen = this.seen(r);
+    // test_hmm: a migration this device started updates the mirror itself.
+    if (seen.event === 6 /* MIGRATE */ && seen.owner === this.host.deviceId) return true;
+    if (this.ignores(r)) return true;
+    const action = this.policy === 'aware' ? this.awareAction(r) : 'zap';
+    if (action === 'skip') return true;
+    if (!r.blockable) {
+      if (!this.lock.tryLock('invalidate')) return false;
+      this.zap(sub, r, curSeq, action);
+      return true;
+    }
+    const locked = this.lock.lock('invalidate');
+    const go = (): boolean | Promise<boolean> => {
+      this.zap(sub, r, curSeq, action);
+      const q = this.quiesce(r.start, Math.min(r.end, 2 ** 53));
+      return q ? q.then(() => true) : true;
+    };
+    return locked ? locked.then(go) : go();
+  }
+
+  private zap(sub: DevSub, r: DevRange, curSeq: number, action: 'zap' | 'drop' | 'downgrade'): void {
+    try {
+      sub.setSeq(curSeq);
+      const first = Math.floor(r.start / PAGE_SIZE);
+      // dmirror_do_update: erase start >> PAGE_SHIFT .. end >> PAGE_SHIFT, inclusive.
+      const last = r.end >= ULONG_MAX ? Number.MAX_SAFE_INTEGER : Math.floor(r.end / PAGE_SIZE);
+      const each = (vpn: number, e: Entry): void => {
+        if (action === 'downgrade') {
+          e.write = false;
+          e.atomic = false;
+        } else this.pt.delete(vpn);
+      };
+      if (last - first + 1 > this.pt.size) {
+        for (const [vpn, e] of [...this.pt]) if (vpn >= first && vpn <= last) each(vpn, e);
+      } else {
+        for (let vpn = first; vpn <= last; vpn++) {
+          const e = this.pt.get(vpn);
+          if (e) each(vpn, e);
+        }
+      }
+      this.inc('invalidations_zapped');
+    } finally {
+      this.lock.unlock();
+    }
+  }
+
+  // ---- the device's view ---------------------------------------------------------------------
+
+  lookup(va: number, write: boolean): number {
+    const e = this.pt.get(Math.floor(va / PAGE_SIZE));
+    if (!e || (write && !e.write)) return -1;
+    return e.pfn;
+  }
+
+  async fault(va: number, write: boolean): Promise<boolean> {
+    const start = Math.floor(va / PAGE_SIZE) * PAGE_SIZE;
+    return (await this.rangeFault(start, start + PAGE_SIZE, write)) === 0;
+  }
+
+  areas(): Array<[number, number]> {
+    const c = this.dma.config;
+    return c.start !== undefined && c.end !== undefined ? [[c.start, c.end]] : [];
+  }
+
+  summary(): MirrorSummary {
+    let writable = 0;
+    let devicePages = 0;
+    for (const e of this.pt.values()) {
+      if (e.write) writable++;
+      if (e.pfn >= this.ramFrames) devicePages++;
+    }
+    return { pages: this.pt.size, writable, devicePages, objects: 1 };
+  }
+
+  /** dmirror_range_fault: the section-5 loop, 1000 ms budget. */
+  private async rangeFault(start: number, end: number, write: boolean): Promise<number> {
+    const deadline = Date.now() + 1000;
+    for (;;) {
+      if (Date.now() > deadline) return ERRNO.EBUSY;
+      const seq = await this.host.readBegin(this.sub);
+      const r = await this.host.rangeFault(this.sub, seq, start, end, {
+        defaultFlags: HMM_PFN.REQ_FAULT | (write ? HMM_PFN.REQ_WRITE : 0),
+        mask: 0,
+        ownerSelf: true,
+      });
+      if (r.ret === ERRNO.EBUSY) continue;
+      if (r.ret < 0) return r.ret;
+      await this.lock.lock('fault');
+      try {
+        if (this.retry(this.sub, seq)) continue;
+        // dmirror_do_fault: store the pages, WRITE tag iff HMM_PFN_WRITE.
+        for (let i = 0; i < r.pfns.length; i++) {
+          const w = r.pfns[i];
+          if (!(w & HMM_PFN.VALID)) continue;
+          this.pt.set(start / PAGE_SIZE + i, { pfn: w & HMM_PFN.PFN_MASK, write: (w & HMM_PFN.WRITE) !== 0, atomic: false });
+        }
+        this.inc('faults');
+        return 0;
+      } finally {
+        this.lock.unlock();
+      }
+    }
+  }
+
+  /** dmirror_fault: 64-page chunks. */
+  private async faultRange(start: number, end: number, write: boolean): Promise<number> {
+    for (let a = start; a < end; ) {
+      const next = Math.min(end, a + CHUNK_PAGES * PAGE_SIZE);
+      const ret = await this.rangeFault(a, next, write);
+      if (ret) return ret;
+      a = next;
+    }
+    return 0;
+  }
+
+  /** dmirror_do_read / dmirror_do_write: copy page by page; -ENOENT at the first missing page. */
+  private copy(c: Cmd, buf: Uint8Array, start: number, end: number, write: boolean): number {
+    for (let a = start; a < end; a += PAGE_SIZE) {
+      const e = this.pt.get(a / PAGE_SIZE);
+      if (!e || (write && !e.write)) return ERRNO.ENOENT;
+      const off = a - c.addr;
+      this.host.access(a, e.pfn, write, buf, off, 0, PAGE_SIZE);
+      c.cpages++;
+    }
+    return 0;
+  }
+
+  private fail(ret: number, what: string): never {
+    throw new CmdError(ERRNAME[ret] ?? 'EINVAL', `${what} failed with ${ERRNAME[ret] ?? ret}`, {});
+  }
+
+  private async rw(c: Cmd, buf: Uint8Array, write: boolean): Promise<void> {
+    const end = c.addr + c.npages * PAGE_SIZE;
+    let start = c.addr;
+    for (;;) {
+      await this.lock.lock('rw');
+      let ret: number;
+      try {
+        ret = this.copy(c, buf, start, end, write);
+      } finally {
+        this.lock.unlock();
+      }
+      if (ret !== ERRNO.ENOENT) {
+        if (ret) this.fail(ret, write ? 'write' : 'read');
+        return;
+      }
+      start = c.addr + c.cpages * PAGE_SIZE;
+      const f = await this.faultRange(start, end, write);
+      if (f) this.fail(f, write ? 'write' : 'read');
+      c.faults++;
+    }
+  }
+
+  async read(c: Cmd): Promise<Uint8Array> {
+    const buf = new Uint8Array(c.npages * PAGE_SIZE);
+    await this.rw(c, buf, false);
+    return buf;
+  }
+
+  async write(c: Cmd, data: Uint8Array): Promise<void> {
+    const buf = new Uint8Array(c.npages * PAGE_SIZE);
+    if (data) buf.set(data.subarray(0, buf.length));
+    await this.rw(c, buf, true);
+  }
+
+  /** Reads back [start, end) for verification (the migrate and exclusive ioctls end with it). */
+  private async readBack(c: Cmd): Promise<Uint8Array> {
+    const buf = new Uint8Array(c.npages * PAGE_SIZE);
+    c.cpages = 0;
+    await this.lock.lock('readback');
+    let ret: number;
+    try {
+      ret = this.copy(c, buf, c.addr, c.addr + c.npages * PAGE_SIZE, false);
+    } finally {
+      this.lock.unlock();
+    }
+    if (ret) this.fail(ret, 'read back');
+    return buf;
+  }
+
+  async migrateToDevice(c: Cmd): Promise<Uint8Array> {
+    const end = c.addr + c.npages * PAGE_SIZE;
+    for (let a = c.addr; a < end; ) {
+      const vma = await this.host.vma(a);
+      if (!vma || !(vma.prot & 1)) this.fail(ERRNO.EINVAL, 'migrate to device');
+      const next = Math.min(end, a + CHUNK_PAGES * PAGE_SIZE, vma.end);
+      const r = await this.host.migrate('to', a, next, (this.flags & DMIRROR_FLAG_FAIL_ALLOC) !== 0);
+      if (r.ret) this.fail(r.ret, 'migrate to device');
+      // dmirror_migrate_finalize_and_map: the device pages go into the mirror.
+      await this.lock.lock('migrate');
+      try {
+        for (const [va, pfn, , write] of r.pages) this.pt.set(va / PAGE_SIZE, { pfn, write, atomic: false });
+      } finally {
+        this.lock.unlock();
+      }
+      this.inc('page_out', r.moved);
+      a = next;
+    }
+    return this.readBack(c);
+  }
+
+  async migrateToSystem(c: Cmd): Promise<void> {
+    const end = c.addr + c.npages * PAGE_SIZE;
+    for (let a = c.addr; a < end; ) {
+      const vma = await this.host.vma(a);
+      if (!vma || !(vma.prot & 1)) this.fail(ERRNO.EINVAL, 'migrate to system');
+      const next = Math.min(end, a + CHUNK_PAGES * PAGE_SIZE, vma.end);
+      const r = await this.host.migrate('from', a, next);
+      if (r.ret) this.fail(r.ret, 'migrate to system');
+      c.cpages += r.moved;
+      this.inc('page_in', r.moved);
+      a = next;
+    }
+  }
+
+  /** The kernel moves this device's pages back to RAM: drop them first (dmirror_devmem_fault). */
+  dropPages(vas: number[]): void {
+    for (const va of vas) {
+      this.pt.delete(va / PAGE_SIZE);
+      this.host.forget(va);
+    }
+  }
+
+  async snapshot(c: Cmd): Promise<Uint8Array> {
+    const out = new Uint8Array(c.npages);
+    const end = c.addr + c.npages * PAGE_SIZE;
+    for (let a = c.addr; a < end; ) {
+      const next = Math.min(end, a + CHUNK_PAGES * PAGE_SIZE);
+      // A temporary interval subscription over exactly this chunk; its callback only sets seq.
+      const tmp = await this.host.insertInterval(a, next - a, { invalidate: (s, _r, cur) => (s.setSeq(cur), true) }, 'snapshot');
+      try {
+        for (;;) {
+          const seq = await this.host.readBegin(tmp);
+          const r = await this.host.rangeFault(tmp, seq, a, next, { defaultFlags: 0, mask: 0, ownerSelf: true });
+          if (r.ret === ERRNO.EBUSY) continue;
+          if (r.ret) this.fail(r.ret, 'snapshot');
+          await this.lock.lock('snapshot');
+          try {
+            if (tmp.readRetry(seq)) continue;
+            for (let i = 0; i < r.pfns.length; i++) out[(a - c.addr) / PAGE_SIZE + i] = this.mkentry(r.pfns[i]);
+          } finally {
+            this.lock.unlock();
+          }
+          break;
+        }
+      } finally {
+        await this.host.removeInterval(tmp);
+      }
+      c.cpages += (next - a) / PAGE_SIZE;
+      a = next;
+    }
+    return out;
+  }
+
+  private mkentry(w: number): number {
+    if (w & HMM_PFN.ERROR) return SNAPSHOT.ERROR;
+    if (!(w & HMM_PFN.VALID)) return SNAPSHOT.NONE;
+    const pfn = w & HMM_PFN.PFN_MASK;
+    let perm = 0;
+    if (pfn >= this.ramFrames) perm = SNAPSHOT.DEV_PRIVATE_LOCAL; // only our own pages come back valid
+    else if (pfn === ZERO_PFN) perm = SNAPSHOT.ZERO;
+    perm |= w & HMM_PFN.WRITE ? SNAPSHOT.WRITE : SNAPSHOT.READ;
+    const order = hmmPfnOrder(w);
+    if (order === 9) perm |= SNAPSHOT.PMD;
+    else if (order === 18) perm |= SNAPSHOT.PUD;
+    return perm;
+  }
+
+  async exclusive(c: Cmd): Promise<Uint8Array> {
+    const end = c.addr + c.npages * PAGE_SIZE;
+    for (let a = c.addr; a < end; a += PAGE_SIZE) {
+      const r = await this.host.exclusive(a);
+      if (r.ret) this.fail(ERRNO.EBUSY, 'exclusive');
+      // dmirror_atomic_map
+      await this.lock.lock('atomic');
+      try {
+        this.pt.set(a / PAGE_SIZE, { pfn: r.pfn, write: true, atomic: true });
+      } finally {
+        this.lock.unlock();
+      }
+    }
+    return this.readBack(c);
+  }
+
+  async checkExclusive(c: Cmd): Promise<void> {
+    const end = c.addr + c.npages * PAGE_SIZE;
+    await this.lock.lock('check');
+    try {
+      for (let a = c.addr; a < end; a += PAGE_SIZE) {
+        if (this.pt.get(a / PAGE_SIZE)?.atomic) this.fail(ERRNO.EPERM, 'check exclusive');
+      }
+    } finally {
+      this.lock.unlock();
+    }
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * What every personality shares: the host, the event policy, the deliberate bug modes, the driver
+ * lock, the DMA engine and the counters. Subclasses implement the mirror.
+ */
+import { Mutex } from '../../src/lib/locks.js';
+import { MmuNotifierEvent } from '../../src/notifier/range.js';
+import { EVENT_NAMES } from '../../src/notifier/range.js';
+import { RANGE_UPDATE_TO_READ_ONLY } from '../../src/sanitizer/sanitizer.js';
+import type { BugMode, DmaConfig, MirrorSummary } from '../../src/devices/protocol.js';
+import { DmaEngine, type DmaTarget } from './dma-engine.js';
+import type { DevRange, DeviceHost } from './host.js';
+
+/** What a device should do with an invalidation, after its policy. */
+export type Action =
+  /** Ignore it (its own migration, RELEASE for some drivers). */
+  | 'skip'
+  /** Drop the translations in range (the range itself may stay tracked). */
+  | 'zap'
+  /** Drop the translations and the tracking structure (UNMAP, aware). */
+  | 'drop'
+  /** Keep the translations read-only (a write needs a fault). */
+  | 'downgrade';
+
+export abstract class Device implements DmaTarget {
+  readonly lock: Mutex;
+  readonly dma: DmaEngine;
+  bug: BugMode | null = null;
+  /** Frames of RAM: anything at or above is device memory. */
+  readonly ramFrames: number;
+
+  constructor(readonly host: DeviceHost) {
+    this.lock = new Mutex(`${host.name}.lock`);
+    this.dma = new DmaEngine(host, this);
+    this.ramFrames = host.ramFrames;
+    host.onCommand('dma', (args) => this.dma.configure(args as Partial<DmaConfig>));
+    host.onCommand('dma-access', async (args) => this.dma.access(Number(args.addr), Boolean(args.write)));
+    host.onCommand('bug', (args) => {
+      this.bug = (args.bug as BugMode | null) ?? null;
+      return this.bug;
+    });
+    host.onCommand('counters', () => ({ ...host.counters }));
+    // The kernel is moving some of this device's pages back to RAM: drop them before they move.
+    host.onCommand('migrating-out', (args) => {
+      this.dropPages(args.vas as number[]);
+      return true;
+    });
+  }
+
+  /** Forget the translations of these pages (the kernel is moving them out of device memory). */
+  abstract dropPages(vas: number[]): void;
+
+  /** Subscribe and build the initial mirror. */
+  abstract attach(): Promise<void>;
+  abstract lookup(va: number, write: boolean): number;
+  abstract fault(va: number, write: boolean): Promise<boolean>;
+  abstract areas(): Array<[number, number]>;
+  abstract summary(): MirrorSummary;
+
+  inc(name: string, by = 1): void {
+    this.host.counters[name] = (this.host.counters[name] ?? 0) + by;
+  }
+
+  get policy(): 'faithful' | 'aware' | 'blind' {
+    return this.host.policy;
+  }
+
+  /** The event as the device sees it: a blind device (pre-5.2) sees every event as CLEAR, no owner. */
+  seen(r: DevRange): { event: number; owner: number | null } {
+    if (this.policy === 'blind') return { event: MmuNotifierEvent.CLEAR, owner: null };
+    return { event: r.event, owner: r.owner };
+  }
+
+  ownEvent(r: DevRange): boolean {
+    const s = this.seen(r);
+    return (s.event === MmuNotifierEvent.MIGRATE || s.event === MmuNotifierEvent.EXCLUSIVE) && s.owner === this.host.deviceId;
+  }
+
+  /** The event-aware choice (the seed series' intent). */
+  awareAction(r: DevRange): Action {
+    const { event } = this.seen(r);
+    if (this.ownEvent(r)) return 'skip';
+    switch (event) {
+      case MmuNotifierEvent.UNMAP:
+        return 'drop';
+      case MmuNotifierEvent.PROTECTION_VMA:
+        return r.flags & RANGE_UPDATE_TO_READ_ONLY ? 'downgrade' : 'zap';
+      case MmuNotifierEvent.PROTECTION_PAGE:
+      case MmuNotifierEvent.SOFT_DIRTY:
+        return 'downgrade';
+      default:
+        return 'zap';
+    }
+  }
+
+  /** Deliberate bug: acknowledge without acting on this event. */
+  ignores(r: DevRange): boolean {
+    return this.bug !== null && this.bug.startsWith('ignore-event:') && this.bug.slice(13) === EVENT_NAMES[r.event];
+  }
+
+  get skipSeqRetry(): boolean {
+    return this.bug === 'skip-seq-retry';
+  }
+
+  /** readRetry, unless the skip-seq-retry bug is on. */
+  retry(sub: { readRetry(seq: number): boolean }, seq: number): boolean {
+    return this.skipSeqRetry ? false : sub.readRetry(seq);
+  }
+
+  /**
+   * Stops using [start, end): waits for in-flight DMA to it, unless the ack-before-quiesce bug is
+   * on (then the device answers while its DMA is still running).
+   */
+  quiesce(start: number, end: number): Promise<void> | null {
+    if (this.bug === 'ack-before-quiesce') return null;
+    if (!this.dma.busyIn(start, end)) return null;
+    return this.dma.drain(start, end);
+  }
+}

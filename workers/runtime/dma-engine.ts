@@ -1,0 +1,160 @@
+/**
+ * A device's DMA engine: reads and writes emulated memory through the device's mirror at a rate,
+ * with a pattern (sequential, random, hot set) and a read/write mix, faulting in as the real device
+ * would. Each access is *in flight* from the moment it looks up its translation until its data has
+ * moved (a simulated transfer time): an invalidation must wait for the in-flight accesses to its
+ * range (`drain`) before the device answers, or the sanitizer sees the late access.
+ */
+import { PAGE_SIZE } from '../../src/kernel/layout.js';
+import type { DmaConfig } from '../../src/devices/protocol.js';
+import type { DeviceHost } from './host.js';
+
+export interface DmaTarget {
+  /** Synchronous device TLB lookup: the frame for va with the needed access, or -1. */
+  lookup(va: number, write: boolean): number;
+  /** The device's fault path; resolves true if the page is mapped now. */
+  fault(va: number, write: boolean): Promise<boolean>;
+  /** Areas the engine may touch, [start, end) pairs (page aligned). */
+  areas(): Array<[number, number]>;
+}
+
+interface InFlight {
+  va: number;
+  done: Promise<void>;
+}
+
+export const DEFAULT_DMA: DmaConfig = { rate: 0, pattern: 'random', writeMix: 0.3, transferUs: 0, bytes: 64 };
+
+export class DmaEngine {
+  config: DmaConfig = { ...DEFAULT_DMA };
+  private readonly inflight = new Set<InFlight>();
+  private timer: NodeJS.Timeout | null = null;
+  private cursor = 0;
+  private credit = 0;
+  private hot: number[] = [];
+  private seq = 1;
+  readonly stats = { accesses: 0, reads: 0, writes: 0, faults: 0, errors: 0, drains: 0, drainWaits: 0 };
+  private readonly buf = new Uint8Array(PAGE_SIZE);
+
+  constructor(
+    private readonly host: DeviceHost,
+    private readonly target: DmaTarget,
+  ) {}
+
+  configure(c: Partial<DmaConfig>): DmaConfig {
+    this.config = { ...this.config, ...c };
+    if (this.config.rate > 0 && !this.timer) {
+      this.timer = setInterval(() => this.tick(), 2);
+    } else if (this.config.rate <= 0 && this.timer) {
+      clearInterval(this.timer);
+      this.timer = null;
+    }
+    return this.config;
+  }
+
+  stop(): void {
+    this.configure({ rate: 0 });
+  }
+
+  get busy(): number {
+    return this.inflight.size;
+  }
+
+  private pick(): number {
+    const areas = this.target.areas().filter(([s, e]) => e > s);
+    const c = this.config;
+    const pages: Array<[number, number]> = [];
+    let total = 0;
+    for (const [s, e] of areas) {
+      const lo = Math.max(s, c.start ?? s);
+      const hi = Math.min(e, c.end ?? e);
+      if (hi > lo) {
+        pages.push([lo, hi]);
+        total += (hi - lo) / PAGE_SIZE;
+      }
+    }
+    if (total === 0) return -1;
+    let n: number;
+    if (c.pattern === 'sequential') n = this.cursor++ % total;
+    else if (c.pattern === 'hotset') {
+      if (this.hot.length === 0 || Math.random() < 0.01) this.hot = Array.from({ length: 8 }, () => Math.floor(Math.random() * total));
+      n = Math.random() < 0.9 ? this.hot[Math.floor(Math.random() * this.hot.length)] : Math.floor(Math.random() * total);
+    } else n = Math.floor(Math.random() * total);
+    for (const [lo, hi] of pages) {
+      const cnt = (hi - lo) / PAGE_SIZE;
+      if (n < cnt) return lo + n * PAGE_SIZE;
+      n -= cnt;
+    }
+    return -1;
+  }
+
+  private tick(): void {
+    this.credit += (this.config.rate * 2) / 1000;
+    let budget = Math.min(Math.floor(this.credit), 1000);
+    this.credit -= budget;
+    while (budget-- > 0) {
+      const va = this.pick();
+      if (va < 0) return;
+      void this.access(va, Math.random() < this.config.writeMix);
+    }
+  }
+
+  /**
+   * One device access to the page at va: translate (faulting as needed), then move the data after
+   * the transfer time, with the translation held in flight.
+   */
+  async access(va: number, write: boolean, data?: Uint8Array): Promise<boolean> {
+    let pfn = this.target.lookup(va, write);
+    for (let tries = 0; pfn < 0; tries++) {
+      if (tries > 16) {
+        this.stats.errors++;
+        return false;
+      }
+      this.stats.faults++;
+      if (!(await this.target.fault(va, write))) {
+        this.stats.errors++;
+        return false;
+      }
+      pfn = this.target.lookup(va, write);
+    }
+    // The translation is in use from here: a drain of this range must wait for us.
+    let finish!: () => void;
+    const op: InFlight = { va, done: new Promise<void>((r) => (finish = r)) };
+    this.inflight.add(op);
+    try {
+      if (this.config.transferUs > 0) await this.host.sleepUs(this.config.transferUs);
+      const len = Math.min(this.config.bytes, PAGE_SIZE);
+      if (write) {
+        const src = data ?? this.buf.fill((this.seq++ & 0xff) | 1, 0, len);
+        this.host.access(va, pfn, true, src, 0, 0, len);
+        this.stats.writes++;
+      } else {
+        this.host.access(va, pfn, false, this.buf, 0, 0, len);
+        this.stats.reads++;
+      }
+      this.stats.accesses++;
+      return true;
+    } finally {
+      this.inflight.delete(op);
+      finish();
+    }
+  }
+
+  /** Waits until no in-flight access touches [start, end). */
+  async drain(start: number, end: number): Promise<void> {
+    this.stats.drains++;
+    for (;;) {
+      const waiting: Promise<void>[] = [];
+      for (const op of this.inflight) if (op.va >= start && op.va < end) waiting.push(op.done);
+      if (waiting.length === 0) return;
+      this.stats.drainWaits++;
+      await Promise.all(waiting);
+    }
+  }
+
+  /** True if an access to [start, end) is in flight (a synchronous fast-path check). */
+  busyIn(start: number, end: number): boolean {
+    for (const op of this.inflight) if (op.va >= start && op.va < end) return true;
+    return false;
+  }
+}

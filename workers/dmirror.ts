@@ -37,6 +37,7 @@ interface Entry {
 }
 
 const CHUNK_PAGES = 64;
+const HUGE = 2 * 1024 * 1024;
 const ERRNAME: Record<number, string> = { [-1]: 'EPERM', [-2]: 'ENOENT', [-12]: 'ENOMEM', [-14]: 'EFAULT', [-16]: 'EBUSY', [-22]: 'EINVAL' };
 
 class CmdError extends Error {
@@ -288,7 +289,8 @@ export class Dmirror extends Device implements IntervalHandler {
     for (let a = c.addr; a < end; ) {
       const vma = await this.host.vma(a);
       if (!vma || !(vma.prot & 1)) this.fail(ERRNO.EINVAL, 'migrate to device');
-      const next = Math.min(end, a + CHUNK_PAGES * PAGE_SIZE, vma.end);
+      // Chunks end at 2 MiB boundaries, so an aligned THP can move as one device THP.
+      const next = Math.min(end, (Math.floor(a / HUGE) + 1) * HUGE, vma.end);
       const r = await this.host.migrate('to', a, next, (this.flags & DMIRROR_FLAG_FAIL_ALLOC) !== 0);
       if (r.ret) this.fail(r.ret, 'migrate to device');
       // dmirror_migrate_finalize_and_map: the device pages go into the mirror.

@@ -485,7 +485,7 @@ export class WorkerDevice {
           try {
             const res =
               m.dir === 'to'
-                ? await k.migrateToDevice(this.pid, m.start, m.end, this.id, { allocFails: m.allocFails })
+                ? await k.migrateToDevice(this.pid, m.start, m.end, this.id, { hugeAllocFails: m.allocFails })
                 : await k.migrateToSystem(this.pid, m.start, m.end, this.id);
             const mm = k.process(this.pid).mm;
             const pages: Array<[number, number, number, boolean]> = res.pages

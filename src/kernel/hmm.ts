@@ -176,6 +176,14 @@ class Walk {
       return 0;
     }
     if (pmd & PTE.HUGE) {
+      const head = ptePfn(pmd);
+      if (pmd & PTE.DEVICE_PRIVATE && r.devPrivateOwner !== null && k.mem.getMeta(head, FM.OWNER) === r.devPrivateOwner) {
+        // The caller's own device THP: valid, with its map order, never faulted.
+        const cpu = (HMM_PFN.VALID | (pmd & PTE.WRITE ? HMM_PFN.WRITE : 0) | (PMD_ORDER << HMM_PFN.ORDER_SHIFT)) >>> 0;
+        const haddr = Math.floor(addr / PMD_SIZE) * PMD_SIZE;
+        for (let a = addr; a < end; a += PAGE_SIZE) r.hmmPfns[this.idx(a)] = ((head + (a - haddr) / PAGE_SIZE) | cpu) >>> 0;
+        return 0;
+      }
       if (pmd & (PTE.MIGRATION | PTE.DEVICE_PRIVATE | PTE.SWAP)) {
         if (!this.rangeNeedFault(addr, end, 0)) {
           this.fill(addr, end, 0);
@@ -194,7 +202,6 @@ class Walk {
           : (HMM_PFN.VALID | (pmd & PTE.WRITE ? HMM_PFN.WRITE : 0) | (PMD_ORDER << HMM_PFN.ORDER_SHIFT)) >>> 0;
       const required = this.rangeNeedFault(addr, end, cpu);
       if (required) return this.fault(vma, addr, end, required);
-      const head = ptePfn(pmd);
       const haddr = Math.floor(addr / PMD_SIZE) * PMD_SIZE;
       for (let a = addr; a < end; a += PAGE_SIZE) {
         const pfn = head === ZERO_PFN ? ZERO_PFN : head + (a - haddr) / PAGE_SIZE;

@@ -797,7 +797,7 @@ export class Kernel {
       p.mm.mmapLock.readUnlock('hmm_range_fault');
     }
   }
-  async migrateToDevice(pid: number | string, start: number, end: number, owner: number, opts?: { allocFails?: boolean }): Promise<MigrateResult> {
+  async migrateToDevice(pid: number | string, start: number, end: number, owner: number, opts?: { hugeAllocFails?: boolean }): Promise<MigrateResult> {
     const p = this.process(pid);
     this.checkSpan(start, end);
     this.checkOwner(owner);

@@ -9,7 +9,7 @@
  * Callers hold the mmap lock for reading.
  */
 import { kerr } from '../errors.js';
-import { FF, FM, PAGE_SIZE, PMD_SIZE, PTE } from './layout.js';
+import { FF, FM, PAGE_SIZE, PMD_PAGES, PMD_SIZE, PTE } from './layout.js';
 import type { Kernel } from './kernel.js';
 import type { MM } from './mm.js';
 import { ZERO_PFN } from './phys-mem.js';
@@ -44,18 +44,73 @@ interface Collected {
   mig: Pte;
 }
 
-/** Splits any huge PMD overlapping [start, end) (device pages are handled at 4 KiB). */
-async function splitHugeIn(k: Kernel, mm: MM, start: number, end: number): Promise<void> {
+interface HugeChunk {
+  haddr: number;
+  pmdIdx: number;
+  /** The PMD entry when collected: a THP, the huge zero page, or none (a hole). */
+  old: Pte;
+  devHead: number;
+}
+
+/**
+ * Is the aligned 2 MiB at haddr movable as one device THP? A PMD-mapped anonymous THP this mm
+ * holds alone, the huge zero page, or nothing at all (a 2 MiB hole).
+ */
+function hugeCandidate(k: Kernel, mm: MM, haddr: number): { pmdIdx: number; old: Pte } | null {
+  const pmdIdx = mm.pt.pmdIndex(haddr);
+  if (pmdIdx < 0) return null;
+  const e = mm.pt.load(pmdIdx);
+  if (e === 0) return { pmdIdx, old: 0 };
+  if (!(e & PTE.HUGE) || !(e & PTE.PRESENT)) return null;
+  const head = ptePfn(e);
+  if (head === ZERO_PFN) return { pmdIdx, old: e };
+  if (!k.mem.folioIntact(head) || k.mem.hasFlag(head, FF.KSM) || !k.mem.hasFlag(head, FF.ANON)) return null;
+  for (let i = 0; i < PMD_PAGES; i++) if (k.mem.mapcount(head + i) !== 1 || k.mem.refcount(head + i) !== 1) return null;
+  return { pmdIdx, old: e };
+}
+
+/**
+ * Splits what must move page by page: huge mappings that the range covers only partly or that
+ * cannot move whole, and PTE-mapped THPs (migrate_vma_collect splits them: split_folio).
+ */
+async function splitForSmallPages(k: Kernel, mm: MM, start: number, end: number, whole: Set<number>): Promise<void> {
   for (let a = Math.floor(start / PMD_SIZE) * PMD_SIZE; a < end; a += PMD_SIZE) {
+    if (whole.has(a)) continue;
     const idx = mm.pt.pmdIndex(a);
-    if (idx >= 0 && mm.pt.load(idx) & PTE.HUGE) await k.splitHugePmd(mm, a, 'thp_split');
+    if (idx < 0) continue;
+    const e = mm.pt.load(idx);
+    if (e & PTE.HUGE) {
+      const head = ptePfn(e);
+      if (head === ZERO_PFN || e & PTE.DEVICE_PRIVATE) await k.splitHugePmd(mm, a, 'thp_split');
+      else if (k.folioLocks.tryLock(head, 'migrate_vma_split')) {
+        try {
+          await k.splitFolio(head);
+        } finally {
+          k.folioLocks.unlock(head);
+        }
+      }
+    }
+  }
+  const heads = new Set<number>();
+  mm.pt.walk(start, end, (_va, _idx, level, e) => {
+    if (level === 0 && e & PTE.PRESENT && ptePfn(e) !== ZERO_PFN && k.mem.isCompound(ptePfn(e))) heads.add(k.mem.headOf(ptePfn(e)));
+  });
+  for (const head of heads) {
+    if (!k.folioLocks.tryLock(head, 'migrate_vma_split')) continue;
+    try {
+      await k.splitFolio(head);
+    } finally {
+      k.folioLocks.unlock(head);
+    }
   }
 }
 
 /**
  * migrate_vma to device memory of `owner` (MIGRATE_VMA_SELECT_SYSTEM). Anonymous private pages,
- * zero pages and holes move; shared, file, KSM and swapped pages stay. `range` must lie in one
- * VMA (else EINVAL). `allocFails` emulates a driver whose allocation fails (test_hmm FAIL_ALLOC).
+ * zero pages and holes move; shared, file, KSM and swapped pages stay. A whole, aligned 2 MiB that
+ * is a THP, the huge zero page or a hole moves as one device THP (a huge device-private PMD) when
+ * the device can allocate one; `hugeAllocFails` makes that allocation fail (test_hmm's FAIL_ALLOC)
+ * so the migration falls back to 4 KiB pages. `range` must lie in one VMA (else EINVAL).
  */
 export async function migrateToDevice(
   k: Kernel,
@@ -63,18 +118,55 @@ export async function migrateToDevice(
   start: number,
   end: number,
   owner: number,
-  opts: { allocFails?: boolean } = {},
+  opts: { hugeAllocFails?: boolean } = {},
 ): Promise<MigrateResult> {
   const vma = mm.vmas.find(start);
   if (!vma || end > vma.end || start >= end) throw kerr('EINVAL', 'range is not inside one VMA');
-  await splitHugeIn(k, mm, start, end);
+  const anonPrivate = vma.file === null || !vma.shared;
+  // Device THPs: allocate first, before anything changes, so a failure just means small pages.
+  const chunks: HugeChunk[] = [];
+  if (anonPrivate && vma.file === null && !opts.hugeAllocFails) {
+    for (let a = Math.ceil(start / PMD_SIZE) * PMD_SIZE; a + PMD_SIZE <= end; a += PMD_SIZE) {
+      await k.ensurePt(mm, a, 1);
+      const c = hugeCandidate(k, mm, a);
+      if (!c) continue;
+      const devHead = k.mem.tryAllocDeviceHuge(owner);
+      if (devHead < 0) break;
+      chunks.push({ haddr: a, pmdIdx: c.pmdIdx, old: c.old, devHead });
+    }
+  }
+  const whole = new Set(chunks.map((c) => c.haddr));
+  await splitForSmallPages(k, mm, start, end, whole);
   const collected: Collected[] = [];
   const pages: MigratedPage[] = [];
-  const anonPrivate = vma.file === null || !vma.shared;
+  const hugeDone: HugeChunk[] = [];
+  const releaseDevHuge = (c: HugeChunk): void => {
+    for (let i = 0; i < PMD_PAGES; i++) k.mem.put(c.devHead + i);
+  };
   // migrate_vma_collect: MIGRATE over the whole range, with this device as owner.
   const range = await k.notify(mm, MmuNotifierEvent.MIGRATE, start, end, 'device_migration', owner);
   try {
+    for (const c of chunks) {
+      // A THP moves now (its data cannot change: every mapping of it is this PMD, which the
+      // device and the CPU were just told to drop); holes wait for migrate_vma_pages.
+      if (c.old === 0) continue;
+      if (mm.pt.load(c.pmdIdx) !== c.old) {
+        releaseDevHuge(c);
+        continue;
+      }
+      const head = ptePfn(c.old);
+      for (let i = 0; i < PMD_PAGES; i++) {
+        if (head === ZERO_PFN) k.mem.zeroPage(c.devHead + i);
+        else k.mem.copyPage(c.devHead + i, head + i);
+      }
+      mm.pt.store(c.pmdIdx, 0);
+      k.releaseLeaf(mm, c.haddr, c.old);
+      vma.anonVma = true;
+      k.mapLeaf(mm, c.haddr, c.pmdIdx, c.devHead, PTE.DEVICE_PRIVATE | PTE.HUGE | PTE.DIRTY | PTE.SOFT_DIRTY | (vma.writable ? PTE.WRITE : 0));
+      hugeDone.push(c);
+    }
     for (let va = start; va < end; va += PAGE_SIZE) {
+      if (whole.has(Math.floor(va / PMD_SIZE) * PMD_SIZE)) continue;
       const page: MigratedPage = { va, src: -1, dst: -1 };
       pages.push(page);
       let idx = mm.pt.leafIndex(va);
@@ -105,21 +197,35 @@ export async function migrateToDevice(
   // The driver allocates device pages and copies.
   const dsts = new Map<number, number>();
   for (const c of collected) {
-    const dst = opts.allocFails ? -1 : k.mem.tryAllocDevice(owner);
+    const dst = k.mem.tryAllocDevice(owner);
     if (dst < 0) continue;
     if (c.src > 0) k.mem.copyPage(dst, c.src);
     dsts.set(c.va, dst);
   }
   // migrate_vma_pages: holes get new entries; MIGRATE from the first hole to the end.
-  const firstHole = collected.find((c) => c.mig === 0 && dsts.has(c.va));
+  const holeChunks = chunks.filter((c) => c.old === 0);
+  const firstHole = Math.min(
+    ...collected.filter((c) => c.mig === 0 && dsts.has(c.va)).map((c) => c.va),
+    ...holeChunks.map((c) => c.haddr),
+  );
   let holeRange = null;
-  if (firstHole) holeRange = await k.notify(mm, MmuNotifierEvent.MIGRATE, firstHole.va, end, 'device_migration', owner);
+  if (Number.isFinite(firstHole)) holeRange = await k.notify(mm, MmuNotifierEvent.MIGRATE, firstHole, end, 'device_migration', owner);
   let moved = 0;
   const tick = k.mem.tick();
   try {
+    for (const c of holeChunks) {
+      if (mm.pt.load(c.pmdIdx) !== 0) {
+        releaseDevHuge(c);
+        continue;
+      }
+      for (let i = 0; i < PMD_PAGES; i++) k.mem.zeroPage(c.devHead + i);
+      vma.anonVma = true;
+      k.mapLeaf(mm, c.haddr, c.pmdIdx, c.devHead, PTE.DEVICE_PRIVATE | PTE.HUGE | PTE.DIRTY | PTE.SOFT_DIRTY | (vma.writable ? PTE.WRITE : 0));
+      hugeDone.push(c);
+    }
     for (const c of collected) {
       const dst = dsts.get(c.va);
-      const page = pages[(c.va - start) / PAGE_SIZE];
+      const page = pages.find((p) => p.va === c.va) as MigratedPage;
       const cur = mm.pt.load(c.idx);
       const intact = c.mig !== 0 ? isMigrationOf(cur, c.src) : cur === c.old;
       if (dst === undefined || !intact) {
@@ -151,7 +257,12 @@ export async function migrateToDevice(
   } finally {
     if (holeRange) k.notifyEnd(mm, holeRange);
   }
-  return { tick, collected: collected.length, moved, pages };
+  for (const c of hugeDone) {
+    for (let i = 0; i < PMD_PAGES; i++) pages.push({ va: c.haddr + i * PAGE_SIZE, src: c.old === 0 ? -1 : ptePfn(c.old), dst: c.devHead + i });
+    moved += PMD_PAGES;
+  }
+  pages.sort((a, b) => a.va - b.va);
+  return { tick, collected: collected.length + hugeDone.length * PMD_PAGES, moved, pages };
 }
 
 /**
@@ -168,6 +279,12 @@ export async function migrateToSystem(
   how: 'migrate' | 'evict' = 'migrate',
 ): Promise<MigrateResult> {
   const pages: MigratedPage[] = [];
+  // Device THPs come back page by page: split their PMD first.
+  const huge: number[] = [];
+  mm.pt.walk(start, end, (va, _idx, level, e) => {
+    if (level === 1 && e & PTE.DEVICE_PRIVATE && k.mem.getMeta(ptePfn(e), FM.OWNER) === owner) huge.push(va);
+  });
+  for (const va of huge) await k.splitHugePmd(mm, va, 'thp_split');
   const found: Array<{ va: number; idx: number; e: Pte; dev: number }> = [];
   mm.pt.walk(start, end, (va, idx, level, e) => {
     if (level !== 0 || !(e & PTE.DEVICE_PRIVATE)) return;
@@ -248,11 +365,11 @@ export async function evictDeviceMemory(k: Kernel, owner: number): Promise<numbe
   let moved = 0;
   for (const p of k.liveProcesses()) {
     const mm = p.mm;
-    const vas: number[] = [];
+    const spans: Array<[number, number]> = [];
     mm.pt.walk(0, 2 ** 47, (va, _idx, level, e) => {
-      if (level === 0 && e & PTE.DEVICE_PRIVATE && k.mem.getMeta(ptePfn(e), FM.OWNER) === owner) vas.push(va);
+      if (e & PTE.DEVICE_PRIVATE && k.mem.getMeta(ptePfn(e), FM.OWNER) === owner) spans.push([va, va + (level === 1 ? PMD_SIZE : PAGE_SIZE)]);
     });
-    for (const va of vas) moved += (await migrateToSystem(k, mm, va, va + PAGE_SIZE, owner, 'evict')).moved;
+    for (const [s, e] of spans) moved += (await migrateToSystem(k, mm, s, e, owner, 'evict')).moved;
   }
   return moved;
 }

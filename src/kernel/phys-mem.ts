@@ -320,6 +320,38 @@ export class PhysicalMemory {
     return pfn;
   }
 
+  private unlinkDevice(pfn: number): void {
+    const n = this.next[pfn];
+    const p = this.prev[pfn];
+    if (p >= 0) this.next[p] = n;
+    else this.deviceHead = n;
+    if (n >= 0) this.prev[n] = p;
+    this.next[pfn] = this.prev[pfn] = -1;
+    this.deviceFree--;
+  }
+
+  /**
+   * Takes 512 contiguous, aligned device-memory frames as one folio (a device THP); returns the head
+   * or -1.
+   */
+  tryAllocDeviceHuge(owner: number): number {
+    for (let head = this.ramFrames; head + PMD_PAGES <= this.totalFrames; head += PMD_PAGES) {
+      let free = true;
+      for (let i = 0; i < PMD_PAGES && free; i++) free = this.hasFlag(head + i, FF.FREE);
+      if (!free) continue;
+      for (let i = 0; i < PMD_PAGES; i++) {
+        const pfn = head + i;
+        this.unlinkDevice(pfn);
+        this.handOut(pfn, FF.DEVICE | FF.COMPOUND);
+        this.setMeta(pfn, FM.HEAD, head);
+        this.setMeta(pfn, FM.OWNER, owner);
+      }
+      this.publishCounts();
+      return head;
+    }
+    return -1;
+  }
+
   /** Takes a reference (folio_get). */
   get(pfn: number): void {
     if (pfn === ZERO_PFN) return;

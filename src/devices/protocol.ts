@@ -130,6 +130,10 @@ export interface GupReply {
   tick: number;
   write: boolean;
   huge: boolean;
+  /** For a huge mapping: the address of its first page and the frame and generation of each page. */
+  headVa?: number;
+  hugePfns?: Int32Array;
+  hugeGens?: Int32Array;
 }
 
 export interface MigrateReply {

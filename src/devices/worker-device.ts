@@ -470,7 +470,16 @@ export class WorkerDevice {
         case 'gup': {
           try {
             const g = await k.gup(this.pid, m.va, m.write);
-            return this.reply(m.req, { ret: 0, ...g });
+            if (!g.huge || g.pfn === 0) return this.reply(m.req, { ret: 0, ...g });
+            const headVa = Math.floor(m.va / (512 * PAGE_SIZE)) * 512 * PAGE_SIZE;
+            const first = g.pfn - (m.va - headVa) / PAGE_SIZE;
+            const hugePfns = new Int32Array(512);
+            const hugeGens = new Int32Array(512);
+            for (let i = 0; i < 512; i++) {
+              hugePfns[i] = first + i;
+              hugeGens[i] = k.mem.generation(first + i);
+            }
+            return this.reply(m.req, { ret: 0, ...g, headVa, hugePfns, hugeGens });
           } catch (e) {
             const code = (e as DevmirrorError).code;
             return this.reply(m.req, { ret: code === 'ENOMEM' ? -12 : -14, pfn: 0, gen: 0, tick: 0, write: false, huge: false });
@@ -532,6 +541,15 @@ export class WorkerDevice {
         t.unref();
       }
     });
+  }
+
+  /** Fetches fresh counters, sanitizer figures and the mirror summary from the device. */
+  async refresh(): Promise<this> {
+    const s = await this.command<{ counters: Record<string, number>; sanitizer: SanitizerSnapshot; mirror: MirrorSummary }>('stats', {}, 10_000);
+    this.counters = s.counters;
+    this.sanitizer = s.sanitizer;
+    this.mirror = s.mirror;
+    return this;
   }
 
   async inject(f: FaultInjection): Promise<void> {

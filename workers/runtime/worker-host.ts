@@ -237,7 +237,11 @@ export class WorkerHost implements DeviceHost {
 
   async gup(va: number, write: boolean): Promise<GupReply> {
     const r = await this.request<GupReply>({ t: 'gup', req: this.req(), va, write });
-    if (r.ret === 0) this.sanitizer.grant(this.pid, va, r.pfn, r.gen, r.write, r.tick);
+    if (r.ret === 0) {
+      if (r.hugePfns && r.hugeGens && r.headVa !== undefined) {
+        for (let i = 0; i < r.hugePfns.length; i++) this.sanitizer.grant(this.pid, r.headVa + i * PAGE_SIZE, r.hugePfns[i], r.hugeGens[i], r.write, r.tick);
+      } else this.sanitizer.grant(this.pid, va, r.pfn, r.gen, r.write, r.tick);
+    }
     return r;
   }
 

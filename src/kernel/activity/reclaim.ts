@@ -206,10 +206,15 @@ export async function shrink(k: Kernel, target: number, origin: Origin = 'reclai
   const res = emptyResult();
   const limit = scanLimit;
   k.stats.reclaimScans++;
+  // One pass: a page put back (kept, activated) is not looked at again in the same call, as
+  // shrink_inactive_list isolates each page once per scan.
+  const seen = new Set<number>();
   while (res.reclaimed < target && res.scanned < limit) {
     if (k.lru.inactive.size < k.lru.active.size || k.lru.inactive.size === 0) await ageActive(k, 32);
     if (k.lru.inactive.size === 0) break;
     const pfn = k.lru.inactive.values().next().value as number;
+    if (seen.has(pfn)) break;
+    seen.add(pfn);
     k.lru.inactive.delete(pfn);
     res.scanned++;
     const outcome = await evictPage(k, pfn, origin, false, res);

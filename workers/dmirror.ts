@@ -106,7 +106,10 @@ export class Dmirror extends Device implements IntervalHandler {
   invalidate(sub: DevSub, r: DevRange, curSeq: number): boolean | Promise<boolean> {
     const seen = this.seen(r);
     // test_hmm: a migration this device started updates the mirror itself.
-    if (seen.event === 6 /* MIGRATE */ && seen.owner === this.host.deviceId) return true;
+    if (seen.event === 6 /* MIGRATE */ && seen.owner === this.host.deviceId) {
+      this.inc('own_events_skipped');
+      return true;
+    }
     if (this.ignores(r)) return true;
     const action = this.policy === 'aware' ? this.awareAction(r) : 'zap';
     if (action === 'skip') return true;
@@ -324,7 +327,6 @@ export class Dmirror extends Device implements IntervalHandler {
   dropPages(vas: number[]): void {
     for (const va of vas) {
       this.pt.delete(va / PAGE_SIZE);
-      this.host.forget(va);
     }
   }
 

@@ -36,6 +36,8 @@ class SvmRange {
   sub!: DevSub;
   mapped = 0;
   invalid = 0;
+  /** aware: re-read the CPU page table when the window closes (PROTECTION_PAGE). */
+  reread = false;
   /** Removed (UNMAP) or replaced by children: faults in flight must start over. */
   dead = false;
   constructor(
@@ -51,7 +53,7 @@ class SvmRange {
     return Math.floor((va - this.start) / PAGE_SIZE);
   }
   /** Unmaps [s, e) from the GPU; returns pages unmapped. */
-  unmap(s: number, e: number, host: DeviceHost): number {
+  unmap(s: number, e: number, _host: DeviceHost): number {
     let n = 0;
     const a = Math.max(s, this.start);
     const b = Math.min(e, this.end);
@@ -60,7 +62,6 @@ class SvmRange {
       if (this.pfns[i] >= 0) {
         this.pfns[i] = -1;
         this.write[i] = 0;
-        host.forget(va);
         n++;
       }
     }
@@ -163,6 +164,7 @@ export class Gpu extends Device implements IntervalHandler {
           this.defer(range, r.start, r.end);
         } else if (action === 'downgrade') {
           range.downgrade(r.start, r.end);
+          if (this.seen(r).event === MmuNotifierEvent.PROTECTION_PAGE) range.reread = true;
         } else if (this.xnack) {
           range.unmap(r.start, r.end, this.host);
         } else {
@@ -212,8 +214,44 @@ export class Gpu extends Device implements IntervalHandler {
     this.deferred.push({ range, start, end });
   }
 
-  windowClosed(): void {
+  windowClosed(sub: DevSub): void {
     if (this.deferred.length > 0 && !this.deferredRunning) void this.runDeferred();
+    const range = this.rangeOfSub(sub);
+    if (range?.reread) {
+      range.reread = false;
+      void this.reread(range);
+    }
+  }
+
+  /** aware, PROTECTION_PAGE: re-read the CPU page table (no faulting) and map what it allows. */
+  private async reread(range: SvmRange): Promise<void> {
+    for (let tries = 0; tries < 16 && !range.dead; tries++) {
+      const seq = await this.host.readBegin(range.sub);
+      const r = await this.host.rangeFault(range.sub, seq, range.start, range.end, { defaultFlags: 0, mask: 0, ownerSelf: true });
+      if (r.ret === ERRNO.EBUSY) continue;
+      if (r.ret < 0) return;
+      await range.lock.lock('reread');
+      try {
+        if (range.dead || this.retry(range.sub, seq)) continue;
+        for (let i = 0; i < r.pfns.length; i++) {
+          const w = r.pfns[i];
+          const had = range.pfns[i] >= 0;
+          if (w & HMM_PFN.VALID) {
+            range.pfns[i] = w & HMM_PFN.PFN_MASK;
+            range.write[i] = w & HMM_PFN.WRITE ? 1 : 0;
+            if (!had) range.mapped++;
+          } else if (had) {
+            range.pfns[i] = -1;
+            range.write[i] = 0;
+            range.mapped--;
+          }
+        }
+        this.inc('rereads');
+        return;
+      } finally {
+        range.lock.unlock();
+      }
+    }
   }
 
   private async runDeferred(): Promise<void> {
@@ -353,7 +391,6 @@ export class Gpu extends Device implements IntervalHandler {
     for (const va of vas) {
       const r = this.find(va);
       if (r) r.unmap(va, va + PAGE_SIZE, this.host);
-      this.host.forget(va);
     }
     this.inc('page_out', vas.length);
   }

@@ -111,8 +111,6 @@ export class Kvm extends Device implements MmHandler {
         return;
       }
       this.sptes.delete(gfn);
-      const hva = this.hvaOf(gfn);
-      if (hva >= 0) this.host.forget(hva);
       n++;
     };
     if (g1 - g0 > this.sptes.size) {
@@ -258,7 +256,6 @@ export class Kvm extends Device implements MmHandler {
     for (const hva of vas) {
       const gfn = this.gfnOf(hva);
       if (gfn >= 0) this.sptes.delete(gfn);
-      this.host.forget(hva);
     }
   }
 

@@ -144,7 +144,6 @@ export class Rdma extends Device implements IntervalHandler {
             mr.write[i] = 0;
             mr.npages--;
             zapped++;
-            this.host.forget(va);
           }
         }
       } finally {
@@ -248,7 +247,6 @@ export class Rdma extends Device implements IntervalHandler {
         mr.pfns[mr.idx(va)] = -1;
         mr.npages--;
       }
-      this.host.forget(va);
     }
   }
 

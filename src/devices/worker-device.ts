@@ -28,6 +28,7 @@ import {
 } from '../kernel/layout.js';
 import type { Kernel, Process } from '../kernel/kernel.js';
 import { HMM_PFN } from '../kernel/hmm.js';
+import { pteMapsFrame, ptePfn } from '../kernel/pte.js';
 import { MmuIntervalNotifier, MmuNotifier } from '../notifier/subscriptions.js';
 import { ACK_OK, ACK_PENDING, ACK_REFUSED, waitAcks, type PendingAck } from '../notifier/pending-ack.js';
 import { ORIGIN_CODES, type NotifierRange } from '../notifier/range.js';
@@ -585,11 +586,18 @@ export class WorkerDevice {
     if (this.watchdog) clearInterval(this.watchdog);
     this.watchdog = null;
     if (this.worker && wasAlive) {
-      const stopped = await Promise.race([
-        this.worker.terminate().then(() => true),
-        new Promise<boolean>((r) => setTimeout(() => r(false), Math.max(1000, this.deadlineMs)).unref()),
-      ]);
-      if (!stopped) this.quarantinePending();
+      // Test hook: a device that cannot be stopped (say, a DMA engine that ignores resets).
+      const unstoppable = this.opts.options.simulateUnstoppable === true && state === 'evicted';
+      const stopped = unstoppable
+        ? false
+        : await Promise.race([
+            this.worker.terminate().then(() => true),
+            new Promise<boolean>((r) => setTimeout(() => r(false), Math.max(1000, this.deadlineMs)).unref()),
+          ]);
+      if (!stopped) {
+        this.quarantinePending();
+        if (unstoppable) void this.worker.terminate();
+      }
     }
     // Now every outstanding call counts as answered: the device can no longer touch memory.
     for (const a of this.slots) if (a) a.forced = ACK_OK;
@@ -616,11 +624,11 @@ export class WorkerDevice {
       const start = (this.mailbox[base + CS.START_HI] >>> 0) * 2 ** 32 + (this.mailbox[base + CS.START_LO] >>> 0);
       const endHi = this.mailbox[base + CS.END_HI];
       const end = endHi === -1 ? 2 ** 47 : (endHi >>> 0) * 2 ** 32 + (this.mailbox[base + CS.END_LO] >>> 0);
-      p.mm.pt.walk(start, Math.min(end, 2 ** 47), (_va, _idx, _l, e) => {
-        if (e & 1) {
-          this.k.mem.quarantine(e >>> 12);
-          n++;
-        }
+      p.mm.pt.walk(start, Math.min(end, 2 ** 47), (_va, _idx, level, e) => {
+        if (!pteMapsFrame(e) || ptePfn(e) === 0) return;
+        const pages = level === 1 ? 512 : 1;
+        for (let i = 0; i < pages; i++) this.k.mem.quarantine(ptePfn(e) + i);
+        n += pages;
       });
     }
     this.log('error', 'device could not be stopped: frames quarantined', { frames: n });

@@ -453,8 +453,10 @@ export class Kernel {
     end: number,
     origin: Origin,
     owner: number | null = null,
+    flags = 0,
   ): Promise<NotifierRange> {
     const range = makeRange(mm.pid, event, start, end, origin, owner);
+    range.flags = flags;
     if (mm.notifier.subscriberCount === 0 && !mm.notifier.hasItree) return range; // !mm_has_notifiers
     await mm.notifier.invalidateRangeStart(range, true);
     return range;

@@ -14,7 +14,7 @@ import { MMAP_BASE, MMAP_MIN_ADDR, type MM } from './mm.js';
 import { ZERO_PFN } from './phys-mem.js';
 import { ptePfn, type Pte } from './pte.js';
 import { PROT, Vma, type HugeAdvice } from './vma.js';
-import { MmuNotifierEvent, type Origin } from '../notifier/range.js';
+import { MmuNotifierEvent, RANGE_UPDATE_TO_READ_ONLY, type Origin } from '../notifier/range.js';
 import { reclaimPages } from './activity/reclaim.js';
 import { collapseHugePage } from './activity/thp.js';
 import { writebackFile } from './activity/writeback.js';
@@ -417,7 +417,9 @@ export async function changeProtection(
   }
   if (first < 0) return 0;
   let changed = 0;
-  const range = await k.notify(mm, MmuNotifierEvent.PROTECTION_VMA, first, end, origin);
+  // update_to_read_only: the VMA keeps VM_READ (NUMA hinting leaves the VMA as it is).
+  const readable = numa ? vma.readable : (newProt & PROT.READ) !== 0;
+  const range = await k.notify(mm, MmuNotifierEvent.PROTECTION_VMA, first, end, origin, null, readable ? RANGE_UPDATE_TO_READ_ONLY : 0);
   try {
     mm.pt.walk(start, end, (va, idx, _level, e) => {
       let n = e;

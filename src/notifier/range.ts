@@ -33,6 +33,12 @@ export function eventName(e: MmuNotifierEvent): EventName {
 
 /** MMU_NOTIFIER_RANGE_BLOCKABLE. */
 export const RANGE_BLOCKABLE = 1 << 0;
+/**
+ * The update leaves the range readable: set on PROTECTION_VMA when the VMA keeps VM_READ, i.e.
+ * what mmu_notifier_range_update_to_read_only() told drivers in 5.2 - 6.2 (computed there from
+ * range->vma, which the range no longer carries). Event-aware devices use it to keep read access.
+ */
+export const RANGE_UPDATE_TO_READ_ONLY = 1 << 1;
 
 /**
  * Why the kernel changed the page table: the syscall or kernel activity that sent an invalidation

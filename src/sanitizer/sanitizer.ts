@@ -21,10 +21,9 @@
  * after it (a reply races the start message).
  */
 import { FM, FRAME_META_WORDS, HDR, PAGE_SIZE, ULONG_MAX } from '../kernel/layout.js';
-import { eventName, MmuNotifierEvent } from '../notifier/range.js';
+import { eventName, MmuNotifierEvent, RANGE_UPDATE_TO_READ_ONLY } from '../notifier/range.js';
 
-/** Range flag (beside RANGE_BLOCKABLE): the update leaves the pages readable (read-only). */
-export const RANGE_UPDATE_TO_READ_ONLY = 1 << 1;
+export { RANGE_UPDATE_TO_READ_ONLY };
 
 export type FindingKind = 'stale' | 'lost-write' | 'write-ro' | 'unmapped' | 'wrong-pfn';
 
@@ -207,8 +206,10 @@ export class Sanitizer {
     w.ended = true;
     w.endTick = tick;
     this.open.delete(id);
+    // Only grants computed inside the window: one computed after the end was published (the
+    // device may see the grant before it processes the end) reflects the new page tables.
     this.forRange(w, (g) => {
-      if (g.tick >= w.startTick) this.apply(g, w);
+      if (g.tick >= w.startTick && g.tick < tick) this.apply(g, w);
     });
     this.closed.push(w);
     if (this.closed.length > MAX_CLOSED_WINDOWS) this.closed = this.closed.slice(-MAX_CLOSED_WINDOWS / 2);

@@ -78,7 +78,10 @@ export abstract class Device implements DmaTarget {
   /** The event-aware choice (the seed series' intent). */
   awareAction(r: DevRange): Action {
     const { event } = this.seen(r);
-    if (this.ownEvent(r)) return 'skip';
+    if (this.ownEvent(r)) {
+      this.inc('own_events_skipped');
+      return 'skip';
+    }
     switch (event) {
       case MmuNotifierEvent.UNMAP:
         return 'drop';

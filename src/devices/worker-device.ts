@@ -107,6 +107,8 @@ export class WorkerDevice {
   readonly transport = 'worker' as const;
   state: DeviceState = 'starting';
   stateReason = '';
+  /** performance.now() when the worker thread exited (0 while it runs). */
+  exitedAt = 0;
   readonly createdAt = Date.now();
   deadlineMs: number;
   counters: Record<string, number> = {};
@@ -175,7 +177,12 @@ export class WorkerDevice {
         })
       : new Worker(entry.url, { workerData: init });
     this.worker = w;
-    this.exitPromise = new Promise((resolve) => w.once('exit', resolve));
+    this.exitPromise = new Promise((resolve) =>
+      w.once('exit', (code) => {
+        this.exitedAt = performance.now();
+        resolve(code);
+      }),
+    );
     w.on('message', (m: DeviceEvent | DeviceRequest) => this.onMessage(m));
     w.on('error', (e) => {
       this.log('error', 'device worker error', { err: String(e) });

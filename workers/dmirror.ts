@@ -62,8 +62,14 @@ export class Dmirror extends Device implements IntervalHandler {
   sub!: DevSub;
   flags = 0;
 
+  private readonly counters: { invalidations_zapped: number; inv_pages_unmapped: number; inv_pages_downgraded: number };
+
   constructor(host: DeviceHost) {
     super(host);
+    this.counters = host.counters as Dmirror['counters'];
+    this.counters.invalidations_zapped = 0;
+    this.counters.inv_pages_unmapped = 0;
+    this.counters.inv_pages_downgraded = 0;
     const cmd = (name: string, fn: (c: Cmd, args: Record<string, unknown>) => Promise<Uint8Array | void>): void =>
       host.onCommand(name, async (args) => {
         const c: Cmd = { addr: Number(args.addr), npages: Number(args.npages ?? 0), cpages: 0, faults: 0 };
@@ -133,21 +139,44 @@ export class Dmirror extends Device implements IntervalHandler {
       const first = Math.floor(r.start / PAGE_SIZE);
       // dmirror_do_update: erase start >> PAGE_SHIFT .. end >> PAGE_SHIFT, inclusive.
       const last = r.end >= ULONG_MAX ? Number.MAX_SAFE_INTEGER : Math.floor(r.end / PAGE_SIZE);
-      const each = (vpn: number, e: Entry): void => {
-        if (action === 'downgrade') {
-          e.write = false;
-          e.atomic = false;
-        } else this.pt.delete(vpn);
-      };
-      if (last - first + 1 > this.pt.size) {
-        for (const [vpn, e] of [...this.pt]) if (vpn >= first && vpn <= last) each(vpn, e);
+      let unmapped = 0;
+      let downgraded = 0;
+      const downgrade = action === 'downgrade';
+      const pt = this.pt;
+      if (pt.size === 0) {
+        // Nothing mirrored: nothing to erase.
+      } else if (last - first + 1 > pt.size) {
+        // Deleting the entry being visited is safe in a Map iteration.
+        for (const [vpn, e] of pt) {
+          if (vpn < first || vpn > last) continue;
+          if (!downgrade) {
+            pt.delete(vpn);
+            unmapped++;
+          } else {
+            if (e.write) downgraded++;
+            e.write = false;
+            e.atomic = false;
+          }
+        }
       } else {
         for (let vpn = first; vpn <= last; vpn++) {
-          const e = this.pt.get(vpn);
-          if (e) each(vpn, e);
+          const e = pt.get(vpn);
+          if (!e) continue;
+          if (!downgrade) {
+            pt.delete(vpn);
+            unmapped++;
+          } else {
+            if (e.write) downgraded++;
+            e.write = false;
+            e.atomic = false;
+          }
         }
       }
-      this.inc('invalidations_zapped');
+      // Named counters (created in the constructor): a keyed store on the hot path costs more.
+      const c = this.counters;
+      c.invalidations_zapped++;
+      c.inv_pages_unmapped += unmapped;
+      c.inv_pages_downgraded += downgraded;
     } finally {
       this.lock.unlock();
     }

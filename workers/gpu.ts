@@ -68,10 +68,16 @@ class SvmRange {
     this.mapped -= n;
     return n;
   }
-  downgrade(s: number, e: number): void {
+  downgrade(s: number, e: number): number {
+    let n = 0;
     const a = Math.max(s, this.start);
     const b = Math.min(e, this.end);
-    for (let va = a; va < b; va += PAGE_SIZE) this.write[this.idx(va)] = 0;
+    for (let va = a; va < b; va += PAGE_SIZE) {
+      const i = this.idx(va);
+      if (this.write[i]) n++;
+      this.write[i] = 0;
+    }
+    return n;
   }
 }
 
@@ -160,16 +166,16 @@ export class Gpu extends Device implements IntervalHandler {
       try {
         sub.setSeq(curSeq);
         if (action === 'drop') {
-          range.unmap(r.start, r.end, this.host);
+          this.inc('inv_pages_unmapped', range.unmap(r.start, r.end, this.host));
           this.defer(range, r.start, r.end);
         } else if (action === 'downgrade') {
-          range.downgrade(r.start, r.end);
+          this.inc('inv_pages_downgraded', range.downgrade(r.start, r.end));
           if (this.seen(r).event === MmuNotifierEvent.PROTECTION_PAGE) range.reread = true;
         } else if (this.xnack) {
-          range.unmap(r.start, r.end, this.host);
+          this.inc('inv_pages_unmapped', range.unmap(r.start, r.end, this.host));
         } else {
           range.invalid++;
-          range.unmap(r.start, r.end, this.host);
+          this.inc('inv_pages_unmapped', range.unmap(r.start, r.end, this.host));
           this.quiesceQueues();
         }
       } finally {
@@ -188,7 +194,15 @@ export class Gpu extends Device implements IntervalHandler {
   private quiesceQueues(): void {
     if (!this.queuesStopped) this.stoppedSince = Date.now();
     if (this.restoreTimer) return;
-    this.restoreTimer = setTimeout(() => void this.restore(), RESTORE_DELAY_MS);
+    this.scheduleRestore();
+  }
+
+  private scheduleRestore(): void {
+    this.host.holdTimers(true);
+    this.restoreTimer = setTimeout(() => {
+      this.host.holdTimers(false);
+      void this.restore();
+    }, RESTORE_DELAY_MS);
   }
 
   /** svm_range_restore_work: revalidate every invalid range, then resume the queues. */
@@ -198,7 +212,7 @@ export class Gpu extends Device implements IntervalHandler {
       if (r.invalid === 0 || r.dead) continue;
       const ok = await this.validate(r);
       if (!ok) {
-        this.restoreTimer = setTimeout(() => void this.restore(), RESTORE_DELAY_MS);
+        this.scheduleRestore();
         return;
       }
       r.invalid = 0;

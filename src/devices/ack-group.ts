@@ -12,7 +12,7 @@
  *   write slot words, ID last                   spin on DOORBELL, then waitAsync
  *   add MB.DOORBELL; notify          ------->   read ID (Atomics), then the words
  *   spin: load slot ANSWER (budget)             stop using the range, drain DMA
- *     answered? -> done, synchronously          store ANSWER_TICK, then ANSWER
+ *     answered? -> done, synchronously          store ANSWER (Atomics)      
  *   else park: waitAsync(KC.ACK_DOORBELL) <---  add KC.ACK_DOORBELL; notify
  *   wake: re-poll every waiting slot
  *
@@ -26,9 +26,10 @@ import { KC, KC_WORDS } from '../kernel/layout.js';
 import { ACK_PENDING, type AckGroup, type PendingAck } from '../notifier/pending-ack.js';
 
 const now = (): number => performance.now() * 1000;
+const RESOLVED = Promise.resolve();
 
 export interface SpinPolicy {
-  /** Loads to spin before parking. */
+  /** Microseconds to spin before parking. */
   budget(): number;
   /** Feedback after each wait. */
   record(answeredWhileSpinning: boolean): void;
@@ -43,12 +44,14 @@ export class AdaptiveSpin implements SpinPolicy {
   private score = 8;
   constructor(
     private readonly cores = os.cpus().length,
-    private readonly max = 6000,
+    private readonly maxUs = 30,
     public activeWorkers = () => 1,
   ) {}
   budget(): number {
-    if (this.activeWorkers() >= this.cores) return 64;
-    return Math.round((this.max * this.score) / 8);
+    // Short of cores, an answer needs a futex wake (tens of us): a token spin catches only the
+    // devices that were already running.
+    if (this.activeWorkers() + 1 > this.cores) return 1;
+    return (this.maxUs * this.score) / 8;
   }
   record(ok: boolean): void {
     this.score = ok ? Math.min(8, this.score + 1) : Math.max(0, this.score - 2);
@@ -68,6 +71,8 @@ export class WorkerAckGroup implements AckGroup {
   private keepAlive: NodeJS.Timeout | null = null;
   spins = 0;
   parks = 0;
+  /** Wake-ups of the parked kernel (ideally one per park). */
+  wakes = 0;
 
   constructor(
     readonly kcSab: SharedArrayBuffer = new SharedArrayBuffer(KC_WORDS * 4),
@@ -76,37 +81,81 @@ export class WorkerAckGroup implements AckGroup {
     this.kc = new Int32Array(kcSab);
   }
 
+  private toRing: Array<{ ringPending: boolean; ring(): void }> = [];
+
+  /**
+   * Queues a device's doorbell. Rung in one batch when the kernel starts waiting (spin or park) or,
+   * failing that, at the next microtask: publishing every call before waking anyone keeps a woken
+   * device from taking the core while the kernel still has calls to write, and an end followed by
+   * the next call costs the device one wake, not two.
+   */
+  deferRing(dev: { ringPending: boolean; ring(): void }): void {
+    if (dev.ringPending) return;
+    dev.ringPending = true;
+    // A bare promise reaction: Node's queueMicrotask costs several times more (async context).
+    if (this.toRing.push(dev) === 1) void RESOLVED.then(this.flush);
+  }
+
+  readonly flush = (): void => {
+    const list = this.toRing;
+    if (list.length === 0) return;
+    this.toRing = [];
+    for (let i = 0; i < list.length; i++) if (list[i].ringPending) list[i].ring();
+  };
+
   private allAnswered(acks: readonly PendingAck[]): boolean {
-    for (let i = 0; i < acks.length; i++) {
-      const a = acks[i];
-      if (a.poll() === ACK_PENDING) return false;
-      if (a.answeredAtUs === undefined) a.answeredAtUs = now();
-    }
+    for (let i = 0; i < acks.length; i++) if (acks[i].poll() === ACK_PENDING) return false;
     return true;
   }
 
+  /**
+   * Stamps answer times with one clock read for all acks answered since the last stamp (a clock
+   * read costs more than a whole poll; the stamp is as late as the moment we looked).
+   */
+  private stamp(acks: readonly PendingAck[], at = -1): void {
+    let t = at;
+    for (let i = 0; i < acks.length; i++) {
+      const a = acks[i];
+      if (a.answeredAtUs !== undefined || a.poll() === ACK_PENDING) continue;
+      if (t < 0) t = now();
+      a.answeredAtUs = t;
+    }
+  }
+
   spin(acks: readonly PendingAck[]): boolean {
-    if (this.allAnswered(acks)) return true;
-    const budget = this.policy.budget();
-    let seen = Atomics.load(this.kc, KC.ACK_DOORBELL);
-    for (let i = 0; i < budget; i++) {
-      // Cheap: watch the shared doorbell, re-poll the slots only when it moved.
-      const v = Atomics.load(this.kc, KC.ACK_DOORBELL);
-      if (v !== seen) {
-        seen = v;
-        if (this.allAnswered(acks)) {
+    this.flush();
+    let t = now();
+    if (this.allAnswered(acks)) {
+      this.stamp(acks, t);
+      return true;
+    }
+    const until = t + this.policy.budget();
+    // Poll the answer words themselves, not the shared doorbell: each cache line that crosses
+    // cores costs about as much as the whole bare round trip, and the doorbell would be one more
+    // per answer. Answered acks are skipped (`first`); the clock is read once per 256 polls.
+    let first = 0;
+    for (;;) {
+      for (let i = 0; i < 256; i++) {
+        while (first < acks.length && acks[first].poll() !== ACK_PENDING) first++;
+        if (first === acks.length) {
           this.spins++;
           this.policy.record(true);
+          // Stamped with the last clock reading: at most one 256-poll stretch early.
+          this.stamp(acks, t);
           return true;
         }
       }
+      t = now();
+      if (t >= until) break;
     }
     const ok = this.allAnswered(acks);
     this.policy.record(ok);
+    this.stamp(acks, t);
     return ok;
   }
 
   park(acks: readonly PendingAck[]): Promise<void> {
+    this.flush();
     this.parks++;
     return new Promise<void>((resolve) => {
       this.parked.push({ acks, resolve });
@@ -115,14 +164,22 @@ export class WorkerAckGroup implements AckGroup {
   }
 
   /** Wakes parked waiters whose acks are all answered (also called after an eviction). */
-  recheck(): void {
-    if (this.parked.length === 0) return;
+  recheck(): number {
+    if (this.parked.length === 0) return 0;
     const still: Parked[] = [];
+    let fewest = Infinity;
     for (const p of this.parked) {
-      if (this.allAnswered(p.acks)) p.resolve();
-      else still.push(p);
+      this.stamp(p.acks);
+      let pending = 0;
+      for (let i = 0; i < p.acks.length; i++) if (p.acks[i].poll() === ACK_PENDING) pending++;
+      if (pending === 0) p.resolve();
+      else {
+        still.push(p);
+        fewest = Math.min(fewest, pending);
+      }
     }
     this.parked = still;
+    return still.length === 0 ? 0 : fewest;
   }
 
   /** Rings the doorbell from the kernel side (e.g. an eviction answered for a dead device). */
@@ -138,12 +195,19 @@ export class WorkerAckGroup implements AckGroup {
     try {
       while (this.parked.length > 0) {
         const seen = Atomics.load(this.kc, KC.ACK_DOORBELL);
-        this.recheck();
+        const fewest = this.recheck();
         if (this.parked.length === 0) break;
+        // Wake me when the doorbell has moved by as many answers as the closest parked set still
+        // needs: no set can complete earlier, so no device needs to notify before that (each wake
+        // of this thread is an event-loop turn; with N devices it would otherwise be N per round).
+        // Answers of other rounds also move the doorbell: then the wake is early, never late.
+        // Answers between `seen` and the recheck count twice: early again, never late.
+        Atomics.store(this.kc, KC.WAKE_AT, (seen + fewest) | 0);
         Atomics.store(this.kc, KC.KERNEL_PARKED, 1);
         const r = Atomics.waitAsync(this.kc, KC.ACK_DOORBELL, seen, 50);
         if (r.async) await r.value;
         Atomics.store(this.kc, KC.KERNEL_PARKED, 0);
+        this.wakes++;
       }
     } finally {
       this.waiting = false;

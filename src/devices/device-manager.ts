@@ -2,6 +2,7 @@
  * Spawns, lists and stops device workers. One worker thread per device; each device is attached to
  * one process and owns a share of device memory (its frames carry its id as owner).
  */
+import os from 'node:os';
 import { DevmirrorError } from '../errors.js';
 import type { Kernel } from '../kernel/kernel.js';
 import { AdaptiveSpin, WorkerAckGroup } from './ack-group.js';
@@ -22,6 +23,10 @@ export interface CreateDevice {
 
 export interface DeviceManagerOptions {
   deadlineMs?: number;
+  /** How long a device spins on its doorbell before parking when cores allow (default 50 us). */
+  workerSpinUs?: number;
+  /** Cores to plan spinning for (default: os.cpus().length). */
+  cores?: number;
   log?: (level: 'debug' | 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>) => void;
 }
 
@@ -38,6 +43,8 @@ export class DeviceManager {
   private nextId = 1;
   private readonly counts = new Map<string, number>();
   readonly deadlineMs: number;
+  readonly workerSpinUs: number;
+  readonly cores: number;
   private readonly log: NonNullable<DeviceManagerOptions['log']>;
   onFinding: ((d: WorkerDevice, f: Finding) => void) | null = null;
   onChange: ((d: WorkerDevice) => void) | null = null;
@@ -47,9 +54,22 @@ export class DeviceManager {
     opts: DeviceManagerOptions = {},
   ) {
     this.deadlineMs = opts.deadlineMs ?? 1000;
+    this.workerSpinUs = opts.workerSpinUs ?? 50;
+    this.cores = opts.cores ?? os.cpus().length;
     this.log = opts.log ?? (() => undefined);
-    const spin = new AdaptiveSpin(undefined, undefined, () => this.liveCount());
+    const spin = new AdaptiveSpin(this.cores, undefined, () => this.liveCount());
     this.group = new WorkerAckGroup(undefined, spin);
+  }
+
+  /**
+   * Devices spin on their doorbell before parking only while every device and the kernel thread
+   * can each have a core: a spinner sharing a core with the thread it waits for only delays it
+   * (machine-facts: 2 spinners on 2 cores are slower than none).
+   */
+  private rebalanceSpin(): void {
+    const live = this.list().filter((d) => d.alive);
+    const us = live.length + 1 <= this.cores ? this.workerSpinUs : 0;
+    for (const d of live) d.setSpinUs(us);
   }
 
   liveCount(): number {
@@ -81,7 +101,10 @@ export class DeviceManager {
     });
     dev.log = (level, msg, data) => this.log(level, msg, { device: name, deviceId: id, ...data });
     dev.onFinding = (d, f) => this.onFinding?.(d, f);
-    dev.onStateChange = (d) => this.onChange?.(d);
+    dev.onStateChange = (d) => {
+      this.rebalanceSpin();
+      this.onChange?.(d);
+    };
     this.devices.set(id, dev);
     // dev_pagemap_ops: the kernel tells the device before it moves the device's pages back.
     this.k.pagemaps.set(id, {
@@ -100,6 +123,7 @@ export class DeviceManager {
       await dev.evict('failed to start').catch(() => undefined);
       throw e;
     }
+    this.rebalanceSpin();
     this.log('info', 'device attached', { device: name, deviceId: id, kind: req.kind, pid: proc.pid, policy });
     return dev;
   }

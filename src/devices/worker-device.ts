@@ -63,11 +63,16 @@ class CallAck implements PendingAck {
   answeredAtUs?: number;
   /** Set when the device is gone: the call counts as answered (its mirror is torn down). */
   forced = 0;
+  /**
+   * Date.now() when the watchdog first saw this call unanswered (0 before): stamping here instead
+   * of at post keeps a clock read off the fast path; eviction comes at most one watchdog period
+   * (deadline / 4, at most 250 ms) after the deadline.
+   */
+  seenMs = 0;
   constructor(
     readonly dev: WorkerDevice,
     readonly slot: number,
     readonly id: number,
-    readonly postedMs: number,
     readonly group: WorkerAckGroup,
   ) {}
   poll(): number {
@@ -122,6 +127,8 @@ export class WorkerDevice {
   private readonly slots: Array<CallAck | null> = new Array(CALL_SLOTS).fill(null);
   private callHead = 0;
   private endHead = 0;
+  /** Last END_TAIL read (the device only moves it forward). */
+  private endTailSeen = 0;
   private readonly subs = new Map<number, MmuIntervalNotifier | MmuNotifier>();
   private readonly replies = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   private nextReq = 1;
@@ -147,7 +154,7 @@ export class WorkerDevice {
     this.deadlineMs = opts.deadlineMs;
     this.mailboxSab = new SharedArrayBuffer(MB_WORDS * 4);
     this.mailbox = new Int32Array(this.mailboxSab);
-    this.mailbox[MB.SPIN] = 2000;
+    this.mailbox[MB.SPIN_US] = 0;
     Atomics.store(this.mailbox, MB.VERSION, MAILBOX_VERSION);
   }
 
@@ -224,7 +231,6 @@ export class WorkerDevice {
     mb[base + CS.CUR_SEQ] = c.curSeq;
     mb[base + CS.PID] = this.pid;
     mb[base + CS.ORIGIN] = c.origin;
-    mb[base + CS.ANSWER_TICK] = 0;
     Atomics.store(mb, base + CS.ANSWER, ANSWER.PENDING);
     mb[base + CS.TICK] = this.k.mem.tick();
     // ID last: the device reads it first (Atomics), so every word above is visible when it
@@ -232,10 +238,12 @@ export class WorkerDevice {
     Atomics.store(mb, base + CS.ID, id);
     this.callHead++;
     Atomics.store(mb, MB.CALL_HEAD, this.callHead);
-    const ack = new CallAck(this, slot, id, Date.now(), this.group);
+    const ack = new CallAck(this, slot, id, this.group);
     this.slots[slot] = ack;
     this.handshake.calls++;
-    this.ring();
+    // Rung when the kernel starts waiting (or at the next microtask): the core publishes to every
+    // subscriber first, so no woken device takes the core before the last call is written.
+    this.group.deferRing(this);
     return ack;
   }
 
@@ -278,8 +286,10 @@ export class WorkerDevice {
   private postEnd(subId: number, range: NotifierRange): void {
     if (!this.alive) return;
     const mb = this.mailbox;
-    const endTail = Atomics.load(mb, MB.END_TAIL);
-    if (this.endHead - endTail >= END_SLOTS) {
+    // END_TAIL sits on the device's line: read it only when our cached copy says the ring may be
+    // full (each read pulls the line across cores).
+    if (this.endHead - this.endTailSeen >= END_SLOTS) this.endTailSeen = Atomics.load(mb, MB.END_TAIL);
+    if (this.endHead - this.endTailSeen >= END_SLOTS) {
       // The device is END_SLOTS ends behind: it is not consuming; drop (it will be evicted by
       // its call deadline) rather than overwrite unread ends.
       this.handshake.protocolErrors++;
@@ -299,19 +309,33 @@ export class WorkerDevice {
     Atomics.store(mb, base + ES.ID, (range.id & 0x7fffffff) || 1);
     this.endHead++;
     Atomics.store(mb, MB.END_HEAD, this.endHead);
-    this.ring();
+    // One-way: rung with the next batch (often together with the next call) or at the next microtask.
+    this.group.deferRing(this);
   }
 
-  private ring(): void {
+  /** @internal set while this device is in the group's deferred-ring batch. */
+  ringPending = false;
+
+  /** @internal rings the doorbell now (the group's batch flush, messages, teardown). */
+  ring(): void {
+    this.ringPending = false;
+    // Add first, load PARKED second (the device stores PARKED, then waits on the old value): either
+    // the device sees the new DOORBELL value and does not sleep, or we see PARKED and wake it.
+    // Skipping the notify when nobody sleeps keeps a futex call off the fast path.
     Atomics.add(this.mailbox, MB.DOORBELL, 1);
-    Atomics.notify(this.mailbox, MB.DOORBELL);
+    if (Atomics.load(this.mailbox, MB.PARKED) !== 0) Atomics.notify(this.mailbox, MB.DOORBELL);
   }
 
   private checkDeadlines(): void {
     if (!this.alive) return;
     const now = Date.now();
     for (const a of this.slots) {
-      if (a && !a.forced && now - a.postedMs > this.deadlineMs) {
+      if (!a || a.forced) continue;
+      if (a.seenMs === 0) {
+        a.seenMs = now;
+        continue;
+      }
+      if (now - a.seenMs > this.deadlineMs) {
         const late = Atomics.load(this.mailbox, MB_CALLS_OFFSET + a.slot * CALL_SLOT_WORDS + CS.ANSWER);
         if (late !== ANSWER.PENDING) continue;
         void this.evict(`no answer to call ${a.id} within ${this.deadlineMs} ms`);
@@ -384,6 +408,15 @@ export class WorkerDevice {
   private send(m: KernelMessage, transfer?: ArrayBuffer[]): void {
     if (!this.worker || !this.alive) return;
     this.worker.postMessage(m, transfer as never);
+    // One doorbell for everything: a device blocked in Atomics.wait cannot see a message until it
+    // turns its event loop, so MESSAGES tells it to (bumped after the post, before the ring).
+    Atomics.add(this.mailbox, MB.MESSAGES, 1);
+    this.ring();
+  }
+
+  /** Microseconds the device spins on its doorbell before parking (set as cores get short). */
+  setSpinUs(us: number): void {
+    Atomics.store(this.mailbox, MB.SPIN_US, us);
   }
 
   private reply(req: number, value: unknown, transfer?: ArrayBuffer[]): void {
@@ -540,8 +573,6 @@ export class WorkerDevice {
     return new Promise<T>((resolve, reject) => {
       this.replies.set(req, { resolve: resolve as (v: unknown) => void, reject });
       this.send({ t: 'command', req, name, args });
-      // Wake a parked device loop at once.
-      this.ring();
       if (timeoutMs > 0) {
         const t = setTimeout(() => {
           if (this.replies.delete(req)) reject(new DevmirrorError('ETIME', `device ${this.name} did not answer ${name}`));
@@ -564,7 +595,6 @@ export class WorkerDevice {
     this.faults = { ...this.faults, ...f };
     if (f.crash) {
       this.send({ t: 'command', req: 0, name: 'crash', args: {} });
-      this.ring();
       return;
     }
     await this.command('inject', f as Record<string, unknown>, 10_000);

@@ -212,6 +212,7 @@ export class Kernel {
   }
 
   emit<K extends keyof KernelObserver>(name: K, ...args: Parameters<NonNullable<KernelObserver[K]>>): void {
+    if (this.observers.size === 0) return;
     for (const o of this.observers) {
       const fn = o[name] as ((...a: unknown[]) => void) | undefined;
       if (fn) {
@@ -446,7 +447,7 @@ export class Kernel {
    * Opens an invalidation (mmu_notifier_invalidate_range_start, blockable) and resolves when
    * every subscriber has acknowledged. Pair with notifyEnd after changing the PTEs.
    */
-  async notify(
+  notify(
     mm: MM,
     event: MmuNotifierEvent,
     start: number,
@@ -454,12 +455,13 @@ export class Kernel {
     origin: Origin,
     owner: number | null = null,
     flags = 0,
-  ): Promise<NotifierRange> {
+  ): NotifierRange | Promise<NotifierRange> {
     const range = makeRange(mm.pid, event, start, end, origin, owner);
     range.flags = flags;
     if (mm.notifier.subscriberCount === 0 && !mm.notifier.hasItree) return range; // !mm_has_notifiers
-    await mm.notifier.invalidateRangeStart(range, true);
-    return range;
+    // Synchronous when every subscriber answered inside the spin: no promise on the fast path.
+    const r = mm.notifier.invalidateRangeStart(range, true);
+    return typeof r === 'number' ? range : r.then(() => range);
   }
 
   notifyEnd(mm: MM, range: NotifierRange): void {

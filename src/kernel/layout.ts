@@ -198,8 +198,9 @@ export function tableEntryIndex(pfn: number, idx: number): number {
  * DOORBELL. The device answers each call in its slot (CS.ANSWER) and bumps the global
  * KC.ACK_DOORBELL so the kernel, which waits for many devices at once, wakes once.
  */
-export const MAILBOX_VERSION = 1;
+export const MAILBOX_VERSION = 3;
 export const MB = {
+  // ---- line 0 (words 0..15): written by the kernel only ----
   /** Must equal MAILBOX_VERSION. */
   VERSION: 0,
   /** Kernel -> device: bumped (Atomics.add) after every post; the device waits on it. */
@@ -208,20 +209,34 @@ export const MB = {
   STATE: 2,
   /** Calls published by the kernel (monotonic); slot = n % CALL_SLOTS. */
   CALL_HEAD: 3,
+  END_HEAD: 4,
+  /** Kernel -> device: microseconds to spin on DOORBELL before parking (0 when cores are short). */
+  SPIN_US: 5,
+  /**
+   * Kernel -> device: postMessages sent to the device (monotonic), bumped after each send, before
+   * DOORBELL is rung: a device blocked in Atomics.wait wakes and turns its event loop to receive.
+   */
+  MESSAGES: 6,
+  // ---- line 1 (words 16..31): written by the device only. Kept off the kernel's line: a word
+  // the other side writes in the same 64-byte line would bounce it between cores on every store
+  // (false sharing), and the fast path is a handful of line transfers.
   /** Calls the device has taken (monotonic). */
-  CALL_TAIL: 4,
-  END_HEAD: 5,
-  END_TAIL: 6,
-  /** Device -> kernel: 1 while the device is parked in Atomics.wait (kernel must notify). */
-  PARKED: 7,
-  /** Kernel -> device: how many loads to spin before parking (adapted to free cores). */
-  SPIN: 8,
+  CALL_TAIL: 16,
+  END_TAIL: 17,
+  /**
+   * Device -> kernel: 1 while the device is parked (Atomics.wait or waitAsync) on DOORBELL. The
+   * kernel calls Atomics.notify only then: it adds to DOORBELL first and loads PARKED second, the
+   * device stores PARKED first and waits on the DOORBELL value it read before, so one of the two
+   * always sees the other (sequentially consistent Atomics, Dekker's pattern).
+   */
+  PARKED: 18,
   /** Device: answers written (monotonic), for statistics. */
-  ANSWERS: 9,
-  /** Device: heartbeat counter, bumped every loop (hang detection, dashboards). */
-  HEARTBEAT: 10,
+  ANSWERS: 19,
+  /** Device: heartbeat counter, bumped every loop turn (hang detection, dashboards). */
+  HEARTBEAT: 20,
 } as const;
-export const MB_HEADER_WORDS = 16;
+/** Two 64-byte lines: the kernel's and the device's (a SharedArrayBuffer starts line aligned). */
+export const MB_HEADER_WORDS = 32;
 export const CALL_SLOTS = 64;
 export const END_SLOTS = 64;
 
@@ -257,8 +272,8 @@ export const CS = {
   ORIGIN: 13,
   /** 0 pending; 1 ok / true; 2 refused (would block) / false. Written by the device, last. */
   ANSWER: 14,
-  /** Global clock tick when the device answered. */
-  ANSWER_TICK: 15,
+  /** Unused (keeps a slot at 16 words, one 64-byte line). */
+  RESERVED: 15,
 } as const;
 export const CALL_SLOT_WORDS = 16;
 export const ANSWER = { PENDING: 0, OK: 1, REFUSED: 2 } as const;
@@ -278,7 +293,8 @@ export const ES = {
   /** Global clock tick when the end was published (after the PTEs changed). */
   TICK: 9,
 } as const;
-export const END_SLOT_WORDS = 12;
+/** 16 words: every slot is one 64-byte line, never two. */
+export const END_SLOT_WORDS = 16;
 
 export const MB_CALLS_OFFSET = MB_HEADER_WORDS;
 export const MB_ENDS_OFFSET = MB_CALLS_OFFSET + CALL_SLOTS * CALL_SLOT_WORDS;
@@ -289,10 +305,20 @@ export const KC = {
   VERSION: 0,
   /** Devices -> kernel: bumped after every answer; the kernel parks on it with waitAsync. */
   ACK_DOORBELL: 1,
-  /** Kernel: 1 while parked on ACK_DOORBELL (devices must notify). */
-  KERNEL_PARKED: 2,
+  /**
+   * Kernel: 1 while parked on ACK_DOORBELL with waitAsync. A device notifies only then (same
+   * Dekker pairing as MB.PARKED: it adds to ACK_DOORBELL before it loads KERNEL_PARKED).
+   */
+  KERNEL_PARKED: 16,
+  /**
+   * Kernel: while parked, the ACK_DOORBELL value at which a device must notify (stored before
+   * KERNEL_PARKED). A device whose add brings the doorbell to it or past it notifies; the others
+   * do not, so N answers wake the kernel once, not N times.
+   */
+  WAKE_AT: 17,
 } as const;
-export const KC_WORDS = 8;
+/** KERNEL_PARKED sits on its own 64-byte line, away from the doorbell every device writes. */
+export const KC_WORDS = 32;
 
 /** Splits a user address (< 2^53) into two 32-bit halves; ULONG_MAX becomes all ones. */
 export function addrLo(a: number): number {

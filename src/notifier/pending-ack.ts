@@ -36,6 +36,10 @@ export function isPendingAck(x: unknown): x is PendingAck {
 /** Waits for a set of PendingAcks, grouped by their AckGroup. */
 export function waitAcks(acks: readonly PendingAck[]): Promise<void> | null {
   if (acks.length === 0) return null;
+  const g0 = acks[0].group;
+  let one = true;
+  for (let i = 1; i < acks.length && one; i++) one = acks[i].group === g0;
+  if (one) return g0.spin(acks) ? null : g0.park(acks);
   const groups = new Map<AckGroup, PendingAck[]>();
   for (const a of acks) {
     const list = groups.get(a.group);

@@ -173,7 +173,10 @@ export interface InvalidationRecord {
   subscribers: SubscriberOutcome[];
   /** performance.now() in microseconds. */
   startedUs: number;
-  /** All acknowledgements in (the PTEs may change). */
+  /**
+   * All acknowledgements in (the PTEs may change). When every subscriber answered synchronously
+   * (inside its callback) this equals startedUs: nothing was waited for.
+   */
   ackedUs: number;
   /** End delivered (or the failure unwound). */
   endedUs: number;
@@ -398,7 +401,7 @@ export class MmuNotifierSubscriptions {
         sub.inTree = false;
       }
     }
-    this.deferred = [];
+    if (this.deferred.length > 0) this.deferred = [];
     this.publish();
     this.wakeSeqWaiters();
   }
@@ -496,10 +499,14 @@ export class MmuNotifierSubscriptions {
     this.observer?.onInvalidationStart?.(range);
     if (!blockable) return this.startNonBlockable(range, open);
 
-    const pending: Promise<unknown>[] = [];
-    // Shared-memory answers are collected and waited for together after the publish loop.
-    const acks: PendingAck[] = [];
-    const settles: Array<(ok: boolean) => void> = [];
+    // Allocated only when needed: most invalidations have one or two synchronous or shared-memory
+    // subscribers, and this is the kernel's hottest path.
+    let pending: Promise<unknown>[] | null = null;
+    // Shared-memory answers are collected and waited for together after the publish loop; for
+    // each, who answered (an interval or an mm subscription) and its outcome record.
+    let acks: PendingAck[] | null = null;
+    let ackSubs: Array<MmuIntervalNotifier | MmuNotifier> | null = null;
+    let ackOutcomes: SubscriberOutcome[] | null = null;
     if (this.hasItree) {
       const hits: MmuIntervalNotifier[] = [];
       const curSeq = this.itreeStart(range, hits);
@@ -512,14 +519,11 @@ export class MmuNotifierSubscriptions {
         if (typeof r === 'boolean') {
           if (!r) this.blockableRefused(sub.info, outcome, range);
         } else if (isPendingAck(r)) {
-          acks.push(r);
-          settles.push((ok) => {
-            sub.inFlight--;
-            outcome.ackUs = (r.answeredAtUs ?? now()) - rec.startedUs;
-            if (!ok) this.blockableRefused(sub.info, outcome, range);
-          });
+          (acks ??= []).push(r);
+          (ackSubs ??= []).push(sub);
+          (ackOutcomes ??= []).push(outcome);
         } else {
-          pending.push(
+          (pending ??= []).push(
             r.then((ok) => {
               outcome.ackUs = now() - rec.startedUs;
               if (!ok) this.blockableRefused(sub.info, outcome, range);
@@ -540,14 +544,11 @@ export class MmuNotifierSubscriptions {
       if (typeof r === 'number') {
         if (r !== 0) this.blockableRefused(sub.info, outcome, range);
       } else if (isPendingAck(r)) {
-        acks.push(r);
-        settles.push((ok) => {
-          sub.exit();
-          outcome.ackUs = (r.answeredAtUs ?? now()) - rec.startedUs;
-          if (!ok) this.blockableRefused(sub.info, outcome, range);
-        });
+        (acks ??= []).push(r);
+        (ackSubs ??= []).push(sub);
+        (ackOutcomes ??= []).push(outcome);
       } else {
-        pending.push(
+        (pending ??= []).push(
           r.then((v) => {
             outcome.ackUs = now() - rec.startedUs;
             if (v !== 0) this.blockableRefused(sub.info, outcome, range);
@@ -555,16 +556,36 @@ export class MmuNotifierSubscriptions {
         );
       }
     }
-    if (acks.length > 0) {
+    if (acks !== null) {
+      const ackList = acks;
+      const subs = ackSubs as Array<MmuIntervalNotifier | MmuNotifier>;
+      const outcomes = ackOutcomes as SubscriberOutcome[];
       const settleAll = (): void => {
-        for (let i = 0; i < acks.length; i++) settles[i](acks[i].poll() === ACK_OK);
+        for (let i = 0; i < ackList.length; i++) {
+          const sub = subs[i];
+          const outcome = outcomes[i];
+          const a = ackList[i];
+          // The core reads the answer: only now is the callback over (inFlight / exit).
+          if (sub instanceof MmuIntervalNotifier) sub.inFlight--;
+          else sub.exit();
+          outcome.ackUs = (a.answeredAtUs ?? now()) - rec.startedUs;
+          if (a.poll() !== ACK_OK) this.blockableRefused(sub.info, outcome, range);
+        }
       };
-      const w = waitAcks(acks);
-      if (w === null) settleAll();
-      else pending.push(w.then(settleAll));
+      const w = waitAcks(ackList);
+      if (w === null) {
+        settleAll();
+        if (pending === null) {
+          // All answered inside the spin: the last answer's stamp is the acknowledgement time.
+          let t = rec.startedUs;
+          for (let i = 0; i < ackList.length; i++) t = Math.max(t, ackList[i].answeredAtUs ?? t);
+          rec.ackedUs = t;
+          return 0;
+        }
+      } else (pending ??= []).push(w.then(settleAll));
     }
-    if (pending.length === 0) {
-      rec.ackedUs = now();
+    if (pending === null) {
+      rec.ackedUs = rec.startedUs;
       return 0;
     }
     return Promise.all(pending).then(() => {
@@ -673,7 +694,7 @@ export class MmuNotifierSubscriptions {
   /** mmu_notifier_invalidate_range_end: tree bookkeeping first, then the list's ends. */
   invalidateRangeEnd(range: NotifierRange): void {
     const open = this.open.get(range.id);
-    invariant(open, `invalidate_range_end for range ${range.id} that is not open`);
+    if (!open) invariant(false, `invalidate_range_end for range ${range.id} that is not open`);
     this.open.delete(range.id);
     if (open.treeCounted) this.itreeEnd();
     this.closeWindows(open.intervals, range);

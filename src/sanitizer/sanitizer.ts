@@ -82,7 +82,8 @@ export class Sanitizer {
   private readonly meta: Int32Array;
   private readonly metaBase: number;
   private readonly grants = new Map<number, Map<number, Grant>>();
-  private readonly open = new Map<number, Window>();
+  /** Open windows: a handful at most, so a list beats a Map on the per-invalidation path. */
+  private open: Window[] = [];
   private closed: Window[] = [];
   readonly findings: Finding[] = [];
   readonly stats: SanitizerStats = {
@@ -141,7 +142,7 @@ export class Sanitizer {
     // A closed window revokes every grant computed before it ended (before it started: the ack
     // took it; inside it: the end did).
     for (const w of this.closed) if (w.pid === pid && tick < w.endTick && va >= w.start && va < w.end) this.apply(g, w);
-    for (const w of this.open.values()) {
+    for (const w of this.open) {
       if (w.pid === pid && w.acked && w.startTick > tick && va >= w.start && va < w.end) this.apply(g, w);
     }
     this.pidGrants(pid).set(Math.floor(va / PAGE_SIZE), g);
@@ -167,20 +168,27 @@ export class Sanitizer {
 
   /** An invalidation was delivered to the device (window opens). */
   started(id: number, pid: number, start: number, end: number, event: number, flags: number, tick: number): void {
-    this.open.set(id, { id, pid, start, end, event, flags, startTick: tick, endTick: Infinity, acked: false, ended: false });
+    this.open.push({ id, pid, start, end, event, flags, startTick: tick, endTick: Infinity, acked: false, ended: false });
   }
 
-  private forRange(w: Window, fn: (g: Grant) => void): void {
+  private openWindow(id: number): Window | undefined {
+    const open = this.open;
+    for (let i = 0; i < open.length; i++) if (open[i].id === id) return open[i];
+    return undefined;
+  }
+
+  /** Applies window w to the grants in its range computed at ticks [fromTick, toTick). */
+  private applyInRange(w: Window, fromTick: number, toTick: number): void {
     const m = this.grants.get(w.pid);
     if (!m || m.size === 0) return;
     const first = Math.floor(w.start / PAGE_SIZE);
     const last = w.end >= ULONG_MAX ? Number.MAX_SAFE_INTEGER : Math.ceil(w.end / PAGE_SIZE) - 1;
     if (last - first + 1 > m.size) {
-      for (const [vpn, g] of m) if (vpn >= first && vpn <= last) fn(g);
+      for (const [vpn, g] of m) if (vpn >= first && vpn <= last && g.tick >= fromTick && g.tick < toTick) this.apply(g, w);
     } else {
       for (let vpn = first; vpn <= last; vpn++) {
         const g = m.get(vpn);
-        if (g) fn(g);
+        if (g && g.tick >= fromTick && g.tick < toTick) this.apply(g, w);
       }
     }
   }
@@ -191,26 +199,25 @@ export class Sanitizer {
    * MIGRATE/EXCLUSIVE): grants are revoked all the same; the migration replies grant the new pfns.
    */
   acked(id: number): void {
-    const w = this.open.get(id);
+    const w = this.openWindow(id);
     if (!w) return;
     w.acked = true;
-    this.forRange(w, (g) => {
-      if (g.tick < w.startTick) this.apply(g, w);
-    });
+    this.applyInRange(w, -Infinity, w.startTick);
   }
 
   /** The invalidation ended (published at `tick`): grants computed inside the window are stale too. */
   ended(id: number, tick: number): void {
-    const w = this.open.get(id);
+    const w = this.openWindow(id);
     if (!w) return;
     w.ended = true;
     w.endTick = tick;
-    this.open.delete(id);
+    const open = this.open;
+    const i = open.indexOf(w);
+    open[i] = open[open.length - 1]; // order does not matter
+    open.pop();
     // Only grants computed inside the window: one computed after the end was published (the
     // device may see the grant before it processes the end) reflects the new page tables.
-    this.forRange(w, (g) => {
-      if (g.tick >= w.startTick && g.tick < tick) this.apply(g, w);
-    });
+    this.applyInRange(w, w.startTick, tick);
     this.closed.push(w);
     if (this.closed.length > MAX_CLOSED_WINDOWS) this.closed = this.closed.slice(-MAX_CLOSED_WINDOWS / 2);
   }

@@ -2,6 +2,7 @@
  * What every personality shares: the host, the event policy, the deliberate bug modes, the driver
  * lock, the DMA engine and the counters. Subclasses implement the mirror.
  */
+import { PAGE_SIZE } from '../../src/kernel/layout.js';
 import { Mutex } from '../../src/lib/locks.js';
 import { MmuNotifierEvent } from '../../src/notifier/range.js';
 import { EVENT_NAMES } from '../../src/notifier/range.js';
@@ -21,6 +22,8 @@ export type Action =
   /** Keep the translations read-only (a write needs a fault). */
   | 'downgrade';
 
+const BLIND_VIEW = Object.freeze({ event: MmuNotifierEvent.CLEAR as number, owner: null });
+
 export abstract class Device implements DmaTarget {
   readonly lock: Mutex;
   readonly dma: DmaEngine;
@@ -34,6 +37,15 @@ export abstract class Device implements DmaTarget {
     this.ramFrames = host.ramFrames;
     host.onCommand('dma', (args) => this.dma.configure(args as Partial<DmaConfig>));
     host.onCommand('dma-access', async (args) => this.dma.access(Number(args.addr), Boolean(args.write)));
+    // A kernel launch touching a buffer: one access per page, in order, faulting as needed.
+    host.onCommand('dma-sweep', async (args) => {
+      const addr = Number(args.addr);
+      const npages = Number(args.npages);
+      const faults = this.dma.stats.faults;
+      let ok = 0;
+      for (let i = 0; i < npages; i++) if (await this.dma.access(addr + i * PAGE_SIZE, Boolean(args.write))) ok++;
+      return { ok, failed: npages - ok, faults: this.dma.stats.faults - faults };
+    });
     host.onCommand('bug', (args) => {
       this.bug = (args.bug as BugMode | null) ?? null;
       return this.bug;
@@ -65,9 +77,9 @@ export abstract class Device implements DmaTarget {
   }
 
   /** The event as the device sees it: a blind device (pre-5.2) sees every event as CLEAR, no owner. */
-  seen(r: DevRange): { event: number; owner: number | null } {
-    if (this.policy === 'blind') return { event: MmuNotifierEvent.CLEAR, owner: null };
-    return { event: r.event, owner: r.owner };
+  seen(r: DevRange): { readonly event: number; readonly owner: number | null } {
+    // No allocation on the invalidation path: the range itself, or one shared blind view.
+    return this.policy === 'blind' ? BLIND_VIEW : r;
   }
 
   ownEvent(r: DevRange): boolean {

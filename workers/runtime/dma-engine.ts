@@ -45,9 +45,11 @@ export class DmaEngine {
     this.config = { ...this.config, ...c };
     if (this.config.rate > 0 && !this.timer) {
       this.timer = setInterval(() => this.tick(), 2);
+      this.host.holdTimers(true);
     } else if (this.config.rate <= 0 && this.timer) {
       clearInterval(this.timer);
       this.timer = null;
+      this.host.holdTimers(false);
     }
     return this.config;
   }

@@ -130,4 +130,9 @@ export interface DeviceHost {
   log(level: 'debug' | 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>): void;
   /** Resolves after `us` microseconds (a simulated device latency). */
   sleepUs(us: number): Promise<void>;
+  /**
+   * Declares (true) or retires (false) periodic timer work, e.g. a running DMA engine: while any is
+   * declared the device loop keeps its event loop live instead of blocking in Atomics.wait.
+   */
+  holdTimers(on: boolean): void;
 }

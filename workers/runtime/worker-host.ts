@@ -1,14 +1,14 @@
 /**
- * DeviceHost for a worker thread. The mailbox loop answers invalidations (spin briefly, then park
- * with Atomics.waitAsync so the worker's event loop keeps serving replies and timers); requests go
- * to the kernel over postMessage.
+ * DeviceHost for a worker thread. The mailbox loop answers invalidations (spin briefly, then park on
+ * the doorbell, which the kernel also rings for every postMessage); requests go to the kernel over
+ * postMessage. This thread does nothing but the device, so it may block in Atomics.wait.
  *
  * Handshake, device side (see src/devices/ack-group.ts for the kernel side):
  *
- *   wait: spin on MB.DOORBELL (budget MB.SPIN loads), then waitAsync(DOORBELL)
+ *   wait: spin on MB.DOORBELL (MB.SPIN_US), turn the event loop, then park (Atomics.wait)
  *   take: while CALL_TAIL < CALL_HEAD: read slot ID (Atomics), then its words; CALL_TAIL++
  *   handle: sanitizer.started; personality stops using the range (drains DMA), setSeq
- *   answer: sanitizer.acked; store ANSWER_TICK, ANSWER (Atomics); add KC.ACK_DOORBELL; notify
+ *   answer: sanitizer.acked; store ANSWER (Atomics); add KC.ACK_DOORBELL; notify if parked
  *   ends: while END_TAIL < END_HEAD: sanitizer.ended; personality end/windowClosed; END_TAIL++
  *
  * The sanitizer revokes grants *before* the answer is stored, so any access this thread makes
@@ -82,10 +82,15 @@ export class WorkerHost implements DeviceHost {
   private stopped = false;
   faults: FaultInjection = {};
   mirrorSummary: () => MirrorSummary = () => ({ pages: 0, writable: 0, devicePages: 0, objects: 0 });
-  /** Spin budget on the doorbell before parking (the kernel may lower it in MB.SPIN). */
-  private spinBudget(): number {
-    return Atomics.load(this.mb, MB.SPIN);
-  }
+  /**
+   * Work that needs this thread's event loop on time (DMA ticks, simulated latencies, restore
+   * timers): while > 0 the loop parks with waitAsync, otherwise it may block in Atomics.wait.
+   */
+  private timerWork = 0;
+  private callTail = 0;
+  private endTail = 0;
+  /** Calls whose handler returned a promise that has not settled (it needs the event loop). */
+  private asyncPending = 0;
 
   constructor(init: DeviceInit = workerData as DeviceInit) {
     this.deviceId = init.deviceId;
@@ -164,9 +169,17 @@ export class WorkerHost implements DeviceHost {
   }
 
   sleepUs(us: number): Promise<void> {
-    if (us <= 0) return new Promise((r) => setImmediate(r));
-    if (us < 1000) return new Promise((r) => setImmediate(r));
-    return new Promise((r) => setTimeout(r, us / 1000));
+    this.timerWork++;
+    const done = (r: () => void) => () => {
+      this.timerWork--;
+      r();
+    };
+    if (us < 1000) return new Promise<void>((r) => setImmediate(done(r)));
+    return new Promise<void>((r) => setTimeout(done(r), us / 1000));
+  }
+
+  holdTimers(on: boolean): void {
+    this.timerWork += on ? 1 : -1;
   }
 
   snapshot(): { counters: Record<string, number>; sanitizer: ReturnType<WorkerHost['sanitizerSnapshot']>; mirror: MirrorSummary } {
@@ -307,13 +320,19 @@ export class WorkerHost implements DeviceHost {
 
   private answer(slot: number, ok: boolean): void {
     const base = MB_CALLS_OFFSET + slot * CALL_SLOT_WORDS;
-    this.mb[base + CS.ANSWER_TICK] = this.sanitizer.tick();
     // ANSWER is stored before the shared doorbell moves: a kernel woken by the doorbell (or
     // spinning on it) then re-polls and sees it.
     Atomics.store(this.mb, base + CS.ANSWER, ok ? ANSWER.OK : ANSWER.REFUSED);
     Atomics.add(this.mb, MB.ANSWERS, 1);
-    Atomics.add(this.kc, KC.ACK_DOORBELL, 1);
-    Atomics.notify(this.kc, KC.ACK_DOORBELL);
+    // Add first, then load KERNEL_PARKED (the kernel stores it before its waitAsync on the old
+    // value): a spinning kernel sees the new value, a parked one gets the notify. No futex call
+    // while the kernel spins.
+    // With the kernel parked, only the answer that reaches KC.WAKE_AT notifies (it is the earliest
+    // point a parked set can be complete); the comparison is wrap-safe.
+    const v = Atomics.add(this.kc, KC.ACK_DOORBELL, 1) + 1;
+    if (Atomics.load(this.kc, KC.KERNEL_PARKED) !== 0 && ((v - Atomics.load(this.kc, KC.WAKE_AT)) | 0) >= 0) {
+      Atomics.notify(this.kc, KC.ACK_DOORBELL);
+    }
   }
 
   private finish(slot: number, op: number, range: DevRange, ok: boolean): void {
@@ -361,8 +380,14 @@ export class WorkerHost implements DeviceHost {
       if (f.ackDelayUs && f.ackDelayUs > 0) void this.sleepUs(f.ackDelayUs).then(() => this.finish(slot, op, range, ok));
       else this.finish(slot, op, range, ok);
     };
-    if (result instanceof Promise) void result.then(done, () => done(true));
-    else done(result);
+    if (result instanceof Promise) {
+      this.asyncPending++;
+      const settle = (v: boolean | void): void => {
+        this.asyncPending--;
+        done(v);
+      };
+      void result.then(settle, () => settle(true));
+    } else done(result);
   }
 
   private handleEnd(slot: number): void {
@@ -392,16 +417,29 @@ export class WorkerHost implements DeviceHost {
   /** Takes every posted call and end. */
   pump(): void {
     const mb = this.mb;
-    let tail = Atomics.load(mb, MB.CALL_TAIL);
-    while (tail < Atomics.load(mb, MB.CALL_HEAD)) {
-      this.handleCall(tail % CALL_SLOTS);
-      tail++;
+    // This thread is the only writer of the tails: it keeps them in fields and publishes each once
+    // per batch (the kernel reads END_TAIL only when the end ring looks full; CALL_TAIL is for
+    // dashboards). Calls first: an end is never taken before the call it closes.
+    let tail = this.callTail;
+    let head = Atomics.load(mb, MB.CALL_HEAD);
+    if (tail < head) {
+      do {
+        this.handleCall(tail % CALL_SLOTS);
+        tail++;
+        if (tail === head) head = Atomics.load(mb, MB.CALL_HEAD);
+      } while (tail < head);
+      this.callTail = tail;
       Atomics.store(mb, MB.CALL_TAIL, tail);
     }
-    let etail = Atomics.load(mb, MB.END_TAIL);
-    while (etail < Atomics.load(mb, MB.END_HEAD)) {
-      this.handleEnd(etail % END_SLOTS);
-      etail++;
+    let etail = this.endTail;
+    let ehead = Atomics.load(mb, MB.END_HEAD);
+    if (etail < ehead) {
+      do {
+        this.handleEnd(etail % END_SLOTS);
+        etail++;
+        if (etail === ehead) ehead = Atomics.load(mb, MB.END_HEAD);
+      } while (etail < ehead);
+      this.endTail = etail;
       Atomics.store(mb, MB.END_TAIL, etail);
     }
   }
@@ -409,6 +447,16 @@ export class WorkerHost implements DeviceHost {
   /**
    * The device's main loop: runs until the kernel stops the worker. `attach` (subscribing, the
    * initial mirror) runs once the loop answers the handshake; then the kernel hears 'ready'.
+   *
+   * Waiting, in order of cost:
+   *   1. spin on DOORBELL for MB.SPIN_US (the kernel sets 0 when there are more busy threads than
+   *      cores: a spinner then steals the core the answer needs);
+   *   2. turn the event loop once (replies, commands, timers, promise continuations all run);
+   *   3. park: Atomics.wait on DOORBELL (a futex: the cheapest wake there is), bounded so the
+   *      200 ms stats timer still runs; or Atomics.waitAsync while timer work is declared
+   *      (a running DMA engine, a simulated latency), which must fire on time.
+   * Everything the kernel sends rings DOORBELL (calls, ends, and MESSAGES for postMessages), so a
+   * parked device never sleeps through anything addressed to it.
    */
   async run(attach: () => Promise<void>): Promise<void> {
     // A pending waitAsync does not keep a worker alive: the stats timer does.
@@ -421,27 +469,68 @@ export class WorkerHost implements DeviceHost {
       },
     );
     const mb = this.mb;
+    let messages = Atomics.load(mb, MB.MESSAGES);
+    let busyTurns = 0;
     try {
       while (!this.stopped && Atomics.load(mb, MB.STATE) === 0) {
+        // Read before pumping: anything posted after this moves DOORBELL away from `seen`.
         const seen = Atomics.load(mb, MB.DOORBELL);
         this.pump();
         Atomics.add(mb, MB.HEARTBEAT, 1);
-        let v = Atomics.load(mb, MB.DOORBELL);
-        for (let i = this.spinBudget(); v === seen && i > 0; i--) v = Atomics.load(mb, MB.DOORBELL);
-        if (v !== seen) {
-          // Something arrived while spinning; let queued messages (replies) run now and then.
-          if ((Atomics.load(mb, MB.HEARTBEAT) & 63) === 0) await new Promise((r) => setImmediate(r));
+        const m = Atomics.load(mb, MB.MESSAGES);
+        if (m !== messages || ++busyTurns >= 64) {
+          // A postMessage is waiting (or we have pumped for a while): let the event loop deliver it.
+          messages = m;
+          busyTurns = 0;
+          await immediate();
           continue;
         }
+        // Spinning only helps if the answer does not wait on this thread's own event loop.
+        if (this.asyncPending === 0 && this.spinOn(seen)) continue;
+        busyTurns = 0;
+        // Before parking, let the promise continuations of what we just handled run (a few levels:
+        // device work soon waits on a kernel reply, which rings). A whole event-loop turn costs
+        // a few microseconds of a core the other devices need, so it is taken only when a call is
+        // still unanswered, on timer work, on messages, and after every timed-out park.
+        for (let i = 0; i < MICROTASK_DRAIN; i++) await null;
+        if (this.asyncPending > 0) await immediate();
+        if (Atomics.load(mb, MB.DOORBELL) !== seen || Atomics.load(mb, MB.MESSAGES) !== messages) continue;
+        // Store PARKED before the wait re-checks DOORBELL == seen (see MB.PARKED for the pairing).
         Atomics.store(mb, MB.PARKED, 1);
-        const r = Atomics.waitAsync(mb, MB.DOORBELL, seen, 1000);
-        if (r.async) await r.value;
-        Atomics.store(mb, MB.PARKED, 0);
+        if (this.timerWork > 0) {
+          const r = Atomics.waitAsync(mb, MB.DOORBELL, seen, 50);
+          if (r.async) await r.value;
+          Atomics.store(mb, MB.PARKED, 0);
+        } else {
+          const r = Atomics.wait(mb, MB.DOORBELL, seen, IDLE_BLOCK_MS);
+          Atomics.store(mb, MB.PARKED, 0);
+          // Nothing came for a while: run timers (stats) and anything still queued.
+          if (r === 'timed-out') await immediate();
+        }
       }
     } finally {
       clearInterval(stats);
     }
   }
+
+  /** Spins until DOORBELL leaves `seen` or MB.SPIN_US passes; true if it moved. */
+  private spinOn(seen: number): boolean {
+    const mb = this.mb;
+    const us = Atomics.load(mb, MB.SPIN_US);
+    if (us <= 0) return Atomics.load(mb, MB.DOORBELL) !== seen;
+    const until = performance.now() + us / 1000;
+    for (;;) {
+      // The clock is read once per 128 loads: a load is a few nanoseconds, now() far more.
+      for (let i = 0; i < 128; i++) if (Atomics.load(mb, MB.DOORBELL) !== seen) return true;
+      if (performance.now() >= until) return false;
+    }
+  }
 }
+
+/** Longest a parked device blocks before its event loop turns (the stats timer runs every 200 ms). */
+const IDLE_BLOCK_MS = 10;
+/** Microtask checkpoints before parking (continuations this many promises deep run at once). */
+const MICROTASK_DRAIN = 4;
+const immediate = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 export { CALL_SLOTS, END_SLOTS };

@@ -1,0 +1,266 @@
+/**
+ * npm run bench:handshake
+ *
+ * 1. The full invalidate round (publish start to every subscribed device worker, wait for every
+ *    acknowledgement, publish end) through the real kernel path: Kernel.notify / notifyEnd of a
+ *    one-page CLEAR, the subscription list, the worker mailboxes, the dmirror personality with the
+ *    sanitizer on, for N = 1, 2, 4, ..., 64 device workers. Measured with the DMA engines idle and
+ *    with them running on the invalidated window.
+ * 2. In the same run, at each N, three references doing the same fan-out with nothing else in the
+ *    way (bench/lib/references.ts): blocking Atomics, spin-then-park Atomics, postMessage.
+ * 3. An mprotect-heavy workload (mprotect RO, device read sweep, mprotect RW, device write sweep)
+ *    on gpu and dmirror devices with each event policy: refaults and invalidation work.
+ *
+ * Options: --ns=1,2,4,8,16,32,64 --rounds=20000 (rounds at N=1; fewer at larger N)
+ *          --dma-rate=1000 (accesses/s per device while DMA runs) --mprotect-rounds=40
+ *          --only=handshake|mprotect --json=path
+ */
+import { writeFileSync } from 'node:fs';
+import { Kernel, PROT } from '../src/kernel/kernel.js';
+import { DeviceManager } from '../src/devices/device-manager.js';
+import type { WorkerDevice } from '../src/devices/worker-device.js';
+import type { EventPolicy } from '../src/devices/protocol.js';
+import { MmuNotifierEvent } from '../src/notifier/range.js';
+import { fmt, machine, percentiles, table, usSince, type Percentiles } from './lib/stats.js';
+import { ReferenceFanout, type RefMode } from './lib/references.js';
+
+const PAGE = 4096;
+const MiB = 1024 * 1024;
+const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, '').split('=') as [string, string]));
+const NS = (args.get('ns') ?? '1,2,4,8,16,32,64').split(',').map(Number);
+const ROUNDS = Number(args.get('rounds') ?? 20000);
+const DMA_RATE = Number(args.get('dma-rate') ?? 1000);
+const MPROTECT_ROUNDS = Number(args.get('mprotect-rounds') ?? 40);
+const ONLY = args.get('only');
+/** The kernel thread yields to its event loop every YIELD_EVERY rounds (it serves HTTP, faults). */
+const YIELD_EVERY = 32;
+const WINDOW_PAGES = 64;
+
+const roundsAt = (n: number): number => Math.max(1000, Math.floor(ROUNDS / n));
+const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+interface Result {
+  variant: string;
+  n: number;
+  rounds: number;
+  lat: Percentiles;
+  perSec: number;
+  extra?: Record<string, unknown>;
+}
+
+async function measure(variant: string, n: number, rounds: number, round: () => number | Promise<number>): Promise<Result> {
+  const warm = Math.max(100, Math.floor(rounds / 10));
+  for (let i = 0; i < warm; i++) {
+    await round();
+    if (i % YIELD_EVERY === 0) await tick();
+  }
+  const samples = new Float64Array(rounds);
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < rounds; i++) {
+    samples[i] = await round();
+    if (i % YIELD_EVERY === YIELD_EVERY - 1) await tick();
+  }
+  const secs = usSince(t0) / 1e6;
+  return { variant, n, rounds, lat: percentiles(samples), perSec: rounds / secs };
+}
+
+async function reference(mode: RefMode, n: number): Promise<Result> {
+  const ref = new ReferenceFanout(mode, n);
+  try {
+    await ref.ready();
+    return await measure(`ref:${mode}`, n, roundsAt(n), () => ref.round());
+  } finally {
+    await ref.close();
+  }
+}
+
+async function devmirror(n: number, dma: boolean): Promise<Result> {
+  const k = new Kernel({ memoryBytes: 64 * MiB });
+  const p = k.createProcess('bench');
+  const mgr = new DeviceManager(k, { deadlineMs: 60_000 });
+  try {
+    const a = await k.mmap(p.pid, { length: WINDOW_PAGES * PAGE, prot: PROT.READ | PROT.WRITE });
+    await k.write(p.pid, a, new Uint8Array(WINDOW_PAGES * PAGE).fill(7));
+    const devs: WorkerDevice[] = [];
+    for (let i = 0; i < n; i++) devs.push(await mgr.create({ kind: 'dmirror', pid: p.pid }));
+    for (const d of devs) await d.command('read', { addr: a, npages: WINDOW_PAGES });
+    if (dma) {
+      for (const d of devs) {
+        await d.command('dma', { rate: DMA_RATE, pattern: 'random', writeMix: 0.3, start: a, end: a + WINDOW_PAGES * PAGE, transferUs: 0, bytes: 64 });
+      }
+    }
+    const before = await Promise.all(devs.map((d) => d.refresh().then(() => d.sanitizer.checked)));
+    const round = async (): Promise<number> => {
+      const t = process.hrtime.bigint();
+      const r = await k.notify(p.mm, MmuNotifierEvent.CLEAR, a, a + PAGE, 'madvise');
+      k.notifyEnd(p.mm, r);
+      return usSince(t);
+    };
+    const res = await measure(dma ? 'devmirror (DMA running)' : 'devmirror (DMA idle)', n, roundsAt(n), round);
+    if (dma) for (const d of devs) await d.command('dma', { rate: 0 });
+    await tick();
+    let checked = 0;
+    let findings = 0;
+    for (let i = 0; i < devs.length; i++) {
+      await devs[i].refresh();
+      checked += devs[i].sanitizer.checked - before[i];
+      findings += devs[i].sanitizer.findings;
+    }
+    const g = mgr.group;
+    res.extra = { sanitizerChecked: checked, findings, kernelSpins: g.spins, kernelParks: g.parks, kernelWakes: g.wakes, evictions: devs.filter((d) => d.state === 'evicted').length };
+    if (findings > 0) throw new Error(`sanitizer findings in the handshake bench: ${findings}`);
+    return res;
+  } finally {
+    await mgr.stopAll();
+  }
+}
+
+interface MprotectRow {
+  kind: string;
+  policy: EventPolicy;
+  rounds: number;
+  refaults: number;
+  invalidations: number;
+  pagesUnmapped: number;
+  pagesDowngraded: number;
+  wallMs: number;
+  checked: number;
+  findings: number;
+}
+
+async function mprotectWorkload(kind: 'gpu' | 'dmirror', policy: EventPolicy): Promise<MprotectRow> {
+  const NPAGES = 256;
+  const k = new Kernel({ memoryBytes: 64 * MiB });
+  const p = k.createProcess('bench');
+  const mgr = new DeviceManager(k, { deadlineMs: 60_000 });
+  try {
+    const len = NPAGES * PAGE;
+    const a = await k.mmap(p.pid, { length: len, prot: PROT.READ | PROT.WRITE });
+    await k.write(p.pid, a, new Uint8Array(len).fill(1));
+    const options = kind === 'gpu' ? { xnack: true, granularityPages: NPAGES } : {};
+    const d = await mgr.create({ kind, pid: p.pid, policy, options });
+    const sweep = (write: boolean): Promise<{ ok: number; failed: number; faults: number }> =>
+      d.command('dma-sweep', { addr: a, npages: NPAGES, write });
+    await sweep(true);
+    await d.refresh();
+    const c0 = { ...d.counters };
+    const checked0 = d.sanitizer.checked;
+    let refaults = 0;
+    const t0 = performance.now();
+    for (let i = 0; i < MPROTECT_ROUNDS; i++) {
+      await k.mprotect(p.pid, a, len, PROT.READ);
+      const r = await sweep(false);
+      await k.mprotect(p.pid, a, len, PROT.READ | PROT.WRITE);
+      const w = await sweep(true);
+      if (r.failed || w.failed) throw new Error(`${kind}/${policy}: device accesses failed`);
+      refaults += r.faults + w.faults;
+    }
+    const wallMs = performance.now() - t0;
+    await d.refresh();
+    const delta = (c: string): number => (d.counters[c] ?? 0) - (c0[c] ?? 0);
+    return {
+      kind,
+      policy,
+      rounds: MPROTECT_ROUNDS,
+      refaults,
+      invalidations: delta('invalidations'),
+      pagesUnmapped: delta('inv_pages_unmapped'),
+      pagesDowngraded: delta('inv_pages_downgraded'),
+      wallMs,
+      checked: d.sanitizer.checked - checked0,
+      findings: d.sanitizer.findings,
+    };
+  } finally {
+    await mgr.stopAll();
+  }
+}
+
+function latRow(r: Result, best: number, pm: number): Record<string, string | number> {
+  return {
+    N: r.n,
+    variant: r.variant,
+    rounds: r.rounds,
+    p50: fmt(r.lat.p50),
+    p90: fmt(r.lat.p90),
+    p99: fmt(r.lat.p99),
+    p99_9: fmt(r.lat.p99_9),
+    max: fmt(r.lat.max),
+    'rounds/s': Math.round(r.perSec).toLocaleString('en-US'),
+    'p50/best-atomics': (r.lat.p50 / best).toFixed(2),
+    'postMessage/p50': (pm / r.lat.p50).toFixed(1),
+  };
+}
+
+async function main(): Promise<void> {
+  const config = {
+    bench: 'handshake',
+    machine: machine(),
+    device: 'dmirror worker (test_hmm personality), faithful policy',
+    sanitizer: 'on (every device access checked; grants revoked at acknowledgement)',
+    metrics: 'in-process handshake and device counters on; no HTTP exporter in this process',
+    event: 'CLEAR of one page inside a 64-page window every device mirrors',
+    dmaRunning: `${DMA_RATE} accesses/s per device, random over the 64-page window, 30% writes`,
+    kernelWait: 'adaptive spin, then Atomics.waitAsync (the kernel thread never blocks)',
+    yieldEvery: YIELD_EVERY,
+    ns: NS,
+    roundsAtN1: ROUNDS,
+  };
+  console.log(JSON.stringify(config, null, 2));
+  const out: Record<string, unknown> = { config };
+  if (ONLY !== 'mprotect') {
+    const rows: Array<Record<string, string | number>> = [];
+    const results: Result[] = [];
+    for (const n of NS) {
+      const refs: Record<string, Result> = {};
+      for (const mode of ['blocking', 'spin', 'postMessage'] as RefMode[]) refs[mode] = await reference(mode, n);
+      const idle = await devmirror(n, false);
+      const busy = await devmirror(n, true);
+      const best = Math.min(refs.blocking.lat.p50, refs.spin.lat.p50);
+      const pm = refs.postMessage.lat.p50;
+      for (const r of [refs.blocking, refs.spin, refs.postMessage, idle, busy]) {
+        rows.push(latRow(r, best, pm));
+        results.push(r);
+      }
+      console.log(table(rows.slice(-5)));
+      console.log(`  idle: ${JSON.stringify(idle.extra)}\n  dma:  ${JSON.stringify(busy.extra)}\n`);
+    }
+    console.log('\nAll N (latencies per round, microseconds):\n' + table(rows));
+    out.handshake = results;
+  }
+  if (ONLY !== 'handshake') {
+    const mrows: MprotectRow[] = [];
+    for (const kind of ['gpu', 'dmirror'] as const) {
+      for (const policy of ['faithful', 'aware', 'blind'] as EventPolicy[]) mrows.push(await mprotectWorkload(kind, policy));
+    }
+    const faithful = (kind: string): MprotectRow => mrows.find((r) => r.kind === kind && r.policy === 'faithful') as MprotectRow;
+    console.log(
+      `\nmprotect-heavy workload: ${MPROTECT_ROUNDS} x (mprotect RO, device read sweep, mprotect RW, device write sweep) over 256 pages\n` +
+        table(
+          mrows.map((r) => ({
+            device: r.kind,
+            policy: r.policy,
+            refaults: r.refaults,
+            'refaults/faithful': (r.refaults / Math.max(1, faithful(r.kind).refaults)).toFixed(2),
+            invalidations: r.invalidations,
+            'pages unmapped': r.pagesUnmapped,
+            'pages downgraded': r.pagesDowngraded,
+            wall: fmt(r.wallMs * 1000),
+            'wall/faithful': (r.wallMs / faithful(r.kind).wallMs).toFixed(2),
+            'accesses checked': r.checked,
+            findings: r.findings,
+          })),
+        ),
+    );
+    out.mprotect = mrows;
+  }
+  const json = args.get('json');
+  if (json) writeFileSync(json, JSON.stringify(out, null, 2));
+}
+
+main().then(
+  () => process.exit(0),
+  (e) => {
+    console.error(e);
+    process.exit(1);
+  },
+);

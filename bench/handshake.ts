@@ -12,7 +12,8 @@
  *    on gpu and dmirror devices with each event policy: refaults and invalidation work.
  *
  * Options: --ns=1,2,4,8,16,32,64 --rounds=20000 (rounds at N=1; fewer at larger N)
- *          --dma-rate=1000 (accesses/s per device while DMA runs) --mprotect-rounds=40
+ *          --dma-total=16000 (device accesses/s in all, split evenly over the N devices, while DMA
+ *          runs: the same traffic at every N, so N does not also scale the load) --mprotect-rounds=40
  *          --only=handshake|mprotect --json=path
  */
 import { writeFileSync } from 'node:fs';
@@ -29,7 +30,7 @@ const MiB = 1024 * 1024;
 const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, '').split('=') as [string, string]));
 const NS = (args.get('ns') ?? '1,2,4,8,16,32,64').split(',').map(Number);
 const ROUNDS = Number(args.get('rounds') ?? 20000);
-const DMA_RATE = Number(args.get('dma-rate') ?? 1000);
+const DMA_TOTAL = Number(args.get('dma-total') ?? 16000);
 const MPROTECT_ROUNDS = Number(args.get('mprotect-rounds') ?? 40);
 const ONLY = args.get('only');
 /** The kernel thread yields to its event loop every YIELD_EVERY rounds (it serves HTTP, faults). */
@@ -86,7 +87,7 @@ async function devmirror(n: number, dma: boolean): Promise<Result> {
     for (const d of devs) await d.command('read', { addr: a, npages: WINDOW_PAGES });
     if (dma) {
       for (const d of devs) {
-        await d.command('dma', { rate: DMA_RATE, pattern: 'random', writeMix: 0.3, start: a, end: a + WINDOW_PAGES * PAGE, transferUs: 0, bytes: 64 });
+        await d.command('dma', { rate: DMA_TOTAL / n, pattern: 'random', writeMix: 0.3, start: a, end: a + WINDOW_PAGES * PAGE, transferUs: 0, bytes: 64 });
       }
     }
     const before = await Promise.all(devs.map((d) => d.refresh().then(() => d.sanitizer.checked)));
@@ -199,7 +200,7 @@ async function main(): Promise<void> {
     sanitizer: 'on (every device access checked; grants revoked at acknowledgement)',
     metrics: 'in-process handshake and device counters on; no HTTP exporter in this process',
     event: 'CLEAR of one page inside a 64-page window every device mirrors',
-    dmaRunning: `${DMA_RATE} accesses/s per device, random over the 64-page window, 30% writes`,
+    dmaRunning: `${DMA_TOTAL} device accesses/s in all (split over the N devices), random over the 64-page window that is invalidated, 30% writes`,
     kernelWait: 'adaptive spin, then Atomics.waitAsync (the kernel thread never blocks)',
     yieldEvery: YIELD_EVERY,
     ns: NS,

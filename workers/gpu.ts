@@ -198,9 +198,9 @@ export class Gpu extends Device implements IntervalHandler {
   }
 
   private scheduleRestore(): void {
-    this.host.holdTimers(true);
+    this.host.holdTimers(true, RESTORE_DELAY_MS);
     this.restoreTimer = setTimeout(() => {
-      this.host.holdTimers(false);
+      this.host.holdTimers(false, RESTORE_DELAY_MS);
       void this.restore();
     }, RESTORE_DELAY_MS);
   }

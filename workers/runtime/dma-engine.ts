@@ -23,6 +23,9 @@ interface InFlight {
   done: Promise<void>;
 }
 
+/** The engine issues its accesses in batches every TICK_MS (rate x TICK_MS / 1000 per batch). */
+const TICK_MS = 2;
+
 export const DEFAULT_DMA: DmaConfig = { rate: 0, pattern: 'random', writeMix: 0.3, transferUs: 0, bytes: 64 };
 
 export class DmaEngine {
@@ -44,12 +47,12 @@ export class DmaEngine {
   configure(c: Partial<DmaConfig>): DmaConfig {
     this.config = { ...this.config, ...c };
     if (this.config.rate > 0 && !this.timer) {
-      this.timer = setInterval(() => this.tick(), 2);
-      this.host.holdTimers(true);
+      this.timer = setInterval(() => this.tick(), TICK_MS);
+      this.host.holdTimers(true, TICK_MS);
     } else if (this.config.rate <= 0 && this.timer) {
       clearInterval(this.timer);
       this.timer = null;
-      this.host.holdTimers(false);
+      this.host.holdTimers(false, TICK_MS);
     }
     return this.config;
   }
@@ -91,7 +94,7 @@ export class DmaEngine {
   }
 
   private tick(): void {
-    this.credit += (this.config.rate * 2) / 1000;
+    this.credit += (this.config.rate * TICK_MS) / 1000;
     let budget = Math.min(Math.floor(this.credit), 1000);
     this.credit -= budget;
     while (budget-- > 0) {

@@ -131,8 +131,9 @@ export interface DeviceHost {
   /** Resolves after `us` microseconds (a simulated device latency). */
   sleepUs(us: number): Promise<void>;
   /**
-   * Declares (true) or retires (false) periodic timer work, e.g. a running DMA engine: while any is
-   * declared the device loop keeps its event loop live instead of blocking in Atomics.wait.
+   * Declares (true) or retires (false) timer work that must fire within `periodMs` (a running DMA
+   * engine's tick, a restore delay): the device loop never blocks in Atomics.wait longer than the
+   * shortest declared period, so timers keep their pace while the loop sleeps on its doorbell.
    */
-  holdTimers(on: boolean): void;
+  holdTimers(on: boolean, periodMs: number): void;
 }

@@ -83,10 +83,14 @@ export class WorkerHost implements DeviceHost {
   faults: FaultInjection = {};
   mirrorSummary: () => MirrorSummary = () => ({ pages: 0, writable: 0, devicePages: 0, objects: 0 });
   /**
-   * Work that needs this thread's event loop on time (DMA ticks, simulated latencies, restore
-   * timers): while > 0 the loop parks with waitAsync, otherwise it may block in Atomics.wait.
+   * Timer work that needs this thread's event loop on time. Periods (ms) of declared periodic work
+   * (DMA ticks, restore delays) bound how long a park may block; `immediateWork` counts pending
+   * sub-millisecond sleeps (setImmediate), during which the loop does not block at all.
    */
-  private timerWork = 0;
+  private readonly timerPeriods: number[] = [];
+  private immediateWork = 0;
+  /** performance.now() deadlines of pending sleeps of a millisecond or more. */
+  private readonly sleeps: number[] = [];
   private callTail = 0;
   private endTail = 0;
   /** Calls whose handler returned a promise that has not settled (it needs the event loop). */
@@ -169,17 +173,49 @@ export class WorkerHost implements DeviceHost {
   }
 
   sleepUs(us: number): Promise<void> {
-    this.timerWork++;
-    const done = (r: () => void) => () => {
-      this.timerWork--;
-      r();
-    };
-    if (us < 1000) return new Promise<void>((r) => setImmediate(done(r)));
-    return new Promise<void>((r) => setTimeout(done(r), us / 1000));
+    if (us < 1000) {
+      this.immediateWork++;
+      return new Promise<void>((r) =>
+        setImmediate(() => {
+          this.immediateWork--;
+          r();
+        }),
+      );
+    }
+    const at = performance.now() + us / 1000;
+    this.sleeps.push(at);
+    return new Promise<void>((r) =>
+      setTimeout(() => {
+        this.sleeps.splice(this.sleeps.indexOf(at), 1);
+        r();
+      }, us / 1000),
+    );
   }
 
-  holdTimers(on: boolean): void {
-    this.timerWork += on ? 1 : -1;
+  holdTimers(on: boolean, periodMs: number): void {
+    if (on) this.timerPeriods.push(periodMs);
+    else {
+      const i = this.timerPeriods.indexOf(periodMs);
+      if (i >= 0) this.timerPeriods.splice(i, 1);
+    }
+  }
+
+  /** How long a park may block: until the next timer that must fire on time, at most IDLE_BLOCK_MS. */
+  private blockMs(): number {
+    let ms = IDLE_BLOCK_MS;
+    for (const p of this.timerPeriods) ms = Math.min(ms, p);
+    if (this.sleeps.length > 0) {
+      const now = performance.now();
+      for (const at of this.sleeps) ms = Math.min(ms, Math.max(0, at - now));
+    }
+    return ms;
+  }
+
+  private sleepDue(): boolean {
+    if (this.sleeps.length === 0) return false;
+    const now = performance.now();
+    for (const at of this.sleeps) if (at <= now) return true;
+    return false;
   }
 
   snapshot(): { counters: Record<string, number>; sanitizer: ReturnType<WorkerHost['sanitizerSnapshot']>; mirror: MirrorSummary } {
@@ -452,9 +488,10 @@ export class WorkerHost implements DeviceHost {
    *   1. spin on DOORBELL for MB.SPIN_US (the kernel sets 0 when there are more busy threads than
    *      cores: a spinner then steals the core the answer needs);
    *   2. turn the event loop once (replies, commands, timers, promise continuations all run);
-   *   3. park: Atomics.wait on DOORBELL (a futex: the cheapest wake there is), bounded so the
-   *      200 ms stats timer still runs; or Atomics.waitAsync while timer work is declared
-   *      (a running DMA engine, a simulated latency), which must fire on time.
+   *   3. park: Atomics.wait on DOORBELL (a futex: the cheapest wake there is), bounded by the
+   *      next timer that must fire on time (a DMA tick, a simulated latency, a restore delay; at
+   *      most IDLE_BLOCK_MS, so the stats timer runs too); the loop turns after every timeout.
+   *      While a sub-millisecond sleep is pending it does not block at all.
    * Everything the kernel sends rings DOORBELL (calls, ends, and MESSAGES for postMessages), so a
    * parked device never sleeps through anything addressed to it.
    */
@@ -495,18 +532,17 @@ export class WorkerHost implements DeviceHost {
         for (let i = 0; i < MICROTASK_DRAIN; i++) await null;
         if (this.asyncPending > 0) await immediate();
         if (Atomics.load(mb, MB.DOORBELL) !== seen || Atomics.load(mb, MB.MESSAGES) !== messages) continue;
+        if (this.immediateWork > 0) {
+          // A sub-millisecond sleep is pending: keep the loop turning instead of blocking.
+          await immediate();
+          continue;
+        }
         // Store PARKED before the wait re-checks DOORBELL == seen (see MB.PARKED for the pairing).
         Atomics.store(mb, MB.PARKED, 1);
-        if (this.timerWork > 0) {
-          const r = Atomics.waitAsync(mb, MB.DOORBELL, seen, 50);
-          if (r.async) await r.value;
-          Atomics.store(mb, MB.PARKED, 0);
-        } else {
-          const r = Atomics.wait(mb, MB.DOORBELL, seen, IDLE_BLOCK_MS);
-          Atomics.store(mb, MB.PARKED, 0);
-          // Nothing came for a while: run timers (stats) and anything still queued.
-          if (r === 'timed-out') await immediate();
-        }
+        const r = Atomics.wait(mb, MB.DOORBELL, seen, this.blockMs());
+        Atomics.store(mb, MB.PARKED, 0);
+        // A timer is due (or nothing came for a while): let the event loop run it.
+        if (r === 'timed-out' || this.sleepDue()) await immediate();
       }
     } finally {
       clearInterval(stats);

@@ -3,23 +3,35 @@
  *
  * Every worker answers in its own mailbox slot and then bumps one shared word, KC.ACK_DOORBELL.
  * The kernel (the thread that also serves HTTP and WebSocket, so it never calls Atomics.wait)
- * first spins on the slots for a short, adaptive budget: an answer from a worker running on another
- * core arrives in a fraction of a microsecond. Only if the budget runs out does it park with
- * Atomics.waitAsync on the doorbell, re-checking every slot on each wake.
+ * first spins on the answer words for a short, adaptive budget: an answer from a worker running on
+ * another core arrives in a fraction of a microsecond. Only if the budget runs out does it park
+ * with Atomics.waitAsync on the doorbell, re-checking every slot on each wake.
  *
- *   kernel (publish, then wait)                 device worker
- *   ---------------------------                 ---------------------------------
- *   write slot words, ID last                   spin on DOORBELL, then waitAsync
- *   add MB.DOORBELL; notify          ------->   read ID (Atomics), then the words
- *   spin: load slot ANSWER (budget)             stop using the range, drain DMA
- *     answered? -> done, synchronously          store ANSWER (Atomics)      
- *   else park: waitAsync(KC.ACK_DOORBELL) <---  add KC.ACK_DOORBELL; notify
- *   wake: re-poll every waiting slot
+ *   kernel (publish, then wait)                  device worker (MB = its mailbox)
+ *   ---------------------------------            ----------------------------------------
+ *   write slot words, slot ID last               spin on MB.DOORBELL for MB.SPIN_US, then
+ *   store MB.CALL_HEAD                             store MB.PARKED=1; Atomics.wait(DOORBELL, seen)
+ *   deferRing: batch, then                       (a) sees DOORBELL moved, or (b) woken
+ *     add MB.DOORBELL; load MB.PARKED  ------->  store MB.PARKED=0
+ *     notify only if PARKED                      read CALL_HEAD, slot ID (Atomics), slot words
+ *   spin: load slot ANSWER (budget)              stop using the range, drain its DMA, setSeq
+ *     all answered? -> done, synchronously       store slot ANSWER (Atomics); add MB.ANSWERS
+ *   else park:                                   v = add KC.ACK_DOORBELL + 1
+ *     seen = load ACK_DOORBELL; recheck slots    notify only if KC.KERNEL_PARKED and
+ *     store WAKE_AT = seen + fewest pending         v >= KC.WAKE_AT
+ *     store KERNEL_PARKED=1           <--------
+ *     waitAsync(ACK_DOORBELL, seen, 50 ms)
+ *   wake: KERNEL_PARKED=0; re-poll every slot
+ *   change the PTEs; write END slot; deferRing ->  pump ends (one-way; END_TAIL frees the slot)
  *
- * The device stores ANSWER before it bumps the doorbell, and the kernel reads the doorbell before it
- * re-polls, so a wake never misses an answer (all Atomics are sequentially consistent). The
- * doorbell value the kernel parks on is read *before* its last poll: an answer that lands between
- * the poll and the park changes the value and the waitAsync returns at once ("not-equal").
+ * Two Dekker pairs make the conditional notifies safe (all Atomics are sequentially consistent):
+ * the kernel adds DOORBELL then loads PARKED, the device stores PARKED then waits on the old
+ * DOORBELL value, so either the device's wait sees the new value or the kernel sees PARKED and
+ * notifies. Symmetrically the kernel stores WAKE_AT and KERNEL_PARKED, then waits on the
+ * ACK_DOORBELL value it read *before* its last poll; a device adds ACK_DOORBELL then loads
+ * KERNEL_PARKED/WAKE_AT: either the waitAsync returns at once ("not-equal") or the device sees it
+ * parked. WAKE_AT only delays notifies until enough answers arrived for the closest parked set;
+ * the 50 ms timeout bounds any wake that is lost anyway (never relied on for correctness of state).
  */
 import os from 'node:os';
 import { KC, KC_WORDS } from '../kernel/layout.js';

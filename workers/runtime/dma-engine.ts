@@ -23,8 +23,18 @@ interface InFlight {
   done: Promise<void>;
 }
 
-/** The engine issues its accesses in batches every TICK_MS (rate x TICK_MS / 1000 per batch). */
-const TICK_MS = 2;
+/**
+ * The engine issues its accesses in batches, one batch per tick of `tickMs(rate)`: every 2 ms at
+ * high rates, and less often at low rates so that a batch holds about 16 accesses (at most 50 ms).
+ * Each tick wakes the worker thread; with tens of workers on two cores, a wake per access would
+ * cost more CPU than the accesses themselves.
+ */
+const MIN_TICK_MS = 2;
+const MAX_TICK_MS = 50;
+const ACCESSES_PER_TICK = 16;
+function tickMs(rate: number): number {
+  return Math.min(MAX_TICK_MS, Math.max(MIN_TICK_MS, Math.round((ACCESSES_PER_TICK * 1000) / rate)));
+}
 
 export const DEFAULT_DMA: DmaConfig = { rate: 0, pattern: 'random', writeMix: 0.3, transferUs: 0, bytes: 64 };
 
@@ -32,6 +42,7 @@ export class DmaEngine {
   config: DmaConfig = { ...DEFAULT_DMA };
   private readonly inflight = new Set<InFlight>();
   private timer: NodeJS.Timeout | null = null;
+  private period = 0;
   private cursor = 0;
   private credit = 0;
   private hot: number[] = [];
@@ -46,13 +57,16 @@ export class DmaEngine {
 
   configure(c: Partial<DmaConfig>): DmaConfig {
     this.config = { ...this.config, ...c };
-    if (this.config.rate > 0 && !this.timer) {
-      this.timer = setInterval(() => this.tick(), TICK_MS);
-      this.host.holdTimers(true, TICK_MS);
-    } else if (this.config.rate <= 0 && this.timer) {
+    const period = this.config.rate > 0 ? tickMs(this.config.rate) : 0;
+    if (this.timer && period !== this.period) {
       clearInterval(this.timer);
       this.timer = null;
-      this.host.holdTimers(false, TICK_MS);
+      this.host.holdTimers(false, this.period);
+    }
+    if (period > 0 && !this.timer) {
+      this.period = period;
+      this.timer = setInterval(() => this.tick(), period);
+      this.host.holdTimers(true, period);
     }
     return this.config;
   }
@@ -65,12 +79,12 @@ export class DmaEngine {
     return this.inflight.size;
   }
 
-  private pick(): number {
-    const areas = this.target.areas().filter(([s, e]) => e > s);
+  /** The windows the engine may touch now: the device's mapped areas clipped to [start, end). */
+  private windows(): { pages: Array<[number, number]>; total: number } {
     const c = this.config;
     const pages: Array<[number, number]> = [];
     let total = 0;
-    for (const [s, e] of areas) {
+    for (const [s, e] of this.target.areas()) {
       const lo = Math.max(s, c.start ?? s);
       const hi = Math.min(e, c.end ?? e);
       if (hi > lo) {
@@ -78,6 +92,11 @@ export class DmaEngine {
         total += (hi - lo) / PAGE_SIZE;
       }
     }
+    return { pages, total };
+  }
+
+  private pick({ pages, total }: { pages: Array<[number, number]>; total: number }): number {
+    const c = this.config;
     if (total === 0) return -1;
     let n: number;
     if (c.pattern === 'sequential') n = this.cursor++ % total;
@@ -94,11 +113,14 @@ export class DmaEngine {
   }
 
   private tick(): void {
-    this.credit += (this.config.rate * TICK_MS) / 1000;
+    this.credit += (this.config.rate * this.period) / 1000;
     let budget = Math.min(Math.floor(this.credit), 1000);
     this.credit -= budget;
+    if (budget === 0) return;
+    // The areas once per batch: faults in this batch run later (they await the kernel).
+    const w = this.windows();
     while (budget-- > 0) {
-      const va = this.pick();
+      const va = this.pick(w);
       if (va < 0) return;
       void this.access(va, Math.random() < this.config.writeMix);
     }

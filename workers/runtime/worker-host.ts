@@ -515,6 +515,12 @@ export class WorkerHost implements DeviceHost {
     const mb = this.mb;
     let messages = Atomics.load(mb, MB.MESSAGES);
     let busyTurns = 0;
+    /** When the event loop last had a full turn (timers run only then). */
+    let lastTurn = performance.now();
+    const turn = (): Promise<void> => {
+      lastTurn = performance.now();
+      return immediate();
+    };
     try {
       while (!this.stopped && Atomics.load(mb, MB.STATE) === 0) {
         // Read before pumping: anything posted after this moves DOORBELL away from `seen`.
@@ -526,7 +532,7 @@ export class WorkerHost implements DeviceHost {
           // A postMessage is waiting (or we have pumped for a while): let the event loop deliver it.
           messages = m;
           busyTurns = 0;
-          await immediate();
+          await turn();
           continue;
         }
         // Spinning only helps if the answer does not wait on this thread's own event loop.
@@ -537,19 +543,28 @@ export class WorkerHost implements DeviceHost {
         // a few microseconds of a core the other devices need, so it is taken only when a call is
         // still unanswered, on timer work, on messages, and after every timed-out park.
         for (let i = 0; i < MICROTASK_DRAIN; i++) await null;
-        if (this.asyncPending > 0) await immediate();
+        if (this.asyncPending > 0) await turn();
         if (Atomics.load(mb, MB.DOORBELL) !== seen || Atomics.load(mb, MB.MESSAGES) !== messages) continue;
         if (this.immediateWork > 0) {
           // A sub-millisecond sleep is pending: keep the loop turning instead of blocking.
-          await immediate();
+          await turn();
+          continue;
+        }
+        // A device kept busy by doorbells never times out its park: turn the event loop anyway
+        // once its shortest timer period has passed, or its DMA ticks and stats would starve.
+        const block = this.blockMs();
+        if (performance.now() - lastTurn >= block) {
+          await turn();
           continue;
         }
         // Store PARKED before the wait re-checks DOORBELL == seen (see MB.PARKED for the pairing).
         Atomics.store(mb, MB.PARKED, 1);
-        const r = Atomics.wait(mb, MB.DOORBELL, seen, this.blockMs());
+        const r = Atomics.wait(mb, MB.DOORBELL, seen, block);
         Atomics.store(mb, MB.PARKED, 0);
         // A timer is due (or nothing came for a while): let the event loop run it.
-        if (r === 'timed-out' || this.sleepDue()) await immediate();
+        if (r === 'timed-out' || this.sleepDue()) {
+          await turn();
+        }
       }
     } finally {
       clearInterval(stats);

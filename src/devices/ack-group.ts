@@ -39,6 +39,8 @@ import { ACK_PENDING, type AckGroup, type PendingAck } from '../notifier/pending
 
 const now = (): number => performance.now() * 1000;
 const RESOLVED = Promise.resolve();
+/** Longest an end waits for a call to carry it to a parked device before it is rung for itself. */
+const END_RING_DELAY_MS = 1;
 
 export interface SpinPolicy {
   /** Microseconds to spin before parking. */
@@ -106,6 +108,26 @@ export class WorkerAckGroup implements AckGroup {
     dev.ringPending = true;
     // A bare promise reaction: Node's queueMicrotask costs several times more (async context).
     if (this.toRing.push(dev) === 1) void RESOLVED.then(this.flush);
+  }
+
+  private late = new Set<{ ringPending: boolean; ring(): void; endsUnread(): boolean }>();
+  private lateTimer: NodeJS.Timeout | null = null;
+
+  /**
+   * Ends are not rung for (the kernel never waits for one; the next call's ring carries them).
+   * This bounds how long an end can sit unread at a device that gets no further call: after
+   * END_RING_DELAY_MS, devices that still have unread ends are rung.
+   */
+  lateRing(dev: { ringPending: boolean; ring(): void; endsUnread(): boolean }): void {
+    this.late.add(dev);
+    if (this.lateTimer) return;
+    this.lateTimer = setTimeout(() => {
+      this.lateTimer = null;
+      const devs = [...this.late];
+      this.late.clear();
+      for (const d of devs) if (!d.ringPending && d.endsUnread()) d.ring();
+    }, END_RING_DELAY_MS);
+    this.lateTimer.unref();
   }
 
   readonly flush = (): void => {

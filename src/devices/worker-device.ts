@@ -309,8 +309,26 @@ export class WorkerDevice {
     Atomics.store(mb, base + ES.ID, (range.id & 0x7fffffff) || 1);
     this.endHead++;
     Atomics.store(mb, MB.END_HEAD, this.endHead);
-    // One-way: rung with the next batch (often together with the next call) or at the next microtask.
-    this.group.deferRing(this);
+    // One-way, and lazy: the kernel never waits for an end, so a parked device is not woken for
+    // one. It takes its ends before anything else on its next wake (the next call, a message, a
+    // timer; at most IDLE_BLOCK_MS later), which halves the wakes of an invalidation round. The
+    // ring is rung when half the end slots are in use, so ends are never dropped for lack of room.
+    if (this.endHead - this.endTailSeen >= END_SLOTS / 2) {
+      this.endTailSeen = Atomics.load(mb, MB.END_TAIL);
+      if (this.endHead - this.endTailSeen >= END_SLOTS / 2) {
+        this.group.deferRing(this);
+        return;
+      }
+    }
+    // If no call comes to carry it within END_RING_DELAY_MS, the group rings for it then.
+    this.group.lateRing(this);
+  }
+
+  /** @internal true if the device has not taken every end posted (reads the device's line). */
+  endsUnread(): boolean {
+    if (!this.alive) return false;
+    this.endTailSeen = Atomics.load(this.mailbox, MB.END_TAIL);
+    return this.endTailSeen !== this.endHead;
   }
 
   /** @internal set while this device is in the group's deferred-ring batch. */

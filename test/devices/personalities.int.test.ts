@@ -3,6 +3,7 @@ import { Kernel, PROT } from '../../src/kernel/kernel.js';
 import { DeviceManager } from '../../src/devices/device-manager.js';
 import type { WorkerDevice } from '../../src/devices/worker-device.js';
 import { OOM_REAPER } from '../../src/kernel/activity/oom.js';
+import { eventually } from '../helpers/eventually.js';
 
 const PAGE = 4096;
 const MiB = 1024 * 1024;
@@ -37,9 +38,8 @@ describe('gpu (amdgpu SVM)', () => {
     expect(gpu.mirror.objects).toBe(2);
     expect(gpu.mirror.pages).toBe(1024); // two 2 MiB ranges fully validated
     await k.munmap(pid, a + MiB, PAGE);
-    await new Promise((r) => setTimeout(r, 100));
-    await gpu.refresh();
-    expect(gpu.mirror.objects).toBe(3); // the first range was split around the hole
+    // the first range is split around the hole by deferred work
+    await eventually(async () => expect((await gpu.refresh()).mirror.objects).toBe(3));
     // Splitting the VMA around the hole sent CLEAR over its aligned 2 MiB (split_huge_pmd_address),
     // which evicted the whole first range; the second range keeps its 512 pages.
     expect(gpu.mirror.pages).toBe(512);
@@ -105,8 +105,8 @@ describe('rdma (mlx5 ODP)', () => {
     expect(nic.counters.page_prefetch).toBe(36);
     expect(nic.counters.page_faults).toBe(1);
     await k.munmap(pid, a, 32 * PAGE);
-    await new Promise((r) => setTimeout(r, 50));
-    expect((await nic.command<unknown[]>('mrs')).length).toBe(0); // the empty child was destroyed
+    // the empty child is destroyed by deferred work
+    await eventually(async () => expect((await nic.command<unknown[]>('mrs')).length).toBe(0));
   });
 });
 

@@ -109,7 +109,12 @@ export class WorkerHost implements DeviceHost {
     this.ramFrames = new Int32Array(init.meta)[HDR.RAM_FRAMES];
     this.sanitizer = new Sanitizer(init.meta, init.deviceId);
     this.sanitizer.onFinding = (finding) => this.emit({ t: 'finding', finding });
-    parentPort?.on('message', (m: KernelMessage) => this.onMessage(m));
+    parentPort?.on('message', (m: KernelMessage) => {
+      // Everything the kernel posted to the mailbox before this message is taken first (a reply
+      // or a command must never overtake the invalidations and ends that preceded it).
+      this.pump();
+      this.onMessage(m);
+    });
     this.onCommand('inject', (args) => {
       this.faults = { ...this.faults, ...(args as FaultInjection) };
       return true;
@@ -462,18 +467,10 @@ export class WorkerHost implements DeviceHost {
     const mb = this.mb;
     // This thread is the only writer of the tails: it keeps them in fields and publishes each once
     // per batch (the kernel reads END_TAIL only when the end ring looks full; CALL_TAIL is for
-    // dashboards). Calls first: an end is never taken before the call it closes.
-    let tail = this.callTail;
-    let head = Atomics.load(mb, MB.CALL_HEAD);
-    if (tail < head) {
-      do {
-        this.handleCall(tail % CALL_SLOTS);
-        tail++;
-        if (tail === head) head = Atomics.load(mb, MB.CALL_HEAD);
-      } while (tail < head);
-      this.callTail = tail;
-      Atomics.store(mb, MB.CALL_TAIL, tail);
-    }
+    // dashboards).
+    // Ends first, in kernel order: the kernel publishes an end only after this device answered
+    // the call it closes, so every end in the ring belongs to a call already taken, and it came
+    // before any call still waiting (ends are not rung for: they wait for the next wake).
     let etail = this.endTail;
     let ehead = Atomics.load(mb, MB.END_HEAD);
     if (etail < ehead) {
@@ -484,6 +481,17 @@ export class WorkerHost implements DeviceHost {
       } while (etail < ehead);
       this.endTail = etail;
       Atomics.store(mb, MB.END_TAIL, etail);
+    }
+    let tail = this.callTail;
+    let head = Atomics.load(mb, MB.CALL_HEAD);
+    if (tail < head) {
+      do {
+        this.handleCall(tail % CALL_SLOTS);
+        tail++;
+        if (tail === head) head = Atomics.load(mb, MB.CALL_HEAD);
+      } while (tail < head);
+      this.callTail = tail;
+      Atomics.store(mb, MB.CALL_TAIL, tail);
     }
   }
 

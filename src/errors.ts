@@ -54,6 +54,7 @@ const DEVMIRROR = {
   DM_ERR_NAME_TAKEN: { status: 409, summary: 'a process with this name already exists' },
   DM_ERR_PROCESS_EXITING: { status: 409, summary: 'the process is exiting' },
   DM_ERR_TOO_LARGE: { status: 413, summary: 'the request is larger than the configured limit' },
+  DM_ERR_CHANNEL_MALFORMED: { status: 400, summary: 'a notifier-channel frame is not a valid protobuf ClientFrame/ServerFrame' },
   DM_ERR_CONFIG: { status: 500, summary: 'the configuration is invalid' },
   DM_ERR_SUBSCRIBER_BUG: {
     status: 500,

@@ -1,0 +1,10 @@
+#!/usr/bin/env node
+// tsc compiles .ts only: copy the generated protobuf module next to its compiled importer.
+import { copyFileSync, mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const out = join(root, 'dist/src/channel/gen');
+mkdirSync(out, { recursive: true });
+copyFileSync(join(root, 'src/channel/gen/notifier.js'), join(out, 'notifier.js'));

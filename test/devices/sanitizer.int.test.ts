@@ -40,7 +40,9 @@ async function storm(kind: DeviceKind, bug: string | null, ms: number, minChecke
     if (Date.now() < end) return false;
     if (Date.now() - t0 > 30_000) return true;
     await dev.refresh();
-    return dev.sanitizer.checked >= minChecked;
+    // A bug mode runs until the sanitizer has caught it at least once (or the 30 s cap): a busy
+    // machine may take longer to produce the racy interleaving.
+    return dev.sanitizer.checked >= minChecked && (bug === null || dev.sanitizer.findings > 0);
   };
   while (!(await enough())) {
     const va = a + (i++ % (pages - 4)) * PAGE;

@@ -55,6 +55,8 @@ const DEVMIRROR = {
   DM_ERR_PROCESS_EXITING: { status: 409, summary: 'the process is exiting' },
   DM_ERR_TOO_LARGE: { status: 413, summary: 'the request is larger than the configured limit' },
   DM_ERR_CHANNEL_MALFORMED: { status: 400, summary: 'a notifier-channel frame is not a valid protobuf ClientFrame/ServerFrame' },
+  DM_ERR_CHANNEL_PROTOCOL: { status: 400, summary: 'a well-formed channel frame breaks the protocol (wrong state, unknown, late, duplicate or foreign acknowledgement)' },
+  DM_ERR_CHANNEL_LIMIT: { status: 429, summary: 'a channel limit was reached (subscriptions, pending requests, message rate)' },
   DM_ERR_CONFIG: { status: 500, summary: 'the configuration is invalid' },
   DM_ERR_SUBSCRIBER_BUG: {
     status: 500,

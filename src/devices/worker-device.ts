@@ -30,6 +30,7 @@ import type { Kernel, Process } from '../kernel/kernel.js';
 import { HMM_PFN } from '../kernel/hmm.js';
 import { pteMapsFrame, ptePfn } from '../kernel/pte.js';
 import { MmuIntervalNotifier, MmuNotifier } from '../notifier/subscriptions.js';
+import { DeviceServices } from './device-services.js';
 import { ACK_OK, ACK_PENDING, ACK_REFUSED, waitAcks, type PendingAck } from '../notifier/pending-ack.js';
 import { ORIGIN_CODES, type NotifierRange } from '../notifier/range.js';
 import type { Finding } from '../sanitizer/sanitizer.js';
@@ -138,6 +139,7 @@ export class WorkerDevice {
   private slotWaiters: Array<() => void> = [];
   onFinding: ((d: WorkerDevice, f: Finding) => void) | null = null;
   onStateChange: ((d: WorkerDevice) => void) | null = null;
+  private readonly services: DeviceServices;
   log: (level: 'debug' | 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>) => void = () => undefined;
 
   constructor(
@@ -152,6 +154,7 @@ export class WorkerDevice {
     this.pid = opts.process.pid;
     this.policy = opts.policy;
     this.deadlineMs = opts.deadlineMs;
+    this.services = new DeviceServices(k, id);
     this.mailboxSab = new SharedArrayBuffer(MB_WORDS * 4);
     this.mailbox = new Int32Array(this.mailboxSab);
     this.mailbox[MB.SPIN_US] = 0;
@@ -501,81 +504,18 @@ export class WorkerDevice {
         case 'fault': {
           const sub = this.subs.get(m.sub);
           if (!(sub instanceof MmuIntervalNotifier)) throw new DevmirrorError('DM_ERR_VALIDATION', `no interval subscription ${m.sub}`);
-          const pages = (m.end - m.start) / PAGE_SIZE;
-          const pfns = m.input ?? new Uint32Array(pages);
-          const r = {
-            notifier: sub,
-            notifierSeq: m.seq,
-            start: m.start,
-            end: m.end,
-            hmmPfns: pfns,
-            defaultFlags: m.defaultFlags,
-            pfnFlagsMask: m.mask,
-            devPrivateOwner: m.ownerSelf ? this.id : null,
-            tick: 0,
-          };
-          let ret: number;
-          try {
-            ret = await k.rangeFault(this.pid, r);
-          } catch (e) {
-            ret = (e as DevmirrorError).code === 'DM_ERR_NO_SUCH_PROCESS' ? -14 : -22;
-          }
-          const gens = new Int32Array(pages);
-          if (ret === 0) {
-            for (let i = 0; i < pages; i++) if (pfns[i] & HMM_PFN.VALID) gens[i] = k.mem.generation(pfns[i] & HMM_PFN.PFN_MASK);
-          }
-          return this.reply(m.req, { ret, pfns, gens, tick: r.tick ?? 0 });
+          return this.reply(m.req, await this.services.rangeFault(this.pid, sub, m));
         }
-        case 'gup': {
-          try {
-            const g = await k.gup(this.pid, m.va, m.write);
-            if (!g.huge || g.pfn === 0) return this.reply(m.req, { ret: 0, ...g });
-            const headVa = Math.floor(m.va / (512 * PAGE_SIZE)) * 512 * PAGE_SIZE;
-            const first = g.pfn - (m.va - headVa) / PAGE_SIZE;
-            const hugePfns = new Int32Array(512);
-            const hugeGens = new Int32Array(512);
-            for (let i = 0; i < 512; i++) {
-              hugePfns[i] = first + i;
-              hugeGens[i] = k.mem.generation(first + i);
-            }
-            return this.reply(m.req, { ret: 0, ...g, headVa, hugePfns, hugeGens });
-          } catch (e) {
-            const code = (e as DevmirrorError).code;
-            return this.reply(m.req, { ret: code === 'ENOMEM' ? -12 : -14, pfn: 0, gen: 0, tick: 0, write: false, huge: false });
-          }
-        }
-        case 'vma': {
-          const p = k.findProcess(this.pid);
-          const v = p?.mm.vmas.find(m.va);
-          return this.reply(m.req, v ? { start: v.start, end: v.end, prot: v.prot, shared: v.shared, file: v.file !== null } : null);
-        }
-        case 'migrate': {
-          try {
-            const res =
-              m.dir === 'to'
-                ? await k.migrateToDevice(this.pid, m.start, m.end, this.id, { hugeAllocFails: m.allocFails })
-                : await k.migrateToSystem(this.pid, m.start, m.end, this.id);
-            const mm = k.process(this.pid).mm;
-            const pages: Array<[number, number, number, boolean]> = res.pages
-              .filter((pg) => pg.dst >= 0)
-              .map((pg) => [pg.va, pg.dst, k.mem.generation(pg.dst), (mm.pt.lookup(pg.va) & 2) !== 0]);
-            return this.reply(m.req, { ret: 0, collected: res.collected, moved: res.moved, pages, tick: res.tick });
-          } catch (e) {
-            const code = (e as DevmirrorError).code;
-            const ret = code === 'EINVAL' ? -22 : code === 'ENOMEM' ? -12 : code === 'EBUSY' ? -16 : -14;
-            return this.reply(m.req, { ret, collected: 0, moved: 0, pages: [], tick: 0 });
-          }
-        }
+        case 'gup':
+          return this.reply(m.req, await this.services.gup(this.pid, m.va, m.write));
+        case 'vma':
+          return this.reply(m.req, this.services.vma(this.pid, m.va));
+        case 'migrate':
+          return this.reply(m.req, await this.services.migrate(this.pid, m.dir, m.start, m.end, m.allocFails));
         case 'evict':
-          return this.reply(m.req, await k.evictDeviceMemory(this.id));
-        case 'exclusive': {
-          try {
-            const r = await k.makeDeviceExclusive(this.pid, m.va, this.id);
-            return this.reply(m.req, { ret: 0, pfn: r.pfn, gen: k.mem.generation(r.pfn), tick: r.tick });
-          } catch {
-            return this.reply(m.req, { ret: -16, pfn: 0, gen: 0, tick: 0 });
-          }
-        }
+          return this.reply(m.req, await this.services.evictDeviceMemory());
+        case 'exclusive':
+          return this.reply(m.req, await this.services.exclusive(this.pid, m.va));
       }
     } catch (e) {
       this.fail((m as { req: number }).req, e);

@@ -1,0 +1,376 @@
+/**
+ * The kernel's side of one external device client (a process on the other end of a WebSocket):
+ * its subscriptions (kernel notifier objects whose callbacks send frames), the acknowledgements it
+ * owes, its deadline, and the server-side shadow of its mirror that the sanitizer checks its DMA
+ * against.
+ *
+ * An external client shares no memory with the kernel, so every byte it reads or writes goes
+ * through a Dma request, executed here at the moment the frame is processed. Frames of one
+ * connection are processed in order, so a Dma sent before an acknowledgement is checked before
+ * the grant is revoked, and one sent after it is checked after: the order the client chose is
+ * the order the sanitizer sees.
+ *
+ * Acknowledgement accounting: each InvalidateStart creates one SocketAck keyed by (invalidation
+ * id, subscription id). An InvalidateAck must match a pending one exactly: an unknown, late
+ * (already answered or forced by eviction), duplicate or foreign (another client's subscription)
+ * acknowledgement is a protocol error, and so is refusing a blockable range.
+ */
+import { DevmirrorError } from '../errors.js';
+import type { Kernel, Process } from '../kernel/kernel.js';
+import { HMM_PFN } from '../kernel/hmm.js';
+import { PAGE_SIZE } from '../kernel/layout.js';
+import { MmuIntervalNotifier, MmuNotifier } from '../notifier/subscriptions.js';
+import { ACK_OK, type PendingAck } from '../notifier/pending-ack.js';
+import { RANGE_BLOCKABLE, type NotifierRange } from '../notifier/range.js';
+import { Sanitizer, type Finding } from '../sanitizer/sanitizer.js';
+import { DeviceServices } from '../devices/device-services.js';
+import { SocketAck, type SocketAckGroup } from './socket-ack.js';
+
+/** What the device sends; implemented by the session (frames out, with backpressure). */
+export interface ExternalPort {
+  invalidateStart(m: {
+    invalidationId: number;
+    subscriptionId: number;
+    pid: number;
+    start: number;
+    end: number;
+    event: number;
+    flags: number;
+    owner: number | null;
+    curSeq: number;
+    origin: string;
+  }): void;
+  invalidateEnd(m: { invalidationId: number; subscriptionId: number; pid: number; start: number; end: number; event: number; flags: number; owner: number | null }): void;
+  release(m: { invalidationId: number; subscriptionId: number; pid: number }): void;
+  youngQuery(m: { queryId: number; subscriptionId: number; pid: number; op: number; start: number; end: number }): void;
+  command(name: string, args: Record<string, unknown>, timeoutMs: number): Promise<unknown>;
+  /** Close the connection (eviction). */
+  close(code: number, reason: string): void;
+}
+
+export interface ExternalSub {
+  id: number;
+  pid: number;
+  kind: 'mm' | 'interval';
+  start: number;
+  end: number;
+  wantsYoung: boolean;
+  notifier: MmuIntervalNotifier | MmuNotifier;
+}
+
+export type ExternalState = 'running' | 'evicted' | 'closed';
+
+let nextSubId = 1_000_000;
+let nextQueryId = 1;
+
+/** Release and young queries have no PendingAck: they are awaited with the same deadline. */
+interface Waiter {
+  resolve: (v: boolean) => void;
+  sentMs: number;
+  what: string;
+}
+
+export class ExternalDevice {
+  readonly transport = 'external' as const;
+  state: ExternalState = 'running';
+  stateReason = '';
+  readonly sanitizer: Sanitizer;
+  readonly services: DeviceServices;
+  readonly subs = new Map<number, ExternalSub>();
+  /** Counters the client reported (DeviceStats) plus the server's own. */
+  counters: Record<string, number> = {};
+  mirror = { pages: 0, writable: 0, devicePages: 0, objects: 0 };
+  readonly findings: Finding[] = [];
+  readonly handshake = { starts: 0, acks: 0, refused: 0, ends: 0, protocolErrors: 0, evictions: 0, dmaReads: 0, dmaWrites: 0 };
+  private readonly acks = new Map<string, SocketAck>();
+  private readonly releases = new Map<number, Waiter>();
+  private readonly queries = new Map<number, Waiter>();
+  private watchdog: NodeJS.Timeout | null = null;
+  onFinding: ((d: ExternalDevice, f: Finding) => void) | null = null;
+  onStateChange: ((d: ExternalDevice) => void) | null = null;
+
+  constructor(
+    private readonly k: Kernel,
+    private readonly group: SocketAckGroup,
+    readonly id: number,
+    readonly name: string,
+    readonly kind: string,
+    readonly deadlineMs: number,
+    private readonly port: ExternalPort,
+  ) {
+    this.services = new DeviceServices(k, id);
+    this.sanitizer = new Sanitizer(k.mem.handles.meta, id);
+    this.sanitizer.onFinding = (f) => {
+      if (this.findings.length < 500) this.findings.push(f);
+      this.onFinding?.(this, f);
+    };
+    this.watchdog = setInterval(() => this.checkDeadlines(), Math.max(5, Math.min(250, deadlineMs / 4)));
+    this.watchdog.unref();
+    // dev_pagemap_ops: before the kernel moves this device's pages back to RAM, the device drops them.
+    k.pagemaps.set(id, {
+      owner: id,
+      migratingOut: async (mm, vas) => {
+        if (this.alive && [...this.subs.values()].some((s) => s.pid === mm.pid)) {
+          await this.port.command('migrating-out', { vas }, deadlineMs * 2).catch(() => undefined);
+        }
+      },
+    });
+  }
+
+  get alive(): boolean {
+    return this.state === 'running';
+  }
+
+  private info(label: string): { label: string; deviceId: number; deviceKind: string } {
+    return { label: `${this.name}:${label}`, deviceId: this.id, deviceKind: this.kind };
+  }
+
+  // ---- subscriptions ---------------------------------------------------------------------------
+
+  subscribe(proc: Process, kind: 'mm' | 'interval', start: number, length: number, wantsYoung: boolean, label: string): ExternalSub {
+    if (proc.mm.exiting) throw new DevmirrorError('DM_ERR_PROCESS_EXITING', `process ${proc.pid} is exiting`);
+    const id = nextSubId++;
+    const pid = proc.pid;
+    let notifier: MmuIntervalNotifier | MmuNotifier;
+    if (kind === 'interval') {
+      const n = new MmuIntervalNotifier(
+        {
+          invalidate: (s, range, curSeq) => {
+            // The client keeps its own copy of the seq (it sets it from cur_seq before acking);
+            // the kernel's copy is set here, as the driver's setSeq would.
+            s.setSeq(curSeq);
+            return this.start(id, pid, range, curSeq) ?? true;
+          },
+          windowClosed: (_s, range) => this.end(id, pid, range),
+        },
+        this.info(label || 'interval'),
+      );
+      proc.mm.notifier.insertInterval(n, start, length);
+      notifier = n;
+    } else {
+      const young = (op: number, s: number, e: number): Promise<boolean> => this.young(id, pid, op, s, e);
+      const n = new MmuNotifier(
+        {
+          invalidateRangeStart: (_s, range) => this.start(id, pid, range, 0) ?? 0,
+          invalidateRangeEnd: (_s, range) => this.end(id, pid, range),
+          release: () => this.releaseCall(id, pid),
+          ...(wantsYoung
+            ? {
+                clearFlushYoung: (_s: MmuNotifier, s: number, e: number) => young(1, s, e),
+                clearYoung: (_s: MmuNotifier, s: number, e: number) => young(2, s, e),
+                testYoung: (_s: MmuNotifier, a: number) => young(3, a, a + PAGE_SIZE),
+              }
+            : {}),
+        },
+        this.info(label || 'mm'),
+      );
+      proc.mm.notifier.register(n);
+      notifier = n;
+    }
+    const sub: ExternalSub = { id, pid, kind, start: kind === 'interval' ? start : 0, end: kind === 'interval' ? start + length : 2 ** 64, wantsYoung, notifier };
+    this.subs.set(id, sub);
+    return sub;
+  }
+
+  seqOf(sub: ExternalSub): number {
+    return sub.notifier instanceof MmuIntervalNotifier ? sub.notifier.invalidateSeq : 0;
+  }
+
+  async unsubscribe(id: number): Promise<void> {
+    const sub = this.subs.get(id);
+    if (!sub) return;
+    this.subs.delete(id);
+    const proc = this.k.findProcess(sub.pid);
+    if (!proc) return;
+    if (sub.notifier instanceof MmuIntervalNotifier) await proc.mm.notifier.removeInterval(sub.notifier);
+    else await proc.mm.notifier.unregister(sub.notifier);
+    this.sanitizer.dropPid(sub.pid);
+  }
+
+  /** Sends the start; null when the device is gone (nothing to wait for). */
+  private start(subId: number, pid: number, range: NotifierRange, curSeq: number): PendingAck | null {
+    if (!this.alive) return null;
+    const tick = this.sanitizer.tick();
+    this.sanitizer.started(range.id, pid, range.start, range.end, range.event, range.flags, tick);
+    const ack = new SocketAck(this.group, range.id, subId, (range.flags & RANGE_BLOCKABLE) !== 0);
+    this.acks.set(`${range.id}:${subId}`, ack);
+    this.handshake.starts++;
+    this.port.invalidateStart({
+      invalidationId: range.id,
+      subscriptionId: subId,
+      pid,
+      start: range.start,
+      end: range.end,
+      event: range.event,
+      flags: range.flags,
+      owner: range.owner,
+      curSeq,
+      origin: range.origin,
+    });
+    return ack;
+  }
+
+  private end(subId: number, pid: number, range: NotifierRange): void {
+    if (!this.alive) return;
+    this.sanitizer.ended(range.id, this.sanitizer.tick());
+    this.handshake.ends++;
+    this.port.invalidateEnd({ invalidationId: range.id, subscriptionId: subId, pid, start: range.start, end: range.end, event: range.event, flags: range.flags, owner: range.owner });
+  }
+
+  private releaseCall(subId: number, pid: number): Promise<void> {
+    if (!this.alive) return Promise.resolve();
+    const id = nextQueryId++;
+    return new Promise<void>((resolve) => {
+      this.releases.set(id, { resolve: () => resolve(), sentMs: Date.now(), what: 'release' });
+      this.port.release({ invalidationId: id, subscriptionId: subId, pid });
+    }).then(() => this.sanitizer.dropPid(pid));
+  }
+
+  private young(subId: number, pid: number, op: number, start: number, end: number): Promise<boolean> {
+    if (!this.alive) return Promise.resolve(false);
+    const queryId = nextQueryId++;
+    return new Promise<boolean>((resolve) => {
+      this.queries.set(queryId, { resolve, sentMs: Date.now(), what: 'young query' });
+      this.port.youngQuery({ queryId, subscriptionId: subId, pid, op, start, end });
+    });
+  }
+
+  // ---- frames from the client ------------------------------------------------------------------
+
+  /** An InvalidateAck (or a release acknowledgement). Throws DM_ERR_CHANNEL_PROTOCOL if it matches nothing pending. */
+  onAck(invalidationId: number, subscriptionId: number, ok: boolean): void {
+    const rel = this.releases.get(invalidationId);
+    if (rel && this.subs.has(subscriptionId)) {
+      this.releases.delete(invalidationId);
+      rel.resolve(true);
+      return;
+    }
+    const key = `${invalidationId}:${subscriptionId}`;
+    const ack = this.acks.get(key);
+    if (!ack) {
+      this.handshake.protocolErrors++;
+      const foreign = !this.subs.has(subscriptionId);
+      throw new DevmirrorError(
+        'DM_ERR_CHANNEL_PROTOCOL',
+        foreign
+          ? `acknowledgement for subscription ${subscriptionId}, which is not this client's`
+          : `acknowledgement of invalidation ${invalidationId} on subscription ${subscriptionId}, which is not pending (late or duplicate)`,
+      );
+    }
+    this.acks.delete(key);
+    if (!ok) {
+      // Refusal is only allowed for non-blockable ranges; the start told the client which.
+      if (ack.blockable) {
+        this.handshake.protocolErrors++;
+        ack.settle(true);
+        throw new DevmirrorError('DM_ERR_CHANNEL_PROTOCOL', `invalidation ${invalidationId} is blockable: it cannot be refused`);
+      }
+      this.handshake.refused++;
+    } else {
+      this.sanitizer.acked(invalidationId);
+      this.handshake.acks++;
+    }
+    ack.settle(ok);
+  }
+
+  onYoungReply(queryId: number, young: boolean): void {
+    const q = this.queries.get(queryId);
+    if (!q) {
+      this.handshake.protocolErrors++;
+      throw new DevmirrorError('DM_ERR_CHANNEL_PROTOCOL', `young reply ${queryId} answers no pending query`);
+    }
+    this.queries.delete(queryId);
+    q.resolve(young);
+  }
+
+  /** Grants for pfns the kernel handed out in a range-fault reply. */
+  grantFault(pid: number, start: number, pfns: Uint32Array, gens: Int32Array, tick: number): void {
+    for (let i = 0; i < pfns.length; i++) {
+      const w = pfns[i];
+      if (w & HMM_PFN.VALID) this.sanitizer.grant(pid, start + i * PAGE_SIZE, w & HMM_PFN.PFN_MASK, gens[i], (w & HMM_PFN.WRITE) !== 0, tick);
+    }
+  }
+
+  /**
+   * A DMA access by the client through its mirror: checked by the sanitizer against the grants,
+   * then performed on the frame (reads return its bytes). Returns the finding kind or ''.
+   */
+  dma(pid: number, va: number, pfn: number, write: boolean, data: Uint8Array | null, length: number): { data: Uint8Array; finding: string } {
+    const off = va % PAGE_SIZE;
+    const len = write ? (data?.length ?? 0) : length;
+    if (len <= 0 || off + len > PAGE_SIZE) throw new DevmirrorError('DM_ERR_VALIDATION', 'a DMA access must stay within one page and move at least one byte');
+    if (!Number.isInteger(pfn) || pfn <= 0 || pfn >= this.k.mem.totalFrames) throw new DevmirrorError('DM_ERR_VALIDATION', `pfn ${pfn} is not a frame`);
+    // The check comes first: a stale write must never land in a frame that is someone else's now.
+    const f = this.sanitizer.check(pid, va - off, pfn, write);
+    const bytes = this.k.mem.data;
+    const base = pfn * PAGE_SIZE + off;
+    if (f && (f.kind === 'stale' || f.kind === 'lost-write' || f.kind === 'unmapped' || f.kind === 'wrong-pfn')) {
+      // Reported, and not performed: a real device would have corrupted another page.
+      return { data: new Uint8Array(0), finding: f.kind };
+    }
+    if (write) {
+      bytes.set(data!, base);
+      this.handshake.dmaWrites++;
+      return { data: new Uint8Array(0), finding: f?.kind ?? '' };
+    }
+    this.handshake.dmaReads++;
+    return { data: bytes.slice(base, base + len), finding: f?.kind ?? '' };
+  }
+
+  // ---- deadlines and teardown ------------------------------------------------------------------
+
+  private checkDeadlines(): void {
+    if (!this.alive) return;
+    const now = Date.now();
+    for (const a of this.acks.values()) {
+      if (now - a.sentMs > this.deadlineMs) {
+        void this.evict(`no acknowledgement of invalidation ${a.invalidationId} within ${this.deadlineMs} ms`);
+        return;
+      }
+    }
+    for (const m of [this.releases, this.queries]) {
+      for (const w of m.values()) {
+        if (now - w.sentMs > this.deadlineMs) {
+          void this.evict(`no answer to a ${w.what} within ${this.deadlineMs} ms`);
+          return;
+        }
+      }
+    }
+  }
+
+  /** The client stopped answering: close its connection (it can no longer DMA), then let the kernel go on. */
+  async evict(reason: string): Promise<void> {
+    if (!this.alive) return;
+    this.handshake.evictions++;
+    this.port.close(4408, reason.slice(0, 120));
+    await this.gone('evicted', reason);
+  }
+
+  /** The connection closed (or was closed): everything pending counts as answered; the mirror is torn down. */
+  async gone(state: ExternalState, reason: string): Promise<void> {
+    if (this.state !== 'running') return;
+    this.state = state;
+    this.stateReason = reason;
+    if (this.watchdog) clearInterval(this.watchdog);
+    this.watchdog = null;
+    // The socket is closed: no frame of this client is processed any more, so it can no longer
+    // touch memory; only now may the kernel change the PTEs it was waiting on.
+    for (const a of this.acks.values()) a.settle(true);
+    this.acks.clear();
+    for (const w of this.releases.values()) w.resolve(true);
+    this.releases.clear();
+    for (const w of this.queries.values()) w.resolve(false);
+    this.queries.clear();
+    for (const id of [...this.subs.keys()]) await this.unsubscribe(id).catch(() => undefined);
+    this.k.pagemaps.delete(this.id);
+    await this.k.evictDeviceMemory(this.id).catch(() => 0);
+    this.onStateChange?.(this);
+  }
+
+  /** Pending acknowledgements (for the dashboard and tests). */
+  get pendingAcks(): number {
+    let n = 0;
+    for (const a of this.acks.values()) if (a.poll() !== ACK_OK) n++;
+    return n;
+  }
+}

@@ -28,6 +28,10 @@ async function serve(): Promise<void> {
       maxProcesses: cfg.maxProcesses,
       thp: cfg.thp,
     },
+    tokens: cfg.tokens,
+    deadlineMs: cfg.ackDeadlineMs,
+    channel: { maxPayload: cfg.channelMaxFrameBytes },
+    log: (level, msg, data) => log[level]({ ...data }, msg),
   });
   const app = await buildServer(svc, { logger: log });
   await app.listen({ host: cfg.host, port: cfg.port });

@@ -3,6 +3,7 @@
  * docs/configuration.md (the table there is checked against ENV_VARS by a test).
  */
 import { DevmirrorError } from './errors.js';
+import { TokenTable } from './channel/tokens.js';
 
 export interface EnvVar {
   name: string;
@@ -20,6 +21,13 @@ export const ENV_VARS: readonly EnvVar[] = [
   { name: 'DEVMIRROR_NUMA_NODES', description: 'NUMA nodes the RAM is split between', default: '2' },
   { name: 'DEVMIRROR_MAX_PROCESSES', description: 'Size of the process table', default: '1024' },
   { name: 'DEVMIRROR_THP', description: 'Transparent huge pages: always, madvise or never', default: 'madvise' },
+  {
+    name: 'DEVMIRROR_TOKENS',
+    description: 'Notifier-channel tokens and the processes each may use: `token=grant;...`, a grant is `*` or pids and process names separated by commas (tokens of 8+ characters)',
+    default: 'the local token devmirror-local, all processes (with a warning)',
+  },
+  { name: 'DEVMIRROR_ACK_DEADLINE_MS', description: 'How long a device (worker or external) may take to acknowledge an invalidation before it is evicted', default: '1000' },
+  { name: 'DEVMIRROR_CHANNEL_MAX_FRAME_KB', description: 'Largest notifier-channel frame a client may send, KiB', default: '1024' },
 ];
 
 export interface Config {
@@ -32,6 +40,9 @@ export interface Config {
   numaNodes: number;
   maxProcesses: number;
   thp: 'always' | 'madvise' | 'never';
+  tokens: string | undefined;
+  ackDeadlineMs: number;
+  channelMaxFrameBytes: number;
 }
 
 const MiB = 1024 * 1024;
@@ -64,6 +75,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!LEVELS.includes(logLevel)) throw new DevmirrorError('DM_ERR_CONFIG', `LOG_LEVEL must be one of ${LEVELS.join(', ')}`);
   const host = env.HOST ?? '127.0.0.1';
   if (host.trim() === '') throw new DevmirrorError('DM_ERR_CONFIG', 'HOST must not be empty');
+  // Fail fast on a bad token list, with the table's own message.
+  TokenTable.parse(env.DEVMIRROR_TOKENS);
   return {
     host,
     port: int(env, 'PORT', 8080, 0, 65535),
@@ -74,5 +87,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     numaNodes: int(env, 'DEVMIRROR_NUMA_NODES', 2, 1, 64),
     maxProcesses: int(env, 'DEVMIRROR_MAX_PROCESSES', 1024, 1, 65536),
     thp: thp as Config['thp'],
+    tokens: env.DEVMIRROR_TOKENS,
+    ackDeadlineMs: int(env, 'DEVMIRROR_ACK_DEADLINE_MS', 1000, 10, 600_000),
+    channelMaxFrameBytes: int(env, 'DEVMIRROR_CHANNEL_MAX_FRAME_KB', 1024, 16, 65536) * 1024,
   };
 }

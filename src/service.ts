@@ -1,26 +1,56 @@
 /**
- * The devmirror service: one kernel, its event log, and (later) devices and the channel. The HTTP
- * layer talks to this object only.
+ * The devmirror service: one kernel, its event log, its device workers and the notifier channel
+ * for external devices. The HTTP layer talks to this object only.
  */
+import type { Server } from 'node:http';
 import { Kernel, type KernelConfig } from './kernel/kernel.js';
 import { EventLog } from './notifier/event-log.js';
+import { DeviceManager, type DeviceManagerOptions } from './devices/device-manager.js';
+import { ChannelServer } from './channel/channel-server.js';
+import type { ChannelLimits } from './channel/session.js';
+import { TokenTable } from './channel/tokens.js';
+
+type Log = NonNullable<DeviceManagerOptions['log']>;
 
 export interface ServiceOptions {
   kernel?: Partial<KernelConfig>;
   eventCapacity?: number;
+  /** DEVMIRROR_TOKENS syntax; undefined = the embedded local default. */
+  tokens?: string;
+  channel?: Partial<ChannelLimits>;
+  /** Acknowledgement deadline of worker devices, ms. */
+  deadlineMs?: number;
+  log?: Log;
 }
 
 export class Service {
   readonly kernel: Kernel;
   readonly events: EventLog;
   readonly startedAt = Date.now();
+  readonly devices: DeviceManager;
+  readonly channel: ChannelServer;
   private unobserve: () => void;
   ready = false;
 
   constructor(opts: ServiceOptions = {}) {
+    const log: Log = opts.log ?? (() => undefined);
     this.kernel = new Kernel(opts.kernel);
     this.events = new EventLog(opts.eventCapacity ?? 10_000);
     this.unobserve = this.kernel.observe({ onInvalidation: (rec) => this.events.add(rec) });
+    this.devices = new DeviceManager(this.kernel, { deadlineMs: opts.deadlineMs, log });
+    const tokens = TokenTable.parse(opts.tokens);
+    if (tokens.usingDefault) log('warn', 'DEVMIRROR_TOKENS is not set: the notifier channel accepts the embedded local token "devmirror-local" for every process (local use only)');
+    this.channel = new ChannelServer(this.kernel, {
+      tokens,
+      limits: { deadlineMs: opts.deadlineMs, ...opts.channel },
+      allocateId: () => this.devices.allocateId(),
+      log,
+    });
+  }
+
+  /** Serves the notifier channel (/v1/notifier/ws) on the HTTP server. */
+  attach(server: Server): void {
+    this.channel.attach(server);
   }
 
   get bootId(): number {
@@ -33,6 +63,8 @@ export class Service {
 
   async stop(): Promise<void> {
     this.ready = false;
+    await this.channel.close();
+    await this.devices.stopAll();
     this.unobserve();
   }
 }

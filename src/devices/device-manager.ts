@@ -72,6 +72,11 @@ export class DeviceManager {
     for (const d of live) d.setSpinUs(us);
   }
 
+  /** Device ids are shared by worker and external devices: an id is the owner of migrations. */
+  allocateId(): number {
+    return this.nextId++;
+  }
+
   liveCount(): number {
     let n = 0;
     for (const d of this.devices.values()) if (d.alive) n++;
@@ -90,7 +95,7 @@ export class DeviceManager {
     for (const d of this.devices.values()) {
       if (d.name === name && d.alive) throw new DevmirrorError('DM_ERR_CONFLICT', `a device named ${name} exists`);
     }
-    const id = this.nextId++;
+    const id = this.allocateId();
     const dev = new WorkerDevice(this.k, this.group, id, {
       kind: req.kind,
       name,

@@ -24,5 +24,6 @@ export async function buildServer(svc: Service, opts: ServerOptions = {}): Promi
   observeRoutes(app, svc);
   processRoutes(app, svc);
   kernelRoutes(app, svc);
+  svc.attach(app.server);
   return app;
 }

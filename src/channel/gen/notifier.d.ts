@@ -219,6 +219,9 @@ export namespace devmirror {
 
             /** Welcome pids */
             pids?: (number[]|null);
+
+            /** Welcome ramFrames */
+            ramFrames?: (number|null);
         }
 
         /** Represents a Welcome. */
@@ -262,6 +265,9 @@ export namespace devmirror {
 
             /** Welcome pids. */
             public pids: number[];
+
+            /** Welcome ramFrames. */
+            public ramFrames: number;
 
             /**
              * Creates a new Welcome instance using the specified properties.

@@ -507,6 +507,7 @@ export const devmirror = $root.devmirror = (() => {
              * @property {number|null} [ackDeadlineMs] Welcome ackDeadlineMs
              * @property {number|null} [pageSize] Welcome pageSize
              * @property {Array.<number>|null} [pids] Welcome pids
+             * @property {number|null} [ramFrames] Welcome ramFrames
              */
 
             /**
@@ -615,6 +616,14 @@ export const devmirror = $root.devmirror = (() => {
             Welcome.prototype.pids = $util.emptyArray;
 
             /**
+             * Welcome ramFrames.
+             * @member {number} ramFrames
+             * @memberof devmirror.v1.Welcome
+             * @instance
+             */
+            Welcome.prototype.ramFrames = 0;
+
+            /**
              * Creates a new Welcome instance using the specified properties.
              * @function create
              * @memberof devmirror.v1.Welcome
@@ -669,6 +678,8 @@ export const devmirror = $root.devmirror = (() => {
                         writer.uint32(message.pids[i]);
                     writer.ldelim();
                 }
+                if (message.ramFrames != null && Object.hasOwnProperty.call(message, "ramFrames"))
+                    writer.uint32(/* id 12, wireType 0 =*/96).uint32(message.ramFrames);
                 return writer;
             };
 
@@ -763,6 +774,10 @@ export const devmirror = $root.devmirror = (() => {
                                 reader.len = end;
                             } else
                                 message.pids.push(reader.uint32());
+                            break;
+                        }
+                    case 12: {
+                            message.ramFrames = reader.uint32();
                             break;
                         }
                     default:

@@ -1,0 +1,104 @@
+/**
+ * The notifier channel endpoint, `/v1/notifier/ws` on the kernel's HTTP server: accepts WebSocket
+ * upgrades (a token in `Authorization: Bearer` or `?token=` is checked before the upgrade; one in
+ * the Hello after it), runs one Session per connection and keeps the external devices it created.
+ */
+import type { IncomingMessage, Server } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { WebSocketServer, type WebSocket } from 'ws';
+import type { Kernel } from '../kernel/kernel.js';
+import { CLOSE } from './close-codes.js';
+import type { ExternalDevice } from './external-device.js';
+import { DEFAULT_LIMITS, Session, type ChannelLimits, type SessionHost } from './session.js';
+import { SocketAckGroup } from './socket-ack.js';
+import { TokenTable } from './tokens.js';
+import type { Finding } from '../sanitizer/sanitizer.js';
+
+export const CHANNEL_PATH = '/v1/notifier/ws';
+
+export interface ChannelOptions {
+  tokens?: TokenTable;
+  limits?: Partial<ChannelLimits>;
+  /** Device ids shared with the worker devices (owner values must not collide). */
+  allocateId?: () => number;
+  log?: SessionHost['log'];
+}
+
+let fallbackId = 10_000;
+
+export class ChannelServer implements SessionHost {
+  readonly tokens: TokenTable;
+  readonly limits: ChannelLimits;
+  readonly group = new SocketAckGroup();
+  readonly wss: WebSocketServer;
+  readonly sessions = new Set<Session>();
+  /** External devices by id, including disconnected and evicted ones (for listing). */
+  readonly devices = new Map<number, ExternalDevice>();
+  readonly log: SessionHost['log'];
+  private readonly alloc: () => number;
+  onFinding: ((d: ExternalDevice, f: Finding) => void) | null = null;
+  onChange: ((d: ExternalDevice) => void) | null = null;
+  private server: Server | null = null;
+  private closing = false;
+
+  constructor(
+    readonly kernel: Kernel,
+    opts: ChannelOptions = {},
+  ) {
+    this.tokens = opts.tokens ?? TokenTable.parse(undefined);
+    this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
+    this.alloc = opts.allocateId ?? (() => fallbackId++);
+    this.log = opts.log ?? (() => undefined);
+    this.wss = new WebSocketServer({ noServer: true, maxPayload: this.limits.maxPayload, perMessageDeflate: false });
+  }
+
+  allocateId(): number {
+    return this.alloc();
+  }
+
+  attached(dev: ExternalDevice, s: Session): void {
+    this.devices.set(dev.id, dev);
+    dev.onFinding = (d, f) => this.onFinding?.(d, f);
+    dev.onStateChange = (d) => {
+      this.sessions.delete(s);
+      this.onChange?.(d);
+    };
+    this.onChange?.(dev);
+  }
+
+  private readonly onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    const url = new URL(req.url ?? '/', 'http://x');
+    if (url.pathname !== CHANNEL_PATH) return;
+    const reject = (status: number, text: string): void => {
+      socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Type: application/json\r\n\r\n${JSON.stringify({ code: status === 401 ? 'DM_ERR_UNAUTHORIZED' : 'DM_ERR_CONFLICT', message: text })}`);
+    };
+    if (this.closing) return reject(503, 'shutting down');
+    const auth = req.headers.authorization;
+    const token = auth?.startsWith('Bearer ') ? auth.slice(7).trim() : url.searchParams.get('token');
+    // A token given at the upgrade is checked before any WebSocket exists.
+    if (token && !this.tokens.check(token)) return reject(401, 'unknown token');
+    this.wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
+      const s = new Session(ws, this, token, `${req.socket.remoteAddress}:${req.socket.remotePort}`);
+      this.sessions.add(s);
+      ws.on('close', () => this.sessions.delete(s));
+    });
+  };
+
+  attach(server: Server): void {
+    this.server = server;
+    server.on('upgrade', this.onUpgrade);
+  }
+
+  /** Closes every connection (1001) and the endpoint; outstanding acknowledgements are released. */
+  async close(): Promise<void> {
+    this.closing = true;
+    this.server?.off('upgrade', this.onUpgrade);
+    for (const s of [...this.sessions]) s.close(CLOSE.GOING_AWAY, 'server shutting down');
+    for (const d of this.devices.values()) await d.gone('closed', 'server shutting down');
+    await new Promise<void>((r) => this.wss.close(() => r()));
+  }
+
+  list(): ExternalDevice[] {
+    return [...this.devices.values()];
+  }
+}

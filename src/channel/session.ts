@@ -1,0 +1,494 @@
+/**
+ * One WebSocket connection of the notifier channel: authentication, limits, decoding, and the
+ * dispatch of each ClientFrame to the client's ExternalDevice and the kernel.
+ *
+ * Every frame of a connection is handled in arrival order, synchronously up to its first await, so
+ * acknowledgements and DMA accesses reach the kernel in the order the client sent them. Requests
+ * that wait (readBegin, range faults, migrations) are answered when done, tagged with the client's
+ * request id; they count against the pending-request limit meanwhile.
+ *
+ * Failure handling: malformed bytes close the connection with 1007, text frames with 1003, protocol
+ * violations with 4000; refused requests (a process the token does not grant, a limit) get an Error
+ * frame and the connection stays up. When a connection ends for any reason, the client's
+ * outstanding acknowledgements count as answered only after the socket is closed (it can no longer
+ * touch memory) and its subscriptions are removed as on unregister.
+ */
+import type { WebSocket } from 'ws';
+import { DevmirrorError } from '../errors.js';
+import type { Kernel, Process } from '../kernel/kernel.js';
+import { PAGE_SIZE, ULONG_MAX } from '../kernel/layout.js';
+import { MmuIntervalNotifier } from '../notifier/subscriptions.js';
+import {
+  PROTOCOL_VERSION,
+  SubscriptionKind,
+  MigrateDirection,
+  addrFromWire,
+  addrToWire,
+  decodeClientFrame,
+  encodeServerFrame,
+  type ClientFrame,
+  type ServerFrameIn,
+  type U64,
+} from './codec.js';
+import { CLOSE } from './close-codes.js';
+import { ExternalDevice, type ExternalPort } from './external-device.js';
+import type { SocketAckGroup } from './socket-ack.js';
+import { TokenTable, type Grant } from './tokens.js';
+
+export interface ChannelLimits {
+  /** Largest frame accepted, bytes (the WebSocket maxPayload). */
+  maxPayload: number;
+  maxSubscriptions: number;
+  /** Requests in flight per client. */
+  maxPending: number;
+  /** Frames per second a client may send (token bucket, burst = one second's worth). */
+  ratePerSec: number;
+  heartbeatMs: number;
+  helloTimeoutMs: number;
+  /** Bytes queued to a client before it counts as a slow consumer and is disconnected. */
+  maxBufferedBytes: number;
+  /** Unanswered invalidation older than this evicts the client. */
+  deadlineMs: number;
+}
+
+export const DEFAULT_LIMITS: ChannelLimits = {
+  maxPayload: 1024 * 1024,
+  maxSubscriptions: 1024,
+  maxPending: 256,
+  ratePerSec: 100_000,
+  heartbeatMs: 5000,
+  helloTimeoutMs: 5000,
+  maxBufferedBytes: 16 * 1024 * 1024,
+  deadlineMs: 1000,
+};
+
+export interface SessionHost {
+  readonly kernel: Kernel;
+  readonly tokens: TokenTable;
+  readonly limits: ChannelLimits;
+  readonly group: SocketAckGroup;
+  allocateId(): number;
+  attached(dev: ExternalDevice, s: Session): void;
+  log(level: 'debug' | 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>): void;
+}
+
+type Log = SessionHost['log'];
+
+const num = (v: U64): number => {
+  if (typeof v === 'bigint') throw new DevmirrorError('DM_ERR_VALIDATION', `value ${v} is out of range`);
+  return v;
+};
+
+export class Session implements ExternalPort {
+  state: 'hello' | 'open' | 'closed' = 'hello';
+  device: ExternalDevice | null = null;
+  grant: Grant | null = null;
+  clientName = '';
+  private pending = 0;
+  private tokens: number;
+  private lastRefill = Date.now();
+  private alive = true;
+  private heartbeat: NodeJS.Timeout | null = null;
+  private helloTimer: NodeJS.Timeout | null;
+  private readonly commands = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout | null }>();
+  private nextCommand = 1;
+  private readonly log: Log;
+
+  constructor(
+    private readonly ws: WebSocket,
+    private readonly host: SessionHost,
+    /** The token from the upgrade request (Authorization: Bearer, or ?token=), if any. */
+    private readonly headerToken: string | null,
+    readonly remote: string,
+  ) {
+    this.log = host.log;
+    this.tokens = host.limits.ratePerSec;
+    ws.binaryType = 'nodebuffer';
+    ws.on('message', (data, isBinary) => this.onMessage(data as Buffer, isBinary));
+    ws.on('close', (code, reason) => void this.onClose(code, reason.toString()));
+    ws.on('error', (e) => this.log('debug', 'channel socket error', { remote, err: e.message }));
+    ws.on('pong', () => (this.alive = true));
+    this.helloTimer = setTimeout(() => this.close(CLOSE.HELLO_TIMEOUT, 'no Hello in time'), host.limits.helloTimeoutMs);
+    this.helloTimer.unref();
+  }
+
+  // ---- sending ---------------------------------------------------------------------------------
+
+  private send(f: ServerFrameIn): void {
+    if (this.state === 'closed') return;
+    // Backpressure: a client that does not read would make the kernel buffer without bound. Its
+    // invalidations cannot be dropped (the kernel waits for them), so it is disconnected instead.
+    if (this.ws.bufferedAmount > this.host.limits.maxBufferedBytes) {
+      this.close(CLOSE.SLOW_CONSUMER, `send queue above ${this.host.limits.maxBufferedBytes} bytes`);
+      return;
+    }
+    this.ws.send(encodeServerFrame(f));
+  }
+
+  private error(requestId: U64, e: unknown): void {
+    const err = e instanceof DevmirrorError ? e : new DevmirrorError('DM_ERR_INTERNAL', (e as Error)?.message ?? String(e));
+    this.send({ requestId, error: { code: err.code, message: err.message } });
+  }
+
+  close(code: number, reason: string): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    try {
+      this.ws.close(code, reason.slice(0, 120));
+    } catch {
+      this.ws.terminate();
+    }
+    // A peer that does not complete the closing handshake is cut off.
+    setTimeout(() => this.ws.terminate(), 1000).unref();
+    void this.teardown(code === CLOSE.DEADLINE ? 'evicted' : 'closed', reason);
+  }
+
+  // ExternalPort: frames to the client.
+  invalidateStart(m: Parameters<ExternalPort['invalidateStart']>[0]): void {
+    this.send({
+      invalidateStart: {
+        invalidationId: m.invalidationId,
+        subscriptionId: m.subscriptionId,
+        pid: m.pid,
+        start: addrToWire(m.start),
+        end: addrToWire(m.end),
+        event: m.event,
+        flags: m.flags,
+        blockable: (m.flags & 1) !== 0,
+        owner: m.owner,
+        curSeq: m.curSeq,
+        origin: { operation: m.origin },
+      },
+    });
+  }
+
+  invalidateEnd(m: Parameters<ExternalPort['invalidateEnd']>[0]): void {
+    this.send({ invalidateEnd: { ...m, start: addrToWire(m.start), end: addrToWire(m.end) } });
+  }
+
+  release(m: Parameters<ExternalPort['release']>[0]): void {
+    this.send({ release: m });
+  }
+
+  youngQuery(m: Parameters<ExternalPort['youngQuery']>[0]): void {
+    this.send({ youngQuery: { ...m, start: addrToWire(m.start), end: addrToWire(m.end) } });
+  }
+
+  command(name: string, args: Record<string, unknown>, timeoutMs: number): Promise<unknown> {
+    if (this.state !== 'open') return Promise.reject(new DevmirrorError('DM_ERR_CONFLICT', 'the client is not connected'));
+    const id = this.nextCommand++;
+    return new Promise<unknown>((resolve, reject) => {
+      const timer = timeoutMs > 0 ? setTimeout(() => {
+        this.commands.delete(id);
+        reject(new DevmirrorError('ETIME', `command ${name} got no reply within ${timeoutMs} ms`));
+      }, timeoutMs) : null;
+      timer?.unref();
+      this.commands.set(id, { resolve, reject, timer });
+      this.send({ requestId: id, command: { name, argsJson: JSON.stringify(args) } });
+    });
+  }
+
+  // ---- receiving -------------------------------------------------------------------------------
+
+  private rateOk(): boolean {
+    const now = Date.now();
+    const rate = this.host.limits.ratePerSec;
+    this.tokens = Math.min(rate, this.tokens + ((now - this.lastRefill) * rate) / 1000);
+    this.lastRefill = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+
+  private onMessage(data: Buffer, isBinary: boolean): void {
+    if (this.state === 'closed') return;
+    if (!isBinary) return this.close(CLOSE.UNSUPPORTED_DATA, 'text frames are not part of the protocol');
+    if (!this.rateOk()) return this.close(CLOSE.RATE_LIMIT, `more than ${this.host.limits.ratePerSec} frames per second`);
+    let f: ClientFrame;
+    try {
+      f = decodeClientFrame(data);
+    } catch (e) {
+      return this.close(CLOSE.INVALID_PAYLOAD, (e as Error).message);
+    }
+    try {
+      this.dispatch(f);
+    } catch (e) {
+      const err = e as DevmirrorError;
+      if (err.code === 'DM_ERR_CHANNEL_PROTOCOL') return this.close(CLOSE.PROTOCOL, err.message);
+      this.error(f.requestId, e);
+    }
+  }
+
+  private dispatch(f: ClientFrame): void {
+    if (this.state === 'hello') {
+      if (f.body !== 'hello') throw new DevmirrorError('DM_ERR_CHANNEL_PROTOCOL', `the first frame must be a Hello, not ${f.body}`);
+      return this.hello(f.requestId, f.hello);
+    }
+    const dev = this.device!;
+    switch (f.body) {
+      case 'hello':
+        throw new DevmirrorError('DM_ERR_CHANNEL_PROTOCOL', 'a second Hello');
+      case 'invalidateAck':
+        // A late, duplicate or foreign acknowledgement throws DM_ERR_CHANNEL_PROTOCOL.
+        return dev.onAck(num(f.invalidateAck.invalidationId), num(f.invalidateAck.subscriptionId), f.invalidateAck.result === 0);
+      case 'youngReply':
+        return dev.onYoungReply(num(f.youngReply.queryId), f.youngReply.young);
+      case 'stats': {
+        const c: Record<string, number> = {};
+        for (const [k, v] of Object.entries(f.stats.counters ?? {})) c[k] = Number(v);
+        dev.counters = c;
+        dev.mirror = { pages: Number(f.stats.mappedPages), writable: Number(f.stats.writablePages), devicePages: 0, objects: Number(f.stats.objects) };
+        return;
+      }
+      case 'commandReply': {
+        const w = this.commands.get(num(f.requestId));
+        if (!w) throw new DevmirrorError('DM_ERR_CHANNEL_PROTOCOL', `command reply ${f.requestId} answers no command`);
+        this.commands.delete(num(f.requestId));
+        if (w.timer) clearTimeout(w.timer);
+        const r = f.commandReply;
+        if (r.ok) w.resolve(r.valueJson ? JSON.parse(r.valueJson) : null);
+        else w.reject(new DevmirrorError((r.errorCode || 'DM_ERR_INTERNAL') as never, r.errorMessage));
+        return;
+      }
+      default:
+        return this.request(f);
+    }
+  }
+
+  private hello(requestId: U64, h: Extract<ClientFrame, { body: 'hello' }>['hello']): void {
+    if (this.helloTimer) clearTimeout(this.helloTimer);
+    this.helloTimer = null;
+    if (!h.protocolVersions.includes(PROTOCOL_VERSION)) {
+      return this.close(CLOSE.VERSION, `no common protocol version (server speaks ${PROTOCOL_VERSION})`);
+    }
+    const grant = this.host.tokens.check(h.token || this.headerToken);
+    if (!grant) return this.close(CLOSE.UNAUTHORIZED, 'missing or unknown token');
+    this.grant = grant;
+    this.clientName = h.clientName || `client@${this.remote}`;
+    const id = this.host.allocateId();
+    const lim = this.host.limits;
+    this.device = new ExternalDevice(this.host.kernel, this.host.group, id, this.clientName, h.deviceKind || 'external', lim.deadlineMs, this);
+    this.state = 'open';
+    this.host.attached(this.device, this);
+    const pids = [...this.host.kernel.processes.values()].filter((p) => TokenTable.allows(grant, p)).map((p) => p.pid);
+    this.send({
+      requestId,
+      welcome: {
+        protocolVersion: PROTOCOL_VERSION,
+        bootId: this.host.kernel.bootId,
+        clientId: id,
+        capabilities: ['young', 'dma', 'commands', 'migrate', 'exclusive'].filter((c) => h.capabilities.length === 0 || h.capabilities.includes(c)),
+        maxFrameBytes: lim.maxPayload,
+        maxSubscriptions: lim.maxSubscriptions,
+        maxPendingRequests: lim.maxPending,
+        heartbeatMs: lim.heartbeatMs,
+        ackDeadlineMs: lim.deadlineMs,
+        pageSize: PAGE_SIZE,
+        pids,
+        ramFrames: this.host.kernel.mem.ramFrames,
+      },
+    });
+    this.heartbeat = setInterval(() => {
+      if (!this.alive) return this.close(CLOSE.HEARTBEAT, 'no pong for two heartbeats');
+      this.alive = false;
+      try {
+        this.ws.ping();
+      } catch {
+        /* closed meanwhile */
+      }
+    }, lim.heartbeatMs);
+    this.heartbeat.unref();
+    this.log('info', 'external device connected', { device: this.clientName, deviceId: id, kind: this.device.kind, remote: this.remote });
+  }
+
+  /** A process this client may act on, by pid or name. */
+  private proc(pid: number, name = ''): Process {
+    const p = this.host.kernel.findProcess(pid > 0 ? pid : name);
+    if (!p || !TokenTable.allows(this.grant!, p)) {
+      // The same answer whether the process does not exist or is not granted: no probing.
+      throw new DevmirrorError('DM_ERR_FORBIDDEN', `process ${pid > 0 ? pid : JSON.stringify(name)} is not granted to this token`);
+    }
+    return p;
+  }
+
+  /** A process this client subscribed to (DMA and kernel services need a subscription to revoke grants). */
+  private subscribedProc(pid: number): Process {
+    const p = this.proc(pid);
+    for (const s of this.device!.subs.values()) if (s.pid === pid) return p;
+    throw new DevmirrorError('DM_ERR_FORBIDDEN', `subscribe to process ${pid} first`);
+  }
+
+  private intervalSub(id: U64) {
+    const sub = this.device!.subs.get(num(id));
+    if (!sub) throw new DevmirrorError('DM_ERR_FORBIDDEN', `subscription ${id} is not this client's`);
+    if (!(sub.notifier instanceof MmuIntervalNotifier)) throw new DevmirrorError('DM_ERR_VALIDATION', `subscription ${id} is not an interval subscription`);
+    return { sub, notifier: sub.notifier };
+  }
+
+  private request(f: ClientFrame): void {
+    if (this.pending >= this.host.limits.maxPending) {
+      throw new DevmirrorError('DM_ERR_CHANNEL_LIMIT', `more than ${this.host.limits.maxPending} requests in flight`);
+    }
+    const dev = this.device!;
+    const rid = f.requestId;
+    const k = this.host.kernel;
+    // Synchronous validation throws to onMessage (an Error frame); the asynchronous part answers
+    // with its own Error frame.
+    let work: Promise<ServerFrameIn> | ServerFrameIn;
+    switch (f.body) {
+      case 'subscribe': {
+        const s = f.subscribe;
+        const p = this.proc(s.pid, s.process);
+        if (dev.subs.size >= this.host.limits.maxSubscriptions) throw new DevmirrorError('DM_ERR_CHANNEL_LIMIT', `at most ${this.host.limits.maxSubscriptions} subscriptions`);
+        if (s.kind === SubscriptionKind.INTERVAL) {
+          const start = num(s.start);
+          const length = num(s.length);
+          if (length <= 0 || start % PAGE_SIZE !== 0 || length % PAGE_SIZE !== 0) {
+            throw new DevmirrorError('DM_ERR_VALIDATION', 'an interval subscription needs a page-aligned start and a non-zero page-aligned length');
+          }
+          const sub = dev.subscribe(p, 'interval', start, length, false, s.label);
+          work = { subscribed: { subscriptionId: sub.id, pid: p.pid, seq: dev.seqOf(sub) } };
+        } else if (s.kind === SubscriptionKind.MM) {
+          const sub = dev.subscribe(p, 'mm', 0, 0, s.wantsYoung, s.label);
+          work = { subscribed: { subscriptionId: sub.id, pid: p.pid, seq: 0 } };
+        } else throw new DevmirrorError('DM_ERR_VALIDATION', 'subscription kind must be MM or INTERVAL');
+        break;
+      }
+      case 'unsubscribe': {
+        const id = num(f.unsubscribe.subscriptionId);
+        if (!dev.subs.has(id)) throw new DevmirrorError('DM_ERR_FORBIDDEN', `subscription ${id} is not this client's`);
+        work = dev.unsubscribe(id).then(() => ({ unsubscribed: { subscriptionId: id } }));
+        break;
+      }
+      case 'readBegin': {
+        const { sub, notifier } = this.intervalSub(f.readBegin.subscriptionId);
+        work = Promise.resolve(notifier.readBegin()).then((seq) => ({ readBeginReply: { subscriptionId: sub.id, seq } }));
+        break;
+      }
+      case 'rangeFault': {
+        const r = f.rangeFault;
+        const { sub, notifier } = this.intervalSub(r.subscriptionId);
+        const start = num(r.start);
+        const end = num(r.end);
+        if (start % PAGE_SIZE || end % PAGE_SIZE || end <= start || start < sub.start || end > sub.end) {
+          throw new DevmirrorError('DM_ERR_VALIDATION', 'a range fault must cover whole pages inside its subscription');
+        }
+        const pages = (end - start) / PAGE_SIZE;
+        if (pages * 5 + 64 > this.host.limits.maxPayload) throw new DevmirrorError('DM_ERR_TOO_LARGE', 'the reply would not fit in a frame: fault in chunks');
+        if (r.input.length !== 0 && r.input.length !== pages) throw new DevmirrorError('DM_ERR_VALIDATION', 'input must hold one word per page, or none');
+        const args = {
+          seq: num(r.notifierSeq),
+          start,
+          end,
+          defaultFlags: r.defaultFlags,
+          mask: r.pfnFlagsMask,
+          input: r.input.length ? Uint32Array.from(r.input) : null,
+          ownerSelf: r.ownerSelf,
+        };
+        work = dev.services.rangeFault(sub.pid, notifier, args).then((rep) => {
+          if (rep.ret === 0) dev.grantFault(sub.pid, start, rep.pfns, rep.gens, rep.tick);
+          return { rangeFaultReply: { error: rep.ret, pfns: Array.from(rep.pfns) } };
+        });
+        break;
+      }
+      case 'gup': {
+        const p = this.subscribedProc(f.gup.pid);
+        const va = num(f.gup.addr);
+        work = dev.services.gup(p.pid, va - (va % PAGE_SIZE), f.gup.write).then((g) => {
+          if (g.ret === 0) {
+            if (g.hugePfns && g.hugeGens && g.headVa !== undefined) {
+              for (let i = 0; i < g.hugePfns.length; i++) dev.sanitizer.grant(p.pid, g.headVa + i * PAGE_SIZE, g.hugePfns[i], g.hugeGens[i], g.write, g.tick);
+            } else dev.sanitizer.grant(p.pid, va - (va % PAGE_SIZE), g.pfn, g.gen, g.write, g.tick);
+          }
+          return {
+            gupReply: { error: g.ret, pfn: g.pfn, writable: g.write, huge: g.huge, headAddr: g.headVa ?? 0, hugePfns: g.hugePfns ? Array.from(g.hugePfns) : [] },
+          };
+        });
+        break;
+      }
+      case 'vma': {
+        const p = this.proc(f.vma.pid);
+        const v = dev.services.vma(p.pid, num(f.vma.addr));
+        work = { vmaReply: v ? { found: true, start: v.start, end: v.end, prot: v.prot, shared: v.shared, file: v.file } : { found: false } };
+        break;
+      }
+      case 'migrate': {
+        const m = f.migrate;
+        const p = this.subscribedProc(m.pid);
+        const dir = m.direction === MigrateDirection.TO_DEVICE ? 'to' : m.direction === MigrateDirection.TO_SYSTEM ? 'from' : null;
+        if (!dir) throw new DevmirrorError('DM_ERR_VALIDATION', 'migrate direction must be TO_DEVICE or TO_SYSTEM');
+        work = dev.services.migrate(p.pid, dir, num(m.start), num(m.end), m.allocFails).then((r) => {
+          if (dir === 'to') for (const [va, pfn, gen, w] of r.pages) dev.sanitizer.grant(p.pid, va, pfn, gen, w, r.tick);
+          return { migrateReply: { error: r.ret, collected: r.collected, moved: r.moved, pages: r.pages.map(([addr, pfn, , writable]) => ({ addr, pfn, writable })) } };
+        });
+        break;
+      }
+      case 'exclusive': {
+        const p = this.subscribedProc(f.exclusive.pid);
+        const va = num(f.exclusive.addr);
+        work = dev.services.exclusive(p.pid, va).then((r) => {
+          if (r.ret === 0) dev.sanitizer.grant(p.pid, va - (va % PAGE_SIZE), r.pfn, r.gen, true, r.tick);
+          return { exclusiveReply: { error: r.ret, pfn: r.pfn } };
+        });
+        break;
+      }
+      case 'evictDeviceMemory':
+        work = dev.services.evictDeviceMemory().then((pages) => ({ evictDeviceMemoryReply: { pages } }));
+        break;
+      case 'dma': {
+        const d = f.dma;
+        const p = this.subscribedProc(d.pid);
+        const r = dev.dma(p.pid, num(d.addr), d.pfn, d.write, d.write ? d.data : null, d.length);
+        work = { dmaReply: { error: 0, data: r.data, finding: r.finding } };
+        break;
+      }
+      default:
+        throw new DevmirrorError('DM_ERR_CHANNEL_PROTOCOL', `a client does not send ${f.body}`);
+    }
+    if (!(work instanceof Promise)) {
+      this.send({ requestId: rid, ...work });
+      return;
+    }
+    this.pending++;
+    work.then(
+      (frame) => {
+        this.pending--;
+        this.send({ requestId: rid, ...frame });
+      },
+      (e) => {
+        this.pending--;
+        this.error(rid, e);
+      },
+    );
+    void k;
+  }
+
+  // ---- end of the connection -------------------------------------------------------------------
+
+  private async onClose(code: number, reason: string): Promise<void> {
+    if (this.state !== 'closed') {
+      this.state = 'closed';
+      this.log('info', 'external device disconnected', { device: this.clientName, code, reason });
+    }
+    await this.teardown('closed', `connection closed (${code}${reason ? `: ${reason}` : ''})`);
+  }
+
+  private tornDown = false;
+  private async teardown(state: 'closed' | 'evicted', reason: string): Promise<void> {
+    if (this.tornDown) return;
+    this.tornDown = true;
+    if (this.helloTimer) clearTimeout(this.helloTimer);
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    for (const w of this.commands.values()) {
+      if (w.timer) clearTimeout(w.timer);
+      w.reject(new DevmirrorError('DM_ERR_CONFLICT', 'the client disconnected'));
+    }
+    this.commands.clear();
+    await this.device?.gone(state, reason);
+  }
+
+  /** For ULONG_MAX handling by callers that convert wire addresses. */
+  static addr(v: U64): number {
+    return addrFromWire(v, ULONG_MAX);
+  }
+}

@@ -1,17 +1,26 @@
 #!/usr/bin/env node
 /**
- * devmirror command line: `devmirror serve` runs the service (the default command).
+ * devmirror command line: `devmirror serve` runs the service (the default command);
+ * `devmirror device` runs one device personality as an external client of the notifier channel.
  */
+import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { loadConfig } from './config.js';
 import { DevmirrorError } from './errors.js';
 import { buildServer } from './http/server.js';
 import { Service } from './service.js';
+import { runExternalDevice } from './client/run-device.js';
+import { CHANNEL_PATH } from './channel/channel-server.js';
+import { DEVICE_KINDS, EVENT_POLICIES, type DeviceKind, type EventPolicy } from './devices/protocol.js';
 
 const USAGE = `usage: devmirror <command>
 
 commands:
   serve        run the kernel service (HTTP API on HOST:PORT); the default
+  device       run an external device client until interrupted:
+                 --kind gpu|rdma|kvm|dmirror --url ws://HOST:PORT[/v1/notifier/ws]
+                 --token T (or DEVMIRROR_TOKEN) --pid N [--name NAME] [--policy faithful|aware|blind]
+                 [--options JSON] [--dma JSON (start the DMA engine, e.g. {"rate":1000})]
   help         this text
 
 configuration comes from the environment: see docs/configuration.md`;
@@ -55,11 +64,72 @@ async function serve(): Promise<void> {
   process.on('SIGTERM', () => void stop('SIGTERM'));
 }
 
+async function device(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      kind: { type: 'string' },
+      url: { type: 'string' },
+      token: { type: 'string' },
+      pid: { type: 'string' },
+      name: { type: 'string' },
+      policy: { type: 'string' },
+      options: { type: 'string' },
+      dma: { type: 'string' },
+    },
+    strict: true,
+  });
+  const bad = (m: string): never => {
+    throw new DevmirrorError('DM_ERR_VALIDATION', `${m}\n${USAGE}`);
+  };
+  if (!values.kind || !DEVICE_KINDS.includes(values.kind as DeviceKind)) bad('--kind must be one of gpu, rdma, kvm, dmirror');
+  if (!values.url) bad('--url is required');
+  if (!values.pid || !/^\d+$/.test(values.pid)) bad('--pid must be a process id');
+  const policy = values.policy ?? 'faithful';
+  if (!EVENT_POLICIES.includes(policy as EventPolicy)) bad('--policy must be faithful, aware or blind');
+  const parse = (what: string, j: string | undefined): Record<string, unknown> => {
+    if (!j) return {};
+    try {
+      return JSON.parse(j) as Record<string, unknown>;
+    } catch {
+      return bad(`${what} is not JSON`);
+    }
+  };
+  const url = new URL(values.url!);
+  if (url.pathname === '/' || url.pathname === '') url.pathname = CHANNEL_PATH;
+  const log = pino({ level: process.env.LOG_LEVEL ?? 'info', name: 'devmirror-device' });
+  const dev = await runExternalDevice({
+    url: url.toString(),
+    token: values.token ?? process.env.DEVMIRROR_TOKEN ?? 'devmirror-local',
+    kind: values.kind as DeviceKind,
+    pid: Number(values.pid),
+    name: values.name,
+    policy: policy as EventPolicy,
+    options: parse('--options', values.options),
+    log: (level, msg, data) => log[level]({ ...data }, msg),
+  });
+  const dma = parse('--dma', values.dma);
+  if (Object.keys(dma).length) await dev.host.command('dma', dma);
+  dev.client.on('attached', () => {
+    if (Object.keys(dma).length) void dev.host.command('dma', dma);
+  });
+  log.info({ clientId: dev.client.clientId, kind: values.kind, pid: Number(values.pid) }, 'device attached');
+  process.stdout.write(`devmirror device: ${values.kind} attached to pid ${values.pid} as client ${dev.client.clientId}\n`);
+  const stop = async (): Promise<void> => {
+    await dev.stop();
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stop());
+  process.on('SIGTERM', () => void stop());
+}
+
 async function main(argv: string[]): Promise<void> {
   const cmd = argv[0] ?? 'serve';
   switch (cmd) {
     case 'serve':
       return serve();
+    case 'device':
+      return device(argv.slice(1));
     case 'help':
     case '--help':
     case '-h':

@@ -7,3 +7,7 @@ export { HMM_PFN, type HmmRange } from './kernel/hmm.js';
 export { DevmirrorError, ERRORS, type ErrorCode } from './errors.js';
 export { Service } from './service.js';
 export { buildServer } from './http/server.js';
+export { DeviceClient, type DeviceClientOptions, type InvalidateStartEvent, type InvalidateEndEvent, type YoungQueryEvent } from './client/device-client.js';
+export { runExternalDevice, type ExternalDeviceOptions, type RunningDevice } from './client/run-device.js';
+export { CLOSE } from './channel/close-codes.js';
+export { CHANNEL_PATH } from './channel/channel-server.js';

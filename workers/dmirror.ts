@@ -252,13 +252,16 @@ export class Dmirror extends Device implements IntervalHandler {
   }
 
   /** dmirror_do_read / dmirror_do_write: copy page by page; -ENOENT at the first missing page. */
-  private copy(c: Cmd, buf: Uint8Array, start: number, end: number, write: boolean): number {
+  private copy(c: Cmd, buf: Uint8Array, start: number, end: number, write: boolean): number | Promise<number> {
     for (let a = start; a < end; a += PAGE_SIZE) {
       const e = this.pt.get(a / PAGE_SIZE);
       if (!e || (write && !e.write)) return ERRNO.ENOENT;
       const off = a - c.addr;
-      this.host.access(a, e.pfn, write, buf, off, 0, PAGE_SIZE);
+      const pending = this.host.access(a, e.pfn, write, buf, off, 0, PAGE_SIZE);
       c.cpages++;
+      // Through a socket the access completes later (still under the driver lock); in a worker
+      // it is synchronous and the whole copy stays in one turn.
+      if (pending) return pending.then(() => this.copy(c, buf, a + PAGE_SIZE, end, write));
     }
     return 0;
   }
@@ -274,7 +277,8 @@ export class Dmirror extends Device implements IntervalHandler {
       await this.lock.lock('rw');
       let ret: number;
       try {
-        ret = this.copy(c, buf, start, end, write);
+        const r = this.copy(c, buf, start, end, write);
+        ret = typeof r === 'number' ? r : await r;
       } finally {
         this.lock.unlock();
       }
@@ -308,7 +312,8 @@ export class Dmirror extends Device implements IntervalHandler {
     await this.lock.lock('readback');
     let ret: number;
     try {
-      ret = this.copy(c, buf, c.addr, c.addr + c.npages * PAGE_SIZE, false);
+      const r = this.copy(c, buf, c.addr, c.addr + c.npages * PAGE_SIZE, false);
+      ret = typeof r === 'number' ? r : await r;
     } finally {
       this.lock.unlock();
     }

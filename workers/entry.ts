@@ -5,23 +5,9 @@
 import { workerData } from 'node:worker_threads';
 import type { DeviceInit } from '../src/devices/protocol.js';
 import { WorkerHost } from './runtime/worker-host.js';
-import type { Device } from './runtime/device.js';
-import type { DeviceHost } from './runtime/host.js';
-import { Dmirror } from './dmirror.js';
-import { Gpu } from './gpu.js';
-import { Kvm } from './kvm.js';
-import { Rdma } from './rdma.js';
+import { PERSONALITIES, registerPersonality } from './personalities.js';
 
-const PERSONALITIES: Record<string, (h: DeviceHost) => Device> = {
-  dmirror: (h) => new Dmirror(h),
-  gpu: (h) => new Gpu(h),
-  rdma: (h) => new Rdma(h),
-  kvm: (h) => new Kvm(h),
-};
-
-export function registerPersonality(kind: string, make: (h: DeviceHost) => Device): void {
-  PERSONALITIES[kind] = make;
-}
+export { registerPersonality };
 
 const init = workerData as DeviceInit;
 const host = new WorkerHost(init);

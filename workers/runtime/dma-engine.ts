@@ -153,10 +153,12 @@ export class DmaEngine {
       const len = Math.min(this.config.bytes, PAGE_SIZE);
       if (write) {
         const src = data ?? this.buf.fill((this.seq++ & 0xff) | 1, 0, len);
-        this.host.access(va, pfn, true, src, 0, 0, len);
+        const pending = this.host.access(va, pfn, true, src, 0, 0, len);
+        if (pending) await pending;
         this.stats.writes++;
       } else {
-        this.host.access(va, pfn, false, this.buf, 0, 0, len);
+        const pending = this.host.access(va, pfn, false, this.buf, 0, 0, len);
+        if (pending) await pending;
         this.stats.reads++;
       }
       this.stats.accesses++;

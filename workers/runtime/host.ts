@@ -8,8 +8,8 @@
  * device answers an invalidation, and checks every memory access the device makes through
  * `access()`. The personality cannot bypass it: it has no other way to touch memory.
  */
+import { CALL_OP } from '../../src/kernel/layout.js';
 import type { DeviceKind, EventPolicy, FaultReply, GupReply, MigrateReply, ExclusiveReply } from '../../src/devices/protocol.js';
-import type { Sanitizer } from '../../src/sanitizer/sanitizer.js';
 
 export interface DevRange {
   /** Invalidation id. */
@@ -96,7 +96,6 @@ export interface DeviceHost {
   readonly name: string;
   readonly policy: EventPolicy;
   readonly options: Record<string, unknown>;
-  readonly sanitizer: Sanitizer;
   readonly counters: Record<string, number>;
   /** Frames of RAM; frame numbers at or above are device memory. */
   readonly ramFrames: number;
@@ -120,9 +119,11 @@ export interface DeviceHost {
 
   /**
    * The only way a device touches memory: reads (into `buf`) or writes (from `buf`) `len` bytes at
-   * `off` of the page at `va`, through frame `pfn`; checked by the sanitizer after the copy.
+   * `off` of the page at `va`, through frame `pfn`; checked by the sanitizer. Synchronous in a
+   * worker (shared memory); a promise over a socket (the kernel performs it), which the caller
+   * awaits while the access counts as in flight.
    */
-  access(va: number, pfn: number, write: boolean, buf: Uint8Array, bufOff: number, off: number, len: number): void;
+  access(va: number, pfn: number, write: boolean, buf: Uint8Array, bufOff: number, off: number, len: number): void | Promise<void>;
   /** The device dropped its translation of va (no longer granted). */
   forget(va: number): void;
 
@@ -136,4 +137,35 @@ export interface DeviceHost {
    * shortest declared period, so timers keep their pace while the loop sleeps on its doorbell.
    */
   holdTimers(on: boolean, periodMs: number): void;
+}
+
+/**
+ * Runs the personality's handler for one kernel call (whatever transport brought it): interval
+ * invalidate, mm start, release or a young query (`op` is a CALL_OP). A call for a subscription
+ * the device already dropped is answered as done.
+ */
+export function invokeCall(sub: DevSub | undefined, op: number, range: DevRange, curSeq: number): boolean | void | Promise<boolean | void> {
+  if (!sub) return true;
+  if (op === CALL_OP.INVALIDATE) return (sub.handler as IntervalHandler).invalidate(sub, range, curSeq);
+  const h = sub.handler as MmHandler;
+  switch (op) {
+    case CALL_OP.MM_START:
+      return h.start(range);
+    case CALL_OP.RELEASE:
+      return h.release?.();
+    case CALL_OP.CLEAR_FLUSH_YOUNG:
+      return h.clearFlushYoung?.(range.start, range.end) ?? false;
+    case CALL_OP.CLEAR_YOUNG:
+      return h.clearYoung?.(range.start, range.end) ?? false;
+    case CALL_OP.TEST_YOUNG:
+      return h.testYoung?.(range.start) ?? false;
+  }
+  return true;
+}
+
+/** Delivers an end to the personality (interval windowClosed or mm end). */
+export function invokeEnd(sub: DevSub | undefined, range: DevRange): void {
+  if (!sub) return;
+  if ('invalidate' in sub.handler) sub.handler.windowClosed?.(sub, range);
+  else sub.handler.end?.(range);
 }

@@ -51,6 +51,8 @@ import type {
 } from '../../src/devices/protocol.js';
 import {
   DevSub,
+  invokeCall,
+  invokeEnd,
   type CommandHandler,
   type DevRange,
   type DeviceHost,
@@ -397,31 +399,7 @@ export class WorkerHost implements DeviceHost {
       this.counters.invalidations = (this.counters.invalidations ?? 0) + 1;
     }
     if (f.hang) return; // never answers: the kernel evicts us after its deadline
-    let result: boolean | Promise<boolean> | void | Promise<void>;
-    if (!sub) {
-      result = true; // a subscription we already dropped
-    } else if (op === CALL_OP.INVALIDATE) {
-      result = (sub.handler as IntervalHandler).invalidate(sub, range, curSeq);
-    } else {
-      const h = sub.handler as MmHandler;
-      switch (op) {
-        case CALL_OP.MM_START:
-          result = h.start(range);
-          break;
-        case CALL_OP.RELEASE:
-          result = h.release?.();
-          break;
-        case CALL_OP.CLEAR_FLUSH_YOUNG:
-          result = h.clearFlushYoung?.(range.start, range.end) ?? false;
-          break;
-        case CALL_OP.CLEAR_YOUNG:
-          result = h.clearYoung?.(range.start, range.end) ?? false;
-          break;
-        case CALL_OP.TEST_YOUNG:
-          result = h.testYoung?.(range.start) ?? false;
-          break;
-      }
-    }
+    const result = invokeCall(sub, op, range, curSeq);
     const refuse = f.refuseNonblock && !range.blockable && (op === CALL_OP.INVALIDATE || op === CALL_OP.MM_START);
     const done = (v: boolean | void): void => {
       const ok = refuse ? false : op === CALL_OP.RELEASE ? true : v !== false;
@@ -456,10 +434,7 @@ export class WorkerHost implements DeviceHost {
       tick: mb[base + ES.TICK],
     };
     this.sanitizer.ended(id, range.tick);
-    const sub = this.subs.get(mb[base + ES.SUB]);
-    if (!sub) return;
-    if ('invalidate' in sub.handler) sub.handler.windowClosed?.(sub, range);
-    else sub.handler.end?.(range);
+    invokeEnd(this.subs.get(mb[base + ES.SUB]), range);
   }
 
   /** Takes every posted call and end. */

@@ -1,0 +1,83 @@
+/**
+ * Runs one device personality (gpu, rdma, kvm, dmirror) as an external client of the notifier
+ * channel: the same code as a device worker, over a SocketHost. The connection is retried with
+ * backoff; after every reconnection (the server dropped this client's subscriptions when the
+ * connection ended, and a new boot id means a restarted kernel) the personality is rebuilt and
+ * attached again, from an empty mirror.
+ */
+import { DeviceClient } from './device-client.js';
+import { SocketHost } from '../../workers/runtime/socket-host.js';
+import { PERSONALITIES } from '../../workers/personalities.js';
+import type { Device } from '../../workers/runtime/device.js';
+import type { DeviceKind, EventPolicy } from '../devices/protocol.js';
+import { DevmirrorError } from '../errors.js';
+
+export interface ExternalDeviceOptions {
+  url: string;
+  token?: string;
+  kind: DeviceKind;
+  pid: number;
+  name?: string;
+  policy?: EventPolicy;
+  options?: Record<string, unknown>;
+  /** Stats to the server every this many ms (default 1000). */
+  statsMs?: number;
+  log?: (level: 'debug' | 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>) => void;
+}
+
+export interface RunningDevice {
+  readonly client: DeviceClient;
+  /** The current host and personality (replaced after a reconnection). */
+  host: SocketHost;
+  device: Device;
+  /** Attachments so far (1 + reconnections that re-attached). */
+  attachments: number;
+  stop(): Promise<void>;
+}
+
+export async function runExternalDevice(o: ExternalDeviceOptions): Promise<RunningDevice> {
+  const make = PERSONALITIES[o.kind];
+  if (!make) throw new DevmirrorError('DM_ERR_VALIDATION', `unknown device kind ${o.kind}`);
+  const log = o.log ?? (() => undefined);
+  const name = o.name ?? `${o.kind}-ext`;
+  const client = new DeviceClient({ url: o.url, token: o.token, name, kind: o.kind, reconnect: true });
+  const build = async (): Promise<{ host: SocketHost; device: Device }> => {
+    const host = new SocketHost(client, { pid: o.pid, kind: o.kind, name, policy: o.policy ?? 'faithful', options: o.options ?? {}, log });
+    const device = make(host);
+    host.mirrorSummary = () => device.summary();
+    await device.attach();
+    return { host, device };
+  };
+  await client.connect();
+  const first = await build();
+  const running: RunningDevice = {
+    client,
+    host: first.host,
+    device: first.device,
+    attachments: 1,
+    async stop() {
+      clearInterval(stats);
+      running.device.dma.stop();
+      await client.close();
+    },
+  };
+  client.on('reconnected', ({ bootChanged }: { bootChanged: boolean }) => {
+    log('info', 'reconnected: attaching again', { bootChanged });
+    running.device.dma.stop();
+    build().then(
+      (b) => {
+        running.host = b.host;
+        running.device = b.device;
+        running.attachments++;
+        client.emit('attached', running.attachments);
+      },
+      (e: Error) => log('error', 'attach after reconnection failed', { err: e.message }),
+    );
+  });
+  client.on('fatal', (e: Error) => log('error', e.message));
+  const stats = setInterval(() => {
+    if (client.connected) running.host.reportStats();
+  }, o.statsMs ?? 1000);
+  stats.unref();
+  return running;
+}

@@ -110,7 +110,8 @@ async function device(argv: string[]): Promise<void> {
   });
   const dma = parse('--dma', values.dma);
   if (Object.keys(dma).length) await dev.host.command('dma', dma);
-  dev.client.on('attached', () => {
+  dev.client.on('attached', (n: number) => {
+    process.stdout.write(`devmirror device: re-attached as client ${dev.client.clientId} (attachment ${n})\n`);
     if (Object.keys(dma).length) void dev.host.command('dma', dma);
   });
   log.info({ clientId: dev.client.clientId, kind: values.kind, pid: Number(values.pid) }, 'device attached');

@@ -210,7 +210,9 @@ export function messageTypes(): string[] {
 export function addrFromWire(v: U64, kernelUlongMax: number): number {
   if (typeof v === 'number') return v;
   if (v === WIRE_ULONG_MAX) return kernelUlongMax;
-  throw new DevmirrorError('DM_ERR_BAD_ADDRESS', `address ${v} is beyond the emulated address space`);
+  // Above 2^53 only bounds occur (the user address space ends at 2^47): a page multiple converts
+  // exactly; anything else is rounded to the nearest double.
+  return Number(v);
 }
 
 /** Converts a kernel address to its wire form (the kernel's ULONG_MAX, 2^64, becomes 2^64 - 1). */

@@ -299,7 +299,7 @@ export class ExternalDevice {
     const off = va % PAGE_SIZE;
     const len = write ? (data?.length ?? 0) : length;
     if (len <= 0 || off + len > PAGE_SIZE) throw new DevmirrorError('DM_ERR_VALIDATION', 'a DMA access must stay within one page and move at least one byte');
-    if (!Number.isInteger(pfn) || pfn <= 0 || pfn >= this.k.mem.totalFrames) throw new DevmirrorError('DM_ERR_VALIDATION', `pfn ${pfn} is not a frame`);
+    if (!Number.isInteger(pfn) || pfn < 0 || pfn >= this.k.mem.totalFrames) throw new DevmirrorError('DM_ERR_VALIDATION', `pfn ${pfn} is not a frame`);
     // The check comes first: a stale write must never land in a frame that is someone else's now.
     const f = this.sanitizer.check(pid, va - off, pfn, write);
     const bytes = this.k.mem.data;
@@ -315,6 +315,12 @@ export class ExternalDevice {
     }
     this.handshake.dmaReads++;
     return { data: bytes.slice(base, base + len), finding: f?.kind ?? '' };
+  }
+
+  /** Sends a command to the client's personality (test_hmm commands, DMA control, ...). */
+  command<T = unknown>(name: string, args: Record<string, unknown> = {}, timeoutMs = 30_000): Promise<T> {
+    if (!this.alive) return Promise.reject(new DevmirrorError('DM_ERR_CONFLICT', `device ${this.name} is ${this.state}`));
+    return this.port.command(name, args, timeoutMs) as Promise<T>;
   }
 
   // ---- deadlines and teardown ------------------------------------------------------------------

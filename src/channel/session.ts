@@ -74,10 +74,17 @@ export interface SessionHost {
 
 type Log = SessionHost['log'];
 
+/** Ids and counts: must fit in 2^53. */
 const num = (v: U64): number => {
   if (typeof v === 'bigint') throw new DevmirrorError('DM_ERR_VALIDATION', `value ${v} is out of range`);
   return v;
 };
+/**
+ * Addresses and lengths: ULONG_MAX (2^64 - 1) is the kernel's ULONG_MAX; other values above 2^53
+ * (bounds such as "the whole address space" minus a page) are rounded to the nearest double, which
+ * is exact for page multiples; the emulated user address space ends at 2^47 anyway.
+ */
+const addrOf = (v: U64): number => (typeof v === 'bigint' ? addrFromWire(v, ULONG_MAX) : v);
 
 export class Session implements ExternalPort {
   state: 'hello' | 'open' | 'closed' = 'hello';
@@ -341,8 +348,8 @@ export class Session implements ExternalPort {
         const p = this.proc(s.pid, s.process);
         if (dev.subs.size >= this.host.limits.maxSubscriptions) throw new DevmirrorError('DM_ERR_CHANNEL_LIMIT', `at most ${this.host.limits.maxSubscriptions} subscriptions`);
         if (s.kind === SubscriptionKind.INTERVAL) {
-          const start = num(s.start);
-          const length = num(s.length);
+          const start = addrOf(s.start);
+          const length = addrOf(s.length);
           if (length <= 0 || start % PAGE_SIZE !== 0 || length % PAGE_SIZE !== 0) {
             throw new DevmirrorError('DM_ERR_VALIDATION', 'an interval subscription needs a page-aligned start and a non-zero page-aligned length');
           }
@@ -368,8 +375,8 @@ export class Session implements ExternalPort {
       case 'rangeFault': {
         const r = f.rangeFault;
         const { sub, notifier } = this.intervalSub(r.subscriptionId);
-        const start = num(r.start);
-        const end = num(r.end);
+        const start = addrOf(r.start);
+        const end = addrOf(r.end);
         if (start % PAGE_SIZE || end % PAGE_SIZE || end <= start || start < sub.start || end > sub.end) {
           throw new DevmirrorError('DM_ERR_VALIDATION', 'a range fault must cover whole pages inside its subscription');
         }
@@ -393,7 +400,7 @@ export class Session implements ExternalPort {
       }
       case 'gup': {
         const p = this.subscribedProc(f.gup.pid);
-        const va = num(f.gup.addr);
+        const va = addrOf(f.gup.addr);
         work = dev.services.gup(p.pid, va - (va % PAGE_SIZE), f.gup.write).then((g) => {
           if (g.ret === 0) {
             if (g.hugePfns && g.hugeGens && g.headVa !== undefined) {
@@ -408,7 +415,7 @@ export class Session implements ExternalPort {
       }
       case 'vma': {
         const p = this.proc(f.vma.pid);
-        const v = dev.services.vma(p.pid, num(f.vma.addr));
+        const v = dev.services.vma(p.pid, addrOf(f.vma.addr));
         work = { vmaReply: v ? { found: true, start: v.start, end: v.end, prot: v.prot, shared: v.shared, file: v.file } : { found: false } };
         break;
       }
@@ -417,7 +424,7 @@ export class Session implements ExternalPort {
         const p = this.subscribedProc(m.pid);
         const dir = m.direction === MigrateDirection.TO_DEVICE ? 'to' : m.direction === MigrateDirection.TO_SYSTEM ? 'from' : null;
         if (!dir) throw new DevmirrorError('DM_ERR_VALIDATION', 'migrate direction must be TO_DEVICE or TO_SYSTEM');
-        work = dev.services.migrate(p.pid, dir, num(m.start), num(m.end), m.allocFails).then((r) => {
+        work = dev.services.migrate(p.pid, dir, addrOf(m.start), addrOf(m.end), m.allocFails).then((r) => {
           if (dir === 'to') for (const [va, pfn, gen, w] of r.pages) dev.sanitizer.grant(p.pid, va, pfn, gen, w, r.tick);
           return { migrateReply: { error: r.ret, collected: r.collected, moved: r.moved, pages: r.pages.map(([addr, pfn, , writable]) => ({ addr, pfn, writable })) } };
         });
@@ -425,7 +432,7 @@ export class Session implements ExternalPort {
       }
       case 'exclusive': {
         const p = this.subscribedProc(f.exclusive.pid);
-        const va = num(f.exclusive.addr);
+        const va = addrOf(f.exclusive.addr);
         work = dev.services.exclusive(p.pid, va).then((r) => {
           if (r.ret === 0) dev.sanitizer.grant(p.pid, va - (va % PAGE_SIZE), r.pfn, r.gen, true, r.tick);
           return { exclusiveReply: { error: r.ret, pfn: r.pfn } };
@@ -438,7 +445,7 @@ export class Session implements ExternalPort {
       case 'dma': {
         const d = f.dma;
         const p = this.subscribedProc(d.pid);
-        const r = dev.dma(p.pid, num(d.addr), d.pfn, d.write, d.write ? d.data : null, d.length);
+        const r = dev.dma(p.pid, addrOf(d.addr), d.pfn, d.write, d.write ? d.data : null, d.length);
         work = { dmaReply: { error: 0, data: r.data, finding: r.finding } };
         break;
       }

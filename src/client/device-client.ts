@@ -218,7 +218,7 @@ export class DeviceClient extends EventEmitter {
         (w) => this.emit('reconnected', { bootChanged: this.bootChanged, welcome: w }),
         () => undefined, // the close handler schedules the next attempt
       );
-    }, delay).unref?.();
+    }, delay); // ref'd on purpose: a reconnecting client keeps its process alive
   }
 
   /** Closes the connection for good (no reconnection). */

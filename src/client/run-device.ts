@@ -61,9 +61,11 @@ export async function runExternalDevice(o: ExternalDeviceOptions): Promise<Runni
       await client.close();
     },
   };
-  client.on('reconnected', ({ bootChanged }: { bootChanged: boolean }) => {
-    log('info', 'reconnected: attaching again', { bootChanged });
-    running.device.dma.stop();
+  // After a reconnection: attach again; a restarted server may not have the process yet, so a
+  // failed attach is retried (every 500 ms) for as long as this connection lasts.
+  let generation = 0;
+  const reattach = (gen: number): void => {
+    if (gen !== generation || !client.connected) return;
     build().then(
       (b) => {
         running.host = b.host;
@@ -71,8 +73,16 @@ export async function runExternalDevice(o: ExternalDeviceOptions): Promise<Runni
         running.attachments++;
         client.emit('attached', running.attachments);
       },
-      (e: Error) => log('error', 'attach after reconnection failed', { err: e.message }),
+      (e: Error) => {
+        log('warn', 'attach after reconnection failed; retrying', { err: e.message });
+        setTimeout(() => reattach(gen), 500).unref();
+      },
     );
+  };
+  client.on('reconnected', ({ bootChanged }: { bootChanged: boolean }) => {
+    log('info', 'reconnected: attaching again', { bootChanged });
+    running.device.dma.stop();
+    reattach(++generation);
   });
   client.on('fatal', (e: Error) => log('error', e.message));
   const stats = setInterval(() => {

@@ -14,10 +14,10 @@ export interface Harness {
 }
 
 /** A service with its HTTP server on an ephemeral port; always close it. */
-export async function startHarness(opts: ServiceOptions = {}): Promise<Harness> {
+export async function startHarness(opts: ServiceOptions = {}, port0 = 0): Promise<Harness> {
   const svc = new Service({ kernel: { memoryBytes: 32 * 1024 * 1024, deviceMemoryBytes: 8 * 1024 * 1024 }, ...opts });
   const app = await buildServer(svc, { logger: false });
-  await app.listen({ host: '127.0.0.1', port: 0 });
+  await app.listen({ host: '127.0.0.1', port: port0 });
   await svc.start();
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : 0;

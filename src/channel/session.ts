@@ -129,7 +129,27 @@ export class Session implements ExternalPort {
       this.close(CLOSE.SLOW_CONSUMER, `send queue above ${this.host.limits.maxBufferedBytes} bytes`);
       return;
     }
+    this.cork();
     this.ws.send(encodeServerFrame(f));
+  }
+
+  private corked = false;
+  /**
+   * Frames produced in one turn of the event loop leave in one write: the socket is corked at the
+   * first frame and uncorked after the current microtasks (process.nextTick runs after them). A
+   * small socket write costs tens of microseconds here, so an invalidation's end and the next
+   * start, or the starts of a batch, share one.
+   */
+  private cork(): void {
+    if (this.corked) return;
+    const sock = (this.ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
+    if (!sock) return;
+    this.corked = true;
+    sock.cork();
+    process.nextTick(() => {
+      this.corked = false;
+      sock.uncork();
+    });
   }
 
   private error(requestId: U64, e: unknown): void {

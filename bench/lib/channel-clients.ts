@@ -1,0 +1,33 @@
+/**
+ * A client process for bench:channel. Modes:
+ *   clients URL TOKEN PID START LENGTH COUNT : COUNT DeviceClient connections, each with one interval
+ *                                             subscription, acknowledging every start at once;
+ *   echo URL                                 : one bare `ws` connection echoing every frame back.
+ * Prints "ready" when set up; exits when stdin closes.
+ */
+import WebSocket from 'ws';
+import { DeviceClient } from '../../src/client/device-client.js';
+
+const [mode, url, ...rest] = process.argv.slice(2);
+process.stdin.on('end', () => process.exit(0));
+process.stdin.resume();
+
+if (mode === 'echo') {
+  const ws = new WebSocket(url, { perMessageDeflate: false });
+  ws.on('message', (d: Buffer) => ws.send(d));
+  ws.on('open', () => process.stdout.write('ready\n'));
+} else {
+  const [token, pid, start, length, count] = rest.map((x, i) => (i === 0 ? x : Number(x))) as [string, number, number, number, number];
+  const clients: DeviceClient[] = [];
+  for (let i = 0; i < count; i++) clients.push(new DeviceClient({ url, token, name: `bench-${process.pid}-${i}`, kind: 'bench' }));
+  // Connect in batches: a thousand simultaneous upgrades would only measure the accept queue.
+  for (let i = 0; i < clients.length; i += 50) {
+    await Promise.all(
+      clients.slice(i, i + 50).map(async (c) => {
+        await c.connect();
+        await c.subscribeInterval({ pid, start, length });
+      }),
+    );
+  }
+  process.stdout.write('ready\n');
+}

@@ -6,7 +6,7 @@ import type { Server } from 'node:http';
 import { Kernel, type KernelConfig } from './kernel/kernel.js';
 import { EventLog } from './notifier/event-log.js';
 import { DeviceManager, type DeviceManagerOptions } from './devices/device-manager.js';
-import { ChannelServer } from './channel/channel-server.js';
+import { CHANNEL_PATH, ChannelServer } from './channel/channel-server.js';
 import type { ChannelLimits } from './channel/session.js';
 import { TokenTable } from './channel/tokens.js';
 
@@ -44,6 +44,7 @@ export class Service {
       tokens,
       limits: { deadlineMs: opts.deadlineMs, ...opts.channel },
       allocateId: () => this.devices.allocateId(),
+      bindWorker: (token) => this.devices.workerByToken(token),
       log,
     });
   }
@@ -51,6 +52,13 @@ export class Service {
   /** Serves the notifier channel (/v1/notifier/ws) on the HTTP server. */
   attach(server: Server): void {
     this.channel.attach(server);
+    // Device workers created once the server listens subscribe through the channel.
+    this.devices.channelUrl = () => {
+      const a = server.address();
+      if (!a || typeof a !== 'object') return null;
+      const host = a.family === 'IPv6' ? `[${a.address === '::' ? '::1' : a.address}]` : a.address === '0.0.0.0' ? '127.0.0.1' : a.address;
+      return `ws://${host}:${a.port}${CHANNEL_PATH}`;
+    };
   }
 
   get bootId(): number {

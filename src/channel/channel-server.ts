@@ -22,6 +22,8 @@ export interface ChannelOptions {
   /** Device ids shared with the worker devices (owner values must not collide). */
   allocateId?: () => number;
   log?: SessionHost['log'];
+  /** Resolves device-worker tokens (workers subscribe through the channel). */
+  bindWorker?: SessionHost['bindWorker'];
 }
 
 let fallbackId = 10_000;
@@ -36,6 +38,7 @@ export class ChannelServer implements SessionHost {
   readonly devices = new Map<number, ExternalDevice>();
   readonly log: SessionHost['log'];
   private readonly alloc: () => number;
+  readonly bindWorker: SessionHost['bindWorker'];
   onFinding: ((d: ExternalDevice, f: Finding) => void) | null = null;
   onChange: ((d: ExternalDevice) => void) | null = null;
   private server: Server | null = null;
@@ -49,6 +52,7 @@ export class ChannelServer implements SessionHost {
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
     this.alloc = opts.allocateId ?? (() => fallbackId++);
     this.log = opts.log ?? (() => undefined);
+    this.bindWorker = opts.bindWorker ?? (() => null);
     this.wss = new WebSocketServer({ noServer: true, maxPayload: this.limits.maxPayload, perMessageDeflate: false });
   }
 
@@ -76,7 +80,7 @@ export class ChannelServer implements SessionHost {
     const auth = req.headers.authorization;
     const token = auth?.startsWith('Bearer ') ? auth.slice(7).trim() : url.searchParams.get('token');
     // A token given at the upgrade is checked before any WebSocket exists.
-    if (token && !this.tokens.check(token)) return reject(401, 'unknown token');
+    if (token && !this.tokens.check(token) && !this.bindWorker(token)) return reject(401, 'unknown token');
     this.wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
       const s = new Session(ws, this, token, `${req.socket.remoteAddress}:${req.socket.remotePort}`);
       this.sessions.add(s);

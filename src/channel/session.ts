@@ -62,7 +62,18 @@ export const DEFAULT_LIMITS: ChannelLimits = {
   deadlineMs: 1000,
 };
 
+/** A device worker's side of the kernel, for a worker that subscribes through the channel. */
+export interface WorkerBinding {
+  readonly id: number;
+  readonly pid: number;
+  readonly name: string;
+  channelSubscribe(kind: 'interval' | 'mm', start: number, length: number, label: string): { id: number; seq: number };
+  channelUnsubscribe(id: number): Promise<void>;
+}
+
 export interface SessionHost {
+  /** The worker a `worker:<id>:<secret>` token belongs to. */
+  bindWorker(token: string): WorkerBinding | null;
   readonly kernel: Kernel;
   readonly tokens: TokenTable;
   readonly limits: ChannelLimits;
@@ -89,6 +100,8 @@ const addrOf = (v: U64): number => (typeof v === 'bigint' ? addrFromWire(v, ULON
 export class Session implements ExternalPort {
   state: 'hello' | 'open' | 'closed' = 'hello';
   device: ExternalDevice | null = null;
+  /** Set when this connection is a device worker's (its handshake stays on the mailbox). */
+  worker: WorkerBinding | null = null;
   grant: Grant | null = null;
   clientName = '';
   private pending = 0;
@@ -251,6 +264,10 @@ export class Session implements ExternalPort {
       if (f.body !== 'hello') throw new DevmirrorError('DM_ERR_CHANNEL_PROTOCOL', `the first frame must be a Hello, not ${f.body}`);
       return this.hello(f.requestId, f.hello);
     }
+    if (this.worker) {
+      if (f.body === 'hello') throw new DevmirrorError('DM_ERR_CHANNEL_PROTOCOL', 'a second Hello');
+      return this.workerRequest(f);
+    }
     const dev = this.device!;
     switch (f.body) {
       case 'hello':
@@ -288,7 +305,9 @@ export class Session implements ExternalPort {
     if (!h.protocolVersions.includes(PROTOCOL_VERSION)) {
       return this.close(CLOSE.VERSION, `no common protocol version (server speaks ${PROTOCOL_VERSION})`);
     }
-    const grant = this.host.tokens.check(h.token || this.headerToken);
+    const token = h.token || this.headerToken || '';
+    if (token.startsWith('worker:')) return this.helloWorker(requestId, token);
+    const grant = this.host.tokens.check(token);
     if (!grant) return this.close(CLOSE.UNAUTHORIZED, 'missing or unknown token');
     this.grant = grant;
     this.clientName = h.clientName || `client@${this.remote}`;
@@ -326,6 +345,60 @@ export class Session implements ExternalPort {
     }, lim.heartbeatMs);
     this.heartbeat.unref();
     this.log('info', 'external device connected', { device: this.clientName, deviceId: id, kind: this.device.kind, remote: this.remote });
+  }
+
+  /**
+   * A device worker of this kernel: it subscribes through the channel; its invalidations, answers
+   * and ends stay on its shared-memory mailbox (the binding's subscriptions post there).
+   */
+  private helloWorker(requestId: U64, token: string): void {
+    const w = this.host.bindWorker(token);
+    if (!w) return this.close(CLOSE.UNAUTHORIZED, 'unknown worker token');
+    this.worker = w;
+    this.clientName = w.name;
+    this.state = 'open';
+    const lim = this.host.limits;
+    this.send({
+      requestId,
+      welcome: {
+        protocolVersion: PROTOCOL_VERSION,
+        bootId: this.host.kernel.bootId,
+        clientId: w.id,
+        capabilities: ['worker'],
+        maxFrameBytes: lim.maxPayload,
+        maxSubscriptions: lim.maxSubscriptions,
+        maxPendingRequests: lim.maxPending,
+        heartbeatMs: lim.heartbeatMs,
+        ackDeadlineMs: lim.deadlineMs,
+        pageSize: PAGE_SIZE,
+        pids: [w.pid],
+        ramFrames: this.host.kernel.mem.ramFrames,
+      },
+    });
+    this.log('debug', 'device worker bound to the channel', { device: w.name, deviceId: w.id });
+  }
+
+  /** Requests of a device worker: subscriptions only (everything else travels by postMessage). */
+  private workerRequest(f: ClientFrame): void {
+    const w = this.worker!;
+    if (f.body === 'subscribe') {
+      const s = f.subscribe;
+      if ((s.pid || w.pid) !== w.pid) throw new DevmirrorError('DM_ERR_FORBIDDEN', `a worker subscribes only to its own process ${w.pid}`);
+      const kind = s.kind === SubscriptionKind.INTERVAL ? 'interval' : s.kind === SubscriptionKind.MM ? 'mm' : null;
+      if (!kind) throw new DevmirrorError('DM_ERR_VALIDATION', 'subscription kind must be MM or INTERVAL');
+      const r = w.channelSubscribe(kind, addrOf(s.start), addrOf(s.length), s.label);
+      return this.send({ requestId: f.requestId, subscribed: { subscriptionId: r.id, pid: w.pid, seq: r.seq } });
+    }
+    if (f.body === 'unsubscribe') {
+      const id = num(f.unsubscribe.subscriptionId);
+      const rid = f.requestId;
+      w.channelUnsubscribe(id).then(
+        () => this.send({ requestId: rid, unsubscribed: { subscriptionId: id } }),
+        (e) => this.error(rid, e),
+      );
+      return;
+    }
+    throw new DevmirrorError('DM_ERR_CHANNEL_PROTOCOL', `a device worker does not send ${f.body} on the channel`);
   }
 
   /** A process this client may act on, by pid or name. */

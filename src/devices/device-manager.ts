@@ -3,6 +3,7 @@
  * one process and owns a share of device memory (its frames carry its id as owner).
  */
 import os from 'node:os';
+import { timingSafeEqual } from 'node:crypto';
 import { DevmirrorError } from '../errors.js';
 import type { Kernel } from '../kernel/kernel.js';
 import { AdaptiveSpin, WorkerAckGroup } from './ack-group.js';
@@ -28,6 +29,8 @@ export interface DeviceManagerOptions {
   /** Cores to plan spinning for (default: os.cpus().length). */
   cores?: number;
   log?: (level: 'debug' | 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>) => void;
+  /** The notifier channel's URL once the server listens (workers then subscribe through it). */
+  channelUrl?: () => string | null;
 }
 
 /** Where the worker entry is: the compiled .js next to us, or the .ts sources under vitest/tsx. */
@@ -46,6 +49,7 @@ export class DeviceManager {
   readonly workerSpinUs: number;
   readonly cores: number;
   private readonly log: NonNullable<DeviceManagerOptions['log']>;
+  channelUrl: DeviceManagerOptions['channelUrl'];
   onFinding: ((d: WorkerDevice, f: Finding) => void) | null = null;
   onChange: ((d: WorkerDevice) => void) | null = null;
 
@@ -57,6 +61,7 @@ export class DeviceManager {
     this.workerSpinUs = opts.workerSpinUs ?? 50;
     this.cores = opts.cores ?? os.cpus().length;
     this.log = opts.log ?? (() => undefined);
+    this.channelUrl = opts.channelUrl;
     const spin = new AdaptiveSpin(this.cores, undefined, () => this.liveCount());
     this.group = new WorkerAckGroup(undefined, spin);
   }
@@ -103,6 +108,7 @@ export class DeviceManager {
       policy,
       options: req.options ?? {},
       deadlineMs: req.deadlineMs ?? this.deadlineMs,
+      channelUrl: this.channelUrl?.() ?? null,
     });
     dev.log = (level, msg, data) => this.log(level, msg, { device: name, deviceId: id, ...data });
     dev.onFinding = (d, f) => this.onFinding?.(d, f);
@@ -131,6 +137,17 @@ export class DeviceManager {
     this.rebalanceSpin();
     this.log('info', 'device attached', { device: name, deviceId: id, kind: req.kind, pid: proc.pid, policy });
     return dev;
+  }
+
+  /** The live worker a channel token (`worker:<id>:<secret>`) belongs to, or null. */
+  workerByToken(token: string): WorkerDevice | null {
+    const m = /^worker:(\d+):[0-9a-f]{32}$/.exec(token);
+    if (!m) return null;
+    const d = this.devices.get(Number(m[1]));
+    if (!d || !d.alive) return null;
+    const a = Buffer.from(d.channelToken);
+    const b = Buffer.from(token);
+    return a.length === b.length && timingSafeEqual(a, b) ? d : null;
   }
 
   get(id: number): WorkerDevice {

@@ -57,6 +57,11 @@ export interface DeviceInit {
   meta: SharedArrayBuffer;
   data: SharedArrayBuffer;
   bootId: number;
+  /**
+   * When the kernel serves the notifier channel: the worker subscribes through it (a WebSocket to
+   * `url`, authenticated as this worker by `token`); its handshake stays on the mailbox.
+   */
+  channel?: { url: string; token: string };
 }
 
 // ---- device -> kernel -----------------------------------------------------------------------------

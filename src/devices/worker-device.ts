@@ -6,6 +6,7 @@
  * Acknowledgements of every transport are accounted in one place, `HandshakeLedger`: a call is
  * answered once; a late, duplicate or foreign answer is a protocol error.
  */
+import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { DevmirrorError } from '../errors.js';
 import {
@@ -57,6 +58,8 @@ export interface DeviceOptions {
   options: Record<string, unknown>;
   /** Acknowledgement deadline before eviction (HMM_RANGE_DEFAULT_TIMEOUT is 1 s). */
   deadlineMs: number;
+  /** The notifier channel's URL, when the kernel serves one: the worker subscribes through it. */
+  channelUrl?: string | null;
 }
 
 /** A posted call waiting for its answer. */
@@ -140,6 +143,8 @@ export class WorkerDevice {
   onFinding: ((d: WorkerDevice, f: Finding) => void) | null = null;
   onStateChange: ((d: WorkerDevice) => void) | null = null;
   private readonly services: DeviceServices;
+  /** Authenticates this worker on the notifier channel (`worker:<id>:<secret>`). */
+  readonly channelToken: string;
   log: (level: 'debug' | 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>) => void = () => undefined;
 
   constructor(
@@ -155,6 +160,7 @@ export class WorkerDevice {
     this.policy = opts.policy;
     this.deadlineMs = opts.deadlineMs;
     this.services = new DeviceServices(k, id);
+    this.channelToken = `worker:${id}:${randomBytes(16).toString('hex')}`;
     this.mailboxSab = new SharedArrayBuffer(MB_WORDS * 4);
     this.mailbox = new Int32Array(this.mailboxSab);
     this.mailbox[MB.SPIN_US] = 0;
@@ -179,6 +185,7 @@ export class WorkerDevice {
       meta: this.k.mem.handles.meta,
       data: this.k.mem.handles.data,
       bootId: this.k.bootId,
+      ...(this.opts.channelUrl ? { channel: { url: this.opts.channelUrl, token: this.channelToken } } : {}),
     };
     const w = entry.tsBootstrap
       ? new Worker(`import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(entry.url.href)}); })`, {
@@ -413,6 +420,24 @@ export class WorkerDevice {
     this.opts.process.mm.notifier.register(sub);
     this.subs.set(id, sub);
     return id;
+  }
+
+  /**
+   * Subscription requests that arrive through the notifier channel (the worker's session): the
+   * same kernel objects as the postMessage path, their calls still go to the mailbox.
+   */
+  channelSubscribe(kind: 'interval' | 'mm', start: number, length: number, label: string): { id: number; seq: number } {
+    if (!this.alive) throw new DevmirrorError('DM_ERR_CONFLICT', `device ${this.name} is ${this.state}`);
+    if (kind === 'interval') {
+      const id = this.insertInterval(start, length, label);
+      return { id, seq: (this.subs.get(id) as MmuIntervalNotifier).invalidateSeq };
+    }
+    return { id: this.registerMm(label), seq: 0 };
+  }
+
+  channelUnsubscribe(id: number): Promise<void> {
+    if (!this.subs.has(id)) return Promise.reject(new DevmirrorError('DM_ERR_FORBIDDEN', `subscription ${id} is not this device's`));
+    return this.removeSub(id);
   }
 
   private async removeSub(id: number): Promise<void> {

@@ -35,6 +35,7 @@ import {
 import { HMM_PFN } from '../../src/kernel/hmm.js';
 import { RANGE_BLOCKABLE } from '../../src/notifier/range.js';
 import { Sanitizer } from '../../src/sanitizer/sanitizer.js';
+import { DeviceClient } from '../../src/client/device-client.js';
 import type {
   DeviceEvent,
   DeviceInit,
@@ -98,6 +99,10 @@ export class WorkerHost implements DeviceHost {
   /** Calls whose handler returned a promise that has not settled (it needs the event loop). */
   private asyncPending = 0;
 
+  /** The notifier channel, when the kernel serves one (see insertInterval). */
+  private readonly channelReady: Promise<DeviceClient> | null = null;
+  private channelClient: DeviceClient | null = null;
+
   constructor(init: DeviceInit = workerData as DeviceInit) {
     this.deviceId = init.deviceId;
     this.pid = init.pid;
@@ -122,6 +127,23 @@ export class WorkerHost implements DeviceHost {
       return true;
     });
     this.onCommand('stats', () => this.snapshot());
+    if (init.channel) {
+      const c = new DeviceClient({ url: init.channel.url, token: init.channel.token, name: init.name, kind: init.kind, capabilities: ['worker'] });
+      this.channelClient = c;
+      this.immediateWork++;
+      this.channelReady = c.connect().then(
+        () => {
+          this.immediateWork--;
+          return c;
+        },
+        (e: Error) => {
+          this.immediateWork--;
+          this.log('error', `cannot reach the notifier channel: ${e.message}`);
+          throw e;
+        },
+      );
+      this.channelReady.catch(() => undefined);
+    }
   }
 
   private emit(m: DeviceEvent | DeviceRequest, transfer?: ArrayBuffer[]): void {
@@ -156,7 +178,10 @@ export class WorkerHost implements DeviceHost {
       void this.runCommand(m.req, m.name, m.args);
       return;
     }
-    if (m.t === 'stop') this.stopped = true;
+    if (m.t === 'stop') {
+      this.stopped = true;
+      void this.channelClient?.close();
+    }
   }
 
   private async runCommand(req: number, name: string, args: Record<string, unknown>): Promise<void> {
@@ -248,28 +273,50 @@ export class WorkerHost implements DeviceHost {
 
   // ---- subscriptions and requests --------------------------------------------------------------
 
+  // Subscriptions go through the notifier channel when the kernel serves one (DeviceInit.channel),
+  // else by postMessage (a DeviceManager without a server: unit tests, benchmarks). Either way the
+  // kernel's subscription objects post this device's calls and ends to its mailbox.
+
+  /** Keeps the device loop turning (not parked) while a channel request is out: its reply is a
+   * WebSocket frame, which only the event loop delivers and which rings no doorbell. */
+  private async viaChannel<T>(fn: (c: DeviceClient) => Promise<T>): Promise<T> {
+    this.immediateWork++;
+    try {
+      return await fn(await this.channelReady!);
+    } finally {
+      this.immediateWork--;
+    }
+  }
+
   async insertInterval(start: number, length: number, handler: IntervalHandler, label: string): Promise<DevSub> {
-    const r = await this.request<{ id: number; seq: number }>({ t: 'insert', req: this.req(), start, length, label });
+    const r = this.channelReady
+      ? await this.viaChannel(async (c) => {
+          const x = await c.subscribeInterval({ pid: this.pid, start, length, label });
+          return { id: x.subscriptionId, seq: x.seq };
+        })
+      : await this.request<{ id: number; seq: number }>({ t: 'insert', req: this.req(), start, length, label });
     const sub = new DevSub(r.id, start, length, handler, r.seq);
     this.subs.set(r.id, sub);
     return sub;
   }
 
   async removeInterval(sub: DevSub): Promise<void> {
-    await this.request({ t: 'remove', req: this.req(), sub: sub.id });
+    if (this.channelReady) await this.viaChannel((c) => c.unsubscribe(sub.id));
+    else await this.request({ t: 'remove', req: this.req(), sub: sub.id });
     this.subs.delete(sub.id);
   }
 
   async registerMm(handler: MmHandler, label: string): Promise<DevSub> {
-    const r = await this.request<{ id: number; seq: number }>({ t: 'register', req: this.req(), label });
-    const sub = new DevSub(r.id, 0, 2 ** 64, handler, 0);
-    this.subs.set(r.id, sub);
+    const id = this.channelReady
+      ? await this.viaChannel(async (c) => (await c.subscribeMm({ pid: this.pid, label })).subscriptionId)
+      : (await this.request<{ id: number; seq: number }>({ t: 'register', req: this.req(), label })).id;
+    const sub = new DevSub(id, 0, 2 ** 64, handler, 0);
+    this.subs.set(id, sub);
     return sub;
   }
 
   async unregisterMm(sub: DevSub): Promise<void> {
-    await this.request({ t: 'unregister', req: this.req(), sub: sub.id });
-    this.subs.delete(sub.id);
+    return this.removeInterval(sub);
   }
 
   readBegin(sub: DevSub): Promise<number> {

@@ -133,6 +133,7 @@ function wire(v: unknown): unknown {
   let out: Record<string, unknown> | null = null;
   for (const k of Object.keys(v)) {
     const x = (v as Record<string, unknown>)[k];
+    if (typeof x === 'number' && !Number.isFinite(x)) throw new DevmirrorError('DM_ERR_CHANNEL_MALFORMED', `field ${k} is not a finite number: ${x}`);
     if (typeof x === 'object' || typeof x === 'bigint') {
       const w = wire(x);
       if (w !== x) (out ??= { ...(v as Record<string, unknown>) })[k] = w;

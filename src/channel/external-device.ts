@@ -304,17 +304,19 @@ export class ExternalDevice {
     const f = this.sanitizer.check(pid, va - off, pfn, write);
     const bytes = this.k.mem.data;
     const base = pfn * PAGE_SIZE + off;
-    if (f && (f.kind === 'stale' || f.kind === 'lost-write' || f.kind === 'unmapped' || f.kind === 'wrong-pfn')) {
-      // Reported, and not performed: a real device would have corrupted another page.
+    if (f) {
+      // Reported, and not performed: a real device would have corrupted a page that is someone
+      // else's now (stale, lost-write, wrong-pfn), or one it may only read (write-ro: a COW or KSM
+      // page shared with other mappings), or read data it has no right to (unmapped).
       return { data: new Uint8Array(0), finding: f.kind };
     }
     if (write) {
       bytes.set(data!, base);
       this.handshake.dmaWrites++;
-      return { data: new Uint8Array(0), finding: f?.kind ?? '' };
+      return { data: new Uint8Array(0), finding: '' };
     }
     this.handshake.dmaReads++;
-    return { data: bytes.slice(base, base + len), finding: f?.kind ?? '' };
+    return { data: bytes.slice(base, base + len), finding: '' };
   }
 
   /** Sends a command to the client's personality (test_hmm commands, DMA control, ...). */

@@ -91,6 +91,21 @@ describe('notifier channel', () => {
     expect(k.pagemap(p.pid, a, 1)[0].present).toBe(false);
   });
 
+  it('refuses DMA writes through a read-only grant or to a frame it was not given, leaving memory intact', async () => {
+    const { h, k, p, a } = await setup();
+    const c = h.client();
+    await c.connect();
+    await k.mprotect(p.pid, a, 16 * PAGE, PROT.READ);
+    const { pfns } = await mirror(c, p.pid, a, 2); // read-only PTEs: read-only grants
+    const ro = await c.dmaWrite(p.pid, a, pfns[0], new Uint8Array(8).fill(0xff));
+    expect(ro.finding).toBe('write-ro');
+    const wrong = await c.dmaWrite(p.pid, a, pfns[1], new Uint8Array(8).fill(0xff)); // page 1's frame at page 0
+    expect(wrong.finding).not.toBe('');
+    const bytes = await k.read(p.pid, a, 2 * PAGE);
+    expect(bytes.every((b) => b === 0x5a)).toBe(true);
+    expect(h.svc.channel.list()[0].handshake.dmaWrites).toBe(0);
+  });
+
   it('a client that disconnects mid-handshake does not hang the kernel', async () => {
     const { h, k, p, a } = await setup();
     const c = h.client();

@@ -223,6 +223,23 @@ export class Sanitizer {
   }
 
   /** Drops every window and grant of a process (it exited, or the device released it). */
+  /**
+   * The device's mirror as this record sees it: pages granted and neither revoked nor freed since
+   * (the server's shadow of an external client's mirror, for the dashboard).
+   */
+  shadow(): { pages: number; writable: number } {
+    let pages = 0;
+    let writable = 0;
+    for (const m of this.grants.values()) {
+      for (const g of m.values()) {
+        if (g.revokedBy || this.generation(g.pfn) !== g.gen) continue;
+        pages++;
+        if (g.write && !g.downgradedBy) writable++;
+      }
+    }
+    return { pages, writable };
+  }
+
   dropPid(pid: number): void {
     this.grants.delete(pid);
   }

@@ -58,6 +58,7 @@ describe('notifier channel', () => {
     expect(Number(w.bootId)).toBe(k.bootId);
     expect(w.pids).toContain(p.pid);
     const { pfns } = await mirror(c, p.pid, a, 4);
+    expect(h.svc.channel.list()[0].sanitizer.shadow()).toEqual({ pages: 4, writable: 4 }); // the server's shadow of the mirror
     const r = await c.dmaRead(p.pid, a + 100, pfns[0], 16);
     expect(Array.from(r.data)).toEqual(new Array(16).fill(0x5a));
     expect(r.finding).toBe('');
@@ -73,6 +74,7 @@ describe('notifier channel', () => {
     expect(dev.sanitizer.stats.checked).toBe(1);
     expect(dev.sanitizer.stats.findings).toBe(0);
     expect(dev.handshake.acks).toBe(1);
+    expect(dev.sanitizer.shadow().pages).toBe(0); // the UNMAP revoked every grant
   });
 
   it('the sanitizer catches a client that keeps using a page after acknowledging', async () => {
@@ -151,6 +153,36 @@ describe('notifier channel', () => {
     expect(s.pid).toBe(p.pid);
     const bad = h.client({ token: 'not-a-token' });
     await expect(bad.connect()).rejects.toMatchObject({ code: 'DM_ERR_UNAUTHORIZED' });
+  });
+
+  it("refuses DMA into a process the token does not grant, and closes a client that acknowledges another client's invalidation", async () => {
+    const { h, k, p, a } = await setup({ tokens: 'token-app-1=app;token-other=other' });
+    const other = k.createProcess('other');
+    const b = await k.mmap(other.pid, { length: 4 * PAGE, prot: RW });
+    await k.write(other.pid, b, new Uint8Array(4 * PAGE).fill(0x11));
+    const victim = h.client({ token: 'token-other', name: 'victim' });
+    let seen: InvalidateStartEvent | null = null;
+    victim.onInvalidateStart((e) => {
+      seen = e;
+      return true;
+    });
+    await victim.connect();
+    await mirror(victim, other.pid, b, 1).catch(() => undefined);
+    const intruder = h.client({ token: 'token-app-1', name: 'intruder' });
+    await intruder.connect();
+    await mirror(intruder, p.pid, a, 1);
+    const pfn = k.pagemap(other.pid, b, 1)[0].pfn;
+    await expect(intruder.dmaRead(other.pid, b, pfn, 16)).rejects.toMatchObject({ code: 'DM_ERR_FORBIDDEN' });
+    await expect(intruder.dmaWrite(p.pid, a, pfn, new Uint8Array(4))).resolves.toMatchObject({ finding: 'wrong-pfn' });
+    await k.madvise(other.pid, b, PAGE, 'dontneed');
+    expect(seen).not.toBeNull();
+    const gone = closed(intruder);
+    const { encodeClientFrame } = await import('../../src/channel/codec.js');
+    intruder.sendRaw(encodeClientFrame({ invalidateAck: { invalidationId: seen!.invalidationId, subscriptionId: seen!.subscriptionId, result: 0 } }));
+    const r = await gone;
+    expect(r.code).toBe(CLOSE.PROTOCOL);
+    expect(r.reason).toMatch(/not this client's/);
+    expect((await k.read(other.pid, b + PAGE, 16)).every((x) => x === 0x11)).toBe(true);
   });
 
   it('a foreign or duplicate acknowledgement is a protocol error (close 4000)', async () => {

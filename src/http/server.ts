@@ -6,6 +6,8 @@ import { installErrorHandling } from './errors.js';
 import { kernelRoutes } from './routes/kernel.js';
 import { observeRoutes } from './routes/observe.js';
 import { processRoutes } from './routes/processes.js';
+import { deviceRoutes } from './routes/devices.js';
+import { protoRoutes } from './routes/proto.js';
 
 export interface ServerOptions {
   logger?: Logger | boolean;
@@ -24,6 +26,8 @@ export async function buildServer(svc: Service, opts: ServerOptions = {}): Promi
   observeRoutes(app, svc);
   processRoutes(app, svc);
   kernelRoutes(app, svc);
+  deviceRoutes(app, svc);
+  protoRoutes(app);
   svc.attach(app.server);
   return app;
 }

@@ -10,6 +10,7 @@ import { DevmirrorError } from './errors.js';
 import { buildServer } from './http/server.js';
 import { Service } from './service.js';
 import { runExternalDevice } from './client/run-device.js';
+import { startDemo, type Demo } from './demo.js';
 import { CHANNEL_PATH } from './channel/channel-server.js';
 import { DEVICE_KINDS, EVENT_POLICIES, type DeviceKind, type EventPolicy } from './devices/protocol.js';
 
@@ -47,8 +48,14 @@ async function serve(): Promise<void> {
   await svc.start();
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : cfg.port;
+  let demo: Demo | null = null;
+  if (cfg.demo) {
+    demo = await startDemo(svc);
+    log.info({ pid: demo.pid, devices: demo.devices }, 'demo process and devices started (DEVMIRROR_DEMO=0 turns them off)');
+  }
   log.info({ bootId: svc.bootId, host: cfg.host, port }, 'devmirror kernel ready');
   process.stdout.write(`devmirror: listening on http://${cfg.host}:${port}/ (health: /healthz)\n`);
+  process.stdout.write(`devmirror: API at http://${cfg.host}:${port}/v1/ ; notifier channel at ws://${cfg.host}:${port}/v1/notifier/ws\n`);
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
     if (stopping) return;
@@ -56,6 +63,7 @@ async function serve(): Promise<void> {
     log.info({ signal }, 'shutting down');
     const timer = setTimeout(() => process.exit(1), 10_000);
     timer.unref();
+    demo?.stop();
     await svc.stop();
     await app.close();
     process.exit(0);

@@ -27,6 +27,7 @@ export const ENV_VARS: readonly EnvVar[] = [
     default: 'the local token devmirror-local, all processes (with a warning)',
   },
   { name: 'DEVMIRROR_ACK_DEADLINE_MS', description: 'How long a device (worker or external) may take to acknowledge an invalidation before it is evicted', default: '1000' },
+  { name: 'DEVMIRROR_DEMO', description: 'Start the demo process `demo`, one device of each kind and a light workload (scenarios/demo.json): 1 or 0', default: '1' },
   { name: 'DEVMIRROR_CHANNEL_MAX_FRAME_KB', description: 'Largest notifier-channel frame a client may send, KiB', default: '1024' },
 ];
 
@@ -43,6 +44,7 @@ export interface Config {
   tokens: string | undefined;
   ackDeadlineMs: number;
   channelMaxFrameBytes: number;
+  demo: boolean;
 }
 
 const MiB = 1024 * 1024;
@@ -90,5 +92,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     tokens: env.DEVMIRROR_TOKENS,
     ackDeadlineMs: int(env, 'DEVMIRROR_ACK_DEADLINE_MS', 1000, 10, 600_000),
     channelMaxFrameBytes: int(env, 'DEVMIRROR_CHANNEL_MAX_FRAME_KB', 1024, 16, 65536) * 1024,
+    demo: int(env, 'DEVMIRROR_DEMO', 1, 0, 1) === 1,
   };
 }

@@ -8,6 +8,7 @@ import { observeRoutes } from './routes/observe.js';
 import { processRoutes } from './routes/processes.js';
 import { deviceRoutes } from './routes/devices.js';
 import { protoRoutes } from './routes/proto.js';
+import { installMetrics } from './metrics.js';
 
 export interface ServerOptions {
   logger?: Logger | boolean;
@@ -28,6 +29,7 @@ export async function buildServer(svc: Service, opts: ServerOptions = {}): Promi
   kernelRoutes(app, svc);
   deviceRoutes(app, svc);
   protoRoutes(app);
+  installMetrics(app, svc);
   svc.attach(app.server);
   return app;
 }

@@ -1,0 +1,116 @@
+/**
+ * Prometheus metrics (prom-client) at GET /metrics. Invalidation latency histograms are labelled
+ * only by event and device kind (bounded cardinality: 8 events x a handful of kinds); per-device
+ * figures are summed per kind. Gauges are computed at scrape time from the live objects, so a
+ * scrape never disagrees with /v1/devices.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { FastifyInstance } from 'fastify';
+import type { Service } from '../service.js';
+import { EVENT_NAMES } from '../notifier/range.js';
+
+/** Microsecond latencies as seconds, from 5 us to 10 s. */
+const BUCKETS = [5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1, 10];
+
+export function installMetrics(app: FastifyInstance, svc: Service): Registry {
+  const reg = new Registry();
+  collectDefaultMetrics({ register: reg, prefix: 'devmirror_process_' });
+  const k = svc.kernel;
+
+  const invalidation = new Histogram({
+    name: 'devmirror_invalidation_seconds',
+    help: 'Invalidation round (start published to end delivered), by event',
+    labelNames: ['event'],
+    buckets: BUCKETS,
+    registers: [reg],
+  });
+  const ack = new Histogram({
+    name: 'devmirror_invalidation_ack_seconds',
+    help: 'Start published to a subscriber\'s acknowledgement, by event and device kind',
+    labelNames: ['event', 'device_kind'],
+    buckets: BUCKETS,
+    registers: [reg],
+  });
+  const invalidations = new Counter({ name: 'devmirror_invalidations_total', help: 'Invalidations, by event and result', labelNames: ['event', 'result'], registers: [reg] });
+  const unobserve = k.observe({
+    onInvalidation: (rec) => {
+      const ev = EVENT_NAMES[rec.range.event] ?? 'UNKNOWN';
+      invalidations.inc({ event: ev, result: rec.result });
+      invalidation.observe({ event: ev }, Math.max(0, rec.endedUs - rec.startedUs) / 1e6);
+      for (const s of rec.subscribers) ack.observe({ event: ev, device_kind: s.info.deviceKind ?? 'kernel' }, Math.max(0, s.ackUs) / 1e6);
+    },
+  });
+  app.addHook('onClose', async () => unobserve());
+
+  const kernelCounter = (name: string, help: string, read: () => number): void => {
+    new Counter({
+      name,
+      help,
+      registers: [reg],
+      collect() {
+        // Counters mirror the kernel's monotonic statistics.
+        (this as Counter).reset();
+        (this as Counter).inc(read());
+      },
+    });
+  };
+  kernelCounter('devmirror_page_faults_total', 'CPU page faults handled by the emulated kernel', () => k.stats.faults);
+  kernelCounter('devmirror_cow_faults_total', 'Copy-on-write faults', () => k.stats.cowFaults);
+  kernelCounter('devmirror_swap_outs_total', 'Pages swapped out', () => k.stats.swapOuts);
+
+  const devices = () => [
+    ...svc.devices.list().map((d) => ({ kind: d.kind, state: d.state as string, transport: 'worker', counters: d.counters, checked: d.sanitizer?.checked ?? 0, findings: d.sanitizer?.findings ?? 0, evictions: d.handshake.evictions })),
+    ...svc.channel.list().map((d) => ({ kind: d.kind, state: d.state as string, transport: 'external', counters: d.counters, checked: d.sanitizer.stats.checked, findings: d.sanitizer.stats.findings, evictions: d.handshake.evictions })),
+  ];
+  const perKind = (name: string, help: string, value: (d: ReturnType<typeof devices>[number]) => number): void => {
+    new Gauge({
+      name,
+      help,
+      labelNames: ['device_kind'],
+      registers: [reg],
+      collect() {
+        const g = this as Gauge;
+        g.reset();
+        const sums = new Map<string, number>();
+        for (const d of devices()) sums.set(d.kind, (sums.get(d.kind) ?? 0) + value(d));
+        for (const [kind, v] of sums) g.set({ device_kind: kind }, v);
+      },
+    });
+  };
+  perKind('devmirror_devices', 'Devices alive, by kind', (d) => (d.state === 'running' ? 1 : 0));
+  perKind('devmirror_device_faults', 'Device page faults (faults, page_faults, pf_taken), summed by kind', (d) => (d.counters.faults ?? 0) + (d.counters.page_faults ?? 0) + (d.counters.pf_taken ?? 0));
+  perKind('devmirror_device_invalidations', 'Invalidations the devices handled, by kind', (d) => d.counters.invalidations ?? 0);
+  perKind('devmirror_sanitizer_checked', 'Device accesses the sanitizer checked, by kind', (d) => d.checked);
+  perKind('devmirror_sanitizer_findings', 'Sanitizer findings (stale, lost-write, write-ro, unmapped, wrong-pfn), by kind', (d) => d.findings);
+  perKind('devmirror_device_evictions', 'Devices evicted for missing the acknowledgement deadline, by kind', (d) => d.evictions);
+  new Gauge({
+    name: 'devmirror_channel_clients',
+    help: 'Connected notifier-channel clients (external devices and bound workers)',
+    registers: [reg],
+    collect() {
+      (this as Gauge).set(svc.channel.sessions.size);
+    },
+  });
+  new Gauge({
+    name: 'devmirror_frames_in_use',
+    help: 'RAM frames in use',
+    registers: [reg],
+    collect() {
+      (this as Gauge).set(k.mem.ramFrames - k.mem.freeFrames());
+    },
+  });
+  new Gauge({
+    name: 'devmirror_frames_total',
+    help: 'RAM frames',
+    registers: [reg],
+    collect() {
+      (this as Gauge).set(k.mem.ramFrames);
+    },
+  });
+
+  app.get('/metrics', async (_req, reply) => {
+    reply.type(reg.contentType);
+    return reg.metrics();
+  });
+  return reg;
+}

@@ -1,5 +1,7 @@
 /** The fastify control plane. */
 import Fastify, { type FastifyInstance } from 'fastify';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
 import type { Logger } from 'pino';
 import type { Service } from '../service.js';
 import { installErrorHandling } from './errors.js';
@@ -24,6 +26,14 @@ export async function buildServer(svc: Service, opts: ServerOptions = {}): Promi
     ajv: { customOptions: { removeAdditional: false, allErrors: false } },
   });
   installErrorHandling(app);
+  // OpenAPI from the routes' TypeBox schemas (registered before the routes: it collects them as
+  // they are added), with the UI at /docs and the document at /docs/json.
+  await app.register(swagger, {
+    openapi: {
+      info: { title: 'devmirror control plane', version: '1', description: 'Drive and watch the emulated kernel, its devices and the notifier channel (see docs/ and shared/spec/API.md).' },
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
   observeRoutes(app, svc);
   processRoutes(app, svc);
   kernelRoutes(app, svc);

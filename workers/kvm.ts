@@ -206,6 +206,11 @@ export class Kvm extends Device implements MmHandler {
     return this.mmuInvalidateSeq !== seq;
   }
 
+  override peek(hva: number): number {
+    const gfn = this.gfnOf(hva);
+    return gfn < 0 ? -1 : (this.sptes.get(gfn)?.pfn ?? -1);
+  }
+
   lookup(hva: number, write: boolean): number {
     const gfn = this.gfnOf(hva);
     if (gfn < 0) return -1;

@@ -11,6 +11,8 @@ import { processRoutes } from './routes/processes.js';
 import { deviceRoutes } from './routes/devices.js';
 import { protoRoutes } from './routes/proto.js';
 import { installMetrics } from './metrics.js';
+import { streamRoutes } from './routes/stream.js';
+import { dashboardRoutes } from './routes/dashboard.js';
 
 export interface ServerOptions {
   logger?: Logger | boolean;
@@ -40,6 +42,8 @@ export async function buildServer(svc: Service, opts: ServerOptions = {}): Promi
   deviceRoutes(app, svc);
   protoRoutes(app);
   installMetrics(app, svc);
+  streamRoutes(app, svc);
+  dashboardRoutes(app);
   svc.attach(app.server);
   return app;
 }

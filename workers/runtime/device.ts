@@ -51,6 +51,14 @@ export abstract class Device implements DmaTarget {
       return this.bug;
     });
     host.onCommand('counters', () => ({ ...host.counters }));
+    // What the device maps in [addr, addr + npages pages): the frame per page, or -1 (dashboards).
+    host.onCommand('mirror-map', (args) => {
+      const addr = Number(args.addr);
+      const npages = Math.min(4096, Number(args.npages));
+      const out: number[] = [];
+      for (let i = 0; i < npages; i++) out.push(this.peek(addr + i * PAGE_SIZE));
+      return out;
+    });
     // The kernel is moving some of this device's pages back to RAM: drop them before they move.
     host.onCommand('migrating-out', (args) => {
       this.dropPages(args.vas as number[]);
@@ -64,6 +72,10 @@ export abstract class Device implements DmaTarget {
   /** Subscribe and build the initial mirror. */
   abstract attach(): Promise<void>;
   abstract lookup(va: number, write: boolean): number;
+  /** The translation of va without side effects (no accessed bit): for observers. */
+  peek(va: number): number {
+    return this.lookup(va, false);
+  }
   abstract fault(va: number, write: boolean): Promise<boolean>;
   abstract areas(): Array<[number, number]>;
   abstract summary(): MirrorSummary;

@@ -12,7 +12,7 @@ import type { WorkerDevice } from '../../devices/worker-device.js';
 import type { ExternalDevice } from '../../channel/external-device.js';
 import { CLOSE } from '../../channel/close-codes.js';
 import { PAGE_SIZE } from '../../kernel/layout.js';
-import { Address, Length, decodeBase64 } from '../schemas.js';
+import { Address, Length, decodeBase64, parseAddress } from '../schemas.js';
 
 const IdParams = Type.Object({ id: Type.Integer({ minimum: 0 }) });
 type IdParams = Static<typeof IdParams>;
@@ -57,6 +57,11 @@ const DmirrorBody = Type.Object(
 const DMIRROR_COMMANDS = ['read', 'write', 'migrate-to-device', 'migrate-to-system', 'snapshot', 'exclusive', 'check-exclusive', 'release'] as const;
 
 type AnyDevice = { transport: 'worker'; dev: WorkerDevice } | { transport: 'external'; dev: ExternalDevice };
+
+/** Every device of both transports, summarised (the list route and the dashboard stream). */
+export function deviceSummaries(svc: Service): Array<Record<string, unknown>> {
+  return [...svc.devices.list().map((dev) => summary({ transport: 'worker', dev })), ...svc.channel.list().map((dev) => summary({ transport: 'external', dev }))];
+}
 
 function summary(d: AnyDevice): Record<string, unknown> {
   if (d.transport === 'worker') {
@@ -111,12 +116,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
   const command = <T>(d: AnyDevice, name: string, args: Record<string, unknown>): Promise<T> =>
     d.transport === 'worker' ? d.dev.command<T>(name, args, 60_000) : d.dev.command<T>(name, args, 60_000);
 
-  app.get('/v1/devices', async () => ({
-    items: [
-      ...svc.devices.list().map((dev) => summary({ transport: 'worker', dev })),
-      ...svc.channel.list().map((dev) => summary({ transport: 'external', dev })),
-    ],
-  }));
+  app.get('/v1/devices', async () => ({ items: deviceSummaries(svc) }));
 
   app.post('/v1/devices', { schema: { body: CreateBody } }, async (req, reply) => {
     const b = req.body as Static<typeof CreateBody>;
@@ -184,6 +184,20 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
     const npages = Math.ceil((b.addr + b.length - first) / PAGE_SIZE);
     return command<{ ok: number; failed: number; faults: number }>(d, 'dma-sweep', { addr: first, npages, write: b.write ?? false });
   });
+
+  app.get(
+    '/v1/devices/:id/mirror',
+    { schema: { params: IdParams, querystring: Type.Object({ addr: Type.String(), pages: Type.Optional(Type.Integer({ minimum: 1, maximum: 4096 })) }) } },
+    async (req) => {
+      const d = find((req.params as IdParams).id);
+      const q = req.query as { addr: string; pages?: number };
+      const addr = parseAddress('addr', q.addr);
+      if (addr % PAGE_SIZE) throw new DevmirrorError('DM_ERR_VALIDATION', 'addr must be page aligned');
+      if (!d.dev.alive) throw new DevmirrorError('DM_ERR_CONFLICT', `device ${d.dev.id} is ${d.dev.state}`);
+      const pfns = await command<number[]>(d, 'mirror-map', { addr, npages: q.pages ?? 64 });
+      return { id: d.dev.id, addr, pfns };
+    },
+  );
 
   for (const name of DMIRROR_COMMANDS) {
     app.post(`/v1/devices/:id/dmirror/${name}`, { schema: { params: IdParams, body: DmirrorBody } }, async (req) => {

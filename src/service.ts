@@ -69,8 +69,14 @@ export class Service {
     this.ready = true;
   }
 
+  /**
+   * Graceful shutdown: not ready (no new work), the channel refuses new connections and closes the
+   * open ones (1001; their pending acknowledgements are released), then every worker device is
+   * unregistered (release, waiting for invalidations in flight) and stopped.
+   */
   async stop(): Promise<void> {
     this.ready = false;
+    this.devices.closed = true;
     await this.channel.close();
     await this.devices.stopAll();
     this.unobserve();

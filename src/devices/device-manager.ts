@@ -88,7 +88,11 @@ export class DeviceManager {
     return n;
   }
 
+  /** Set at shutdown: no new device. */
+  closed = false;
+
   async create(req: CreateDevice): Promise<WorkerDevice> {
+    if (this.closed) throw new DevmirrorError('DM_ERR_CONFLICT', 'the service is shutting down');
     if (!DEVICE_KINDS.includes(req.kind)) throw new DevmirrorError('DM_ERR_VALIDATION', `unknown device kind ${String(req.kind)}`);
     const policy = req.policy ?? 'faithful';
     if (!EVENT_POLICIES.includes(policy)) throw new DevmirrorError('DM_ERR_VALIDATION', `unknown event policy ${String(policy)}`);
@@ -167,6 +171,7 @@ export class DeviceManager {
   }
 
   async stopAll(): Promise<void> {
+    this.closed = true;
     await Promise.all(this.list().map((d) => d.stop().catch(() => undefined)));
   }
 }

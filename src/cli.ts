@@ -55,7 +55,7 @@ async function serve(): Promise<void> {
   }
   log.info({ bootId: svc.bootId, host: cfg.host, port }, 'devmirror kernel ready');
   process.stdout.write(`devmirror: listening on http://${cfg.host}:${port}/ (health: /healthz)\n`);
-  process.stdout.write(`devmirror: API at http://${cfg.host}:${port}/v1/ ; notifier channel at ws://${cfg.host}:${port}/v1/notifier/ws\n`);
+  process.stdout.write(`devmirror: dashboard at http://${cfg.host}:${port}/  (API docs /docs, metrics /metrics, notifier channel ws://${cfg.host}:${port}/v1/notifier/ws)\n`);
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
     if (stopping) return;

@@ -11,6 +11,7 @@ import { processRoutes } from './routes/processes.js';
 import { deviceRoutes } from './routes/devices.js';
 import { protoRoutes } from './routes/proto.js';
 import { installMetrics } from './metrics.js';
+import { installReplySchemas } from './replies.js';
 import { streamRoutes } from './routes/stream.js';
 import { dashboardRoutes } from './routes/dashboard.js';
 
@@ -36,6 +37,7 @@ export async function buildServer(svc: Service, opts: ServerOptions = {}): Promi
     },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
+  installReplySchemas(app);
   observeRoutes(app, svc);
   processRoutes(app, svc);
   kernelRoutes(app, svc);

@@ -13,6 +13,7 @@ import type { ExternalDevice } from '../../channel/external-device.js';
 import { CLOSE } from '../../channel/close-codes.js';
 import { PAGE_SIZE } from '../../kernel/layout.js';
 import { Address, Length, decodeBase64, parseAddress } from '../schemas.js';
+import { R, list } from '../replies.js';
 
 const IdParams = Type.Object({ id: Type.Integer({ minimum: 0 }) });
 type IdParams = Static<typeof IdParams>;
@@ -116,9 +117,9 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
   const command = <T>(d: AnyDevice, name: string, args: Record<string, unknown>): Promise<T> =>
     d.transport === 'worker' ? d.dev.command<T>(name, args, 60_000) : d.dev.command<T>(name, args, 60_000);
 
-  app.get('/v1/devices', async () => ({ items: deviceSummaries(svc) }));
+  app.get('/v1/devices', { schema: { response: { 200: list(R.Device) } } }, async () => ({ items: deviceSummaries(svc) }));
 
-  app.post('/v1/devices', { schema: { body: CreateBody } }, async (req, reply) => {
+  app.post('/v1/devices', { schema: { body: CreateBody, response: { 201: R.Created } } }, async (req, reply) => {
     const b = req.body as Static<typeof CreateBody>;
     if (b.pid === undefined && b.process === undefined) throw new DevmirrorError('DM_ERR_VALIDATION', 'pid or process is required');
     const { dma, ...options } = (b.options ?? {}) as Record<string, unknown> & { dma?: Record<string, unknown> };
@@ -136,7 +137,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
     return { id: dev.id, name: dev.name };
   });
 
-  app.get('/v1/devices/:id', { schema: { params: IdParams } }, async (req) => {
+  app.get('/v1/devices/:id', { schema: { params: IdParams, response: { 200: R.Device } } }, async (req) => {
     const d = find((req.params as IdParams).id);
     if (d.transport === 'worker') {
       if (d.dev.alive) await d.dev.refresh().catch(() => undefined);
@@ -145,7 +146,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
     return { ...summary(d), sanitizer: { checked: d.dev.sanitizer.stats.checked, findings: d.dev.findings.slice(-100) } };
   });
 
-  app.delete('/v1/devices/:id', { schema: { params: IdParams } }, async (req) => {
+  app.delete('/v1/devices/:id', { schema: { params: IdParams, response: { 200: R.Ok } } }, async (req) => {
     const d = find((req.params as IdParams).id);
     if (d.transport === 'worker') await svc.devices.remove(d.dev.id);
     else {
@@ -156,7 +157,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
     return { id: d.dev.id, state: d.dev.state };
   });
 
-  app.post('/v1/devices/:id/faults', { schema: { params: IdParams, body: FaultsBody } }, async (req) => {
+  app.post('/v1/devices/:id/faults', { schema: { params: IdParams, body: FaultsBody, response: { 200: R.Ok } } }, async (req) => {
     const d = find((req.params as IdParams).id);
     const f = req.body as FaultInjection;
     if (!d.dev.alive) throw new DevmirrorError('DM_ERR_CONFLICT', `device ${d.dev.id} is ${d.dev.state}`);
@@ -177,7 +178,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
     return { id: d.dev.id, faults: f };
   });
 
-  app.post('/v1/devices/:id/dma', { schema: { params: IdParams, body: DmaBody } }, async (req) => {
+  app.post('/v1/devices/:id/dma', { schema: { params: IdParams, body: DmaBody, response: { 200: R.Sweep } } }, async (req) => {
     const d = find((req.params as IdParams).id);
     const b = req.body as Static<typeof DmaBody>;
     const first = b.addr - (b.addr % PAGE_SIZE);
@@ -187,7 +188,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
 
   app.get(
     '/v1/devices/:id/mirror',
-    { schema: { params: IdParams, querystring: Type.Object({ addr: Type.String(), pages: Type.Optional(Type.Integer({ minimum: 1, maximum: 4096 })) }) } },
+    { schema: { params: IdParams, querystring: Type.Object({ addr: Type.String(), pages: Type.Optional(Type.Integer({ minimum: 1, maximum: 4096 })) }), response: { 200: R.Mirror } } },
     async (req) => {
       const d = find((req.params as IdParams).id);
       const q = req.query as { addr: string; pages?: number };
@@ -200,7 +201,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
   );
 
   for (const name of DMIRROR_COMMANDS) {
-    app.post(`/v1/devices/:id/dmirror/${name}`, { schema: { params: IdParams, body: DmirrorBody } }, async (req) => {
+    app.post(`/v1/devices/:id/dmirror/${name}`, { schema: { params: IdParams, body: DmirrorBody, response: { 200: R.Dmirror } } }, async (req) => {
       const d = find((req.params as IdParams).id);
       if (d.dev.kind !== 'dmirror') throw new DevmirrorError('DM_ERR_CONFLICT', `device ${d.dev.id} is a ${d.dev.kind}, not a dmirror`);
       const b = req.body as Static<typeof DmirrorBody>;

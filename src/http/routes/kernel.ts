@@ -1,6 +1,7 @@
 /** Kernel activity on demand: POST /v1/kernel/{activity}. */
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
+import { R } from '../replies.js';
 import type { Service } from '../../service.js';
 import { Address, Length } from '../schemas.js';
 import { DAEMON_NAMES, MAX_DAEMON_RATE, type DaemonName } from '../../kernel/activity/daemons.js';
@@ -12,7 +13,7 @@ export function kernelRoutes(app: FastifyInstance, svc: Service): void {
   app.post(
     '/v1/kernel/reclaim',
     {
-      schema: {
+      schema: { response: { 200: R.Activity },
         body: Type.Object(
           { pages: Type.Optional(Type.Integer({ minimum: 1, maximum: 1 << 20 })), pid: Type.Optional(Pid), addr: Type.Optional(Address), length: Type.Optional(Length) },
           { additionalProperties: false },
@@ -27,12 +28,12 @@ export function kernelRoutes(app: FastifyInstance, svc: Service): void {
       return k.reclaim(b.pages ?? 32);
     },
   );
-  app.post('/v1/kernel/compact', { schema: { body: Type.Object({ node: Type.Optional(Type.Integer({ minimum: 0, maximum: 63 })) }, { additionalProperties: false }) } }, async (req) =>
+  app.post('/v1/kernel/compact', { schema: { response: { 200: R.Activity }, body: Type.Object({ node: Type.Optional(Type.Integer({ minimum: 0, maximum: 63 })) }, { additionalProperties: false }) } }, async (req) =>
     k.compact((req.body as { node?: number }).node ?? 0),
   );
   app.post(
     '/v1/kernel/migrate',
-    { schema: { body: Type.Object({ pid: Pid, addr: Address, length: Length, node: Type.Integer({ minimum: 0, maximum: 63 }) }, { additionalProperties: false }) } },
+    { schema: { response: { 200: R.Activity }, body: Type.Object({ pid: Pid, addr: Address, length: Length, node: Type.Integer({ minimum: 0, maximum: 63 }) }, { additionalProperties: false }) } },
     async (req) => {
       const b = req.body as { pid: number; addr: number; length: number; node: number };
       return k.migrate(b.pid, b.addr, b.length, b.node);
@@ -40,41 +41,41 @@ export function kernelRoutes(app: FastifyInstance, svc: Service): void {
   );
   app.post(
     '/v1/kernel/numa-balance',
-    { schema: { body: Type.Object({ pid: Pid, bytes: Type.Optional(Type.Integer({ minimum: 4096 })) }, { additionalProperties: false }) } },
+    { schema: { response: { 200: R.Activity }, body: Type.Object({ pid: Pid, bytes: Type.Optional(Type.Integer({ minimum: 4096 })) }, { additionalProperties: false }) } },
     async (req) => {
       const b = req.body as { pid: number; bytes?: number };
       return k.numaBalance(b.pid, b.bytes);
     },
   );
-  app.post('/v1/kernel/ksm', { schema: { body: Type.Optional(Type.Object({}, { additionalProperties: false })) } }, async () => k.ksm());
+  app.post('/v1/kernel/ksm', { schema: { response: { 200: R.Activity }, body: Type.Optional(Type.Object({}, { additionalProperties: false })) } }, async () => k.ksm());
   app.post(
     '/v1/kernel/khugepaged',
-    { schema: { body: Type.Optional(Type.Object({ pid: Type.Optional(Pid), addr: Type.Optional(Address), max: Type.Optional(Type.Integer({ minimum: 1 })) }, { additionalProperties: false })) } },
+    { schema: { response: { 200: R.Activity }, body: Type.Optional(Type.Object({ pid: Type.Optional(Pid), addr: Type.Optional(Address), max: Type.Optional(Type.Integer({ minimum: 1 })) }, { additionalProperties: false })) } },
     async (req) => {
       const b = (req.body ?? {}) as { pid?: number; addr?: number; max?: number };
       if (b.pid !== undefined && b.addr !== undefined) return { result: await k.collapse(b.pid, b.addr) };
       return k.khugepaged(b.max);
     },
   );
-  app.post('/v1/kernel/thp-split', { schema: { body: Type.Object({ pid: Pid, addr: Address }, { additionalProperties: false }) } }, async (req) => {
+  app.post('/v1/kernel/thp-split', { schema: { response: { 200: R.Activity }, body: Type.Object({ pid: Pid, addr: Address }, { additionalProperties: false }) } }, async (req) => {
     const b = req.body as { pid: number; addr: number };
     return { split: await k.splitThp(b.pid, b.addr) };
   });
-  app.post('/v1/kernel/writeback', { schema: { body: Type.Optional(Type.Object({}, { additionalProperties: false })) } }, async () => k.writeback());
+  app.post('/v1/kernel/writeback', { schema: { response: { 200: R.Activity }, body: Type.Optional(Type.Object({}, { additionalProperties: false })) } }, async () => k.writeback());
   app.post(
     '/v1/kernel/oom-reap',
-    { schema: { body: Type.Optional(Type.Object({ pid: Type.Optional(Pid), kill: Type.Optional(Type.Boolean()) }, { additionalProperties: false })) } },
+    { schema: { response: { 200: R.Activity }, body: Type.Optional(Type.Object({ pid: Type.Optional(Pid), kill: Type.Optional(Type.Boolean()) }, { additionalProperties: false })) } },
     async (req) => {
       const b = (req.body ?? {}) as { pid?: number; kill?: boolean };
       if (b.kill === false && b.pid !== undefined) return k.oomReap(b.pid);
       return { killed: await k.oomKill(b.pid) };
     },
   );
-  app.get('/v1/kernel/daemons', async () => ({ items: k.daemons.list() }));
+  app.get('/v1/kernel/daemons', { schema: { response: { 200: R.Activity } } }, async () => ({ items: k.daemons.list() }));
   app.put(
     '/v1/kernel/daemons',
     {
-      schema: {
+      schema: { response: { 200: R.Activity },
         body: Type.Object(
           Object.fromEntries(DAEMON_NAMES.map((n) => [n, Type.Optional(Type.Number({ minimum: 0, maximum: MAX_DAEMON_RATE }))])),
           { additionalProperties: false, description: 'runs per second for each daemon; 0 turns it off' },
@@ -86,8 +87,8 @@ export function kernelRoutes(app: FastifyInstance, svc: Service): void {
       return { items: k.daemons.list() };
     },
   );
-  app.get('/v1/kernel/stats', async () => ({ stats: { ...k.stats }, memory: memorySummary(svc) }));
-  app.get('/v1/kernel/audit', async () => k.audit());
+  app.get('/v1/kernel/stats', { schema: { response: { 200: R.Activity } } }, async () => ({ stats: { ...k.stats }, memory: memorySummary(svc) }));
+  app.get('/v1/kernel/audit', { schema: { response: { 200: R.Activity } } }, async () => k.audit());
 }
 
 export function memorySummary(svc: Service): Record<string, number> {

@@ -1,14 +1,15 @@
 /** Health, readiness, notifier state and the recent invalidations. */
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
+import { R, list } from '../replies.js';
 import type { Service } from '../../service.js';
 import { formatEnd } from '../../notifier/range.js';
 import { parseAddress } from '../schemas.js';
 import { memorySummary } from './kernel.js';
 
 export function observeRoutes(app: FastifyInstance, svc: Service): void {
-  app.get('/healthz', async () => ({ status: 'ok', bootId: svc.bootId, uptimeMs: Date.now() - svc.startedAt }));
-  app.get('/readyz', async (_req, reply) => {
+  app.get('/healthz', { schema: { response: { 200: R.Health } } }, async () => ({ status: 'ok', bootId: svc.bootId, uptimeMs: Date.now() - svc.startedAt }));
+  app.get('/readyz', { schema: { response: { 200: R.Health, 503: R.Health } } }, async (_req, reply) => {
     if (!svc.ready) {
       reply.status(503);
       return { status: 'starting' };
@@ -17,7 +18,7 @@ export function observeRoutes(app: FastifyInstance, svc: Service): void {
   });
   app.get(
     '/v1/events',
-    { schema: { querystring: Type.Object({ pid: Type.Optional(Type.String()), since: Type.Optional(Type.String()), limit: Type.Optional(Type.String()) }) } },
+    { schema: { querystring: Type.Object({ pid: Type.Optional(Type.String()), since: Type.Optional(Type.String()), limit: Type.Optional(Type.String()) }), response: { 200: R.Events } } },
     async (req) => {
       const q = req.query as { pid?: string; since?: string; limit?: string };
       const limit = parseAddress('limit', q.limit, 100);
@@ -29,7 +30,7 @@ export function observeRoutes(app: FastifyInstance, svc: Service): void {
       return { ...page, bootId: svc.bootId };
     },
   );
-  app.get('/v1/notifier', async () => ({
+  app.get('/v1/notifier', { schema: { response: { 200: list(Type.Object({ pid: Type.Integer(), invalidateSeq: Type.Integer(), activeRanges: Type.Integer() }, { additionalProperties: true })) } } }, async () => ({
     items: svc.kernel.liveProcesses().map((p) => {
       const n = p.mm.notifier;
       return {

@@ -5,6 +5,7 @@ import type { Service } from '../../service.js';
 import { ADVICES, MAX_ACCESS_BYTES, MAX_PAGEMAP_PAGES, type Advice } from '../../kernel/syscalls.js';
 import { Address, Empty, Length, PidParams, ProtList, decodeBase64, parseAddress, protBits, protNames } from '../schemas.js';
 import type { Process } from '../../kernel/kernel.js';
+import { R, list } from '../replies.js';
 
 export function processSummary(p: Process): Record<string, unknown> {
   return {
@@ -27,26 +28,26 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
 
   app.post(
     '/v1/processes',
-    { schema: { body: Type.Object({ name: Type.Optional(Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$' })) }, { additionalProperties: false }) } },
+    { schema: { body: Type.Object({ name: Type.Optional(Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$' })) }, { additionalProperties: false }), response: { 201: R.Pid } } },
     async (req, reply) => {
       const p = k.createProcess((req.body as { name?: string }).name);
       reply.status(201);
       return { pid: p.pid, name: p.name };
     },
   );
-  app.get('/v1/processes', async () => ({ items: k.liveProcesses().map(processSummary) }));
-  app.get('/v1/processes/:pid', { schema: { params: PidParams } }, async (req) => processSummary(proc((req.params as PidParams).pid)));
-  app.delete('/v1/processes/:pid', { schema: { params: PidParams } }, async (req) => {
+  app.get('/v1/processes', { schema: { response: { 200: list(R.Process) } } }, async () => ({ items: k.liveProcesses().map(processSummary) }));
+  app.get('/v1/processes/:pid', { schema: { params: PidParams, response: { 200: R.Process } } }, async (req) => processSummary(proc((req.params as PidParams).pid)));
+  app.delete('/v1/processes/:pid', { schema: { params: PidParams, response: { 200: R.Ok } } }, async (req) => {
     const p = proc((req.params as PidParams).pid);
     await k.exit(p.pid);
     return { pid: p.pid, exited: true };
   });
-  app.post('/v1/processes/:pid/fork', { schema: { params: PidParams } }, async (req, reply) => {
+  app.post('/v1/processes/:pid/fork', { schema: { params: PidParams, response: { 201: R.Pid } } }, async (req, reply) => {
     const child = await k.fork((req.params as PidParams).pid);
     reply.status(201);
     return { pid: child.pid, name: child.name };
   });
-  app.get('/v1/processes/:pid/maps', { schema: { params: PidParams } }, async (req) => {
+  app.get('/v1/processes/:pid/maps', { schema: { params: PidParams, response: { 200: R.Maps } } }, async (req) => {
     const p = proc((req.params as PidParams).pid);
     return {
       items: p.mm.vmas.items.map((v) => ({
@@ -68,7 +69,7 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
   });
   app.get(
     '/v1/processes/:pid/pagemap',
-    { schema: { params: PidParams, querystring: Type.Object({ addr: Type.String(), pages: Type.Optional(Type.String()) }) } },
+    { schema: { params: PidParams, querystring: Type.Object({ addr: Type.String(), pages: Type.Optional(Type.String()) }), response: { 200: R.Pagemap } } },
     async (req) => {
       const q = req.query as { addr: string; pages?: string };
       const addr = parseAddress('addr', q.addr);
@@ -96,6 +97,7 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
           },
           { additionalProperties: false },
         ),
+        response: { 200: R.Addr },
       },
     },
     async (req) => {
@@ -105,7 +107,7 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
     },
   );
   const AddrLen = Type.Object({ addr: Address, length: Length }, { additionalProperties: false });
-  app.post('/v1/processes/:pid/munmap', { schema: { params: PidParams, body: AddrLen } }, async (req) => {
+  app.post('/v1/processes/:pid/munmap', { schema: { params: PidParams, body: AddrLen, response: { 200: R.Ok } } }, async (req) => {
     const b = req.body as { addr: number; length: number };
     await k.munmap((req.params as PidParams).pid, b.addr, b.length);
     return {};
@@ -127,13 +129,14 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
           },
           { additionalProperties: false },
         ),
+        response: { 200: R.Addr },
       },
     },
     async (req) => ({ addr: await k.mremap((req.params as PidParams).pid, req.body as never) }),
   );
   app.post(
     '/v1/processes/:pid/mprotect',
-    { schema: { params: PidParams, body: Type.Object({ addr: Address, length: Length, prot: ProtList }, { additionalProperties: false }) } },
+    { schema: { params: PidParams, body: Type.Object({ addr: Address, length: Length, prot: ProtList }, { additionalProperties: false }), response: { 200: R.Ok } } },
     async (req) => {
       const b = req.body as { addr: number; length: number; prot: ('read' | 'write' | 'exec')[] };
       await k.mprotect((req.params as PidParams).pid, b.addr, b.length, protBits(b.prot));
@@ -149,6 +152,7 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
           { addr: Address, length: Length, advice: Type.Union(ADVICES.map((a) => Type.Literal(a))) },
           { additionalProperties: false },
         ),
+        response: { 200: R.Activity },
       },
     },
     async (req) => {
@@ -158,22 +162,22 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
   );
   app.post(
     '/v1/processes/:pid/clear_refs',
-    { schema: { params: PidParams, body: Type.Object({ mode: Type.Union([Type.Literal('soft-dirty'), Type.Literal('referenced')]) }, { additionalProperties: false }) } },
+    { schema: { params: PidParams, body: Type.Object({ mode: Type.Union([Type.Literal('soft-dirty'), Type.Literal('referenced')]) }, { additionalProperties: false }), response: { 200: R.Ok } } },
     async (req) => {
       await k.clearRefs((req.params as PidParams).pid, (req.body as { mode: 'soft-dirty' | 'referenced' }).mode);
       return {};
     },
   );
-  app.post('/v1/processes/:pid/brk', { schema: { params: PidParams, body: Type.Object({ addr: Address }, { additionalProperties: false }) } }, async (req) => ({
+  app.post('/v1/processes/:pid/brk', { schema: { params: PidParams, body: Type.Object({ addr: Address }, { additionalProperties: false }), response: { 200: R.Addr } } }, async (req) => ({
     addr: await k.brk((req.params as PidParams).pid, (req.body as { addr: number }).addr),
   }));
-  app.post('/v1/processes/:pid/msync', { schema: { params: PidParams, body: AddrLen } }, async (req) => {
+  app.post('/v1/processes/:pid/msync', { schema: { params: PidParams, body: AddrLen, response: { 200: R.Activity } } }, async (req) => {
     const b = req.body as { addr: number; length: number };
     return k.msync((req.params as PidParams).pid, b.addr, b.length);
   });
   app.post(
     '/v1/processes/:pid/memory/read',
-    { schema: { params: PidParams, body: Type.Object({ addr: Address, length: Type.Integer({ minimum: 0, maximum: MAX_ACCESS_BYTES }) }, { additionalProperties: false }) } },
+    { schema: { params: PidParams, body: Type.Object({ addr: Address, length: Type.Integer({ minimum: 0, maximum: MAX_ACCESS_BYTES }) }, { additionalProperties: false }), response: { 200: R.Data } } },
     async (req) => {
       const b = req.body as { addr: number; length: number };
       const data = await k.read((req.params as PidParams).pid, b.addr, b.length);
@@ -182,7 +186,7 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
   );
   app.post(
     '/v1/processes/:pid/memory/write',
-    { schema: { params: PidParams, body: Type.Object({ addr: Address, data: Type.String({ maxLength: Math.ceil(MAX_ACCESS_BYTES / 3) * 4 }) }, { additionalProperties: false }) } },
+    { schema: { params: PidParams, body: Type.Object({ addr: Address, data: Type.String({ maxLength: Math.ceil(MAX_ACCESS_BYTES / 3) * 4 }) }, { additionalProperties: false }), response: { 200: R.Written } } },
     async (req) => {
       const b = req.body as { addr: number; data: string };
       const bytes = decodeBase64('data', b.data);
@@ -190,7 +194,7 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
       return { written: bytes.length };
     },
   );
-  app.post('/v1/files', { schema: { body: Type.Object({ size: Type.Integer({ minimum: 0, maximum: 1 << 30 }) }, { additionalProperties: false }) } }, async (req, reply) => {
+  app.post('/v1/files', { schema: { body: Type.Object({ size: Type.Integer({ minimum: 0, maximum: 1 << 30 }) }, { additionalProperties: false }), response: { 201: R.File } } }, async (req, reply) => {
     const f = k.createFile((req.body as { size: number }).size);
     reply.status(201);
     return { id: f.id, size: f.size };

@@ -41,7 +41,7 @@ async function serve(): Promise<void> {
     tokens: cfg.tokens,
     deadlineMs: cfg.ackDeadlineMs,
     channel: { maxPayload: cfg.channelMaxFrameBytes },
-    log: (level, msg, data) => log[level]({ ...data }, msg),
+    logger: log,
   });
   const app = await buildServer(svc, { logger: log });
   await app.listen({ host: cfg.host, port: cfg.port });

@@ -3,6 +3,7 @@
  * for external devices. The HTTP layer talks to this object only.
  */
 import type { Server } from 'node:http';
+import type { Logger } from 'pino';
 import { Kernel, type KernelConfig } from './kernel/kernel.js';
 import { EventLog } from './notifier/event-log.js';
 import { DeviceManager, type DeviceManagerOptions } from './devices/device-manager.js';
@@ -21,6 +22,8 @@ export interface ServiceOptions {
   /** Acknowledgement deadline of worker devices, ms. */
   deadlineMs?: number;
   log?: Log;
+  /** pino logger: the service logs through it, each device through a child logger. */
+  logger?: Logger;
 }
 
 export class Service {
@@ -33,11 +36,12 @@ export class Service {
   ready = false;
 
   constructor(opts: ServiceOptions = {}) {
-    const log: Log = opts.log ?? (() => undefined);
+    const logger = opts.logger;
+    const log: Log = opts.log ?? (logger ? (level, msg, data) => logger[level](data ?? {}, msg) : () => undefined);
     this.kernel = new Kernel(opts.kernel);
     this.events = new EventLog(opts.eventCapacity ?? 10_000);
     this.unobserve = this.kernel.observe({ onInvalidation: (rec) => this.events.add(rec) });
-    this.devices = new DeviceManager(this.kernel, { deadlineMs: opts.deadlineMs, log });
+    this.devices = new DeviceManager(this.kernel, { deadlineMs: opts.deadlineMs, log, logger });
     const tokens = TokenTable.parse(opts.tokens);
     if (tokens.usingDefault) log('warn', 'DEVMIRROR_TOKENS is not set: the notifier channel accepts the embedded local token "devmirror-local" for every process (local use only)');
     this.channel = new ChannelServer(this.kernel, {
@@ -46,6 +50,7 @@ export class Service {
       allocateId: () => this.devices.allocateId(),
       bindWorker: (token) => this.devices.workerByToken(token),
       log,
+      logger,
     });
   }
 

@@ -4,6 +4,7 @@
  * the Hello after it), runs one Session per connection and keeps the external devices it created.
  */
 import type { IncomingMessage, Server } from 'node:http';
+import type { Logger } from 'pino';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Kernel } from '../kernel/kernel.js';
@@ -24,6 +25,8 @@ export interface ChannelOptions {
   log?: SessionHost['log'];
   /** Resolves device-worker tokens (workers subscribe through the channel). */
   bindWorker?: SessionHost['bindWorker'];
+  /** pino logger: each external device logs through a child of it. */
+  logger?: Logger;
 }
 
 let fallbackId = 10_000;
@@ -39,6 +42,7 @@ export class ChannelServer implements SessionHost {
   readonly log: SessionHost['log'];
   private readonly alloc: () => number;
   readonly bindWorker: SessionHost['bindWorker'];
+  private readonly logger: Logger | undefined;
   onFinding: ((d: ExternalDevice, f: Finding) => void) | null = null;
   onChange: ((d: ExternalDevice) => void) | null = null;
   private server: Server | null = null;
@@ -53,6 +57,7 @@ export class ChannelServer implements SessionHost {
     this.alloc = opts.allocateId ?? (() => fallbackId++);
     this.log = opts.log ?? (() => undefined);
     this.bindWorker = opts.bindWorker ?? (() => null);
+    this.logger = opts.logger;
     this.wss = new WebSocketServer({ noServer: true, maxPayload: this.limits.maxPayload, perMessageDeflate: false });
   }
 
@@ -62,6 +67,8 @@ export class ChannelServer implements SessionHost {
 
   attached(dev: ExternalDevice, s: Session): void {
     this.devices.set(dev.id, dev);
+    const child = this.logger?.child({ device: dev.name, deviceId: dev.id, kind: dev.kind, transport: 'external' });
+    if (child) s.setLog((level, msg, data) => child[level](data ?? {}, msg));
     dev.onFinding = (d, f) => this.onFinding?.(d, f);
     dev.onStateChange = (d) => {
       this.sessions.delete(s);

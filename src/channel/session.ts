@@ -112,7 +112,11 @@ export class Session implements ExternalPort {
   private helloTimer: NodeJS.Timeout | null;
   private readonly commands = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout | null }>();
   private nextCommand = 1;
-  private readonly log: Log;
+  private log: Log;
+  /** Logs of this connection go to the external device's child logger once it is known. */
+  setLog(log: Log): void {
+    this.log = log;
+  }
 
   constructor(
     private readonly ws: WebSocket,

@@ -3,6 +3,7 @@
  * one process and owns a share of device memory (its frames carry its id as owner).
  */
 import os from 'node:os';
+import type { Logger } from 'pino';
 import { timingSafeEqual } from 'node:crypto';
 import { DevmirrorError } from '../errors.js';
 import type { Kernel } from '../kernel/kernel.js';
@@ -31,6 +32,8 @@ export interface DeviceManagerOptions {
   log?: (level: 'debug' | 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>) => void;
   /** The notifier channel's URL once the server listens (workers then subscribe through it). */
   channelUrl?: () => string | null;
+  /** A pino logger: each device logs through a child of it (bindings: device, deviceId, kind). */
+  logger?: Logger;
 }
 
 /** Where the worker entry is: the compiled .js next to us, or the .ts sources under vitest/tsx. */
@@ -50,6 +53,7 @@ export class DeviceManager {
   readonly cores: number;
   private readonly log: NonNullable<DeviceManagerOptions['log']>;
   channelUrl: DeviceManagerOptions['channelUrl'];
+  private readonly logger: Logger | undefined;
   onFinding: ((d: WorkerDevice, f: Finding) => void) | null = null;
   onChange: ((d: WorkerDevice) => void) | null = null;
 
@@ -62,6 +66,7 @@ export class DeviceManager {
     this.cores = opts.cores ?? os.cpus().length;
     this.log = opts.log ?? (() => undefined);
     this.channelUrl = opts.channelUrl;
+    this.logger = opts.logger;
     const spin = new AdaptiveSpin(this.cores, undefined, () => this.liveCount());
     this.group = new WorkerAckGroup(undefined, spin);
   }
@@ -114,7 +119,8 @@ export class DeviceManager {
       deadlineMs: req.deadlineMs ?? this.deadlineMs,
       channelUrl: this.channelUrl?.() ?? null,
     });
-    dev.log = (level, msg, data) => this.log(level, msg, { device: name, deviceId: id, ...data });
+    const child = this.logger?.child({ device: name, deviceId: id, kind: req.kind, transport: 'worker' });
+    dev.log = child ? (level, msg, data) => child[level](data ?? {}, msg) : (level, msg, data) => this.log(level, msg, { device: name, deviceId: id, ...data });
     dev.onFinding = (d, f) => this.onFinding?.(d, f);
     dev.onStateChange = (d) => {
       this.rebalanceSpin();

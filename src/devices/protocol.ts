@@ -100,6 +100,8 @@ export type DeviceEvent =
 export interface SanitizerSnapshot {
   checked: number;
   findings: number;
+  /** Device refaults: grants of pages an invalidation had taken away before. */
+  refaults?: number;
   byKind: Record<string, number>;
   recent: import('../sanitizer/sanitizer.js').Finding[];
 }

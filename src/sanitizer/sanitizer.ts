@@ -76,6 +76,8 @@ export interface SanitizerStats {
   findings: number;
   byKind: Record<FindingKind, number>;
   grants: number;
+  /** Grants of pages an invalidation had revoked or downgraded before (device refaults). */
+  refaults: number;
 }
 
 export class Sanitizer {
@@ -91,6 +93,7 @@ export class Sanitizer {
     findings: 0,
     byKind: { stale: 0, 'lost-write': 0, 'write-ro': 0, unmapped: 0, 'wrong-pfn': 0 },
     grants: 0,
+    refaults: 0,
   };
   /** Called for every new finding (to report it to the kernel). */
   onFinding: ((f: Finding) => void) | null = null;
@@ -145,7 +148,13 @@ export class Sanitizer {
     for (const w of this.open) {
       if (w.pid === pid && w.acked && w.startTick > tick && va >= w.start && va < w.end) this.apply(g, w);
     }
-    this.pidGrants(pid).set(Math.floor(va / PAGE_SIZE), g);
+    const m = this.pidGrants(pid);
+    const key = Math.floor(va / PAGE_SIZE);
+    // A refault: the kernel hands the device a page an invalidation had taken away from it (or
+    // downgraded) — the cost the event-aware policies try to avoid.
+    const prev = m.get(key);
+    if (prev && (prev.revokedBy || prev.downgradedBy)) this.stats.refaults++;
+    m.set(key, g);
     this.stats.grants++;
   }
 

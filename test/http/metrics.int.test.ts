@@ -30,6 +30,8 @@ describe('metrics', () => {
     await k.write(p.pid, a, new Uint8Array(8 * 4096).fill(1));
     const dev = await svc.devices.create({ kind: 'dmirror', pid: p.pid });
     await dev.command('read', { addr: a, npages: 4 });
+    await k.mprotect(p.pid, a, 8 * 4096, PROT.READ); // a faithful dmirror zaps: the next read refaults
+    await dev.command('read', { addr: a, npages: 4 });
     await k.munmap(p.pid, a, 8 * 4096);
     await dev.refresh();
     const r = await app.inject({ method: 'GET', url: '/metrics' });
@@ -39,7 +41,9 @@ describe('metrics', () => {
     expect(sample(t, 'devmirror_invalidation_ack_seconds_count', 'event="UNMAP",device_kind="dmirror"')).toBe(1);
     expect(sample(t, 'devmirror_invalidations_total', 'event="UNMAP",result="ok"')).toBe(1);
     expect(sample(t, 'devmirror_devices', 'device_kind="dmirror"')).toBe(1);
-    expect(sample(t, 'devmirror_sanitizer_checked', 'device_kind="dmirror"')).toBe(4);
+    expect(sample(t, 'devmirror_sanitizer_checked', 'device_kind="dmirror"')).toBe(8);
+    expect(sample(t, 'devmirror_device_refaults', 'device_kind="dmirror"')).toBe(4);
+    expect(sample(t, 'devmirror_invalidation_ack_seconds_count', 'event="PROTECTION_VMA",device_kind="dmirror"')).toBe(1);
     expect(sample(t, 'devmirror_sanitizer_findings', 'device_kind="dmirror"')).toBe(0);
     expect(sample(t, 'devmirror_page_faults_total', '')).toBeGreaterThanOrEqual(8);
     expect(sample(t, 'devmirror_frames_total', '')).toBe(k.mem.ramFrames);

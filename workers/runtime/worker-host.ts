@@ -254,9 +254,9 @@ export class WorkerHost implements DeviceHost {
     return { counters: { ...this.counters }, sanitizer: this.sanitizerSnapshot(), mirror: this.mirrorSummary() };
   }
 
-  private sanitizerSnapshot(): { checked: number; findings: number; byKind: Record<string, number>; recent: Sanitizer['findings'] } {
+  private sanitizerSnapshot(): { checked: number; findings: number; refaults: number; byKind: Record<string, number>; recent: Sanitizer['findings'] } {
     const s = this.sanitizer.stats;
-    return { checked: s.checked, findings: s.findings, byKind: { ...s.byKind }, recent: this.sanitizer.findings.slice(-20) };
+    return { checked: s.checked, findings: s.findings, refaults: s.refaults, byKind: { ...s.byKind }, recent: this.sanitizer.findings.slice(-20) };
   }
 
   private lastStats = '';

@@ -11,6 +11,7 @@ import { buildServer } from './http/server.js';
 import { Service } from './service.js';
 import { runExternalDevice } from './client/run-device.js';
 import { startDemo, type Demo } from './demo.js';
+import { benchMain } from './loadgen/cli.js';
 import { CHANNEL_PATH } from './channel/channel-server.js';
 import { DEVICE_KINDS, EVENT_POLICIES, type DeviceKind, type EventPolicy } from './devices/protocol.js';
 
@@ -22,6 +23,7 @@ commands:
                  --kind gpu|rdma|kvm|dmirror --url ws://HOST:PORT[/v1/notifier/ws]
                  --token T (or DEVMIRROR_TOKEN) --pid N [--name NAME] [--policy faithful|aware|blind]
                  [--options JSON] [--dma JSON (start the DMA engine, e.g. {"rate":1000})]
+  bench        load-test invalidation fan-out (options: devmirror bench --help, docs/benchmarks.md)
   help         this text
 
 configuration comes from the environment: see docs/configuration.md`;
@@ -139,6 +141,9 @@ async function main(argv: string[]): Promise<void> {
       return serve();
     case 'device':
       return device(argv.slice(1));
+    case 'bench':
+      await benchMain(argv.slice(1));
+      process.exit(0);
     case 'help':
     case '--help':
     case '-h':

@@ -1,0 +1,52 @@
+/** Percentiles with one vocabulary for every benchmark: p50, p90, p99, p99_9, max (microseconds). */
+import os from 'node:os';
+
+export interface Percentiles {
+  n: number;
+  mean: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  p99_9: number;
+  max: number;
+}
+
+export function percentiles(samples: ArrayLike<number>): Percentiles {
+  const a = Float64Array.from(samples).sort();
+  const n = a.length;
+  const at = (q: number): number => (n === 0 ? NaN : a[Math.min(n - 1, Math.max(0, Math.ceil(q * n) - 1))]);
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum += a[i];
+  return { n, mean: n ? sum / n : NaN, p50: at(0.5), p90: at(0.9), p99: at(0.99), p99_9: at(0.999), max: n ? a[n - 1] : NaN };
+}
+
+export function machine(): Record<string, unknown> {
+  return {
+    cpus: os.cpus().length,
+    cpuModel: os.cpus()[0]?.model ?? 'unknown',
+    node: process.version,
+    platform: `${os.platform()} ${os.release()}`,
+    totalMemMiB: Math.round(os.totalmem() / 1048576),
+    date: new Date().toISOString(),
+  };
+}
+
+export function fmt(us: number): string {
+  if (!Number.isFinite(us)) return '-';
+  if (us >= 1000) return `${(us / 1000).toFixed(2)} ms`;
+  if (us >= 10) return `${us.toFixed(1)} us`;
+  return `${us.toFixed(2)} us`;
+}
+
+export function table(rows: Array<Record<string, string | number>>): string {
+  if (rows.length === 0) return '';
+  const cols = Object.keys(rows[0]);
+  const width = cols.map((c) => Math.max(c.length, ...rows.map((r) => String(r[c]).length)));
+  const line = (vals: string[]): string => vals.map((v, i) => v.padEnd(width[i])).join('  ');
+  return [line(cols), line(width.map((w) => '-'.repeat(w))), ...rows.map((r) => line(cols.map((c) => String(r[c]))))].join('\n');
+}
+
+/** Microseconds elapsed since `t0` (a process.hrtime.bigint() value). */
+export function usSince(t0: bigint): number {
+  return Number(process.hrtime.bigint() - t0) / 1000;
+}

@@ -1,0 +1,129 @@
+/**
+ * `devmirror bench` command line: options from a scenario file (bench/scenarios/*.json) and the
+ * command line (which wins), a progress bar on stderr (plain lines when stderr is not a TTY), the
+ * JSON report on stdout or in --json, and a summary table on stderr.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import cliProgress from 'cli-progress';
+import { DevmirrorError } from '../errors.js';
+import { DEVICE_KINDS, type DeviceKind, type EventPolicy } from '../devices/protocol.js';
+import { fmt, table } from '../lib/stats.js';
+import { DEFAULT_BENCH, runBench, type BenchOptions, type BenchReport } from './runner.js';
+import type { Pattern, WorkloadName } from './workloads.js';
+
+export const BENCH_USAGE = `devmirror bench [--scenario FILE.json] [--workload munmap|mprotect|madvise|soft-dirty|fork|migrate|compact|numa|mixed]
+                [--devices gpu=1,rdma=1,kvm=1,dmirror=1 | --devices N] [--policy faithful|aware|blind]
+                [--dma-rate N] [--duration 10s | --ops N] [--area-pages N] [--range-pages N]
+                [--pattern random|sequential|hotset] [--seed N] [--json FILE]`;
+
+function duration(s: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(s.trim());
+  if (!m) throw new DevmirrorError('DM_ERR_VALIDATION', `--duration: "${s}" is not a duration (e.g. 10s, 500ms)`);
+  const v = Number(m[1]);
+  return m[2] === 'ms' ? v : m[2] === 'm' ? v * 60_000 : v * 1000;
+}
+
+function int(name: string, s: string): number {
+  if (!/^\d+$/.test(s)) throw new DevmirrorError('DM_ERR_VALIDATION', `--${name} must be a non-negative integer`);
+  return Number(s);
+}
+
+export function parseBenchArgs(argv: string[]): { options: BenchOptions; json?: string } {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      scenario: { type: 'string' },
+      workload: { type: 'string' },
+      devices: { type: 'string' },
+      policy: { type: 'string' },
+      'dma-rate': { type: 'string' },
+      duration: { type: 'string' },
+      ops: { type: 'string' },
+      'area-pages': { type: 'string' },
+      'range-pages': { type: 'string' },
+      pattern: { type: 'string' },
+      seed: { type: 'string' },
+      json: { type: 'string' },
+    },
+    strict: true,
+  });
+  let o: BenchOptions = { ...DEFAULT_BENCH };
+  if (values.scenario) {
+    let file: Partial<BenchOptions> & { description?: string };
+    try {
+      file = JSON.parse(readFileSync(values.scenario, 'utf8'));
+    } catch (e) {
+      throw new DevmirrorError('DM_ERR_VALIDATION', `--scenario ${values.scenario}: ${(e as Error).message}`);
+    }
+    delete file.description;
+    o = { ...o, ...file };
+  }
+  if (values.workload) o.workload = values.workload as WorkloadName;
+  if (values.devices) {
+    if (/^\d+$/.test(values.devices)) o.devices = Object.fromEntries(DEVICE_KINDS.map((k) => [k, Number(values.devices)]));
+    else {
+      o.devices = {};
+      for (const part of values.devices.split(',')) {
+        const [k, n] = part.split('=');
+        o.devices[k as DeviceKind] = int(`devices ${k}`, n ?? '');
+      }
+    }
+  }
+  if (values.policy) o.policy = values.policy as EventPolicy;
+  if (values['dma-rate']) o.dmaRate = int('dma-rate', values['dma-rate']);
+  if (values.duration) {
+    o.durationMs = duration(values.duration);
+    if (!values.ops) delete o.ops;
+  }
+  if (values.ops) {
+    o.ops = int('ops', values.ops);
+    if (!values.duration) delete o.durationMs;
+  }
+  if (values['area-pages']) o.areaPages = int('area-pages', values['area-pages']);
+  if (values['range-pages']) o.rangePages = int('range-pages', values['range-pages']);
+  if (values.pattern) o.pattern = values.pattern as Pattern;
+  if (values.seed) o.seed = int('seed', values.seed);
+  if (!['faithful', 'aware', 'blind'].includes(o.policy)) throw new DevmirrorError('DM_ERR_VALIDATION', '--policy must be faithful, aware or blind');
+  return { options: o, json: values.json };
+}
+
+export function summary(r: BenchReport): string {
+  const head = `${r.ops} operations in ${(r.durationMs / 1000).toFixed(1)} s (${r.opsPerSec}/s), ${r.invalidations} invalidations (${r.invalidationsPerSec}/s); device faults ${r.totals.deviceFaults}, refaults ${r.totals.refaults}; sanitizer: ${r.totals.checked} accesses checked, ${r.totals.findings} findings; evictions ${r.totals.evictions}`;
+  const rows = r.byEventAndKind.map((x) => ({
+    event: x.event,
+    'device kind': x.deviceKind,
+    invalidations: x.invalidations,
+    'round p50': fmt(x.round.p50),
+    'round p99': fmt(x.round.p99),
+    'ack p50': fmt(x.ack.p50),
+    'ack p90': fmt(x.ack.p90),
+    'ack p99': fmt(x.ack.p99),
+    'ack p99_9': fmt(x.ack.p99_9),
+    'ack max': fmt(x.ack.max),
+  }));
+  return `${head}\n\n${table(rows)}\n`;
+}
+
+export async function benchMain(argv: string[]): Promise<void> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(BENCH_USAGE + '\n');
+    return;
+  }
+  const { options, json } = parseBenchArgs(argv);
+  const total = options.durationMs ?? options.ops ?? 0;
+  const tty = process.stderr.isTTY === true;
+  const bar = tty ? new cliProgress.SingleBar({ format: ' {bar} {percentage}% | {ops} ops | {inv} invalidations', hideCursor: true }, cliProgress.Presets.shades_classic) : null;
+  bar?.start(total, 0, { ops: 0, inv: 0 });
+  const report = await runBench(options, (d) => {
+    const done = options.durationMs !== undefined ? Math.min(total, d.elapsedMs) : d.ops;
+    if (bar) bar.update(done, { ops: d.ops, inv: d.invalidations });
+    else process.stderr.write(`bench: ${(d.elapsedMs / 1000).toFixed(0)} s, ${d.ops} ops, ${d.invalidations} invalidations\n`);
+  });
+  bar?.update(total);
+  bar?.stop();
+  const text = JSON.stringify(report, null, 2);
+  if (json) writeFileSync(json, text + '\n');
+  else process.stdout.write(text + '\n');
+  process.stderr.write('\n' + summary(report));
+}

@@ -1,0 +1,214 @@
+/**
+ * `devmirror bench`: starts a configured system (device workers of each kind over one process's
+ * area, their DMA engines running), drives a workload for a duration or an operation count, and
+ * reports, per event and device kind: invalidations, the full start/ack/end round and each
+ * subscriber's acknowledgement (p50/p90/p99/p99_9/max), throughput, refaults, device faults,
+ * sanitizer checks and findings, evictions, and the machine.
+ */
+import { Kernel } from '../kernel/kernel.js';
+import { PROT } from '../kernel/vma.js';
+import { PAGE_SIZE } from '../kernel/layout.js';
+import { EVENT_NAMES } from '../notifier/range.js';
+import { DeviceManager } from '../devices/device-manager.js';
+import { DEVICE_KINDS, type DeviceKind, type EventPolicy } from '../devices/protocol.js';
+import { DevmirrorError } from '../errors.js';
+import { machine, percentiles, type Percentiles } from '../lib/stats.js';
+import { WORKLOADS, step, type Pattern, type WorkloadContext, type WorkloadName } from './workloads.js';
+
+export interface BenchOptions {
+  /** Device workers per kind. */
+  devices: Partial<Record<DeviceKind, number>>;
+  policy: EventPolicy;
+  /** Device accesses per second, per device (0: DMA engines idle). */
+  dmaRate: number;
+  workload: WorkloadName;
+  /** Stop after this long (ms) ... */
+  durationMs?: number;
+  /** ... or after this many operations (whichever comes first). */
+  ops?: number;
+  /** Pages the devices mirror. */
+  areaPages: number;
+  /** Pages per operation. */
+  rangePages: number;
+  pattern: Pattern;
+  seed: number;
+  /** Acknowledgement deadline (ms): long, so a busy machine never evicts a healthy device. */
+  deadlineMs: number;
+}
+
+export const DEFAULT_BENCH: BenchOptions = {
+  devices: { gpu: 1, rdma: 1, kvm: 1, dmirror: 1 },
+  policy: 'faithful',
+  dmaRate: 200,
+  workload: 'mixed',
+  durationMs: 5000,
+  areaPages: 512,
+  rangePages: 16,
+  pattern: 'random',
+  seed: 1,
+  deadlineMs: 60_000,
+};
+
+export interface EventKindRow {
+  event: string;
+  deviceKind: string;
+  invalidations: number;
+  round: Percentiles;
+  ack: Percentiles;
+}
+
+export interface BenchReport {
+  bench: 'devmirror';
+  machine: Record<string, unknown>;
+  options: BenchOptions;
+  durationMs: number;
+  ops: number;
+  opsPerSec: number;
+  invalidations: number;
+  invalidationsPerSec: number;
+  /** Per event: the full start/ack/end round (all subscribers). */
+  events: Array<{ event: string; invalidations: number; round: Percentiles }>;
+  /** Per event and device kind: rounds that reached that kind, and its acknowledgements. */
+  byEventAndKind: EventKindRow[];
+  devices: Array<{ name: string; kind: string; state: string; faults: number; refaults: number; invalidations: number; checked: number; findings: number }>;
+  totals: { deviceFaults: number; refaults: number; checked: number; findings: number; evictions: number };
+}
+
+function mulberry(seed: number): () => number {
+  let s = seed >>> 0 || 0x9e3779b9;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+}
+
+export function validateBench(o: BenchOptions): void {
+  const bad = (m: string): never => {
+    throw new DevmirrorError('DM_ERR_VALIDATION', m);
+  };
+  if (!WORKLOADS.includes(o.workload)) bad(`workload must be one of ${WORKLOADS.join(', ')}`);
+  for (const [k, n] of Object.entries(o.devices)) {
+    if (!DEVICE_KINDS.includes(k as DeviceKind)) bad(`unknown device kind ${k}`);
+    if (!Number.isInteger(n) || (n as number) < 0 || (n as number) > 256) bad(`devices.${k} must be 0..256`);
+  }
+  if (!Number.isInteger(o.areaPages) || o.areaPages < 1 || o.areaPages > 262_144) bad('areaPages must be 1..262144');
+  if (!Number.isInteger(o.rangePages) || o.rangePages < 1) bad('rangePages must be at least 1');
+  if (o.durationMs === undefined && o.ops === undefined) bad('give a duration or an operation count');
+  if (!['sequential', 'random', 'hotset'].includes(o.pattern)) bad('pattern must be sequential, random or hotset');
+}
+
+export interface Progress {
+  (done: { elapsedMs: number; ops: number; invalidations: number }): void;
+}
+
+/** Runs one bench and returns its report (the caller prints it). */
+export async function runBench(o: BenchOptions, progress?: Progress): Promise<BenchReport> {
+  validateBench(o);
+  const areaBytes = o.areaPages * PAGE_SIZE;
+  // RAM: the area, a copy for COW (fork), and headroom for tables and migrations.
+  const memoryBytes = Math.max(64, Math.ceil((areaBytes * 4) / 2 ** 20 / 2) * 2) * 2 ** 20;
+  const k = new Kernel({ memoryBytes, deviceMemoryBytes: 16 * 2 ** 20 });
+  const p = k.createProcess('bench');
+  const addr = await k.mmap(p.pid, { length: areaBytes, prot: PROT.READ | PROT.WRITE, populate: true });
+  await k.write(p.pid, addr, new Uint8Array(areaBytes).fill(1));
+  const mgr = new DeviceManager(k, { deadlineMs: o.deadlineMs });
+  const rounds = new Map<string, number[]>();
+  const acks = new Map<string, { event: string; kind: string; rounds: number[]; acks: number[] }>();
+  let invalidations = 0;
+  const unobserve = k.observe({
+    onInvalidation: (rec) => {
+      invalidations++;
+      const ev = EVENT_NAMES[rec.range.event] ?? 'UNKNOWN';
+      const total = Math.max(0, rec.endedUs - rec.startedUs);
+      let r = rounds.get(ev);
+      if (!r) rounds.set(ev, (r = []));
+      r.push(total);
+      const seen = new Set<string>();
+      for (const s of rec.subscribers) {
+        const kind = s.info.deviceKind ?? 'kernel';
+        const key = `${ev}|${kind}`;
+        let a = acks.get(key);
+        if (!a) acks.set(key, (a = { event: ev, kind, rounds: [], acks: [] }));
+        a.acks.push(Math.max(0, s.ackUs));
+        if (!seen.has(kind)) {
+          seen.add(kind);
+          a.rounds.push(total);
+        }
+      }
+    },
+  });
+  try {
+    for (const kind of DEVICE_KINDS) {
+      for (let i = 0; i < (o.devices[kind] ?? 0); i++) {
+        const options: Record<string, unknown> =
+          kind === 'rdma' ? { mrs: [{ addr, length: areaBytes }] } : kind === 'kvm' ? { memslots: [{ id: 0, baseGfn: 0x100000, npages: o.areaPages, hva: addr }] } : {};
+        const dev = await mgr.create({ kind, pid: p.pid, policy: o.policy, options, name: `${kind}${i}` });
+        if (o.dmaRate > 0) await dev.command('dma', { rate: o.dmaRate, pattern: 'random', writeMix: 0.3, start: addr, end: addr + areaBytes });
+      }
+    }
+    const ctx: WorkloadContext = { k, p, addr, pages: o.areaPages, rangePages: o.rangePages, pattern: o.pattern, random: mulberry(o.seed), op: 0 };
+    invalidations = 0;
+    rounds.clear();
+    acks.clear();
+    const t0 = performance.now();
+    let lastReport = t0;
+    const end = o.durationMs !== undefined ? t0 + o.durationMs : Infinity;
+    while (performance.now() < end && (o.ops === undefined || ctx.op < o.ops)) {
+      await step(o.workload, ctx);
+      ctx.op++;
+      const now = performance.now();
+      if (progress && now - lastReport >= 1000) {
+        lastReport = now;
+        progress({ elapsedMs: now - t0, ops: ctx.op, invalidations });
+      }
+      // Let device replies and the event loop in between operations.
+      if (ctx.op % 16 === 0) await new Promise((r) => setImmediate(r));
+    }
+    const durationMs = performance.now() - t0;
+    for (const d of mgr.list()) await d.command('dma', { rate: 0 }).catch(() => undefined);
+    const devices: BenchReport['devices'] = [];
+    for (const d of mgr.list()) {
+      if (d.alive) await d.refresh().catch(() => undefined);
+      const c = d.counters;
+      devices.push({
+        name: d.name,
+        kind: d.kind,
+        state: d.state,
+        faults: (c.faults ?? 0) + (c.page_faults ?? 0) + (c.pf_taken ?? 0),
+        refaults: d.sanitizer?.refaults ?? 0,
+        invalidations: c.invalidations ?? 0,
+        checked: d.sanitizer?.checked ?? 0,
+        findings: d.sanitizer?.findings ?? 0,
+      });
+    }
+    const sum = (f: (d: (typeof devices)[number]) => number) => devices.reduce((a, d) => a + f(d), 0);
+    return {
+      bench: 'devmirror',
+      machine: machine(),
+      options: o,
+      durationMs: Math.round(durationMs),
+      ops: ctx.op,
+      opsPerSec: Math.round((ctx.op * 1000) / durationMs),
+      invalidations,
+      invalidationsPerSec: Math.round((invalidations * 1000) / durationMs),
+      events: [...rounds.entries()].map(([event, v]) => ({ event, invalidations: v.length, round: percentiles(v) })).sort((a, b) => b.invalidations - a.invalidations),
+      byEventAndKind: [...acks.values()]
+        .map((a) => ({ event: a.event, deviceKind: a.kind, invalidations: a.rounds.length, round: percentiles(a.rounds), ack: percentiles(a.acks) }))
+        .sort((a, b) => (a.event + a.deviceKind).localeCompare(b.event + b.deviceKind)),
+      devices,
+      totals: {
+        deviceFaults: sum((d) => d.faults),
+        refaults: sum((d) => d.refaults),
+        checked: sum((d) => d.checked),
+        findings: sum((d) => d.findings),
+        evictions: mgr.list().filter((d) => d.state === 'evicted').length,
+      },
+    };
+  } finally {
+    unobserve();
+    await mgr.stopAll();
+  }
+}

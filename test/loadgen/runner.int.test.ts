@@ -1,0 +1,40 @@
+/** devmirror bench: a short mixed run reports every event with latencies, and correct devices stay clean. */
+import { describe, expect, it } from 'vitest';
+import { runBench, DEFAULT_BENCH } from '../../src/loadgen/runner.js';
+import { parseBenchArgs, summary } from '../../src/loadgen/cli.js';
+
+describe('devmirror bench', () => {
+  it('runs the mixed workload over one device of each kind and reports per event and device kind', async () => {
+    const progress: number[] = [];
+    const r = await runBench({ ...DEFAULT_BENCH, durationMs: undefined, ops: 16, areaPages: 128, rangePages: 8, dmaRate: 500 }, (d) => progress.push(d.ops));
+    expect(r.ops).toBe(16);
+    expect(r.invalidations).toBeGreaterThan(16);
+    const events = r.events.map((e) => e.event);
+    for (const e of ['UNMAP', 'PROTECTION_VMA', 'CLEAR', 'SOFT_DIRTY', 'PROTECTION_PAGE']) expect(events, e).toContain(e);
+    const kinds = new Set(r.byEventAndKind.map((x) => x.deviceKind));
+    expect([...kinds].sort()).toEqual(['dmirror', 'gpu', 'kvm', 'rdma']);
+    for (const x of r.byEventAndKind) {
+      expect(x.ack.n).toBeGreaterThan(0);
+      expect(x.round.p50).toBeGreaterThanOrEqual(0);
+      expect(x.round.max).toBeGreaterThanOrEqual(x.round.p99);
+    }
+    expect(r.devices.map((d) => d.state)).toEqual(['running', 'running', 'running', 'running']);
+    expect(r.totals.checked).toBeGreaterThan(0);
+    expect(r.totals.findings).toBe(0);
+    expect(r.totals.evictions).toBe(0);
+    expect(r.machine).toHaveProperty('cpus');
+    expect(summary(r)).toContain('accesses checked');
+  });
+
+  it('parses scenarios and command-line overrides, and refuses bad options', () => {
+    const a = parseBenchArgs(['--scenario', 'bench/scenarios/munmap-storm.json', '--devices', 'gpu=2', '--duration', '2s', '--policy', 'aware']);
+    expect(a.options).toMatchObject({ workload: 'munmap', devices: { gpu: 2 }, durationMs: 2000, policy: 'aware', rangePages: 16 });
+    const b = parseBenchArgs(['--devices', '3', '--ops', '10']);
+    expect(b.options.devices).toEqual({ gpu: 3, rdma: 3, kvm: 3, dmirror: 3 });
+    expect(b.options.ops).toBe(10);
+    expect(b.options.durationMs).toBeUndefined();
+    expect(() => parseBenchArgs(['--duration', 'soon'])).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
+    expect(() => parseBenchArgs(['--policy', 'lazy'])).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
+    expect(() => parseBenchArgs(['--bogus'])).toThrow();
+  });
+});

@@ -15,7 +15,8 @@ import type { Pattern, WorkloadName } from './workloads.js';
 export const BENCH_USAGE = `devmirror bench [--scenario FILE.json] [--workload munmap|mprotect|madvise|soft-dirty|fork|migrate|compact|numa|mixed]
                 [--devices gpu=1,rdma=1,kvm=1,dmirror=1 | --devices N] [--policy faithful|aware|blind]
                 [--dma-rate N] [--duration 10s | --ops N] [--area-pages N] [--range-pages N]
-                [--pattern random|sequential|hotset] [--seed N] [--json FILE]`;
+                [--pattern random|sequential|hotset] [--seed N] [--json FILE]
+                [--replay FILE.strace [--time-scale 0|1|...] [--density 0.05]]   (strace -f -tt -e trace=memory,openat,close)`;
 
 function duration(s: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(s.trim());
@@ -45,6 +46,9 @@ export function parseBenchArgs(argv: string[]): { options: BenchOptions; json?: 
       pattern: { type: 'string' },
       seed: { type: 'string' },
       json: { type: 'string' },
+      replay: { type: 'string' },
+      'time-scale': { type: 'string' },
+      density: { type: 'string' },
     },
     strict: true,
   });
@@ -84,12 +88,20 @@ export function parseBenchArgs(argv: string[]): { options: BenchOptions; json?: 
   if (values['range-pages']) o.rangePages = int('range-pages', values['range-pages']);
   if (values.pattern) o.pattern = values.pattern as Pattern;
   if (values.seed) o.seed = int('seed', values.seed);
+  if (values.replay) {
+    const ts = values['time-scale'] !== undefined ? Number(values['time-scale']) : 0;
+    const density = values.density !== undefined ? Number(values.density) : undefined;
+    if (!Number.isFinite(ts) || ts < 0) throw new DevmirrorError('DM_ERR_VALIDATION', '--time-scale must be a number >= 0');
+    if (density !== undefined && !(density >= 0 && density <= 1)) throw new DevmirrorError('DM_ERR_VALIDATION', '--density must be between 0 and 1');
+    o.replay = { file: values.replay, timeScale: ts, ...(density !== undefined ? { density } : {}) };
+  }
   if (!['faithful', 'aware', 'blind'].includes(o.policy)) throw new DevmirrorError('DM_ERR_VALIDATION', '--policy must be faithful, aware or blind');
   return { options: o, json: values.json };
 }
 
 export function summary(r: BenchReport): string {
-  const head = `${r.ops} operations in ${(r.durationMs / 1000).toFixed(1)} s (${r.opsPerSec}/s), ${r.invalidations} invalidations (${r.invalidationsPerSec}/s); device faults ${r.totals.deviceFaults}, refaults ${r.totals.refaults}; sanitizer: ${r.totals.checked} accesses checked, ${r.totals.findings} findings; evictions ${r.totals.evictions}`;
+  const rep = r.replay ? `replayed ${r.replay.replayed}/${r.replay.calls} calls of ${r.replay.file} (${r.replay.tasks} tasks), ${r.replay.touchedPages} pages touched; refused: ${JSON.stringify(r.replay.refused)}\n` : '';
+  const head = rep + `${r.ops} operations in ${(r.durationMs / 1000).toFixed(1)} s (${r.opsPerSec}/s), ${r.invalidations} invalidations (${r.invalidationsPerSec}/s); device faults ${r.totals.deviceFaults}, refaults ${r.totals.refaults}; sanitizer: ${r.totals.checked} accesses checked, ${r.totals.findings} findings; evictions ${r.totals.evictions}`;
   const rows = r.byEventAndKind.map((x) => ({
     event: x.event,
     'device kind': x.deviceKind,

@@ -14,6 +14,9 @@ import { DEVICE_KINDS, type DeviceKind, type EventPolicy } from '../devices/prot
 import { DevmirrorError } from '../errors.js';
 import { machine, percentiles, type Percentiles } from '../lib/stats.js';
 import { WORKLOADS, step, type Pattern, type WorkloadContext, type WorkloadName } from './workloads.js';
+import { readFileSync } from 'node:fs';
+import { parseStrace, type ParsedTrace } from './strace.js';
+import { DEFAULT_REPLAY, replayTrace, type ReplayStats } from './replay.js';
 
 export interface BenchOptions {
   /** Device workers per kind. */
@@ -34,6 +37,8 @@ export interface BenchOptions {
   seed: number;
   /** Acknowledgement deadline (ms): long, so a busy machine never evicts a healthy device. */
   deadlineMs: number;
+  /** Replay a real program's strace instead of the workload (see replay.ts for the model). */
+  replay?: { file: string; timeScale?: number; density?: number; maxTouchPages?: number };
 }
 
 export const DEFAULT_BENCH: BenchOptions = {
@@ -71,6 +76,8 @@ export interface BenchReport {
   /** Per event and device kind: rounds that reached that kind, and its acknowledgements. */
   byEventAndKind: EventKindRow[];
   devices: Array<{ name: string; kind: string; state: string; faults: number; refaults: number; invalidations: number; checked: number; findings: number }>;
+  /** With --replay: what was replayed. */
+  replay?: Omit<ReplayStats, 'writableRanges'> & { file: string; events: number; tasks: number };
   totals: { deviceFaults: number; refaults: number; checked: number; findings: number; evictions: number };
 }
 
@@ -96,7 +103,8 @@ export function validateBench(o: BenchOptions): void {
   }
   if (!Number.isInteger(o.areaPages) || o.areaPages < 1 || o.areaPages > 262_144) bad('areaPages must be 1..262144');
   if (!Number.isInteger(o.rangePages) || o.rangePages < 1) bad('rangePages must be at least 1');
-  if (o.durationMs === undefined && o.ops === undefined) bad('give a duration or an operation count');
+  if (o.durationMs === undefined && o.ops === undefined && !o.replay) bad('give a duration or an operation count');
+  if (o.replay && (o.replay.timeScale ?? 0) < 0) bad('replay time scale must be >= 0');
   if (!['sequential', 'random', 'hotset'].includes(o.pattern)) bad('pattern must be sequential, random or hotset');
 }
 
@@ -110,10 +118,21 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
   const areaBytes = o.areaPages * PAGE_SIZE;
   // RAM: the area, a copy for COW (fork), and headroom for tables and migrations.
   const memoryBytes = Math.max(64, Math.ceil((areaBytes * 4) / 2 ** 20 / 2) * 2) * 2 ** 20;
-  const k = new Kernel({ memoryBytes, deviceMemoryBytes: 16 * 2 ** 20 });
-  const p = k.createProcess('bench');
-  const addr = await k.mmap(p.pid, { length: areaBytes, prot: PROT.READ | PROT.WRITE, populate: true });
-  await k.write(p.pid, addr, new Uint8Array(areaBytes).fill(1));
+  let trace: ParsedTrace | null = null;
+  if (o.replay) {
+    try {
+      trace = parseStrace(readFileSync(o.replay.file, 'utf8'));
+    } catch (e) {
+      throw new DevmirrorError('DM_ERR_VALIDATION', `--replay ${o.replay.file}: ${(e as Error).message}`);
+    }
+  }
+  const k = new Kernel({ memoryBytes: trace ? Math.max(memoryBytes, 512 * 2 ** 20) : memoryBytes, deviceMemoryBytes: 16 * 2 ** 20 });
+  const p = k.createProcess(trace ? 'replay' : 'bench');
+  let addr = 0;
+  if (!trace) {
+    addr = await k.mmap(p.pid, { length: areaBytes, prot: PROT.READ | PROT.WRITE, populate: true });
+    await k.write(p.pid, addr, new Uint8Array(areaBytes).fill(1));
+  }
   const mgr = new DeviceManager(k, { deadlineMs: o.deadlineMs });
   const rounds = new Map<string, number[]>();
   const acks = new Map<string, { event: string; kind: string; rounds: number[]; acks: number[] }>();
@@ -143,10 +162,22 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
   try {
     for (const kind of DEVICE_KINDS) {
       for (let i = 0; i < (o.devices[kind] ?? 0); i++) {
-        const options: Record<string, unknown> =
-          kind === 'rdma' ? { mrs: [{ addr, length: areaBytes }] } : kind === 'kvm' ? { memslots: [{ id: 0, baseGfn: 0x100000, npages: o.areaPages, hva: addr }] } : {};
+        // A replayed program's mappings come and go: rdma uses an implicit MR (the whole address
+        // space), kvm its whole-mm subscription only (no memslot), and DMA windows follow the
+        // program's writable mappings.
+        const options: Record<string, unknown> = trace
+          ? kind === 'rdma'
+            ? { implicit: true }
+            : kind === 'kvm'
+              ? { memslots: [] }
+              : {}
+          : kind === 'rdma'
+            ? { mrs: [{ addr, length: areaBytes }] }
+            : kind === 'kvm'
+              ? { memslots: [{ id: 0, baseGfn: 0x100000, npages: o.areaPages, hva: addr }] }
+              : {};
         const dev = await mgr.create({ kind, pid: p.pid, policy: o.policy, options, name: `${kind}${i}` });
-        if (o.dmaRate > 0) await dev.command('dma', { rate: o.dmaRate, pattern: 'random', writeMix: 0.3, start: addr, end: addr + areaBytes });
+        if (o.dmaRate > 0 && !trace) await dev.command('dma', { rate: o.dmaRate, pattern: 'random', writeMix: 0.3, start: addr, end: addr + areaBytes });
       }
     }
     const ctx: WorkloadContext = { k, p, addr, pages: o.areaPages, rangePages: o.rangePages, pattern: o.pattern, random: mulberry(o.seed), op: 0 };
@@ -156,7 +187,32 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
     const t0 = performance.now();
     let lastReport = t0;
     const end = o.durationMs !== undefined ? t0 + o.durationMs : Infinity;
-    while (performance.now() < end && (o.ops === undefined || ctx.op < o.ops)) {
+    let replayed: BenchReport['replay'];
+    if (trace) {
+      const rng = mulberry(o.seed);
+      const ro = { ...DEFAULT_REPLAY, ...o.replay };
+      const st = await replayTrace(k, p, trace, ro, async (i, stats, writable) => {
+        ctx.op = stats.replayed;
+        // Every 200 calls, point each device's DMA engine at a live writable mapping.
+        if (o.dmaRate > 0 && i % 200 === 0) {
+          const w = writable();
+          if (w.length > 0) {
+            for (const d of mgr.list()) {
+              const [s0, e0] = w[Math.floor(rng() * w.length)];
+              await d.command('dma', { rate: o.dmaRate, pattern: 'random', writeMix: 0.3, start: s0, end: Math.min(e0, s0 + 256 * PAGE_SIZE) }).catch(() => undefined);
+            }
+          }
+        }
+        const now = performance.now();
+        if (progress && now - lastReport >= 1000) {
+          lastReport = now;
+          progress({ elapsedMs: now - t0, ops: ctx.op, invalidations });
+        }
+      });
+      const { writableRanges: _w, ...rest } = st;
+      replayed = { ...rest, file: o.replay!.file, events: trace.events.length, tasks: trace.pids.length };
+    }
+    while (!trace && performance.now() < end && (o.ops === undefined || ctx.op < o.ops)) {
       await step(o.workload, ctx);
       ctx.op++;
       const now = performance.now();
@@ -199,6 +255,7 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
         .map((a) => ({ event: a.event, deviceKind: a.kind, invalidations: a.rounds.length, round: percentiles(a.rounds), ack: percentiles(a.acks) }))
         .sort((a, b) => (a.event + a.deviceKind).localeCompare(b.event + b.deviceKind)),
       devices,
+      ...(replayed ? { replay: replayed } : {}),
       totals: {
         deviceFaults: sum((d) => d.faults),
         refaults: sum((d) => d.refaults),

@@ -11,12 +11,16 @@ import { DEVICE_KINDS, type DeviceKind, type EventPolicy } from '../devices/prot
 import { fmt, table } from '../lib/stats.js';
 import { DEFAULT_BENCH, runBench, type BenchOptions, type BenchReport } from './runner.js';
 import type { Pattern, WorkloadName } from './workloads.js';
+import { measureBaselines } from './baselines.js';
+import { renderHtml } from './report-html.js';
+import { parseSweep, runSweep, type SweepDimension, type SweepReport } from './sweep.js';
 
 export const BENCH_USAGE = `devmirror bench [--scenario FILE.json] [--workload munmap|mprotect|madvise|soft-dirty|fork|migrate|compact|numa|mixed]
                 [--devices gpu=1,rdma=1,kvm=1,dmirror=1 | --devices N] [--policy faithful|aware|blind]
                 [--dma-rate N] [--duration 10s | --ops N] [--area-pages N] [--range-pages N]
                 [--pattern random|sequential|hotset] [--seed N] [--json FILE]
-                [--replay FILE.strace [--time-scale 0|1|...] [--density 0.05]]   (strace -f -tt -e trace=memory,openat,close)`;
+                [--replay FILE.strace [--time-scale 0|1|...] [--density 0.05]]   (strace -f -tt -e trace=memory,openat,close)
+                [--sweep devices=1,2,4,8 | --sweep range=1,16,512] [--baselines] [--html FILE.html]`;
 
 function duration(s: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(s.trim());
@@ -30,7 +34,15 @@ function int(name: string, s: string): number {
   return Number(s);
 }
 
-export function parseBenchArgs(argv: string[]): { options: BenchOptions; json?: string } {
+export interface BenchCli {
+  options: BenchOptions;
+  json?: string;
+  html?: string;
+  sweep?: { dimension: SweepDimension; values: number[] };
+  baselines: boolean;
+}
+
+export function parseBenchArgs(argv: string[]): BenchCli {
   const { values } = parseArgs({
     args: argv,
     options: {
@@ -47,6 +59,9 @@ export function parseBenchArgs(argv: string[]): { options: BenchOptions; json?: 
       seed: { type: 'string' },
       json: { type: 'string' },
       replay: { type: 'string' },
+      sweep: { type: 'string' },
+      baselines: { type: 'boolean' },
+      html: { type: 'string' },
       'time-scale': { type: 'string' },
       density: { type: 'string' },
     },
@@ -96,7 +111,7 @@ export function parseBenchArgs(argv: string[]): { options: BenchOptions; json?: 
     o.replay = { file: values.replay, timeScale: ts, ...(density !== undefined ? { density } : {}) };
   }
   if (!['faithful', 'aware', 'blind'].includes(o.policy)) throw new DevmirrorError('DM_ERR_VALIDATION', '--policy must be faithful, aware or blind');
-  return { options: o, json: values.json };
+  return { options: o, json: values.json, html: values.html, sweep: values.sweep ? parseSweep(values.sweep) : undefined, baselines: values.baselines === true };
 }
 
 export function summary(r: BenchReport): string {
@@ -114,7 +129,11 @@ export function summary(r: BenchReport): string {
     'ack p99_9': fmt(x.ack.p99_9),
     'ack max': fmt(x.ack.max),
   }));
-  return `${head}\n\n${table(rows)}\n`;
+  const b = r.baselines;
+  const base = b
+    ? `\nbaselines at ${b.workers} workers (same run): bare Atomics blocking p50 ${fmt(b.atomicsBlocking.p50)}, spin ${fmt(b.atomicsSpin.p50)}, postMessage ${fmt(b.postMessage.p50)}; devmirror round p50 ${fmt(r.round.p50)} = ${(r.round.p50 / Math.min(b.atomicsBlocking.p50, b.atomicsSpin.p50)).toFixed(2)}x the better Atomics, ${(b.postMessage.p50 / r.round.p50).toFixed(2)}x faster than postMessage\n`
+    : '';
+  return `${head}\n\n${table(rows)}\n${base}`;
 }
 
 export async function benchMain(argv: string[]): Promise<void> {
@@ -122,20 +141,42 @@ export async function benchMain(argv: string[]): Promise<void> {
     process.stdout.write(BENCH_USAGE + '\n');
     return;
   }
-  const { options, json } = parseBenchArgs(argv);
+  const cli = parseBenchArgs(argv);
+  const { options, json } = cli;
   const total = options.durationMs ?? options.ops ?? 0;
   const tty = process.stderr.isTTY === true;
-  const bar = tty ? new cliProgress.SingleBar({ format: ' {bar} {percentage}% | {ops} ops | {inv} invalidations', hideCursor: true }, cliProgress.Presets.shades_classic) : null;
-  bar?.start(total, 0, { ops: 0, inv: 0 });
-  const report = await runBench(options, (d) => {
-    const done = options.durationMs !== undefined ? Math.min(total, d.elapsedMs) : d.ops;
-    if (bar) bar.update(done, { ops: d.ops, inv: d.invalidations });
-    else process.stderr.write(`bench: ${(d.elapsedMs / 1000).toFixed(0)} s, ${d.ops} ops, ${d.invalidations} invalidations\n`);
-  });
-  bar?.update(total);
-  bar?.stop();
-  const text = JSON.stringify(report, null, 2);
+  const bar = tty ? new cliProgress.SingleBar({ format: ' {label} {bar} {percentage}% | {ops} ops | {inv} invalidations', hideCursor: true }, cliProgress.Presets.shades_classic) : null;
+  const progressFor = (label: string) => {
+    bar?.start(total, 0, { ops: 0, inv: 0, label });
+    return (d: { elapsedMs: number; ops: number; invalidations: number }) => {
+      const done = options.durationMs !== undefined ? Math.min(total, d.elapsedMs) : d.ops;
+      if (bar) bar.update(done, { ops: d.ops, inv: d.invalidations, label });
+      else process.stderr.write(`bench ${label}: ${(d.elapsedMs / 1000).toFixed(0)} s, ${d.ops} ops, ${d.invalidations} invalidations\n`);
+    };
+  };
+  const finish = async (r: BenchReport): Promise<void> => {
+    bar?.update(total);
+    bar?.stop();
+    if (cli.baselines) {
+      const n = Object.values(r.options.devices).reduce((a, b) => a + (b ?? 0), 0);
+      process.stderr.write(`bench: measuring baselines at ${n} workers...\n`);
+      r.baselines = await measureBaselines(n);
+    }
+  };
+  let out: BenchReport | SweepReport;
+  if (cli.sweep) {
+    out = await runSweep(options, cli.sweep.dimension, cli.sweep.values, (v) => progressFor(`${cli.sweep!.dimension}=${v}`), finish);
+    for (const [i, r] of out.runs.entries()) process.stderr.write(`\n== ${cli.sweep.dimension} = ${cli.sweep.values[i]}\n` + summary(r));
+  } else {
+    out = await runBench(options, progressFor(options.workload));
+    await finish(out);
+    process.stderr.write('\n' + summary(out));
+  }
+  const text = JSON.stringify(out, null, 2);
   if (json) writeFileSync(json, text + '\n');
   else process.stdout.write(text + '\n');
-  process.stderr.write('\n' + summary(report));
+  if (cli.html) {
+    writeFileSync(cli.html, renderHtml(out));
+    process.stderr.write(`bench: HTML report in ${cli.html}\n`);
+  }
 }

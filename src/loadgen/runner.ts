@@ -15,6 +15,7 @@ import { DevmirrorError } from '../errors.js';
 import { machine, percentiles, type Percentiles } from '../lib/stats.js';
 import { WORKLOADS, step, type Pattern, type WorkloadContext, type WorkloadName } from './workloads.js';
 import { readFileSync } from 'node:fs';
+import type { Baselines } from './baselines.js';
 import { parseStrace, type ParsedTrace } from './strace.js';
 import { DEFAULT_REPLAY, replayTrace, type ReplayStats } from './replay.js';
 
@@ -71,14 +72,27 @@ export interface BenchReport {
   opsPerSec: number;
   invalidations: number;
   invalidationsPerSec: number;
+  /** Every invalidation's full start/ack/end round. */
+  round: Percentiles;
   /** Per event: the full start/ack/end round (all subscribers). */
   events: Array<{ event: string; invalidations: number; round: Percentiles }>;
+  /** Log2 histograms (bucket i: [2^i, 2^(i+1)) µs) keyed `round|EVENT` and `ack|EVENT|KIND`. */
+  histograms: Record<string, number[]>;
+  /** Same-run baselines (with --baselines). */
+  baselines?: Baselines;
   /** Per event and device kind: rounds that reached that kind, and its acknowledgements. */
   byEventAndKind: EventKindRow[];
   devices: Array<{ name: string; kind: string; state: string; faults: number; refaults: number; invalidations: number; checked: number; findings: number }>;
   /** With --replay: what was replayed. */
   replay?: Omit<ReplayStats, 'writableRanges'> & { file: string; events: number; tasks: number };
   totals: { deviceFaults: number; refaults: number; checked: number; findings: number; evictions: number };
+}
+
+/** Bucket i counts samples in [2^i, 2^(i+1)) microseconds (bucket 0 also takes those below 1). */
+export function log2Histogram(samples: readonly number[]): number[] {
+  const b = new Array<number>(28).fill(0);
+  for (const v of samples) b[Math.max(0, Math.min(27, Math.floor(Math.log2(Math.max(1, v)))))]++;
+  return b;
 }
 
 function mulberry(seed: number): () => number {
@@ -250,7 +264,12 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
       opsPerSec: Math.round((ctx.op * 1000) / durationMs),
       invalidations,
       invalidationsPerSec: Math.round((invalidations * 1000) / durationMs),
+      round: percentiles([...rounds.values()].flat()),
       events: [...rounds.entries()].map(([event, v]) => ({ event, invalidations: v.length, round: percentiles(v) })).sort((a, b) => b.invalidations - a.invalidations),
+      histograms: Object.fromEntries([
+        ...[...rounds.entries()].map(([event, v]) => [`round|${event}`, log2Histogram(v)] as const),
+        ...[...acks.values()].map((a) => [`ack|${a.event}|${a.kind}`, log2Histogram(a.acks)] as const),
+      ]),
       byEventAndKind: [...acks.values()]
         .map((a) => ({ event: a.event, deviceKind: a.kind, invalidations: a.rounds.length, round: percentiles(a.rounds), ack: percentiles(a.acks) }))
         .sort((a, b) => (a.event + a.deviceKind).localeCompare(b.event + b.deviceKind)),

@@ -1,0 +1,40 @@
+/**
+ * Baselines measured in the same run as a bench, so that every headline is a ratio: the same
+ * fan-out (publish to N workers, wait for every acknowledgement, publish end) with nothing else in
+ * the way, as a bare Atomics round trip with blocking waits, with a spin before the wait, and as a
+ * postMessage handshake (src/loadgen/references.ts). N is the number of devices of the run.
+ */
+import { percentiles, type Percentiles } from '../lib/stats.js';
+import { ReferenceFanout, type RefMode } from './references.js';
+
+export interface Baselines {
+  workers: number;
+  atomicsBlocking: Percentiles;
+  atomicsSpin: Percentiles;
+  postMessage: Percentiles;
+}
+
+async function measure(mode: RefMode, n: number, rounds: number): Promise<Percentiles> {
+  const ref = new ReferenceFanout(mode, n);
+  try {
+    await ref.ready();
+    const samples = new Float64Array(rounds);
+    for (let i = 0; i < rounds; i++) {
+      samples[i] = await ref.round();
+      if (i % 64 === 63) await new Promise((r) => setImmediate(r));
+    }
+    return percentiles(samples);
+  } finally {
+    await ref.close();
+  }
+}
+
+export async function measureBaselines(workers: number, rounds = Math.max(200, Math.floor(4000 / Math.max(1, workers)))): Promise<Baselines> {
+  const n = Math.max(1, workers);
+  return {
+    workers: n,
+    atomicsBlocking: await measure('blocking', n, rounds),
+    atomicsSpin: await measure('spin', n, rounds),
+    postMessage: await measure('postMessage', n, rounds),
+  };
+}

@@ -1,0 +1,138 @@
+/**
+ * Reference handshakes for bench:handshake and the baselines of devmirror bench: the same fan-out (publish to N workers, wait for all N
+ * acknowledgements, publish end) with nothing else in the way, three ways.
+ *
+ * Every reference has the shape of the real mailbox: each worker has its own doorbell word (the
+ * kernel must be able to address only the workers whose range intersects) and every worker
+ * acknowledges by bumping one shared ACKS word, on which the publisher waits.
+ *
+ *   blocking:        publisher Atomics.wait(ACKS);  worker Atomics.wait(DOORBELL)
+ *   spin-then-park:  both spin SPIN loads on the word first, then Atomics.wait
+ *   postMessage:     worker.postMessage start / reply / end, no shared memory
+ *
+ * These run in the bench's main thread, which may block: the product's kernel thread never does.
+ */
+import { Worker } from 'node:worker_threads';
+import { usSince } from '../lib/stats.js';
+
+/** Shared words of the references (a tiny layout: word 0 is its version, as in src/kernel/layout). */
+export const REF = { VERSION: 0, ACKS: 1, STOP: 2, SPIN: 3, DOORBELLS: 4 } as const;
+const REF_VERSION = 1;
+
+export type RefMode = 'blocking' | 'spin' | 'postMessage';
+
+// The worker is plain JavaScript so the reference measures Atomics and postMessage, not a loader.
+const WORKER_SRC = `
+const { parentPort, workerData } = require('node:worker_threads');
+const { sab, index, mode } = workerData;
+const w = new Int32Array(sab);
+const ACKS = ${REF.ACKS}, STOP = ${REF.STOP}, SPIN = ${REF.SPIN}, DB = ${REF.DOORBELLS} + index;
+if (mode === 'postMessage') {
+  parentPort.on('message', (m) => {
+    if (m.t === 'start') parentPort.postMessage({ t: 'ack', seq: m.seq });
+    else if (m.t === 'stop') process.exit(0);
+    // 'end' is one-way: nothing to answer.
+  });
+} else {
+  let seen = 0;
+  for (;;) {
+    // Doorbell odd = start published, even = end published (one word, one writer: the publisher).
+    let v = Atomics.load(w, DB);
+    if (mode === 'spin') for (let i = Atomics.load(w, SPIN); v === seen && i > 0; i--) v = Atomics.load(w, DB);
+    if (v === seen) { Atomics.wait(w, DB, seen); v = Atomics.load(w, DB); }
+    if (Atomics.load(w, STOP)) break;
+    if (v === seen) continue;
+    seen = v;
+    // ACK after reading the start: the publisher's wait on ACKS sees every acknowledgement.
+    if (v & 1) { Atomics.add(w, ACKS, 1); Atomics.notify(w, ACKS); }
+  }
+}
+`;
+
+export class ReferenceFanout {
+  readonly words: Int32Array;
+  private readonly workers: Worker[] = [];
+  private readonly online: Array<Promise<unknown>> = [];
+  private acksTarget = 0;
+  private seq = 0;
+
+  constructor(
+    readonly mode: RefMode,
+    readonly n: number,
+    readonly spin = 2000,
+  ) {
+    const sab = new SharedArrayBuffer((REF.DOORBELLS + n) * 4);
+    this.words = new Int32Array(sab);
+    Atomics.store(this.words, REF.VERSION, REF_VERSION);
+    Atomics.store(this.words, REF.SPIN, spin);
+    for (let i = 0; i < n; i++) {
+      const w = new Worker(WORKER_SRC, { eval: true, workerData: { sab, index: i, mode } });
+      this.online.push(new Promise((r) => w.once('online', r)));
+      this.workers.push(w);
+    }
+  }
+
+  async ready(): Promise<void> {
+    await Promise.all(this.online);
+    // One round each so every worker is parked in its loop.
+    for (let i = 0; i < 10; i++) await this.round();
+  }
+
+  /** One round: publish start to all, wait for every ack, publish end. Returns microseconds. */
+  round(): number | Promise<number> {
+    return this.mode === 'postMessage' ? this.roundMessage() : this.roundAtomics();
+  }
+
+  private roundAtomics(): number {
+    const w = this.words;
+    const t = process.hrtime.bigint();
+    this.seq++;
+    this.acksTarget += this.n;
+    // Start: the odd doorbell value is the whole message; the notify wakes a parked worker.
+    for (let i = 0; i < this.n; i++) {
+      Atomics.store(w, REF.DOORBELLS + i, 2 * this.seq - 1);
+      Atomics.notify(w, REF.DOORBELLS + i, 1);
+    }
+    let v = Atomics.load(w, REF.ACKS);
+    if (this.mode === 'spin') for (let i = this.spin; v < this.acksTarget && i > 0; i--) v = Atomics.load(w, REF.ACKS);
+    // ACKS only grows; waiting on the value last seen never misses an ack (it changes the word).
+    while (v < this.acksTarget) {
+      Atomics.wait(w, REF.ACKS, v);
+      v = Atomics.load(w, REF.ACKS);
+    }
+    // End is one-way.
+    for (let i = 0; i < this.n; i++) {
+      Atomics.store(w, REF.DOORBELLS + i, 2 * this.seq);
+      Atomics.notify(w, REF.DOORBELLS + i, 1);
+    }
+    return usSince(t);
+  }
+
+  private roundMessage(): Promise<number> {
+    const t = process.hrtime.bigint();
+    const seq = ++this.seq;
+    let left = this.n;
+    return new Promise<number>((resolve) => {
+      const onAck = (): void => {
+        if (--left > 0) return;
+        for (const w of this.workers) w.off('message', onAck);
+        for (const w of this.workers) w.postMessage({ t: 'end', seq });
+        resolve(usSince(t));
+      };
+      for (const w of this.workers) {
+        w.on('message', onAck);
+        w.postMessage({ t: 'start', seq });
+      }
+    });
+  }
+
+  async close(): Promise<void> {
+    Atomics.store(this.words, REF.STOP, 1);
+    for (let i = 0; i < this.n; i++) {
+      Atomics.add(this.words, REF.DOORBELLS + i, 2);
+      Atomics.notify(this.words, REF.DOORBELLS + i);
+    }
+    if (this.mode === 'postMessage') for (const w of this.workers) w.postMessage({ t: 'stop' });
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}

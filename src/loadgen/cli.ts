@@ -20,7 +20,7 @@ export const BENCH_USAGE = `devmirror bench [--scenario FILE.json] [--workload m
                 [--dma-rate N] [--duration 10s | --ops N] [--area-pages N] [--range-pages N]
                 [--pattern random|sequential|hotset] [--seed N] [--json FILE]
                 [--replay FILE.strace [--time-scale 0|1|...] [--density 0.05]]   (strace -f -tt -e trace=memory,openat,close)
-                [--sweep devices=1,2,4,8 | --sweep range=1,16,512] [--baselines] [--html FILE.html]`;
+                [--sweep devices=1,2,4,8 | range=1,16,512 | policy=blind,faithful,aware] [--baselines] [--html FILE.html]`;
 
 function duration(s: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(s.trim());
@@ -38,7 +38,7 @@ export interface BenchCli {
   options: BenchOptions;
   json?: string;
   html?: string;
-  sweep?: { dimension: SweepDimension; values: number[] };
+  sweep?: { dimension: SweepDimension; values: Array<number | string> };
   baselines: boolean;
 }
 
@@ -167,6 +167,14 @@ export async function benchMain(argv: string[]): Promise<void> {
   if (cli.sweep) {
     out = await runSweep(options, cli.sweep.dimension, cli.sweep.values, (v) => progressFor(`${cli.sweep!.dimension}=${v}`), finish);
     for (const [i, r] of out.runs.entries()) process.stderr.write(`\n== ${cli.sweep.dimension} = ${cli.sweep.values[i]}\n` + summary(r));
+    if (cli.sweep.dimension === 'policy') {
+      // Runs of equal duration do different amounts of work: compare refaults per operation.
+      const per = new Map(out.runs.map((r, i) => [String(cli.sweep!.values[i]), r.ops ? r.totals.refaults / r.ops : 0]));
+      const blind = per.get('blind');
+      process.stderr.write(
+        `\nrefaulted pages per operation: ${[...per].map(([p, n]) => `${p} ${n.toFixed(1)}${blind !== undefined && p !== 'blind' && n > 0 ? ` (blind/${p} = ${(blind / n).toFixed(1)}x)` : ''}`).join(', ')}\n`,
+      );
+    }
   } else {
     out = await runBench(options, progressFor(options.workload));
     await finish(out);

@@ -29,7 +29,7 @@ function histogram(title: string, buckets: number[]): string {
   return `<figure><svg width="${w}" height="${h}" role="img" aria-label="${esc(title)}">${bars}${labels}<text x="30" y="10" font-size="11">${esc(title)}</text></svg></figure>`;
 }
 
-function curve(title: string, xs: number[], series: Array<{ name: string; color: string; ys: number[] }>): string {
+function curve(title: string, xs: Array<number | string>, series: Array<{ name: string; color: string; ys: number[] }>): string {
   const w = 520;
   const h = 260;
   const left = 60;

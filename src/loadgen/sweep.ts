@@ -1,22 +1,29 @@
 /**
  * Sweeps: the same bench once per value of one dimension, for one curve each.
- *   devices=1,2,4,...   total device workers, spread round robin over the configured kinds
- *   range=1,16,512      pages per operation
+ *   devices=1,2,4,...          total device workers, spread round robin over the configured kinds
+ *   range=1,16,512             pages per operation
+ *   policy=blind,faithful,aware  the event policy of every device (refaults and work compared)
  */
 import { DevmirrorError } from '../errors.js';
 import type { DeviceKind } from '../devices/protocol.js';
 import { runBench, type BenchOptions, type BenchReport, type Progress } from './runner.js';
 
-export const SWEEP_DIMENSIONS = ['devices', 'range'] as const;
+export const SWEEP_DIMENSIONS = ['devices', 'range', 'policy'] as const;
 export type SweepDimension = (typeof SWEEP_DIMENSIONS)[number];
 
 export interface SweepReport {
-  sweep: { dimension: SweepDimension; values: number[] };
+  sweep: { dimension: SweepDimension; values: Array<number | string> };
   base: BenchOptions;
   runs: BenchReport[];
 }
 
-export function parseSweep(spec: string): { dimension: SweepDimension; values: number[] } {
+export function parseSweep(spec: string): { dimension: SweepDimension; values: Array<number | string> } {
+  const pol = /^policy=([a-z,]+)$/.exec(spec);
+  if (pol) {
+    const values = pol[1].split(',').filter(Boolean);
+    if (values.length === 0 || values.some((v) => !['faithful', 'aware', 'blind'].includes(v))) throw new DevmirrorError('DM_ERR_VALIDATION', '--sweep policy= takes faithful, aware, blind');
+    return { dimension: 'policy', values };
+  }
   const m = /^(\w+)=([\d,]+)$/.exec(spec);
   if (!m) throw new DevmirrorError('DM_ERR_VALIDATION', `--sweep "${spec}": expected dimension=v1,v2,... (dimensions: ${SWEEP_DIMENSIONS.join(', ')}, clients is not supported yet)`);
   if (!SWEEP_DIMENSIONS.includes(m[1] as SweepDimension)) {
@@ -36,10 +43,21 @@ function spread(base: BenchOptions, total: number): Partial<Record<DeviceKind, n
   return out;
 }
 
-export async function runSweep(base: BenchOptions, dimension: SweepDimension, values: number[], progress?: (value: number) => Progress, each?: (r: BenchReport, value: number) => Promise<void>): Promise<SweepReport> {
+export async function runSweep(
+  base: BenchOptions,
+  dimension: SweepDimension,
+  values: Array<number | string>,
+  progress?: (value: number | string) => Progress,
+  each?: (r: BenchReport, value: number | string) => Promise<void>,
+): Promise<SweepReport> {
   const runs: BenchReport[] = [];
   for (const v of values) {
-    const o: BenchOptions = dimension === 'devices' ? { ...base, devices: spread(base, v) } : { ...base, rangePages: v };
+    const o: BenchOptions =
+      dimension === 'devices'
+        ? { ...base, devices: spread(base, Number(v)) }
+        : dimension === 'range'
+          ? { ...base, rangePages: Number(v) }
+          : { ...base, policy: v as BenchOptions['policy'] };
     const r = await runBench(o, progress?.(v));
     if (each) await each(r, v);
     runs.push(r);

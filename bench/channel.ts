@@ -9,33 +9,20 @@
  *
  * Options: --ns=1,10,100,1000 --rounds=2000 (at N = 1; fewer at larger N) --json=path
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { WebSocketServer, type WebSocket } from 'ws';
 import { Service } from '../src/service.js';
 import { buildServer } from '../src/http/server.js';
 import { PROT } from '../src/kernel/kernel.js';
 import { MmuNotifierEvent } from '../src/notifier/range.js';
 import { encodeServerFrame } from '../src/channel/codec.js';
 import { fmt, machine, percentiles, table, usSince, type Percentiles } from './lib/stats.js';
+import { startClientProcesses, wsEchoFloor } from '../src/loadgen/client-processes.js';
 
 const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, '').split('=') as [string, string]));
 const NS = (args.get('ns') ?? '1,10,100,1000').split(',').map(Number);
 const ROUNDS = Number(args.get('rounds') ?? 2000);
 const PAGE = 4096;
-const clientScript = fileURLToPath(new URL('./lib/channel-clients.js', import.meta.url));
-
-function spawnClients(argv: string[]): Promise<ChildProcess> {
-  const c = spawn(process.execPath, [clientScript, ...argv], { stdio: ['pipe', 'pipe', 'inherit'] });
-  return new Promise((resolve, reject) => {
-    c.stdout!.on('data', (d: Buffer) => {
-      if (d.toString().includes('ready')) resolve(c);
-    });
-    c.once('exit', (code) => reject(new Error(`client process exited with ${code}`)));
-  });
-}
-
 const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 interface Row {
@@ -60,29 +47,9 @@ async function measure(rounds: number, round: () => Promise<number>): Promise<{ 
 
 /** The floor: a frame of `size` bytes echoed by a bare ws client in another process. */
 async function echoFloor(size: number, rounds: number): Promise<Row> {
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });
-  await new Promise<void>((r) => wss.once('listening', () => r()));
-  const port = (wss.address() as { port: number }).port;
-  const conn = new Promise<WebSocket>((r) => wss.once('connection', (ws) => r(ws)));
-  const child = await spawnClients(['echo', `ws://127.0.0.1:${port}`]);
-  const ws = await conn;
-  const frame = new Uint8Array(size).fill(7);
-  let waiter: (() => void) | null = null;
-  ws.on('message', () => waiter?.());
-  try {
-    const m = await measure(rounds, () => {
-      const t = process.hrtime.bigint();
-      return new Promise<number>((resolve) => {
-        waiter = () => resolve(usSince(t));
-        ws.send(frame);
-      });
-    });
-    return { n: 1, variant: `ws echo of ${size} B (floor)`, rounds, ...m };
-  } finally {
-    child.stdin!.end();
-    ws.terminate();
-    await new Promise<void>((r) => wss.close(() => r()));
-  }
+  const lat = await wsEchoFloor(size, rounds);
+  // Round trips are sequential: the rate is the inverse of the mean.
+  return { n: 1, variant: `ws echo of ${size} B (floor)`, rounds, lat, perSec: Math.round(1e6 / lat.mean) };
 }
 
 async function fanout(n: number, rounds: number): Promise<Row & { extra: Record<string, unknown> }> {
@@ -96,10 +63,7 @@ async function fanout(n: number, rounds: number): Promise<Row & { extra: Record<
   const procs = Math.min(4, n);
   const children: ChildProcess[] = [];
   try {
-    for (let i = 0; i < procs; i++) {
-      const count = Math.floor(n / procs) + (i < n % procs ? 1 : 0);
-      children.push(await spawnClients(['clients', `ws://127.0.0.1:${port}/v1/notifier/ws`, 'devmirror-local', String(p.pid), String(a), String(16 * PAGE), String(count)]));
-    }
+    children.push(...(await startClientProcesses(`ws://127.0.0.1:${port}/v1/notifier/ws`, 'devmirror-local', p.pid, a, 16 * PAGE, n)));
     const live = svc.channel.list().filter((d) => d.alive && d.subs.size > 0).length;
     if (live !== n) throw new Error(`expected ${n} subscribed clients, have ${live}`);
     const m = await measure(rounds, async () => {

@@ -6,12 +6,15 @@
  */
 import { percentiles, type Percentiles } from '../lib/stats.js';
 import { ReferenceFanout, type RefMode } from './references.js';
+import { wsEchoFloor } from './client-processes.js';
 
 export interface Baselines {
   workers: number;
   atomicsBlocking: Percentiles;
   atomicsSpin: Percentiles;
   postMessage: Percentiles;
+  /** With external clients: a bare ws echo of an InvalidateStart-sized frame (48 bytes). */
+  wsEcho?: Percentiles;
 }
 
 async function measure(mode: RefMode, n: number, rounds: number): Promise<Percentiles> {
@@ -29,12 +32,13 @@ async function measure(mode: RefMode, n: number, rounds: number): Promise<Percen
   }
 }
 
-export async function measureBaselines(workers: number, rounds = Math.max(200, Math.floor(4000 / Math.max(1, workers)))): Promise<Baselines> {
+export async function measureBaselines(workers: number, rounds = Math.max(200, Math.floor(4000 / Math.max(1, workers))), withWsEcho = false): Promise<Baselines> {
   const n = Math.max(1, workers);
   return {
     workers: n,
     atomicsBlocking: await measure('blocking', n, rounds),
     atomicsSpin: await measure('spin', n, rounds),
     postMessage: await measure('postMessage', n, rounds),
+    ...(withWsEcho ? { wsEcho: await wsEchoFloor(48, rounds) } : {}),
   };
 }

@@ -17,10 +17,10 @@ import { parseSweep, runSweep, type SweepDimension, type SweepReport } from './s
 
 export const BENCH_USAGE = `devmirror bench [--scenario FILE.json] [--workload munmap|mprotect|madvise|soft-dirty|fork|migrate|compact|numa|mixed]
                 [--devices gpu=1,rdma=1,kvm=1,dmirror=1 | --devices N] [--policy faithful|aware|blind]
-                [--dma-rate N] [--duration 10s | --ops N] [--area-pages N] [--range-pages N]
+                [--clients M (external clients over <= 4 processes)] [--dma-rate N] [--duration 10s | --ops N] [--area-pages N] [--range-pages N]
                 [--pattern random|sequential|hotset] [--seed N] [--json FILE]
                 [--replay FILE.strace [--time-scale 0|1|...] [--density 0.05]]   (strace -f -tt -e trace=memory,openat,close)
-                [--sweep devices=1,2,4,8 | range=1,16,512 | policy=blind,faithful,aware] [--baselines] [--html FILE.html]`;
+                [--sweep devices=1,2,4,8 | range=1,16,512 | policy=blind,faithful,aware | clients=1,10,100] [--baselines] [--html FILE.html]`;
 
 function duration(s: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(s.trim());
@@ -60,6 +60,7 @@ export function parseBenchArgs(argv: string[]): BenchCli {
       json: { type: 'string' },
       replay: { type: 'string' },
       sweep: { type: 'string' },
+      clients: { type: 'string' },
       baselines: { type: 'boolean' },
       html: { type: 'string' },
       'time-scale': { type: 'string' },
@@ -103,6 +104,7 @@ export function parseBenchArgs(argv: string[]): BenchCli {
   if (values['range-pages']) o.rangePages = int('range-pages', values['range-pages']);
   if (values.pattern) o.pattern = values.pattern as Pattern;
   if (values.seed) o.seed = int('seed', values.seed);
+  if (values.clients) o.clients = int('clients', values.clients);
   if (values.replay) {
     const ts = values['time-scale'] !== undefined ? Number(values['time-scale']) : 0;
     const density = values.density !== undefined ? Number(values.density) : undefined;
@@ -131,7 +133,7 @@ export function summary(r: BenchReport): string {
   }));
   const b = r.baselines;
   const base = b
-    ? `\nbaselines at ${b.workers} workers (same run): bare Atomics blocking p50 ${fmt(b.atomicsBlocking.p50)}, spin ${fmt(b.atomicsSpin.p50)}, postMessage ${fmt(b.postMessage.p50)}; devmirror round p50 ${fmt(r.round.p50)} = ${(r.round.p50 / Math.min(b.atomicsBlocking.p50, b.atomicsSpin.p50)).toFixed(2)}x the better Atomics, ${(b.postMessage.p50 / r.round.p50).toFixed(2)}x faster than postMessage\n`
+    ? `\nbaselines at ${b.workers} workers (same run): bare Atomics blocking p50 ${fmt(b.atomicsBlocking.p50)}, spin ${fmt(b.atomicsSpin.p50)}, postMessage ${fmt(b.postMessage.p50)}${b.wsEcho ? `, ws echo ${fmt(b.wsEcho.p50)}` : ''}; devmirror round p50 ${fmt(r.round.p50)} = ${(r.round.p50 / Math.min(b.atomicsBlocking.p50, b.atomicsSpin.p50)).toFixed(2)}x the better Atomics, ${(b.postMessage.p50 / r.round.p50).toFixed(2)}x faster than postMessage\n`
     : '';
   return `${head}\n\n${table(rows)}\n${base}`;
 }
@@ -160,7 +162,7 @@ export async function benchMain(argv: string[]): Promise<void> {
     if (cli.baselines) {
       const n = Object.values(r.options.devices).reduce((a, b) => a + (b ?? 0), 0);
       process.stderr.write(`bench: measuring baselines at ${n} workers...\n`);
-      r.baselines = await measureBaselines(n);
+      r.baselines = await measureBaselines(n, undefined, (r.options.clients ?? 0) > 0);
     }
   };
   let out: BenchReport | SweepReport;

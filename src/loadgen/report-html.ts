@@ -63,6 +63,7 @@ function runSection(r: BenchReport): string {
         ['bare Atomics, blocking', b.atomicsBlocking],
         ['bare Atomics, spin then park', b.atomicsSpin],
         ['postMessage handshake', b.postMessage],
+        ...(b.wsEcho ? [['ws echo of 48 bytes (external clients\' floor)', b.wsEcho]] : []),
       ]
         .map(([n, p]) => `<tr><td>${n}</td><td>${fmt((p as { p50: number }).p50)}</td><td>${fmt((p as { p99: number }).p99)}</td><td>${all ? (all.p50 / (p as { p50: number }).p50).toFixed(2) : '-'}</td></tr>`)
         .join('') +

@@ -15,6 +15,10 @@ import { DevmirrorError } from '../errors.js';
 import { machine, percentiles, type Percentiles } from '../lib/stats.js';
 import { WORKLOADS, step, type Pattern, type WorkloadContext, type WorkloadName } from './workloads.js';
 import { readFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { ChildProcess } from 'node:child_process';
+import { ChannelServer, CHANNEL_PATH } from '../channel/channel-server.js';
+import { startClientProcesses, stopClientProcesses } from './client-processes.js';
 import type { Baselines } from './baselines.js';
 import { parseStrace, type ParsedTrace } from './strace.js';
 import { DEFAULT_REPLAY, replayTrace, type ReplayStats } from './replay.js';
@@ -22,6 +26,8 @@ import { DEFAULT_REPLAY, replayTrace, type ReplayStats } from './replay.js';
 export interface BenchOptions {
   /** Device workers per kind. */
   devices: Partial<Record<DeviceKind, number>>;
+  /** External device clients (DeviceClient connections over the notifier channel), spread over at most four processes. */
+  clients?: number;
   policy: EventPolicy;
   /** Device accesses per second, per device (0: DMA engines idle). */
   dmaRate: number;
@@ -116,6 +122,7 @@ export function validateBench(o: BenchOptions): void {
     if (!Number.isInteger(n) || (n as number) < 0 || (n as number) > 256) bad(`devices.${k} must be 0..256`);
   }
   if (!Number.isInteger(o.areaPages) || o.areaPages < 1 || o.areaPages > 262_144) bad('areaPages must be 1..262144');
+  if (o.clients !== undefined && (!Number.isInteger(o.clients) || o.clients < 0 || o.clients > 4000)) bad('clients must be 0..4000');
   if (!Number.isInteger(o.rangePages) || o.rangePages < 1) bad('rangePages must be at least 1');
   if (o.durationMs === undefined && o.ops === undefined && !o.replay) bad('give a duration or an operation count');
   if (o.replay && (o.replay.timeScale ?? 0) < 0) bad('replay time scale must be >= 0');
@@ -148,6 +155,9 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
     await k.write(p.pid, addr, new Uint8Array(areaBytes).fill(1));
   }
   const mgr = new DeviceManager(k, { deadlineMs: o.deadlineMs });
+  let channel: ChannelServer | null = null;
+  let http: Server | null = null;
+  let children: ChildProcess[] = [];
   const rounds = new Map<string, number[]>();
   const acks = new Map<string, { event: string; kind: string; rounds: number[]; acks: number[] }>();
   let invalidations = 0;
@@ -193,6 +203,15 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
         const dev = await mgr.create({ kind, pid: p.pid, policy: o.policy, options, name: `${kind}${i}` });
         if (o.dmaRate > 0 && !trace) await dev.command('dma', { rate: o.dmaRate, pattern: 'random', writeMix: 0.3, start: addr, end: addr + areaBytes });
       }
+    }
+    if ((o.clients ?? 0) > 0) {
+      if (trace) throw new DevmirrorError('DM_ERR_VALIDATION', '--clients with --replay is not supported yet');
+      channel = new ChannelServer(k, { limits: { maxSubscriptions: 4096, deadlineMs: o.deadlineMs }, allocateId: () => mgr.allocateId() });
+      http = createServer((_req, res) => res.writeHead(404).end());
+      channel.attach(http);
+      await new Promise<void>((r) => http!.listen(0, '127.0.0.1', () => r()));
+      const port = (http.address() as { port: number }).port;
+      children = await startClientProcesses(`ws://127.0.0.1:${port}${CHANNEL_PATH}`, 'devmirror-local', p.pid, addr, areaBytes, o.clients!);
     }
     const ctx: WorkloadContext = { k, p, addr, pages: o.areaPages, rangePages: o.rangePages, pattern: o.pattern, random: mulberry(o.seed), op: 0 };
     invalidations = 0;
@@ -254,6 +273,18 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
         findings: d.sanitizer?.findings ?? 0,
       });
     }
+    for (const d of channel?.list() ?? []) {
+      devices.push({
+        name: d.name,
+        kind: d.kind,
+        state: d.state,
+        faults: 0,
+        refaults: d.sanitizer.stats.refaults,
+        invalidations: d.handshake.starts,
+        checked: d.sanitizer.stats.checked,
+        findings: d.sanitizer.stats.findings,
+      });
+    }
     const sum = (f: (d: (typeof devices)[number]) => number) => devices.reduce((a, d) => a + f(d), 0);
     return {
       bench: 'devmirror',
@@ -280,11 +311,14 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
         refaults: sum((d) => d.refaults),
         checked: sum((d) => d.checked),
         findings: sum((d) => d.findings),
-        evictions: mgr.list().filter((d) => d.state === 'evicted').length,
+        evictions: mgr.list().filter((d) => d.state === 'evicted').length + (channel?.list().filter((d) => d.state === 'evicted').length ?? 0),
       },
     };
   } finally {
     unobserve();
+    stopClientProcesses(children);
+    await channel?.close();
+    await new Promise<void>((r) => (http ? http.close(() => r()) : r()));
     await mgr.stopAll();
   }
 }

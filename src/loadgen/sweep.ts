@@ -3,12 +3,13 @@
  *   devices=1,2,4,...          total device workers, spread round robin over the configured kinds
  *   range=1,16,512             pages per operation
  *   policy=blind,faithful,aware  the event policy of every device (refaults and work compared)
+ *   clients=1,10,100,1000      external clients over at most four processes
  */
 import { DevmirrorError } from '../errors.js';
 import type { DeviceKind } from '../devices/protocol.js';
 import { runBench, type BenchOptions, type BenchReport, type Progress } from './runner.js';
 
-export const SWEEP_DIMENSIONS = ['devices', 'range', 'policy'] as const;
+export const SWEEP_DIMENSIONS = ['devices', 'range', 'policy', 'clients'] as const;
 export type SweepDimension = (typeof SWEEP_DIMENSIONS)[number];
 
 export interface SweepReport {
@@ -25,9 +26,9 @@ export function parseSweep(spec: string): { dimension: SweepDimension; values: A
     return { dimension: 'policy', values };
   }
   const m = /^(\w+)=([\d,]+)$/.exec(spec);
-  if (!m) throw new DevmirrorError('DM_ERR_VALIDATION', `--sweep "${spec}": expected dimension=v1,v2,... (dimensions: ${SWEEP_DIMENSIONS.join(', ')}, clients is not supported yet)`);
+  if (!m) throw new DevmirrorError('DM_ERR_VALIDATION', `--sweep "${spec}": expected dimension=v1,v2,... (dimensions: ${SWEEP_DIMENSIONS.join(', ')})`);
   if (!SWEEP_DIMENSIONS.includes(m[1] as SweepDimension)) {
-    throw new DevmirrorError('DM_ERR_VALIDATION', `--sweep: unknown dimension ${m[1]} (dimensions: ${SWEEP_DIMENSIONS.join(', ')}; clients is not supported yet)`);
+    throw new DevmirrorError('DM_ERR_VALIDATION', `--sweep: unknown dimension ${m[1]} (dimensions: ${SWEEP_DIMENSIONS.join(', ')})`);
   }
   const values = m[2].split(',').filter(Boolean).map(Number);
   if (values.length === 0 || values.some((v) => !Number.isInteger(v) || v < 1)) throw new DevmirrorError('DM_ERR_VALIDATION', '--sweep values must be positive integers');
@@ -57,7 +58,9 @@ export async function runSweep(
         ? { ...base, devices: spread(base, Number(v)) }
         : dimension === 'range'
           ? { ...base, rangePages: Number(v) }
-          : { ...base, policy: v as BenchOptions['policy'] };
+          : dimension === 'clients'
+            ? { ...base, clients: Number(v) }
+            : { ...base, policy: v as BenchOptions['policy'] };
     const r = await runBench(o, progress?.(v));
     if (each) await each(r, v);
     runs.push(r);

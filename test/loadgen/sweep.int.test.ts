@@ -24,6 +24,17 @@ describe('bench sweeps and reports', () => {
     expect(html).not.toContain('<script');
   });
 
+  it('runs external client processes next to the workers; their acknowledgements are reported and checked', async () => {
+    const { runBench } = await import('../../src/loadgen/runner.js');
+    const r = await runBench({ ...DEFAULT_BENCH, devices: { dmirror: 1 }, clients: 3, workload: 'madvise', durationMs: undefined, ops: 10, areaPages: 64, rangePages: 4, dmaRate: 0 });
+    const ext = r.devices.filter((d) => d.kind === 'bench');
+    expect(ext).toHaveLength(3);
+    expect(ext.every((d) => d.state === 'running' && d.invalidations >= 10 && d.findings === 0)).toBe(true);
+    const row = r.byEventAndKind.find((x) => x.event === 'CLEAR' && x.deviceKind === 'bench')!;
+    expect(row.ack.n).toBeGreaterThanOrEqual(30); // 3 clients x 10 madvise
+    expect(r.totals.findings).toBe(0);
+  });
+
   it('measures the same-run baselines at the run\'s worker count', async () => {
     const b = await measureBaselines(2, 200);
     expect(b.workers).toBe(2);
@@ -34,9 +45,12 @@ describe('bench sweeps and reports', () => {
     }
   });
 
-  it('refuses unknown sweep dimensions, including clients (not supported yet)', () => {
+  it('parses sweeps and refuses unknown dimensions and bad values', () => {
     expect(parseSweep('range=1,16,512')).toEqual({ dimension: 'range', values: [1, 16, 512] });
-    expect(() => parseSweep('clients=1,10')).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
+    expect(parseSweep('clients=1,10')).toEqual({ dimension: 'clients', values: [1, 10] });
+    expect(parseSweep('policy=blind,aware')).toEqual({ dimension: 'policy', values: ['blind', 'aware'] });
+    expect(() => parseSweep('threads=1,2')).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
+    expect(() => parseSweep('policy=lazy')).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
     expect(() => parseSweep('devices=0')).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
   });
 });

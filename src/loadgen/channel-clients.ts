@@ -1,12 +1,12 @@
 /**
- * A client process for bench:channel. Modes:
+ * A client process for bench:channel and devmirror bench --clients. Modes:
  *   clients URL TOKEN PID START LENGTH COUNT : COUNT DeviceClient connections, each with one interval
  *                                             subscription, acknowledging every start at once;
  *   echo URL                                 : one bare `ws` connection echoing every frame back.
  * Prints "ready" when set up; exits when stdin closes.
  */
 import WebSocket from 'ws';
-import { DeviceClient } from '../../src/client/device-client.js';
+import { DeviceClient } from '../client/device-client.js';
 
 const [mode, url, ...rest] = process.argv.slice(2);
 process.stdin.on('end', () => process.exit(0));

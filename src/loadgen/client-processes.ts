@@ -1,0 +1,73 @@
+/**
+ * External client processes for load tests (src/loadgen/channel-clients.ts, run with Node; with
+ * tsx when running from the TypeScript sources), and the bare `ws` echo floor measured against one.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { percentiles, usSince, type Percentiles } from '../lib/stats.js';
+
+function clientArgs(): string[] {
+  const here = import.meta.url;
+  if (here.endsWith('.ts')) return ['--import', 'tsx', fileURLToPath(new URL('./channel-clients.ts', here))];
+  return [fileURLToPath(new URL('./channel-clients.js', here))];
+}
+
+/** Starts a client process and resolves once it printed "ready"; end its stdin to stop it. */
+export function spawnClients(argv: string[]): Promise<ChildProcess> {
+  const c = spawn(process.execPath, [...clientArgs(), ...argv], { stdio: ['pipe', 'pipe', 'inherit'] });
+  return new Promise((resolve, reject) => {
+    c.stdout!.on('data', (d: Buffer) => {
+      if (d.toString().includes('ready')) resolve(c);
+    });
+    c.once('exit', (code) => reject(new Error(`client process exited with ${code}`)));
+  });
+}
+
+/** `total` clients over at most `maxProcs` processes, each connection with one interval subscription. */
+export async function startClientProcesses(url: string, token: string, pid: number, start: number, length: number, total: number, maxProcs = 4): Promise<ChildProcess[]> {
+  const procs = Math.min(maxProcs, total);
+  const out: ChildProcess[] = [];
+  for (let i = 0; i < procs; i++) {
+    const count = Math.floor(total / procs) + (i < total % procs ? 1 : 0);
+    out.push(await spawnClients(['clients', url, token, String(pid), String(start), String(length), String(count)]));
+  }
+  return out;
+}
+
+export function stopClientProcesses(children: ChildProcess[]): void {
+  for (const c of children) c.stdin?.end();
+}
+
+/** The floor: a frame of `size` bytes echoed by a bare ws client in another process, `rounds` times. */
+export async function wsEchoFloor(size: number, rounds: number): Promise<Percentiles> {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  const port = (wss.address() as { port: number }).port;
+  const conn = new Promise<WebSocket>((r) => wss.once('connection', (ws) => r(ws)));
+  const child = await spawnClients(['echo', `ws://127.0.0.1:${port}`]);
+  const ws = await conn;
+  const frame = new Uint8Array(size).fill(7);
+  let waiter: (() => void) | null = null;
+  ws.on('message', () => waiter?.());
+  const once = (): Promise<number> => {
+    const t = process.hrtime.bigint();
+    return new Promise<number>((resolve) => {
+      waiter = () => resolve(usSince(t));
+      ws.send(frame);
+    });
+  };
+  try {
+    for (let i = 0; i < Math.min(200, rounds / 10); i++) await once();
+    const samples = new Float64Array(rounds);
+    for (let i = 0; i < rounds; i++) {
+      samples[i] = await once();
+      if (i % 64 === 63) await new Promise((r) => setImmediate(r));
+    }
+    return percentiles(samples);
+  } finally {
+    child.stdin!.end();
+    ws.terminate();
+    await new Promise<void>((r) => wss.close(() => r()));
+  }
+}

@@ -6,6 +6,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import cliProgress from 'cli-progress';
+import YAML from 'yaml';
 import { DevmirrorError } from '../errors.js';
 import { DEVICE_KINDS, type DeviceKind, type EventPolicy } from '../devices/protocol.js';
 import { fmt, table } from '../lib/stats.js';
@@ -15,7 +16,7 @@ import { measureBaselines } from './baselines.js';
 import { renderHtml } from './report-html.js';
 import { parseSweep, runSweep, type SweepDimension, type SweepReport } from './sweep.js';
 
-export const BENCH_USAGE = `devmirror bench [--scenario FILE.json] [--workload munmap|mprotect|madvise|soft-dirty|fork|migrate|compact|numa|mixed]
+export const BENCH_USAGE = `devmirror bench [--scenario FILE.json|FILE.yaml] [--workload munmap|mprotect|madvise|soft-dirty|fork|migrate|compact|numa|oom-reaper|mixed]
                 [--devices gpu=1,rdma=1,kvm=1,dmirror=1 | --devices N] [--policy faithful|aware|blind]
                 [--clients M (external clients over <= 4 processes)] [--dma-rate N] [--duration 10s | --ops N] [--area-pages N] [--range-pages N]
                 [--pattern random|sequential|hotset] [--seed N] [--json FILE]
@@ -72,7 +73,8 @@ export function parseBenchArgs(argv: string[]): BenchCli {
   if (values.scenario) {
     let file: Partial<BenchOptions> & { description?: string };
     try {
-      file = JSON.parse(readFileSync(values.scenario, 'utf8'));
+      const text = readFileSync(values.scenario, 'utf8');
+      file = /\.ya?ml$/i.test(values.scenario) ? YAML.parse(text) : JSON.parse(text);
     } catch (e) {
       throw new DevmirrorError('DM_ERR_VALIDATION', `--scenario ${values.scenario}: ${(e as Error).message}`);
     }
@@ -118,7 +120,8 @@ export function parseBenchArgs(argv: string[]): BenchCli {
 
 export function summary(r: BenchReport): string {
   const rep = r.replay ? `replayed ${r.replay.replayed}/${r.replay.calls} calls of ${r.replay.file} (${r.replay.tasks} tasks), ${r.replay.touchedPages} pages touched; refused: ${JSON.stringify(r.replay.refused)}\n` : '';
-  const head = rep + `${r.ops} operations in ${(r.durationMs / 1000).toFixed(1)} s (${r.opsPerSec}/s), ${r.invalidations} invalidations (${r.invalidationsPerSec}/s); device faults ${r.totals.deviceFaults}, refaults ${r.totals.refaults}; sanitizer: ${r.totals.checked} accesses checked, ${r.totals.findings} findings; evictions ${r.totals.evictions}`;
+  const ref = r.events.filter((e) => e.refused > 0).map((e) => `${e.event} ${e.refused}`).join(', ');
+  const head = rep + (ref ? `refused non-blockable starts: ${ref}\n` : '') + `${r.ops} operations in ${(r.durationMs / 1000).toFixed(1)} s (${r.opsPerSec}/s), ${r.invalidations} invalidations (${r.invalidationsPerSec}/s); device faults ${r.totals.deviceFaults}, refaults ${r.totals.refaults}; sanitizer: ${r.totals.checked} accesses checked, ${r.totals.findings} findings; evictions ${r.totals.evictions}`;
   const rows = r.byEventAndKind.map((x) => ({
     event: x.event,
     'device kind': x.deviceKind,

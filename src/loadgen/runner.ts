@@ -81,7 +81,7 @@ export interface BenchReport {
   /** Every invalidation's full start/ack/end round. */
   round: Percentiles;
   /** Per event: the full start/ack/end round (all subscribers). */
-  events: Array<{ event: string; invalidations: number; round: Percentiles }>;
+  events: Array<{ event: string; invalidations: number; refused: number; round: Percentiles }>;
   /** Log2 histograms (bucket i: [2^i, 2^(i+1)) µs) keyed `round|EVENT` and `ack|EVENT|KIND`. */
   histograms: Record<string, number[]>;
   /** Same-run baselines (with --baselines). */
@@ -161,10 +161,13 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
   const rounds = new Map<string, number[]>();
   const acks = new Map<string, { event: string; kind: string; rounds: number[]; acks: number[] }>();
   let invalidations = 0;
+  const refused = new Map<string, number>();
   const unobserve = k.observe({
     onInvalidation: (rec) => {
       invalidations++;
       const ev = EVENT_NAMES[rec.range.event] ?? 'UNKNOWN';
+      // A non-blockable start a subscriber refused (the OOM reaper retries later).
+      if (rec.result !== 'ok') refused.set(ev, (refused.get(ev) ?? 0) + 1);
       const total = Math.max(0, rec.endedUs - rec.startedUs);
       let r = rounds.get(ev);
       if (!r) rounds.set(ev, (r = []));
@@ -217,6 +220,7 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
     invalidations = 0;
     rounds.clear();
     acks.clear();
+    refused.clear();
     const t0 = performance.now();
     let lastReport = t0;
     const end = o.durationMs !== undefined ? t0 + o.durationMs : Infinity;
@@ -296,7 +300,7 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
       invalidations,
       invalidationsPerSec: Math.round((invalidations * 1000) / durationMs),
       round: percentiles([...rounds.values()].flat()),
-      events: [...rounds.entries()].map(([event, v]) => ({ event, invalidations: v.length, round: percentiles(v) })).sort((a, b) => b.invalidations - a.invalidations),
+      events: [...rounds.entries()].map(([event, v]) => ({ event, invalidations: v.length, refused: refused.get(event) ?? 0, round: percentiles(v) })).sort((a, b) => b.invalidations - a.invalidations),
       histograms: Object.fromEntries([
         ...[...rounds.entries()].map(([event, v]) => [`round|${event}`, log2Histogram(v)] as const),
         ...[...acks.values()].map((a) => [`ack|${a.event}|${a.kind}`, log2Histogram(a.acks)] as const),

@@ -10,13 +10,15 @@
  *   migrate    migrate a range to the other NUMA node                         CLEAR (page migration)
  *   compact    one compaction pass                                            CLEAR
  *   numa       one NUMA-balancing pass over the process                       PROTECTION_VMA
- *   mixed      all of the above, round robin
+ *   oom-reaper the OOM reaper over the process (non-blockable ranges, retried  CLEAR, non-blockable
+ *              while devices refuse), then the range touched again
+ *   mixed      all of the above but the OOM reaper, round robin
  */
 import type { Kernel, Process } from '../kernel/kernel.js';
 import { PROT } from '../kernel/vma.js';
 import { PAGE_SIZE } from '../kernel/layout.js';
 
-export const WORKLOADS = ['munmap', 'mprotect', 'madvise', 'soft-dirty', 'fork', 'migrate', 'compact', 'numa', 'mixed'] as const;
+export const WORKLOADS = ['munmap', 'mprotect', 'madvise', 'soft-dirty', 'fork', 'migrate', 'compact', 'numa', 'oom-reaper', 'mixed'] as const;
 export type WorkloadName = (typeof WORKLOADS)[number];
 export type Pattern = 'sequential' | 'random' | 'hotset';
 
@@ -93,9 +95,14 @@ const STEPS: Record<Exclude<WorkloadName, 'mixed'>, (c: WorkloadContext) => Prom
   async numa(c) {
     await c.k.numaBalance(c.p.pid);
   },
+  async 'oom-reaper'(c) {
+    await c.k.oomReap(c.p.pid);
+    const a = nextRange(c);
+    await touch(c, a, Math.min(c.rangePages, c.pages));
+  },
 };
 
-const MIXED = Object.keys(STEPS) as Array<keyof typeof STEPS>;
+const MIXED = (Object.keys(STEPS) as Array<keyof typeof STEPS>).filter((s) => s !== 'oom-reaper');
 
 /** Runs one operation of the workload. */
 export function step(name: WorkloadName, c: WorkloadContext): Promise<void> {

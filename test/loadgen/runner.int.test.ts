@@ -26,6 +26,15 @@ describe('devmirror bench', () => {
     expect(summary(r)).toContain('accesses checked');
   });
 
+  it('runs the OOM reaper against a refusing rdma device from a YAML scenario: refused starts are reported', async () => {
+    const { options } = parseBenchArgs(['--scenario', 'bench/scenarios/oom-reaper-refusing.yaml', '--ops', '2']);
+    expect(options).toMatchObject({ workload: 'oom-reaper', devices: { rdma: 1, kvm: 1, dmirror: 1 }, ops: 2 });
+    const r = await runBench({ ...options, devices: { rdma: 1 } });
+    const unmap = r.events.find((e) => e.event === 'UNMAP')!;
+    expect(unmap.refused).toBeGreaterThan(0); // mlx5 refuses non-blockable ranges; the reaper retries
+    expect(r.totals.findings).toBe(0);
+  });
+
   it('parses scenarios and command-line overrides, and refuses bad options', () => {
     const a = parseBenchArgs(['--scenario', 'bench/scenarios/munmap-storm.json', '--devices', 'gpu=2', '--duration', '2s', '--policy', 'aware']);
     expect(a.options).toMatchObject({ workload: 'munmap', devices: { gpu: 2 }, durationMs: 2000, policy: 'aware', rangePages: 16 });

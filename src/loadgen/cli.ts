@@ -13,6 +13,7 @@ import { fmt, table } from '../lib/stats.js';
 import { DEFAULT_BENCH, runBench, type BenchOptions, type BenchReport } from './runner.js';
 import type { Pattern, WorkloadName } from './workloads.js';
 import { measureBaselines } from './baselines.js';
+import { closeShards } from './shards.js';
 import { renderHtml } from './report-html.js';
 import { parseSweep, runSweep, type SweepDimension, type SweepReport } from './sweep.js';
 
@@ -192,4 +193,5 @@ export async function benchMain(argv: string[]): Promise<void> {
     writeFileSync(cli.html, renderHtml(out));
     process.stderr.write(`bench: HTML report in ${cli.html}\n`);
   }
+  await closeShards();
 }

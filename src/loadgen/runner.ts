@@ -20,7 +20,8 @@ import type { ChildProcess } from 'node:child_process';
 import { ChannelServer, CHANNEL_PATH } from '../channel/channel-server.js';
 import { startClientProcesses, stopClientProcesses } from './client-processes.js';
 import type { Baselines } from './baselines.js';
-import { parseStrace, type ParsedTrace } from './strace.js';
+import type { ParsedTrace } from './strace.js';
+import { parseStraceSharded } from './shards.js';
 import { DEFAULT_REPLAY, replayTrace, type ReplayStats } from './replay.js';
 
 export interface BenchOptions {
@@ -142,7 +143,8 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
   let trace: ParsedTrace | null = null;
   if (o.replay) {
     try {
-      trace = parseStrace(readFileSync(o.replay.file, 'utf8'));
+      // Large traces are parsed on a piscina thread (src/loadgen/shards.ts).
+      trace = await parseStraceSharded(readFileSync(o.replay.file, 'utf8'));
     } catch (e) {
       throw new DevmirrorError('DM_ERR_VALIDATION', `--replay ${o.replay.file}: ${(e as Error).message}`);
     }

@@ -39,3 +39,18 @@ describe('strace parser', () => {
     expect(parseStrace('7 10:00:00.1 <... mmap resumed>) = 0x1000').skipped).toBe(1);
   });
 });
+
+describe('sharded parsing', () => {
+  it('parses on a piscina thread with the same result as inline, and shuts the pool down', async () => {
+    const { readFileSync } = await import('node:fs');
+    const { parseStraceSharded, closeShards } = await import('../../src/loadgen/shards.js');
+    const text = readFileSync('bench/fixtures/strace/node-alloc.strace', 'utf8');
+    try {
+      const pooled = await parseStraceSharded(text, 0);
+      expect(pooled).toEqual(parseStrace(text));
+      expect(pooled.events.length).toBe(1864);
+    } finally {
+      await closeShards();
+    }
+  });
+});

@@ -201,7 +201,7 @@ export class Gpu extends Device implements IntervalHandler {
     this.host.holdTimers(true, RESTORE_DELAY_MS);
     this.restoreTimer = setTimeout(() => {
       this.host.holdTimers(false, RESTORE_DELAY_MS);
-      void this.restore();
+      this.background(this.restore(), 'restore');
     }, RESTORE_DELAY_MS);
   }
 
@@ -229,11 +229,11 @@ export class Gpu extends Device implements IntervalHandler {
   }
 
   windowClosed(sub: DevSub): void {
-    if (this.deferred.length > 0 && !this.deferredRunning) void this.runDeferred();
+    if (this.deferred.length > 0 && !this.deferredRunning) this.background(this.runDeferred(), 'deferred range work');
     const range = this.rangeOfSub(sub);
     if (range?.reread) {
       range.reread = false;
-      void this.reread(range);
+      this.background(this.reread(range), 're-read after PROTECTION_PAGE');
     }
   }
 

@@ -151,7 +151,7 @@ export class Rdma extends Device implements IntervalHandler {
       }
       this.inc('page_invalidations', zapped);
       // An implicit child left empty is destroyed by deferred work.
-      if (mr.child && mr.npages === 0 && zapped > 0) queueMicrotask(() => void this.deregMr(mr.id));
+      if (mr.child && mr.npages === 0 && zapped > 0) queueMicrotask(() => this.background(this.deregMr(mr.id), "destroy an empty implicit child MR"));
       // The UMR zap completes synchronously with the in-flight work of the QP: drain it.
       const q = this.quiesce(r.start, Math.min(r.end, 2 ** 53));
       return q ? q.then(() => true) : true;

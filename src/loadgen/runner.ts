@@ -89,7 +89,7 @@ export interface BenchReport {
   baselines?: Baselines;
   /** Per event and device kind: rounds that reached that kind, and its acknowledgements. */
   byEventAndKind: EventKindRow[];
-  devices: Array<{ name: string; kind: string; state: string; faults: number; refaults: number; invalidations: number; checked: number; findings: number }>;
+  devices: Array<{ name: string; kind: string; state: string; stateReason?: string; faults: number; refaults: number; invalidations: number; checked: number; findings: number }>;
   /** With --replay: what was replayed. */
   replay?: Omit<ReplayStats, 'writableRanges'> & { file: string; events: number; tasks: number };
   totals: { deviceFaults: number; refaults: number; checked: number; findings: number; evictions: number };
@@ -272,6 +272,7 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
         name: d.name,
         kind: d.kind,
         state: d.state,
+        ...(d.stateReason ? { stateReason: d.stateReason } : {}),
         faults: (c.faults ?? 0) + (c.page_faults ?? 0) + (c.pf_taken ?? 0),
         refaults: d.sanitizer?.refaults ?? 0,
         invalidations: c.invalidations ?? 0,

@@ -26,7 +26,7 @@ describe('strace replay', () => {
       expect(r.events.map((e) => e.event)).toContain('UNMAP');
       expect(r.totals.findings).toBe(0);
       expect(r.totals.checked).toBeGreaterThan(0);
-      expect(r.devices.every((d) => d.state === 'running')).toBe(true);
+      expect(r.devices.map((d) => `${d.name}:${d.state}${d.stateReason ? ` (${d.stateReason})` : ''}`)).toEqual(r.devices.map((d) => `${d.name}:running`));
     });
   }
 

@@ -80,6 +80,19 @@ export abstract class Device implements DmaTarget {
   abstract areas(): Array<[number, number]>;
   abstract summary(): MirrorSummary;
 
+  /**
+   * Runs device background work (deferred splits, restores, re-reads, DMA accesses) without letting
+   * a failure escape as an unhandled rejection (which would kill the worker): a request can fail
+   * when the kernel already removed the subscription it names (the device's own deferred work
+   * raced it). The failure is counted and logged.
+   */
+  background(p: Promise<unknown>, what: string): void {
+    p.catch((e: Error) => {
+      this.inc('background_errors');
+      this.host.log('warn', `${what} failed: ${e?.message ?? String(e)}`);
+    });
+  }
+
   inc(name: string, by = 1): void {
     this.host.counters[name] = (this.host.counters[name] ?? 0) + by;
   }

@@ -122,7 +122,9 @@ export class DmaEngine {
     while (budget-- > 0) {
       const va = this.pick(w);
       if (va < 0) return;
-      void this.access(va, Math.random() < this.config.writeMix);
+      // A failed access (its fault raced the removal of the subscription it used) is an error of
+      // this access, not of the worker.
+      this.access(va, Math.random() < this.config.writeMix).catch(() => this.stats.errors++);
     }
   }
 

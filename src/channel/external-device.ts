@@ -370,8 +370,7 @@ export class ExternalDevice {
     for (const w of this.queries.values()) w.resolve(false);
     this.queries.clear();
     for (const id of [...this.subs.keys()]) await this.unsubscribe(id).catch(() => undefined);
-    this.k.pagemaps.delete(this.id);
-    await this.k.evictDeviceMemory(this.id).catch(() => 0);
+    await this.k.releaseDevice(this.id);
     this.onStateChange?.(this);
   }
 

@@ -435,7 +435,6 @@ export class Session implements ExternalPort {
     }
     const dev = this.device!;
     const rid = f.requestId;
-    const k = this.host.kernel;
     // Synchronous validation throws to onMessage (an Error frame); the asynchronous part answers
     // with its own Error frame.
     let work: Promise<ServerFrameIn> | ServerFrameIn;
@@ -564,7 +563,6 @@ export class Session implements ExternalPort {
         this.error(rid, e);
       },
     );
-    void k;
   }
 
   // ---- end of the connection -------------------------------------------------------------------
@@ -589,10 +587,5 @@ export class Session implements ExternalPort {
     }
     this.commands.clear();
     await this.device?.gone(state, reason);
-  }
-
-  /** For ULONG_MAX handling by callers that convert wire addresses. */
-  static addr(v: U64): number {
-    return addrFromWire(v, ULONG_MAX);
   }
 }

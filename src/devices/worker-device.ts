@@ -28,7 +28,6 @@ import {
   addrLo,
 } from '../kernel/layout.js';
 import type { Kernel, Process } from '../kernel/kernel.js';
-import { HMM_PFN } from '../kernel/hmm.js';
 import { pteMapsFrame, ptePfn } from '../kernel/pte.js';
 import { MmuIntervalNotifier, MmuNotifier } from '../notifier/subscriptions.js';
 import { DeviceServices } from './device-services.js';
@@ -629,8 +628,7 @@ export class WorkerDevice {
     this.group.recheck();
     // Tear the mirror down as on unregister.
     for (const id of [...this.subs.keys()]) await this.removeSub(id).catch(() => undefined);
-    this.k.pagemaps.delete(this.id);
-    await this.k.evictDeviceMemory(this.id).catch(() => 0);
+    await this.k.releaseDevice(this.id);
     this.onStateChange?.(this);
   }
 

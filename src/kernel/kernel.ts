@@ -858,6 +858,15 @@ export class Kernel {
     }
   }
 
+  /**
+   * A device is gone (stopped, evicted, disconnected): forget its pagemap hooks and move every page
+   * of its memory back to RAM. Never throws: teardown must complete.
+   */
+  async releaseDevice(owner: number): Promise<void> {
+    this.pagemaps.delete(owner);
+    await this.evictDeviceMemory(owner).catch(() => 0);
+  }
+
   async evictDeviceMemory(owner: number): Promise<number> {
     this.checkOwner(owner);
     return evictDeviceMemory(this, owner);

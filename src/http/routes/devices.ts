@@ -12,7 +12,7 @@ import type { WorkerDevice } from '../../devices/worker-device.js';
 import type { ExternalDevice } from '../../channel/external-device.js';
 import { CLOSE } from '../../channel/close-codes.js';
 import { PAGE_SIZE } from '../../kernel/layout.js';
-import { Address, Length, decodeBase64, parseAddress } from '../schemas.js';
+import { Address, decodeBase64, parseAddress } from '../schemas.js';
 import { R, list } from '../replies.js';
 
 const IdParams = Type.Object({ id: Type.Integer({ minimum: 0 }) });
@@ -114,8 +114,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
     if (e) return { transport: 'external', dev: e };
     throw new DevmirrorError('DM_ERR_NO_SUCH_DEVICE', `no device ${id}`);
   };
-  const command = <T>(d: AnyDevice, name: string, args: Record<string, unknown>): Promise<T> =>
-    d.transport === 'worker' ? d.dev.command<T>(name, args, 60_000) : d.dev.command<T>(name, args, 60_000);
+  const command = <T>(d: AnyDevice, name: string, args: Record<string, unknown>): Promise<T> => d.dev.command<T>(name, args, 60_000);
 
   app.get('/v1/devices', { schema: { response: { 200: list(R.Device) } } }, async () => ({ items: deviceSummaries(svc) }));
 
@@ -212,5 +211,4 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
       return jsonable(await command(d, name, { addr: b.addr, npages: b.npages, ...(data ? { data } : {}) }));
     });
   }
-  void Length;
 }

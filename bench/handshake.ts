@@ -16,7 +16,7 @@
  *          runs: the same traffic at every N, so N does not also scale the load) --mprotect-rounds=40
  *          --only=handshake|mprotect --json=path
  */
-import { writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { Kernel, PROT } from '../src/kernel/kernel.js';
 import { DeviceManager } from '../src/devices/device-manager.js';
 import type { WorkerDevice } from '../src/devices/worker-device.js';
@@ -46,7 +46,44 @@ interface Result {
   rounds: number;
   lat: Percentiles;
   perSec: number;
+  /** CPU time of the whole process (every thread, user + system) per round, microseconds. */
+  cpuUs: number;
+  /** Of which the bench's main thread (the kernel thread for devmirror), from /proc (Linux only). */
+  mainCpuUs: number;
+  /** Context switches per round of every thread: voluntary (parks) and involuntary (preempted). */
+  switches: { voluntary: number; involuntary: number };
   extra?: Record<string, unknown>;
+}
+
+/**
+ * Per-thread figures from /proc/self/task (Linux): the main thread's CPU time (clock ticks, so only
+ * meaningful over thousands of rounds) and every live thread's context switches. Threads that exit
+ * during a measurement drop out of the sums, so measure only while the set of threads is stable.
+ */
+function threadTimes(): { main: number; vol: number; invol: number } {
+  const out = { main: 0, vol: 0, invol: 0 };
+  let tids: string[];
+  try {
+    tids = readdirSync('/proc/self/task');
+  } catch {
+    return out;
+  }
+  const tickUs = 1e6 / 100; // USER_HZ is 100 on Linux
+  for (const tid of tids) {
+    try {
+      if (Number(tid) === process.pid) {
+        const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+        const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        out.main = (Number(f[11]) + Number(f[12])) * tickUs; // utime, stime (fields 14, 15)
+      }
+      const status = readFileSync(`/proc/self/task/${tid}/status`, 'utf8');
+      out.vol += Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? 0);
+      out.invol += Number(/^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? 0);
+    } catch {
+      // the thread exited between readdir and read
+    }
+  }
+  return out;
 }
 
 async function measure(variant: string, n: number, rounds: number, round: () => number | Promise<number>): Promise<Result> {
@@ -56,13 +93,26 @@ async function measure(variant: string, n: number, rounds: number, round: () => 
     if (i % YIELD_EVERY === 0) await tick();
   }
   const samples = new Float64Array(rounds);
+  const cpu0 = process.cpuUsage();
+  const th0 = threadTimes();
   const t0 = process.hrtime.bigint();
   for (let i = 0; i < rounds; i++) {
     samples[i] = await round();
     if (i % YIELD_EVERY === YIELD_EVERY - 1) await tick();
   }
   const secs = usSince(t0) / 1e6;
-  return { variant, n, rounds, lat: percentiles(samples), perSec: rounds / secs };
+  const cpu = process.cpuUsage(cpu0);
+  const th1 = threadTimes();
+  return {
+    variant,
+    n,
+    rounds,
+    lat: percentiles(samples),
+    perSec: rounds / secs,
+    cpuUs: (cpu.user + cpu.system) / rounds,
+    mainCpuUs: (th1.main - th0.main) / rounds,
+    switches: { voluntary: (th1.vol - th0.vol) / rounds, involuntary: (th1.invol - th0.invol) / rounds },
+  };
 }
 
 async function reference(mode: RefMode, n: number): Promise<Result> {
@@ -111,7 +161,7 @@ async function devmirror(n: number, dma: boolean): Promise<Result> {
     }
     const g = mgr.group;
     // The DMA rate actually reached while the rounds ran (the configured total is DMA_TOTAL/s).
-    res.extra = { sanitizerChecked: checked, dmaAccessesPerSec: Math.round(checked / seconds), findings, kernelSpins: g.spins, kernelParks: g.parks, kernelWakes: g.wakes, evictions: devs.filter((d) => d.state === 'evicted').length };
+    res.extra = { sanitizerChecked: checked, dmaAccessesPerSec: Math.round(checked / seconds), findings, kernelSpins: g.spins, kernelParks: g.parks, kernelWakes: g.wakes, deviceWakes: g.deviceWakes, evictions: devs.filter((d) => d.state === 'evicted').length };
     if (findings > 0) throw new Error(`sanitizer findings in the handshake bench: ${findings}`);
     return res;
   } finally {
@@ -179,7 +229,7 @@ async function mprotectWorkload(kind: 'gpu' | 'dmirror', policy: EventPolicy): P
   }
 }
 
-function latRow(r: Result, best: number, pm: number): Record<string, string | number> {
+function latRow(r: Result, best: number, pm: number, wa: number): Record<string, string | number> {
   return {
     N: r.n,
     variant: r.variant,
@@ -190,7 +240,11 @@ function latRow(r: Result, best: number, pm: number): Record<string, string | nu
     p99_9: fmt(r.lat.p99_9),
     max: fmt(r.lat.max),
     'rounds/s': Math.round(r.perSec).toLocaleString('en-US'),
+    'cpu/round': fmt(r.cpuUs),
+    'main cpu': fmt(r.mainCpuUs),
+    'vol/invol sw': `${r.switches.voluntary.toFixed(1)}/${r.switches.involuntary.toFixed(1)}`,
     'p50/best-atomics': (r.lat.p50 / best).toFixed(2),
+    'p50/waitAsync': (r.lat.p50 / wa).toFixed(2),
     'postMessage/p50': (pm / r.lat.p50).toFixed(1),
   };
 }
@@ -216,16 +270,17 @@ async function main(): Promise<void> {
     const results: Result[] = [];
     for (const n of NS) {
       const refs: Record<string, Result> = {};
-      for (const mode of ['blocking', 'spin', 'postMessage'] as RefMode[]) refs[mode] = await reference(mode, n);
+      for (const mode of ['blocking', 'spin', 'waitAsync', 'postMessage'] as RefMode[]) refs[mode] = await reference(mode, n);
       const idle = await devmirror(n, false);
       const busy = await devmirror(n, true);
       const best = Math.min(refs.blocking.lat.p50, refs.spin.lat.p50);
       const pm = refs.postMessage.lat.p50;
-      for (const r of [refs.blocking, refs.spin, refs.postMessage, idle, busy]) {
-        rows.push(latRow(r, best, pm));
+      const wa = refs.waitAsync.lat.p50;
+      for (const r of [refs.blocking, refs.spin, refs.waitAsync, refs.postMessage, idle, busy]) {
+        rows.push(latRow(r, best, pm, wa));
         results.push(r);
       }
-      console.log(table(rows.slice(-5)));
+      console.log(table(rows.slice(-6)));
       console.log(`  idle: ${JSON.stringify(idle.extra)}\n  dma:  ${JSON.stringify(busy.extra)}\n`);
     }
     console.log('\nAll N (latencies per round, microseconds):\n' + table(rows));

@@ -87,6 +87,8 @@ export class WorkerAckGroup implements AckGroup {
   parks = 0;
   /** Wake-ups of the parked kernel (ideally one per park). */
   wakes = 0;
+  /** Futex wakes of parked devices done by the kernel thread (ideally one per device per round). */
+  deviceWakes = 0;
 
   constructor(
     readonly kcSab: SharedArrayBuffer = new SharedArrayBuffer(KC_WORDS * 4),

@@ -333,11 +333,20 @@ export class WorkerDevice {
     this.group.lateRing(this);
   }
 
-  /** @internal true if the device has not taken every end posted (reads the device's line). */
+  /**
+   * @internal true if the device has not taken every end posted and nothing else will make it:
+   * a call it has not answered yet was rung for, and the device takes its ends before its calls,
+   * so ringing again would only cost the kernel a futex call while the device waits for a core.
+   */
   endsUnread(): boolean {
     if (!this.alive) return false;
+    // Reads the device's line (END_TAIL, answer words): only on the late-ring timer, never per call.
     this.endTailSeen = Atomics.load(this.mailbox, MB.END_TAIL);
-    return this.endTailSeen !== this.endHead;
+    if (this.endTailSeen === this.endHead) return false;
+    for (const a of this.slots) {
+      if (a && Atomics.load(this.mailbox, MB_CALLS_OFFSET + a.slot * CALL_SLOT_WORDS + CS.ANSWER) === ANSWER.PENDING) return false;
+    }
+    return true;
   }
 
   /** @internal set while this device is in the group's deferred-ring batch. */
@@ -350,7 +359,10 @@ export class WorkerDevice {
     // the device sees the new DOORBELL value and does not sleep, or we see PARKED and wake it.
     // Skipping the notify when nobody sleeps keeps a futex call off the fast path.
     Atomics.add(this.mailbox, MB.DOORBELL, 1);
-    if (Atomics.load(this.mailbox, MB.PARKED) !== 0) Atomics.notify(this.mailbox, MB.DOORBELL);
+    if (Atomics.load(this.mailbox, MB.PARKED) !== 0) {
+      Atomics.notify(this.mailbox, MB.DOORBELL);
+      this.group.deviceWakes++;
+    }
   }
 
   private checkDeadlines(): void {

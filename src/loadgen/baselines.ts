@@ -1,7 +1,8 @@
 /**
  * Baselines measured in the same run as a bench, so that every headline is a ratio: the same
  * fan-out (publish to N workers, wait for every acknowledgement, publish end) with nothing else in
- * the way, as a bare Atomics round trip with blocking waits, with a spin before the wait, and as a
+ * the way, as a bare Atomics round trip with blocking waits, with a spin before the wait, with the
+ * publisher parked in Atomics.waitAsync (the only park a thread serving sockets may use), and as a
  * postMessage handshake (src/loadgen/references.ts). N is the number of devices of the run.
  */
 import { percentiles, type Percentiles } from '../lib/stats.js';
@@ -12,6 +13,8 @@ export interface Baselines {
   workers: number;
   atomicsBlocking: Percentiles;
   atomicsSpin: Percentiles;
+  /** Publisher parks with Atomics.waitAsync (keeps its event loop), workers block. */
+  atomicsWaitAsync: Percentiles;
   postMessage: Percentiles;
   /** With external clients: a bare ws echo of an InvalidateStart-sized frame (48 bytes). */
   wsEcho?: Percentiles;
@@ -38,6 +41,7 @@ export async function measureBaselines(workers: number, rounds = Math.max(200, M
     workers: n,
     atomicsBlocking: await measure('blocking', n, rounds),
     atomicsSpin: await measure('spin', n, rounds),
+    atomicsWaitAsync: await measure('waitAsync', n, rounds),
     postMessage: await measure('postMessage', n, rounds),
     ...(withWsEcho ? { wsEcho: await wsEchoFloor(48, rounds) } : {}),
   };

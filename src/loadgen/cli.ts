@@ -137,7 +137,7 @@ export function summary(r: BenchReport): string {
   }));
   const b = r.baselines;
   const base = b
-    ? `\nbaselines at ${b.workers} workers (same run): bare Atomics blocking p50 ${fmt(b.atomicsBlocking.p50)}, spin ${fmt(b.atomicsSpin.p50)}, postMessage ${fmt(b.postMessage.p50)}${b.wsEcho ? `, ws echo ${fmt(b.wsEcho.p50)}` : ''}; devmirror round p50 ${fmt(r.round.p50)} = ${(r.round.p50 / Math.min(b.atomicsBlocking.p50, b.atomicsSpin.p50)).toFixed(2)}x the better Atomics, ${(b.postMessage.p50 / r.round.p50).toFixed(2)}x faster than postMessage\n`
+    ? `\nbaselines at ${b.workers} workers (same run): bare Atomics blocking p50 ${fmt(b.atomicsBlocking.p50)}, spin ${fmt(b.atomicsSpin.p50)}, waitAsync ${fmt(b.atomicsWaitAsync.p50)}, postMessage ${fmt(b.postMessage.p50)}${b.wsEcho ? `, ws echo ${fmt(b.wsEcho.p50)}` : ''}; devmirror round p50 ${fmt(r.round.p50)} = ${(r.round.p50 / Math.min(b.atomicsBlocking.p50, b.atomicsSpin.p50)).toFixed(2)}x the better Atomics, ${(b.postMessage.p50 / r.round.p50).toFixed(2)}x faster than postMessage\n`
     : '';
   return `${head}\n\n${table(rows)}\n${base}`;
 }

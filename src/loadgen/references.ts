@@ -8,9 +8,12 @@
  *
  *   blocking:        publisher Atomics.wait(ACKS);  worker Atomics.wait(DOORBELL)
  *   spin-then-park:  both spin SPIN loads on the word first, then Atomics.wait
+ *   waitAsync:       publisher Atomics.waitAsync(ACKS) (an event-loop wake, the only park a thread
+ *                    that serves sockets may use); worker Atomics.wait(DOORBELL)
  *   postMessage:     worker.postMessage start / reply / end, no shared memory
  *
- * These run in the bench's main thread, which may block: the product's kernel thread never does.
+ * blocking and spin run in the bench's main thread and block it: the product's kernel thread never
+ * does; waitAsync is the floor for a publisher that keeps its event loop.
  */
 import { Worker } from 'node:worker_threads';
 import { usSince } from '../lib/stats.js';
@@ -19,7 +22,7 @@ import { usSince } from '../lib/stats.js';
 export const REF = { VERSION: 0, ACKS: 1, STOP: 2, SPIN: 3, DOORBELLS: 4 } as const;
 const REF_VERSION = 1;
 
-export type RefMode = 'blocking' | 'spin' | 'postMessage';
+export type RefMode = 'blocking' | 'spin' | 'waitAsync' | 'postMessage';
 
 // The worker is plain JavaScript so the reference measures Atomics and postMessage, not a loader.
 const WORKER_SRC = `
@@ -80,7 +83,34 @@ export class ReferenceFanout {
 
   /** One round: publish start to all, wait for every ack, publish end. Returns microseconds. */
   round(): number | Promise<number> {
-    return this.mode === 'postMessage' ? this.roundMessage() : this.roundAtomics();
+    if (this.mode === 'postMessage') return this.roundMessage();
+    if (this.mode === 'waitAsync') return this.roundAsync();
+    return this.roundAtomics();
+  }
+
+  private async roundAsync(): Promise<number> {
+    const w = this.words;
+    const t = process.hrtime.bigint();
+    this.seq++;
+    this.acksTarget += this.n;
+    for (let i = 0; i < this.n; i++) {
+      Atomics.store(w, REF.DOORBELLS + i, 2 * this.seq - 1);
+      Atomics.notify(w, REF.DOORBELLS + i, 1);
+    }
+    // As in roundAtomics: ACKS only grows, so a wait on the value last seen returns at once
+    // ("not-equal") if an ack landed in between. A pending waitAsync does not keep the process
+    // alive; the workers (ref'd) do.
+    let v = Atomics.load(w, REF.ACKS);
+    while (v < this.acksTarget) {
+      const r = Atomics.waitAsync(w, REF.ACKS, v);
+      if (r.async) await r.value;
+      v = Atomics.load(w, REF.ACKS);
+    }
+    for (let i = 0; i < this.n; i++) {
+      Atomics.store(w, REF.DOORBELLS + i, 2 * this.seq);
+      Atomics.notify(w, REF.DOORBELLS + i, 1);
+    }
+    return usSince(t);
   }
 
   private roundAtomics(): number {

@@ -62,6 +62,7 @@ function runSection(r: BenchReport): string {
       [
         ['bare Atomics, blocking', b.atomicsBlocking],
         ['bare Atomics, spin then park', b.atomicsSpin],
+        ['bare Atomics, publisher in waitAsync', b.atomicsWaitAsync],
         ['postMessage handshake', b.postMessage],
         ...(b.wsEcho ? [['ws echo of 48 bytes (external clients\' floor)', b.wsEcho]] : []),
       ]

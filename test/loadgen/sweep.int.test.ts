@@ -38,7 +38,7 @@ describe('bench sweeps and reports', () => {
   it('measures the same-run baselines at the run\'s worker count', async () => {
     const b = await measureBaselines(2, 200);
     expect(b.workers).toBe(2);
-    for (const p of [b.atomicsBlocking, b.atomicsSpin, b.postMessage]) {
+    for (const p of [b.atomicsBlocking, b.atomicsSpin, b.atomicsWaitAsync, b.postMessage]) {
       expect(p.n).toBe(200);
       expect(p.p50).toBeGreaterThan(0);
       expect(p.max).toBeGreaterThanOrEqual(p.p99);

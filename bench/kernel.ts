@@ -15,6 +15,8 @@ import { fmt, machine, percentiles, table, usSince, type Percentiles } from './l
 
 const PAGE = 4096;
 const MiB = 1024 * 1024;
+import { writeFileSync } from 'node:fs';
+
 const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, '').split('=') as [string, string]));
 const ITER = Number(args.get('iterations') ?? 20000);
 const SIZES = (args.get('sizes') ?? '1,100,10000,100000').split(',').map(Number);
@@ -165,7 +167,10 @@ async function main(): Promise<void> {
   );
   const goal = inv[10000] ? inv[10000].tree.p50 / base.tree.p50 : NaN;
   console.log(`\ngoal: tree cost at N=10,000 within 1.5x of N=1 -> ratio ${goal.toFixed(2)} ${goal <= 1.5 ? 'MET' : 'MISSED'}`);
-  console.log('\nJSON ' + JSON.stringify({ machine: machine(), config, syscalls: sys, invalidation: inv }));
+  const out = { machine: machine(), config, syscalls: sys, invalidation: inv };
+  console.log('\nJSON ' + JSON.stringify(out));
+  const json = args.get('json');
+  if (json) writeFileSync(json, JSON.stringify(out, null, 2));
 }
 
 void main();

@@ -17,9 +17,12 @@ import { closeShards } from './shards.js';
 import { renderHtml } from './report-html.js';
 import { parseSweep, runSweep, type SweepDimension, type SweepReport } from './sweep.js';
 
+/** Keys a scenario file may hold: the BenchOptions plus `description`, `sweep` and `baselines`. */
+const SCENARIO_KEYS = new Set([...Object.keys(DEFAULT_BENCH), 'clients', 'ops', 'durationMs', 'replay', 'writeMix', 'description', 'sweep', 'baselines']);
+
 export const BENCH_USAGE = `devmirror bench [--scenario FILE.json|FILE.yaml] [--workload munmap|mprotect|madvise|soft-dirty|fork|migrate|compact|numa|oom-reaper|mixed]
                 [--devices gpu=1,rdma=1,kvm=1,dmirror=1 | --devices N] [--policy faithful|aware|blind]
-                [--clients M (external clients over <= 4 processes)] [--dma-rate N] [--duration 10s | --ops N] [--area-pages N] [--range-pages N]
+                [--clients M (external clients over <= 4 processes)] [--dma-rate N] [--write-mix 0.3] [--duration 10s | --ops N] [--area-pages N] [--range-pages N]
                 [--pattern random|sequential|hotset] [--seed N] [--json FILE]
                 [--replay FILE.strace [--time-scale 0|1|...] [--density 0.05]]   (strace -f -tt -e trace=memory,openat,close)
                 [--sweep devices=1,2,4,8 | range=1,16,512 | policy=blind,faithful,aware | clients=1,10,100] [--baselines] [--html FILE.html]`;
@@ -53,6 +56,7 @@ export function parseBenchArgs(argv: string[]): BenchCli {
       devices: { type: 'string' },
       policy: { type: 'string' },
       'dma-rate': { type: 'string' },
+      'write-mix': { type: 'string' },
       duration: { type: 'string' },
       ops: { type: 'string' },
       'area-pages': { type: 'string' },
@@ -79,8 +83,19 @@ export function parseBenchArgs(argv: string[]): BenchCli {
     } catch (e) {
       throw new DevmirrorError('DM_ERR_VALIDATION', `--scenario ${values.scenario}: ${(e as Error).message}`);
     }
-    delete file.description;
-    o = { ...o, ...file };
+    if (file === null || typeof file !== 'object' || Array.isArray(file)) throw new DevmirrorError('DM_ERR_VALIDATION', `--scenario ${values.scenario}: not an object`);
+    const unknown = Object.keys(file).filter((k) => !SCENARIO_KEYS.has(k));
+    if (unknown.length > 0) {
+      throw new DevmirrorError('DM_ERR_VALIDATION', `--scenario ${values.scenario}: unknown key(s) ${unknown.join(', ')}; allowed: ${[...SCENARIO_KEYS].join(', ')}`);
+    }
+    // A scenario may carry its sweep and baselines, so one file reproduces a whole figure; the
+    // command line still wins.
+    const { description: _d, sweep, baselines, ...opts } = file as typeof file & { sweep?: string; baselines?: boolean };
+    if (sweep !== undefined && values.sweep === undefined) values.sweep = String(sweep);
+    if (baselines === true && values.baselines === undefined) values.baselines = true;
+    o = { ...o, ...opts };
+    // An operation count in the file means "this many": the default duration does not cut it short.
+    if (opts.ops !== undefined && opts.durationMs === undefined) delete o.durationMs;
   }
   if (values.workload) o.workload = values.workload as WorkloadName;
   if (values.devices) {
@@ -95,6 +110,10 @@ export function parseBenchArgs(argv: string[]): BenchCli {
   }
   if (values.policy) o.policy = values.policy as EventPolicy;
   if (values['dma-rate']) o.dmaRate = int('dma-rate', values['dma-rate']);
+  if (values['write-mix'] !== undefined) {
+    o.writeMix = Number(values['write-mix']);
+    if (!(o.writeMix >= 0 && o.writeMix <= 1)) throw new DevmirrorError('DM_ERR_VALIDATION', '--write-mix must be between 0 and 1');
+  }
   if (values.duration) {
     o.durationMs = duration(values.duration);
     if (!values.ops) delete o.ops;
@@ -137,7 +156,7 @@ export function summary(r: BenchReport): string {
   }));
   const b = r.baselines;
   const base = b
-    ? `\nbaselines at ${b.workers} workers (same run): bare Atomics blocking p50 ${fmt(b.atomicsBlocking.p50)}, spin ${fmt(b.atomicsSpin.p50)}, waitAsync ${fmt(b.atomicsWaitAsync.p50)}, postMessage ${fmt(b.postMessage.p50)}${b.wsEcho ? `, ws echo ${fmt(b.wsEcho.p50)}` : ''}; devmirror round p50 ${fmt(r.round.p50)} = ${(r.round.p50 / Math.min(b.atomicsBlocking.p50, b.atomicsSpin.p50)).toFixed(2)}x the better Atomics, ${(b.postMessage.p50 / r.round.p50).toFixed(2)}x faster than postMessage\n`
+    ? `\nbaselines at ${b.workers} workers (same run): bare Atomics blocking p50 ${fmt(b.atomicsBlocking.p50)}, spin ${fmt(b.atomicsSpin.p50)}, waitAsync ${fmt(b.atomicsWaitAsync.p50)}, postMessage ${fmt(b.postMessage.p50)}${b.wsEcho ? `, ws echo ${fmt(b.wsEcho.p50)}` : ''}; devmirror round p50 ${fmt(r.round.p50)} = ${(r.round.p50 / Math.min(b.atomicsBlocking.p50, b.atomicsSpin.p50)).toFixed(2)}x the better Atomics, ${(r.round.p50 / b.postMessage.p50).toFixed(2)}x postMessage (the round includes the kernel's page-table work)\n`
     : '';
   return `${head}\n\n${table(rows)}\n${base}`;
 }
@@ -171,14 +190,21 @@ export async function benchMain(argv: string[]): Promise<void> {
   };
   let out: BenchReport | SweepReport;
   if (cli.sweep) {
-    out = await runSweep(options, cli.sweep.dimension, cli.sweep.values, (v) => progressFor(`${cli.sweep!.dimension}=${v}`), finish);
-    for (const [i, r] of out.runs.entries()) process.stderr.write(`\n== ${cli.sweep.dimension} = ${cli.sweep.values[i]}\n` + summary(r));
+    const sweep = await runSweep(options, cli.sweep.dimension, cli.sweep.values, (v) => progressFor(`${cli.sweep!.dimension}=${v}`), finish);
+    out = sweep;
+    for (const [i, r] of sweep.runs.entries()) process.stderr.write(`\n== ${cli.sweep.dimension} = ${cli.sweep.values[i]}\n` + summary(r));
     if (cli.sweep.dimension === 'policy') {
-      // Runs of equal duration do different amounts of work: compare refaults per operation.
-      const per = new Map(out.runs.map((r, i) => [String(cli.sweep!.values[i]), r.ops ? r.totals.refaults / r.ops : 0]));
-      const blind = per.get('blind');
+      // Runs do different amounts of work (equal durations, or replays whose length depends on
+      // the policy): compare refaults per operation and per thousand device accesses.
+      const line = (what: string, f: (r: BenchReport) => number): string => {
+        const per = new Map(sweep.runs.map((r, i) => [String(cli.sweep!.values[i]), f(r)]));
+        const blind = per.get('blind');
+        return `${what}: ${[...per].map(([p, n]) => `${p} ${n.toFixed(1)}${blind !== undefined && p !== 'blind' && n > 0 ? ` (blind/${p} = ${(blind / n).toFixed(1)}x)` : ''}`).join(', ')}\n`;
+      };
       process.stderr.write(
-        `\nrefaulted pages per operation: ${[...per].map(([p, n]) => `${p} ${n.toFixed(1)}${blind !== undefined && p !== 'blind' && n > 0 ? ` (blind/${p} = ${(blind / n).toFixed(1)}x)` : ''}`).join(', ')}\n`,
+        '\n' +
+          line('refaulted pages per operation', (r) => (r.ops ? r.totals.refaults / r.ops : 0)) +
+          line('refaulted pages per 1000 device accesses', (r) => (r.totals.checked ? (1000 * r.totals.refaults) / r.totals.checked : 0)),
       );
     }
   } else {

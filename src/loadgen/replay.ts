@@ -10,8 +10,9 @@
  * - A file mapping maps an in-memory file per opened path, sized by its largest mapping; a mapping
  *   of an fd that was never opened (or a larger one later) is mapped anonymous and counted.
  * - strace records no page touches, so the replay touches pages by a model: in every new writable
- *   mapping (and heap growth) the first and the last page and `density` of the others, at most
- *   `maxTouchPages` per mapping; a readable file mapping gets its first page read.
+ *   mapping, heap growth and range made writable by mprotect, the first and the last page and
+ *   `density` of the others, at most `maxTouchPages` per range; a readable file mapping gets its
+ *   first page read.
  * - Every traced task replays into one emulated process (threads share an address space; this
  *   filter does not trace clone, so processes and threads cannot be told apart).
  * - `timeScale` 0 replays as fast as possible; 1 keeps the recorded gaps between calls.
@@ -61,12 +62,12 @@ export async function replayTrace(
   p: Process,
   trace: ParsedTrace,
   o: ReplayOptions = DEFAULT_REPLAY,
-  afterEach?: (i: number, stats: ReplayStats, writable: () => Array<[number, number]>) => Promise<void> | void,
+  afterEach?: (i: number, stats: ReplayStats, writable: () => Array<[number, number]>, lastTouched: number) => Promise<void> | void,
 ): Promise<ReplayStats> {
   const stats: ReplayStats = { calls: trace.events.length, replayed: 0, refused: {}, mappings: 0, fileMappingsAsAnon: 0, touchedPages: 0, writableRanges: [] };
   const fds = new Map<number, string>();
   const files = new Map<string, { id: number; size: number }>();
-  const writable = new Map<number, number>();
+  const writable = new RangeSet();
   let brkBase = -1;
   let brkCur = -1;
   let t0: number | null = null;
@@ -75,9 +76,12 @@ export async function replayTrace(
     const key = `${what}: ${(e as { code?: string }).code ?? (e as Error).message}`;
     stats.refused[key] = (stats.refused[key] ?? 0) + 1;
   };
+  /** The first page the program last touched: where it works now. */
+  let lastTouched = -1;
   const touch = async (addr: number, length: number, write: boolean): Promise<void> => {
     const pages = length / PAGE_SIZE;
     if (pages <= 0) return;
+    lastTouched = addr;
     const want = new Set<number>([0, pages - 1]);
     const extra = Math.min(o.maxTouchPages - 2, Math.floor((pages - 2) * o.density));
     if (extra > 0) {
@@ -127,29 +131,40 @@ export async function replayTrace(
           }
           await k.mmap(p.pid, { addr: op.result, fixed: true, length, prot: op.prot, shared: shared && file !== undefined, ...(file ? { file } : {}) });
           stats.mappings++;
+          if (!(op.prot & PROT.WRITE)) writable.remove(op.result, op.result + length);
           if (op.prot & PROT.WRITE) {
-            writable.set(op.result, op.result + length);
+            writable.add(op.result, op.result + length);
             await touch(op.result, length, true);
           } else if (file && op.prot & PROT.READ) await touch(op.result, Math.min(length, PAGE_SIZE), false);
           break;
         }
         case 'munmap':
           await k.munmap(p.pid, pageDown(op.addr), pageUp(op.length));
-          for (const [s, e] of [...writable]) if (s >= op.addr && e <= op.addr + pageUp(op.length)) writable.delete(s);
+          writable.remove(pageDown(op.addr), pageDown(op.addr) + pageUp(op.length));
           break;
         case 'mremap': {
           const moved = op.result !== op.addr;
           await k.mremap(p.pid, { addr: op.addr, length: pageUp(op.oldLength), newLength: pageUp(op.newLength), maymove: moved, fixed: moved, newAddr: moved ? op.result : undefined });
-          if (writable.has(op.addr)) {
-            writable.delete(op.addr);
-            writable.set(op.result, op.result + pageUp(op.newLength));
+          // The writable part of the old range moves with it (growth of a writable mapping is writable).
+          const was = writable.covers(op.addr, op.addr + PAGE_SIZE);
+          writable.remove(op.addr, op.addr + pageUp(op.oldLength));
+          if (was) writable.add(op.result, op.result + pageUp(op.newLength));
+          break;
+        }
+        case 'mprotect': {
+          const a = pageDown(op.addr);
+          const len = pageUp(op.length);
+          await k.mprotect(p.pid, a, len, op.prot);
+          if (!(op.prot & PROT.WRITE)) writable.remove(a, a + len);
+          else {
+            writable.add(a, a + len);
+            // Programs make memory writable to write it: allocators and JITs commit reserved
+            // (PROT_NONE) memory this way, and GCs lift write barriers. Touched by the same model
+            // as a new writable mapping.
+            await touch(a, len, true);
           }
           break;
         }
-        case 'mprotect':
-          await k.mprotect(p.pid, pageDown(op.addr), pageUp(op.length), op.prot);
-          if (op.prot & PROT.WRITE) writable.set(pageDown(op.addr), pageDown(op.addr) + pageUp(op.length));
-          break;
         case 'madvise': {
           const advice = ADVICE[op.advice];
           if (!advice) {
@@ -169,9 +184,12 @@ export async function replayTrace(
           const cur = pageUp(brkCur);
           if (next > cur) {
             await k.mmap(p.pid, { addr: cur, fixed: true, length: next - cur, prot: PROT.READ | PROT.WRITE });
-            writable.set(brkBase, next);
+            writable.add(cur, next);
             await touch(cur, next - cur, true);
-          } else if (next < cur) await k.munmap(p.pid, next, cur - next);
+          } else if (next < cur) {
+            await k.munmap(p.pid, next, cur - next);
+            writable.remove(next, cur);
+          }
           brkCur = op.result;
           break;
         }
@@ -180,8 +198,55 @@ export async function replayTrace(
     } catch (e) {
       refuse(op.kind, e);
     }
-    if (afterEach) await afterEach(i, stats, () => [...writable.entries()]);
+    if (afterEach) await afterEach(i, stats, () => writable.ranges(), lastTouched);
   }
-  stats.writableRanges = [...writable.entries()].sort((a, b) => a[0] - b[0]);
+  stats.writableRanges = writable.ranges();
   return stats;
+}
+
+/**
+ * Disjoint, sorted, merged [start, end) ranges: the program's writable memory. Merging matters: a
+ * collector that unprotects its heap one page at a time leaves one writable heap, not thousands of
+ * one-page areas for the DMA engines to aim at.
+ */
+export class RangeSet {
+  private r: Array<[number, number]> = [];
+
+  add(start: number, end: number): void {
+    if (end <= start) return;
+    const out: Array<[number, number]> = [];
+    let s = start;
+    let e = end;
+    for (const [a, b] of this.r) {
+      if (b < s || a > e) out.push([a, b]);
+      else {
+        s = Math.min(s, a);
+        e = Math.max(e, b);
+      }
+    }
+    out.push([s, e]);
+    this.r = out.sort((x, y) => x[0] - y[0]);
+  }
+
+  remove(start: number, end: number): void {
+    if (end <= start) return;
+    const out: Array<[number, number]> = [];
+    for (const [a, b] of this.r) {
+      if (b <= start || a >= end) out.push([a, b]);
+      else {
+        if (a < start) out.push([a, start]);
+        if (b > end) out.push([end, b]);
+      }
+    }
+    this.r = out;
+  }
+
+  /** True if [start, end) lies inside one range. */
+  covers(start: number, end: number): boolean {
+    return this.r.some(([a, b]) => a <= start && end <= b);
+  }
+
+  ranges(): Array<[number, number]> {
+    return this.r.map(([a, b]) => [a, b]);
+  }
 }

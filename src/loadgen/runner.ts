@@ -32,6 +32,9 @@ export interface BenchOptions {
   policy: EventPolicy;
   /** Device accesses per second, per device (0: DMA engines idle). */
   dmaRate: number;
+  /** Fraction of device accesses that write (default 0.3). Event-aware devices keep read access
+   * across a downgrade, so their advantage grows as the mix gets read-mostly. */
+  writeMix?: number;
   workload: WorkloadName;
   /** Stop after this long (ms) ... */
   durationMs?: number;
@@ -127,6 +130,7 @@ export function validateBench(o: BenchOptions): void {
   if (!Number.isInteger(o.rangePages) || o.rangePages < 1) bad('rangePages must be at least 1');
   if (o.durationMs === undefined && o.ops === undefined && !o.replay) bad('give a duration or an operation count');
   if (o.replay && (o.replay.timeScale ?? 0) < 0) bad('replay time scale must be >= 0');
+  if (o.writeMix !== undefined && !(o.writeMix >= 0 && o.writeMix <= 1)) bad('write mix must be between 0 and 1');
   if (!['sequential', 'random', 'hotset'].includes(o.pattern)) bad('pattern must be sequential, random or hotset');
 }
 
@@ -206,7 +210,7 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
               ? { memslots: [{ id: 0, baseGfn: 0x100000, npages: o.areaPages, hva: addr }] }
               : {};
         const dev = await mgr.create({ kind, pid: p.pid, policy: o.policy, options, name: `${kind}${i}` });
-        if (o.dmaRate > 0 && !trace) await dev.command('dma', { rate: o.dmaRate, pattern: 'random', writeMix: 0.3, start: addr, end: addr + areaBytes });
+        if (o.dmaRate > 0 && !trace) await dev.command('dma', { rate: o.dmaRate, pattern: 'random', writeMix: o.writeMix ?? 0.3, start: addr, end: addr + areaBytes });
       }
     }
     if ((o.clients ?? 0) > 0) {
@@ -230,15 +234,22 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
     if (trace) {
       const rng = mulberry(o.seed);
       const ro = { ...DEFAULT_REPLAY, ...o.replay };
-      const st = await replayTrace(k, p, trace, ro, async (i, stats, writable) => {
+      const st = await replayTrace(k, p, trace, ro, async (i, stats, writable, lastTouched) => {
         ctx.op = stats.replayed;
-        // Every 200 calls, point each device's DMA engine at a live writable mapping.
-        if (o.dmaRate > 0 && i % 200 === 0) {
+        // Every 50 calls, point each device's DMA engine at a window of at most 256 pages of the
+        // writable memory the program works in now: around the page it last touched (a device
+        // works on the buffers the program is using), else at a random live writable range.
+        if (o.dmaRate > 0 && i % 50 === 0) {
           const w = writable();
           if (w.length > 0) {
+            const hot = w.find(([a, b]) => lastTouched >= a && lastTouched < b);
             for (const d of mgr.list()) {
-              const [s0, e0] = w[Math.floor(rng() * w.length)];
-              await d.command('dma', { rate: o.dmaRate, pattern: 'random', writeMix: 0.3, start: s0, end: Math.min(e0, s0 + 256 * PAGE_SIZE) }).catch(() => undefined);
+              const [s0, e0] = hot ?? w[Math.floor(rng() * w.length)];
+              const pages = (e0 - s0) / PAGE_SIZE;
+              const len = Math.min(pages, 256);
+              const centre = hot ? Math.floor((lastTouched - s0) / PAGE_SIZE) - len / 2 : rng() * (pages - len + 1);
+              const at = s0 + Math.max(0, Math.min(pages - len, Math.floor(centre))) * PAGE_SIZE;
+              await d.command('dma', { rate: o.dmaRate, pattern: 'random', writeMix: o.writeMix ?? 0.3, start: at, end: at + len * PAGE_SIZE }).catch(() => undefined);
             }
           }
         }

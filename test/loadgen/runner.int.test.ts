@@ -1,4 +1,7 @@
 /** devmirror bench: a short mixed run reports every event with latencies, and correct devices stay clean. */
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runBench, DEFAULT_BENCH } from '../../src/loadgen/runner.js';
 import { parseBenchArgs, summary } from '../../src/loadgen/cli.js';
@@ -45,5 +48,33 @@ describe('devmirror bench', () => {
     expect(() => parseBenchArgs(['--duration', 'soon'])).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
     expect(() => parseBenchArgs(['--policy', 'lazy'])).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
     expect(() => parseBenchArgs(['--bogus'])).toThrow();
+  });
+
+  it('takes a scenario file\'s sweep, baselines and operation count, and refuses unknown keys', () => {
+    const r = parseBenchArgs(['--scenario', 'bench/scenarios/range-sweep.json']);
+    expect(r.sweep).toEqual({ dimension: 'range', values: [1, 16, 512, 2048, 8192] });
+    expect(r.baselines).toBe(true);
+    expect(r.options.ops).toBe(200);
+    expect(r.options.durationMs).toBeUndefined(); // the default duration does not cut the count short
+    expect(r.options.areaPages * 4096).toBeGreaterThan(2 * 2 ** 20 * 8); // ranges beyond 2 MiB fit
+    // The command line still wins over the file.
+    expect(parseBenchArgs(['--scenario', 'bench/scenarios/range-sweep.json', '--sweep', 'devices=1,2']).sweep).toEqual({ dimension: 'devices', values: [1, 2] });
+    const dir = mkdtempSync(join(tmpdir(), 'devmirror-scenario-'));
+    const bad = join(dir, 'typo.json');
+    writeFileSync(bad, JSON.stringify({ workload: 'munmap', rangPages: 16 }));
+    expect(() => parseBenchArgs(['--scenario', bad])).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION', message: expect.stringContaining('rangPages') }));
+    writeFileSync(bad, '[1, 2]');
+    expect(() => parseBenchArgs(['--scenario', bad])).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
+  });
+
+  it('runs ranges beyond 2 MiB (the huge-ranges scenario, shortened), sanitizer-clean', async () => {
+    const { options } = parseBenchArgs(['--scenario', 'bench/scenarios/huge-ranges.json', '--ops', '6', '--dma-rate', '200']);
+    expect(options.rangePages * 4096).toBe(8 * 2 ** 20);
+    const r = await runBench(options);
+    expect(r.ops).toBe(6);
+    const clear = r.events.find((e) => e.event === 'CLEAR')!;
+    expect(clear.invalidations).toBeGreaterThanOrEqual(6);
+    expect(r.totals.findings).toBe(0);
+    expect(r.devices.every((d) => d.state === 'running')).toBe(true);
   });
 });

@@ -10,6 +10,8 @@ import { DevmirrorError } from './errors.js';
 import { buildServer } from './http/server.js';
 import { Service } from './service.js';
 import { runExternalDevice } from './client/run-device.js';
+import { resolveTarget, windowOptions } from './client/resolve.js';
+import { hostname } from 'node:os';
 import { startDemo, type Demo } from './demo.js';
 import { benchMain } from './loadgen/cli.js';
 import { CHANNEL_PATH } from './channel/channel-server.js';
@@ -21,8 +23,12 @@ commands:
   serve        run the kernel service (HTTP API on HOST:PORT); the default
   device       run an external device client until interrupted:
                  --kind gpu|rdma|kvm|dmirror --url ws://HOST:PORT[/v1/notifier/ws]
-                 --token T (or DEVMIRROR_TOKEN) --pid N [--name NAME] [--policy faithful|aware|blind]
+                 --token T (or DEVMIRROR_TOKEN) (--pid N | --process NAME [--window MAPPING])
+                 [--name NAME (default KIND-HOSTNAME)] [--policy faithful|aware|blind]
                  [--options JSON] [--dma JSON (start the DMA engine, e.g. {"rate":1000})]
+                 --process and --window are looked up through the kernel's HTTP API at every
+                 (re)attachment; --window makes the named mapping the DMA window (and the rdma MR,
+                 the kvm memslot)
   bench        load-test invalidation fan-out (options: devmirror bench --help, docs/benchmarks.md)
   help         this text
 
@@ -82,6 +88,8 @@ async function device(argv: string[]): Promise<void> {
       url: { type: 'string' },
       token: { type: 'string' },
       pid: { type: 'string' },
+      process: { type: 'string' },
+      window: { type: 'string' },
       name: { type: 'string' },
       policy: { type: 'string' },
       options: { type: 'string' },
@@ -94,7 +102,9 @@ async function device(argv: string[]): Promise<void> {
   };
   if (!values.kind || !DEVICE_KINDS.includes(values.kind as DeviceKind)) bad('--kind must be one of gpu, rdma, kvm, dmirror');
   if (!values.url) bad('--url is required');
-  if (!values.pid || !/^\d+$/.test(values.pid)) bad('--pid must be a process id');
+  if (values.process === undefined && (!values.pid || !/^\d+$/.test(values.pid))) bad('give --pid N (a process id) or --process NAME');
+  if (values.process !== undefined && values.pid !== undefined) bad('give --pid or --process, not both');
+  if (values.window !== undefined && values.process === undefined) bad('--window needs --process');
   const policy = values.policy ?? 'faithful';
   if (!EVENT_POLICIES.includes(policy as EventPolicy)) bad('--policy must be faithful, aware or blind');
   const parse = (what: string, j: string | undefined): Record<string, unknown> => {
@@ -108,24 +118,36 @@ async function device(argv: string[]): Promise<void> {
   const url = new URL(values.url!);
   if (url.pathname === '/' || url.pathname === '') url.pathname = CHANNEL_PATH;
   const log = pino({ level: process.env.LOG_LEVEL ?? 'info', name: 'devmirror-device' });
+  const kind = values.kind as DeviceKind;
+  const dmaBase = parse('--dma', values.dma);
+  // The DMA window of the current attachment (the named mapping moves when the kernel restarts).
+  let dma = dmaBase;
+  const resolve = values.process
+    ? async (): Promise<{ pid: number; options?: Record<string, unknown> }> => {
+        const r = await resolveTarget(url.toString(), values.process!, values.window);
+        dma = r.window && Object.keys(dmaBase).length ? { start: r.window.start, end: r.window.end, ...dmaBase } : dmaBase;
+        return { pid: r.pid, options: r.window ? windowOptions(kind, r.window) : {} };
+      }
+    : undefined;
   const dev = await runExternalDevice({
     url: url.toString(),
     token: values.token ?? process.env.DEVMIRROR_TOKEN ?? 'devmirror-local',
-    kind: values.kind as DeviceKind,
-    pid: Number(values.pid),
-    name: values.name,
+    kind,
+    pid: Number(values.pid ?? 0),
+    resolve,
+    // Unique per container when scaled out (compose gives every replica its own hostname).
+    name: values.name ?? `${kind}-${hostname()}`,
     policy: policy as EventPolicy,
     options: parse('--options', values.options),
     log: (level, msg, data) => log[level]({ ...data }, msg),
   });
-  const dma = parse('--dma', values.dma);
   if (Object.keys(dma).length) await dev.host.command('dma', dma);
   dev.client.on('attached', (n: number) => {
     process.stdout.write(`devmirror device: re-attached as client ${dev.client.clientId} (attachment ${n})\n`);
     if (Object.keys(dma).length) void dev.host.command('dma', dma);
   });
-  log.info({ clientId: dev.client.clientId, kind: values.kind, pid: Number(values.pid) }, 'device attached');
-  process.stdout.write(`devmirror device: ${values.kind} attached to pid ${values.pid} as client ${dev.client.clientId}\n`);
+  log.info({ clientId: dev.client.clientId, kind, pid: dev.host.pid }, 'device attached');
+  process.stdout.write(`devmirror device: ${kind} attached to pid ${dev.host.pid} as client ${dev.client.clientId}\n`);
   const stop = async (): Promise<void> => {
     await dev.stop();
     process.exit(0);

@@ -23,9 +23,10 @@ export const ENV_VARS: readonly EnvVar[] = [
   { name: 'DEVMIRROR_THP', description: 'Transparent huge pages: always, madvise or never', default: 'madvise' },
   {
     name: 'DEVMIRROR_TOKENS',
-    description: 'Notifier-channel tokens and the processes each may use: `token=grant;...`, a grant is `*` or pids and process names separated by commas (tokens of 8+ characters)',
-    default: 'the local token devmirror-local, all processes (with a warning)',
+    description: 'Notifier-channel tokens and the processes each may use: `token=grant;...`, a grant is `*` or pids and process names separated by commas (tokens of 8+ characters); required when HOST is not a loopback address',
+    default: 'the local token devmirror-local, all processes (with a warning; loopback HOST only)',
   },
+  { name: 'DEVMIRROR_TOKEN', description: 'The token `devmirror device` presents to the notifier channel (its --token overrides it); the service itself ignores it', default: 'devmirror-local' },
   { name: 'DEVMIRROR_ACK_DEADLINE_MS', description: 'How long a device (worker or external) may take to acknowledge an invalidation before it is evicted', default: '1000' },
   { name: 'DEVMIRROR_DEMO', description: 'Start the demo process `demo`, one device of each kind and a light workload (scenarios/demo.json): 1 or 0', default: '1' },
   { name: 'DEVMIRROR_CHANNEL_MAX_FRAME_KB', description: 'Largest notifier-channel frame a client may send, KiB', default: '1024' },
@@ -79,6 +80,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (host.trim() === '') throw new DevmirrorError('DM_ERR_CONFIG', 'HOST must not be empty');
   // Fail fast on a bad token list, with the table's own message.
   TokenTable.parse(env.DEVMIRROR_TOKENS);
+  // The embedded local token grants every process: fine on loopback, not on an interface others
+  // can reach (a container's 0.0.0.0, a LAN address).
+  const loopback = host === 'localhost' || host === '::1' || /^127\./.test(host);
+  if (!loopback && !env.DEVMIRROR_TOKENS?.trim()) {
+    throw new DevmirrorError('DM_ERR_CONFIG', `HOST=${host} exposes the notifier channel beyond this machine: set DEVMIRROR_TOKENS (docs/configuration.md)`);
+  }
   return {
     host,
     port: int(env, 'PORT', 8080, 0, 65535),

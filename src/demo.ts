@@ -56,7 +56,7 @@ export async function startDemo(svc: Service, sc: Scenario = loadScenario()): Pr
   const maps = new Map<string, { addr: number; length: number; prot: number }>();
   for (const m of sc.mappings) {
     const prot = protBits(m.prot);
-    const addr = await k.mmap(p.pid, { length: m.length, prot, populate: m.populate ?? false });
+    const addr = await k.mmap(p.pid, { length: m.length, prot, populate: m.populate ?? false, name: m.name });
     maps.set(m.name, { addr, length: m.length, prot });
   }
   const map = (name?: string) => {

@@ -41,6 +41,11 @@ describe('configuration', () => {
       expect(row, `docs/configuration.md lacks ${v.name}`).toBeDefined();
     }
   });
+  it('listens beyond loopback only with tokens', () => {
+    expect(loadConfig({ HOST: '0.0.0.0', DEVMIRROR_TOKENS: 'compose-secret-1=*' }).host).toBe('0.0.0.0');
+    expect(loadConfig({ HOST: '127.0.0.2' }).host).toBe('127.0.0.2');
+    expect(loadConfig({ HOST: 'localhost' }).host).toBe('localhost');
+  });
   it('has working defaults', () => {
     const c = loadConfig({});
     expect(c).toMatchObject({ host: '127.0.0.1', port: 8080, memoryBytes: 64 * 1024 * 1024, numaNodes: 2, thp: 'madvise' });
@@ -54,6 +59,7 @@ describe('configuration', () => {
     [{ DEVMIRROR_THP: 'sometimes' }, /DEVMIRROR_THP/],
     [{ LOG_LEVEL: 'loud' }, /LOG_LEVEL/],
     [{ DEVMIRROR_MEMROY_MB: '64' }, /unknown variable DEVMIRROR_MEMROY_MB/],
+    [{ HOST: '0.0.0.0' }, /HOST=0.0.0.0 exposes the notifier channel.*DEVMIRROR_TOKENS/],
   ])('rejects %o with a clear message', (env, msg) => {
     expect(() => loadConfig(env)).toThrow(msg);
     try {

@@ -17,6 +17,12 @@ export interface ExternalDeviceOptions {
   token?: string;
   kind: DeviceKind;
   pid: number;
+  /**
+   * Called before every attachment (the first and after each reconnection): the pid and options to
+   * attach with then, overriding `pid` and `options` (a process found by name gets a new pid when
+   * the kernel restarts).
+   */
+  resolve?: () => Promise<{ pid: number; options?: Record<string, unknown> }>;
   name?: string;
   policy?: EventPolicy;
   options?: Record<string, unknown>;
@@ -42,7 +48,8 @@ export async function runExternalDevice(o: ExternalDeviceOptions): Promise<Runni
   const name = o.name ?? `${o.kind}-ext`;
   const client = new DeviceClient({ url: o.url, token: o.token, name, kind: o.kind, reconnect: true });
   const build = async (): Promise<{ host: SocketHost; device: Device }> => {
-    const host = new SocketHost(client, { pid: o.pid, kind: o.kind, name, policy: o.policy ?? 'faithful', options: o.options ?? {}, log });
+    const r = o.resolve ? await o.resolve() : { pid: o.pid, options: o.options };
+    const host = new SocketHost(client, { pid: r.pid, kind: o.kind, name, policy: o.policy ?? 'faithful', options: { ...o.options, ...r.options }, log });
     const device = make(host);
     host.mirrorSummary = () => device.summary();
     await device.attach();

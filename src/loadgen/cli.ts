@@ -16,6 +16,7 @@ import { measureBaselines } from './baselines.js';
 import { closeShards } from './shards.js';
 import { renderHtml } from './report-html.js';
 import { parseSweep, runSweep, type SweepDimension, type SweepReport } from './sweep.js';
+import { REMOTE_WORKLOADS, remoteSummary, renderRemoteHtml, runRemote, type RemoteOptions, type RemoteWorkload } from './remote.js';
 
 /** Keys a scenario file may hold: the BenchOptions plus `description`, `sweep` and `baselines`. */
 const SCENARIO_KEYS = new Set([...Object.keys(DEFAULT_BENCH), 'clients', 'ops', 'durationMs', 'replay', 'writeMix', 'description', 'sweep', 'baselines']);
@@ -25,7 +26,10 @@ export const BENCH_USAGE = `devmirror bench [--scenario FILE.json|FILE.yaml] [--
                 [--clients M (external clients over <= 4 processes)] [--dma-rate N] [--write-mix 0.3] [--duration 10s | --ops N] [--area-pages N] [--range-pages N]
                 [--pattern random|sequential|hotset] [--seed N] [--json FILE]
                 [--replay FILE.strace [--time-scale 0|1|...] [--density 0.05]]   (strace -f -tt -e trace=memory,openat,close)
-                [--sweep devices=1,2,4,8 | range=1,16,512 | policy=blind,faithful,aware | clients=1,10,100] [--baselines] [--html FILE.html]`;
+                [--sweep devices=1,2,4,8 | range=1,16,512 | policy=blind,faithful,aware | clients=1,10,100] [--baselines] [--html FILE.html]
+devmirror bench --target http://HOST:PORT --process NAME [--window MAPPING] [--workload madvise|mprotect|munmap|soft-dirty|mixed]
+                [--duration 10s | --ops N] [--range-pages N] [--area-pages N] [--concurrency N] [--json FILE] [--html FILE]
+                (load a running kernel service through its HTTP API; exits 1 if the sanitizer reports findings)`;
 
 function duration(s: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(s.trim());
@@ -45,6 +49,8 @@ export interface BenchCli {
   html?: string;
   sweep?: { dimension: SweepDimension; values: Array<number | string> };
   baselines: boolean;
+  /** --target: load a running kernel service instead of starting a system. */
+  remote?: RemoteOptions;
 }
 
 export function parseBenchArgs(argv: string[]): BenchCli {
@@ -71,6 +77,10 @@ export function parseBenchArgs(argv: string[]): BenchCli {
       html: { type: 'string' },
       'time-scale': { type: 'string' },
       density: { type: 'string' },
+      target: { type: 'string' },
+      process: { type: 'string' },
+      window: { type: 'string' },
+      concurrency: { type: 'string' },
     },
     strict: true,
   });
@@ -135,7 +145,34 @@ export function parseBenchArgs(argv: string[]): BenchCli {
     o.replay = { file: values.replay, timeScale: ts, ...(density !== undefined ? { density } : {}) };
   }
   if (!['faithful', 'aware', 'blind'].includes(o.policy)) throw new DevmirrorError('DM_ERR_VALIDATION', '--policy must be faithful, aware or blind');
-  return { options: o, json: values.json, html: values.html, sweep: values.sweep ? parseSweep(values.sweep) : undefined, baselines: values.baselines === true };
+  let remote: RemoteOptions | undefined;
+  if (values.target !== undefined) {
+    let url: URL;
+    try {
+      url = new URL(values.target);
+    } catch {
+      throw new DevmirrorError('DM_ERR_VALIDATION', `--target ${values.target} is not a URL (http://host:port)`);
+    }
+    if (!/^https?:$/.test(url.protocol)) throw new DevmirrorError('DM_ERR_VALIDATION', '--target must be an http(s):// URL');
+    if (!values.process) throw new DevmirrorError('DM_ERR_VALIDATION', '--target needs --process NAME');
+    if (!REMOTE_WORKLOADS.includes(o.workload as RemoteWorkload)) throw new DevmirrorError('DM_ERR_VALIDATION', `--target runs the workloads ${REMOTE_WORKLOADS.join(', ')}`);
+    if (values.sweep || values.replay || values.clients || values.baselines) throw new DevmirrorError('DM_ERR_VALIDATION', '--target does not take --sweep, --replay, --clients or --baselines');
+    remote = {
+      target: url.origin,
+      process: values.process,
+      ...(values.window ? { window: values.window } : {}),
+      workload: o.workload as RemoteWorkload,
+      ...(o.ops !== undefined ? { ops: o.ops } : {}),
+      ...(o.durationMs !== undefined ? { durationMs: o.durationMs } : {}),
+      rangePages: o.rangePages,
+      areaPages: o.areaPages,
+      seed: o.seed,
+      concurrency: values.concurrency ? Math.max(1, int('concurrency', values.concurrency)) : 1,
+    };
+  } else if (values.process || values.window || values.concurrency) {
+    throw new DevmirrorError('DM_ERR_VALIDATION', '--process, --window and --concurrency go with --target');
+  }
+  return { options: o, json: values.json, html: values.html, sweep: values.sweep ? parseSweep(values.sweep) : undefined, baselines: values.baselines === true, ...(remote ? { remote } : {}) };
 }
 
 export function summary(r: BenchReport): string {
@@ -168,6 +205,7 @@ export async function benchMain(argv: string[]): Promise<void> {
   }
   const cli = parseBenchArgs(argv);
   const { options, json } = cli;
+  if (cli.remote) return remoteMain(cli, cli.remote);
   const total = options.durationMs ?? options.ops ?? 0;
   const tty = process.stderr.isTTY === true;
   const bar = tty ? new cliProgress.SingleBar({ format: ' {label} {bar} {percentage}% | {ops} ops | {inv} invalidations', hideCursor: true }, cliProgress.Presets.shades_classic) : null;
@@ -220,4 +258,20 @@ export async function benchMain(argv: string[]): Promise<void> {
     process.stderr.write(`bench: HTML report in ${cli.html}\n`);
   }
   await closeShards();
+}
+
+/** `--target`: load a running service; the report's figures come from the service's API. */
+async function remoteMain(cli: BenchCli, o: RemoteOptions): Promise<void> {
+  process.stderr.write(`bench: ${o.workload} against ${o.process} at ${o.target}\n`);
+  const r = await runRemote(o, (d) => process.stderr.write(`bench ${o.workload}: ${(d.elapsedMs / 1000).toFixed(0)} s, ${d.ops} ops\n`));
+  process.stderr.write('\n' + remoteSummary(r));
+  const text = JSON.stringify(r, null, 2);
+  if (cli.json) writeFileSync(cli.json, text + '\n');
+  else process.stdout.write(text + '\n');
+  if (cli.html) {
+    writeFileSync(cli.html, renderRemoteHtml(r));
+    process.stderr.write(`bench: HTML report in ${cli.html}\n`);
+  }
+  // A load run that makes a device use stale memory has failed, whatever its latencies.
+  if (r.totals.findings > 0) process.exitCode = 1;
 }

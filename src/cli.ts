@@ -165,7 +165,8 @@ async function main(argv: string[]): Promise<void> {
       return device(argv.slice(1));
     case 'bench':
       await benchMain(argv.slice(1));
-      process.exit(0);
+      // benchMain sets exitCode 1 when a load run ends with sanitizer findings.
+      process.exit(process.exitCode ?? 0);
     case 'help':
     case '--help':
     case '-h':

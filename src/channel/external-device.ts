@@ -22,7 +22,7 @@ import { PAGE_SIZE } from '../kernel/layout.js';
 import { MmuIntervalNotifier, MmuNotifier } from '../notifier/subscriptions.js';
 import { ACK_OK, type PendingAck } from '../notifier/pending-ack.js';
 import { RANGE_BLOCKABLE, type NotifierRange } from '../notifier/range.js';
-import { Sanitizer, type Finding } from '../sanitizer/sanitizer.js';
+import { clipToSub, Sanitizer, type Finding } from '../sanitizer/sanitizer.js';
 import { DeviceServices } from '../devices/device-services.js';
 import { SocketAck, type SocketAckGroup } from './socket-ack.js';
 
@@ -191,7 +191,9 @@ export class ExternalDevice {
   private start(subId: number, pid: number, range: NotifierRange, curSeq: number): PendingAck | null {
     if (!this.alive) return null;
     const tick = this.sanitizer.tick();
-    this.sanitizer.started(range.id, pid, range.start, range.end, range.event, range.flags, tick);
+    const sub = this.subs.get(subId);
+    const [s0, e0] = clipToSub(range.start, range.end, sub?.kind === 'interval' ? sub : undefined);
+    this.sanitizer.started(range.id, subId, pid, s0, e0, range.event, range.flags, tick);
     const ack = new SocketAck(this.group, range.id, subId, (range.flags & RANGE_BLOCKABLE) !== 0);
     this.acks.set(`${range.id}:${subId}`, ack);
     this.handshake.starts++;
@@ -212,7 +214,7 @@ export class ExternalDevice {
 
   private end(subId: number, pid: number, range: NotifierRange): void {
     if (!this.alive) return;
-    this.sanitizer.ended(range.id, this.sanitizer.tick());
+    this.sanitizer.ended(range.id, subId, this.sanitizer.tick());
     this.handshake.ends++;
     this.port.invalidateEnd({ invalidationId: range.id, subscriptionId: subId, pid, start: range.start, end: range.end, event: range.event, flags: range.flags, owner: range.owner });
   }
@@ -267,7 +269,7 @@ export class ExternalDevice {
       }
       this.handshake.refused++;
     } else {
-      this.sanitizer.acked(invalidationId);
+      this.sanitizer.acked(invalidationId, subscriptionId);
       this.handshake.acks++;
     }
     ack.settle(ok);

@@ -55,6 +55,13 @@ interface Grant {
 
 interface Window {
   id: number;
+  /**
+   * The subscription the call was for. A device with several interval subscriptions gets one call
+   * per subscription for the same invalidation, each acknowledged on its own; a window covers its
+   * subscription's part of the range only, so the first acknowledgement does not revoke grants the
+   * device may still legitimately use under a subscription it has not been told about yet.
+   */
+  sub: number;
   pid: number;
   start: number;
   end: number;
@@ -176,13 +183,13 @@ export class Sanitizer {
   }
 
   /** An invalidation was delivered to the device (window opens). */
-  started(id: number, pid: number, start: number, end: number, event: number, flags: number, tick: number): void {
-    this.open.push({ id, pid, start, end, event, flags, startTick: tick, endTick: Infinity, acked: false, ended: false });
+  started(id: number, sub: number, pid: number, start: number, end: number, event: number, flags: number, tick: number): void {
+    this.open.push({ id, sub, pid, start, end, event, flags, startTick: tick, endTick: Infinity, acked: false, ended: false });
   }
 
-  private openWindow(id: number): Window | undefined {
+  private openWindow(id: number, sub: number): Window | undefined {
     const open = this.open;
-    for (let i = 0; i < open.length; i++) if (open[i].id === id) return open[i];
+    for (let i = 0; i < open.length; i++) if (open[i].id === id && open[i].sub === sub) return open[i];
     return undefined;
   }
 
@@ -207,16 +214,16 @@ export class Sanitizer {
    * (or downgraded). `skipped` marks an acknowledgement the device gave without acting (its own
    * MIGRATE/EXCLUSIVE): grants are revoked all the same; the migration replies grant the new pfns.
    */
-  acked(id: number): void {
-    const w = this.openWindow(id);
+  acked(id: number, sub: number): void {
+    const w = this.openWindow(id, sub);
     if (!w) return;
     w.acked = true;
     this.applyInRange(w, -Infinity, w.startTick);
   }
 
   /** The invalidation ended (published at `tick`): grants computed inside the window are stale too. */
-  ended(id: number, tick: number): void {
-    const w = this.openWindow(id);
+  ended(id: number, sub: number, tick: number): void {
+    const w = this.openWindow(id, sub);
     if (!w) return;
     w.ended = true;
     w.endTick = tick;
@@ -300,4 +307,10 @@ export class Sanitizer {
     this.onFinding?.(f);
     return f;
   }
+}
+
+/** The part of [start, end) a subscription covers (a whole-mm subscription covers everything). */
+export function clipToSub(start: number, end: number, sub: { start: number; end: number } | undefined): [number, number] {
+  if (!sub) return [start, end];
+  return [Math.max(start, sub.start), Math.min(end, sub.end)];
 }

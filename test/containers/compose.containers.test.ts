@@ -32,6 +32,12 @@ function unavailable(): string | null {
 const reason = unavailable();
 if (reason && process.env.CI === 'true') throw new Error(`Docker is required under CI=true: ${reason}`);
 
+// The monitoring profile's Prometheus, from the Debian package (no registry image here). Grafana
+// has no Debian package: its provisioning is validated with the compose file only.
+const hasPrometheus = has('sh', ['-c', 'command -v prometheus']);
+if (!hasPrometheus && process.env.CI === 'true') throw new Error('prometheus is required under CI=true (apt-get install prometheus)');
+const PROM_IMAGE = 'devmirror-prometheus:test';
+
 const PROJECT = `devmirror-test-${process.pid}`;
 const IMAGE = `devmirror:test-${process.pid}`;
 const BASE = 'devmirror-base:test';
@@ -49,6 +55,8 @@ const env = (): NodeJS.ProcessEnv => ({
   DEVMIRROR_PORT: '0', // an ephemeral host port, read back with `docker-compose port`
   DEVMIRROR_REPORTS: reports,
   LOADGEN_OPS: String(OPS),
+  PROMETHEUS_IMAGE: PROM_IMAGE,
+  PROMETHEUS_PORT: '0',
   DOCKER_BUILDKIT: '0', // the classic builder: no buildx needed
 });
 const run = (cmd: string, args: string[], timeout = 300_000): string => execFileSync(cmd, args, { cwd: ROOT, env: env(), encoding: 'utf8', timeout, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -97,9 +105,9 @@ describe.skipIf(reason !== null)('docker compose: the heterogeneous system in co
   afterAll(async () => {
     if (reason) return;
     try {
-      compose('down', '-v', '--remove-orphans', '--timeout', '20');
+      compose('--profile', 'monitoring', 'down', '-v', '--remove-orphans', '--timeout', '20');
     } finally {
-      spawnSync('docker', ['rmi', '-f', IMAGE], { stdio: 'ignore' });
+      spawnSync('docker', ['rmi', '-f', IMAGE, PROM_IMAGE], { stdio: 'ignore' });
       spawnSync('docker', ['image', 'prune', '-f', '--filter', 'label=devmirror.stage=app'], { stdio: 'ignore' });
       if (reports) rmSync(reports, { recursive: true, force: true });
       if (daemon) {
@@ -149,7 +157,7 @@ describe.skipIf(reason !== null)('docker compose: the heterogeneous system in co
   it('runs the load generator to completion and writes its report', async () => {
     // Attached: returns when the one-shot loadgen exits; its exit code says whether it failed.
     const r = spawnSync('docker-compose', ['run', '--rm', '--no-deps', 'loadgen'], { cwd: ROOT, env: env(), encoding: 'utf8', timeout: 300_000 });
-    expect(r.status, r.stderr).toBe(0);
+    expect(r.status, `loadgen exited ${r.status}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`).toBe(0);
     const report = JSON.parse(readFileSync(join(reports, 'loadgen.json'), 'utf8')) as {
       ops: number;
       errors: Record<string, number>;
@@ -169,6 +177,39 @@ describe.skipIf(reason !== null)('docker compose: the heterogeneous system in co
     expect(report.latency.map((l) => l.op).sort()).toEqual(['clear_refs soft-dirty', 'madvise DONTNEED', 'mprotect RO', 'mprotect RW']);
     expect(existsSync(join(reports, 'loadgen.html'))).toBe(true);
     expect(readFileSync(join(reports, 'loadgen.html'), 'utf8')).toContain('<svg');
+  }, 300_000);
+
+  it.skipIf(!hasPrometheus)('monitoring profile: Prometheus scrapes the kernel\'s /metrics', async () => {
+    run('scripts/docker-prometheus-image.sh', [PROM_IMAGE]);
+    compose('--profile', 'monitoring', 'up', '-d', '--no-build', '--no-deps', 'prometheus');
+    const promPort = Number(compose('port', 'prometheus', '9090').trim().split(':').pop());
+    await eventually(async () => {
+      const r = await fetch(`http://127.0.0.1:${promPort}/api/v1/query?query=devmirror_devices`, { signal: AbortSignal.timeout(5000) });
+      const j = (await r.json()) as { data: { result: Array<{ metric: Record<string, string>; value: [number, string] }> } };
+      // The scrape worked: the kernel's per-kind device gauge is there, with its external devices.
+      const total = j.data.result.reduce((x, m) => x + Number(m.value[1]), 0);
+      expect(total).toBeGreaterThanOrEqual(7); // four demo workers and three external clients
+    }, 120_000, 1000);
+  }, 300_000);
+
+  it('scales out with unique device names, and the clients re-attach after the kernel restarts', async () => {
+    compose('up', '-d', '--no-build', '--scale', 'gpu=2', 'gpu');
+    const external = async (): Promise<Dev[]> => (await api<{ items: Dev[] }>('/v1/devices')).items.filter((d) => d.transport === 'external');
+    await eventually(async () => {
+      const ext = await external();
+      expect(ext.filter((d) => d.kind === 'gpu' && d.state === 'running')).toHaveLength(2);
+      expect(new Set(ext.map((d) => d.name)).size).toBe(ext.length);
+    }, 120_000, 500);
+    const boot = (await api<{ bootId: string }>('/healthz')).bootId;
+    compose('restart', '--timeout', '20', 'kernel');
+    await eventually(async () => {
+      // A restarted container may get another ephemeral host port.
+      port = Number(compose('port', 'kernel', '8080').trim().split(':').pop());
+      expect((await api<{ bootId: string }>('/healthz')).bootId).not.toBe(boot);
+      const ext = await external();
+      // The new kernel has its own demo process; every client found it by name and attached again.
+      expect(ext.filter((d) => d.state === 'running').map((d) => d.kind).sort()).toEqual(['gpu', 'gpu', 'kvm', 'rdma']);
+    }, 120_000, 1000);
   }, 300_000);
 });
 

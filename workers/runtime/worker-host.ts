@@ -34,7 +34,7 @@ import {
 } from '../../src/kernel/layout.js';
 import { HMM_PFN } from '../../src/kernel/hmm.js';
 import { RANGE_BLOCKABLE } from '../../src/notifier/range.js';
-import { Sanitizer } from '../../src/sanitizer/sanitizer.js';
+import { clipToSub, Sanitizer } from '../../src/sanitizer/sanitizer.js';
 import { DeviceClient } from '../../src/client/device-client.js';
 import type {
   DeviceEvent,
@@ -432,8 +432,8 @@ export class WorkerHost implements DeviceHost {
     }
   }
 
-  private finish(slot: number, op: number, range: DevRange, ok: boolean): void {
-    if ((op === CALL_OP.INVALIDATE || op === CALL_OP.MM_START) && ok) this.sanitizer.acked(range.id);
+  private finish(slot: number, op: number, subId: number, range: DevRange, ok: boolean): void {
+    if ((op === CALL_OP.INVALIDATE || op === CALL_OP.MM_START) && ok) this.sanitizer.acked(range.id, subId);
     this.answer(slot, ok);
   }
 
@@ -442,7 +442,8 @@ export class WorkerHost implements DeviceHost {
     const sub = this.subs.get(subId);
     const f = this.faults;
     if (op === CALL_OP.INVALIDATE || op === CALL_OP.MM_START) {
-      this.sanitizer.started(range.id, range.pid, range.start, range.end, range.event, range.flags, range.tick);
+      const [s0, e0] = clipToSub(range.start, range.end, sub);
+      this.sanitizer.started(range.id, subId, range.pid, s0, e0, range.event, range.flags, range.tick);
       this.counters.invalidations = (this.counters.invalidations ?? 0) + 1;
     }
     if (f.hang) return; // never answers: the kernel evicts us after its deadline
@@ -450,8 +451,8 @@ export class WorkerHost implements DeviceHost {
     const refuse = f.refuseNonblock && !range.blockable && (op === CALL_OP.INVALIDATE || op === CALL_OP.MM_START);
     const done = (v: boolean | void): void => {
       const ok = refuse ? false : op === CALL_OP.RELEASE ? true : v !== false;
-      if (f.ackDelayUs && f.ackDelayUs > 0) void this.sleepUs(f.ackDelayUs).then(() => this.finish(slot, op, range, ok));
-      else this.finish(slot, op, range, ok);
+      if (f.ackDelayUs && f.ackDelayUs > 0) void this.sleepUs(f.ackDelayUs).then(() => this.finish(slot, op, subId, range, ok));
+      else this.finish(slot, op, subId, range, ok);
     };
     if (result instanceof Promise) {
       this.asyncPending++;
@@ -480,8 +481,9 @@ export class WorkerHost implements DeviceHost {
       origin: 0,
       tick: mb[base + ES.TICK],
     };
-    this.sanitizer.ended(id, range.tick);
-    invokeEnd(this.subs.get(mb[base + ES.SUB]), range);
+    const subId = mb[base + ES.SUB];
+    this.sanitizer.ended(id, subId, range.tick);
+    invokeEnd(this.subs.get(subId), range);
   }
 
   /** Takes every posted call and end. */

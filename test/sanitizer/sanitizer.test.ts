@@ -1,0 +1,68 @@
+/**
+ * The sanitizer's windows are per subscription: a device with several interval subscriptions gets
+ * one call per subscription for the same invalidation (the kernel calls each subscription's
+ * invalidate), acknowledges each on its own, and may go on using the pages of a subscription it
+ * has not been told about yet. (A whole-address-space SOFT_DIRTY reaching a gpu with many SVM
+ * ranges showed the bug this pins: the first acknowledgement revoked every grant.)
+ */
+import { describe, expect, it } from 'vitest';
+import { Kernel } from '../../src/kernel/kernel.js';
+import { MmuNotifierEvent } from '../../src/notifier/range.js';
+import { clipToSub, Sanitizer } from '../../src/sanitizer/sanitizer.js';
+
+const PAGE = 4096;
+const A = { start: 0x10000000, end: 0x10200000 };
+const B = { start: 0x10200000, end: 0x10400000 };
+const WHOLE = [0, 2 ** 64] as const;
+
+function setup(): { s: Sanitizer; gen: (pfn: number) => number } {
+  const k = new Kernel({ memoryBytes: 4 * 2 ** 20 });
+  const s = new Sanitizer(k.mem.handles.meta, 7);
+  return { s, gen: (pfn) => s.generation(pfn) };
+}
+
+describe('sanitizer windows', () => {
+  it('an acknowledgement revokes only its own subscription\'s part of the range', () => {
+    const { s, gen } = setup();
+    const pid = 100;
+    const vaA = A.start + PAGE;
+    const vaB = B.start + PAGE;
+    s.grant(pid, vaA, 10, gen(10), true, s.tick());
+    s.grant(pid, vaB, 11, gen(11), true, s.tick());
+    const t = s.tick();
+    // One invalidation (id 5) over the whole address space, one call per subscription.
+    s.started(5, 1, pid, ...clipToSub(WHOLE[0], WHOLE[1], A), MmuNotifierEvent.CLEAR, 0, t);
+    s.started(5, 2, pid, ...clipToSub(WHOLE[0], WHOLE[1], B), MmuNotifierEvent.CLEAR, 0, t);
+    s.acked(5, 1);
+    // Sub 1's page is gone; sub 2 has not acknowledged yet, so its page is still the device's.
+    expect(s.check(pid, vaA, 10, false)?.kind).toBe('stale');
+    expect(s.check(pid, vaB, 11, true)).toBeNull();
+    s.acked(5, 2);
+    expect(s.check(pid, vaB, 11, false)?.kind).toBe('stale');
+    s.ended(5, 1, s.tick());
+    s.ended(5, 2, s.tick());
+    expect(s.stats.findings).toBe(2);
+  });
+
+  it('a downgrade-only event (SOFT_DIRTY) takes write access per subscription, at its acknowledgement', () => {
+    const { s, gen } = setup();
+    const pid = 100;
+    s.grant(pid, A.start, 20, gen(20), true, s.tick());
+    s.grant(pid, B.start, 21, gen(21), true, s.tick());
+    const t = s.tick();
+    s.started(9, 1, pid, ...clipToSub(WHOLE[0], WHOLE[1], A), MmuNotifierEvent.SOFT_DIRTY, 0, t);
+    s.started(9, 2, pid, ...clipToSub(WHOLE[0], WHOLE[1], B), MmuNotifierEvent.SOFT_DIRTY, 0, t);
+    s.acked(9, 1);
+    expect(s.check(pid, A.start, 20, false)).toBeNull(); // still readable
+    expect(s.check(pid, A.start, 20, true)?.kind).toBe('write-ro');
+    expect(s.check(pid, B.start, 21, true)).toBeNull(); // sub 2 not told yet: a legitimate write
+    s.acked(9, 2);
+    expect(s.check(pid, B.start, 21, true)?.kind).toBe('write-ro');
+  });
+
+  it('clips a range to the subscription (a whole-mm subscription keeps it whole)', () => {
+    expect(clipToSub(0, 2 ** 64, A)).toEqual([A.start, A.end]);
+    expect(clipToSub(A.start + PAGE, B.end, A)).toEqual([A.start + PAGE, A.end]);
+    expect(clipToSub(5, 9, undefined)).toEqual([5, 9]);
+  });
+});

@@ -184,7 +184,10 @@ export class ExternalDevice {
     if (!proc) return;
     if (sub.notifier instanceof MmuIntervalNotifier) await proc.mm.notifier.removeInterval(sub.notifier);
     else await proc.mm.notifier.unregister(sub.notifier);
-    this.sanitizer.dropPid(sub.pid);
+    // Only what no remaining subscription of this process covers: the device keeps the rest (a
+    // gpu that retires one SVM range, or loses a race to create one, still uses the others).
+    const keep = [...this.subs.values()].filter((s) => s.pid === sub.pid).map((s) => [s.start, s.end] as const);
+    this.sanitizer.dropUncovered(sub.pid, sub.start, sub.end, keep);
   }
 
   /** Sends the start; null when the device is gone (nothing to wait for). */

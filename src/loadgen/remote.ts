@@ -69,6 +69,8 @@ export interface RemoteReport {
   /** Per operation: its HTTP round trip, which includes the invalidation fan-out. */
   latency: Array<{ op: string; count: number; us: Percentiles; histogram: number[] }>;
   devices: DeviceRow[];
+  /** The sanitizer's findings (the latest 20 per device) of every device that has any. */
+  findings: Array<{ device: string; findings: unknown[] }>;
   totals: { calls: number; answered: number; refused: number; checked: number; findings: number; devicesNotRunning: number };
 }
 
@@ -228,6 +230,13 @@ export async function runRemote(o: RemoteOptions, progress?: (done: { elapsedMs:
       findings: a.findings,
     });
   }
+  // A finding is a bug (in a device, or in devmirror): the report carries the evidence.
+  const findings: RemoteReport['findings'] = [];
+  for (const d of devices) {
+    if (d.findings === 0) continue;
+    const one = await api<{ sanitizer?: { findings?: unknown[] } }>(base, 'GET', `/v1/devices/${d.id}`).catch(() => null);
+    findings.push({ device: d.name, findings: (one?.sanitizer?.findings ?? []).slice(-20) });
+  }
   const latency = [...samples].map(([op, s]) => {
     const h = new Array<number>(32).fill(0);
     for (const v of s) h[log2(v)]++;
@@ -245,6 +254,7 @@ export async function runRemote(o: RemoteOptions, progress?: (done: { elapsedMs:
     opsPerSec: Math.round((done / durationMs) * 1000),
     latency,
     devices,
+    findings,
     totals: {
       calls: devices.reduce((x, d) => x + d.calls, 0),
       answered: devices.reduce((x, d) => x + d.answered, 0),
@@ -267,6 +277,7 @@ export function remoteSummary(r: RemoteReport): string {
     '',
     'device (transport)   state   calls  answered  refused  checked  findings',
     ...r.devices.map((d) => `  ${`${d.name} (${d.kind}, ${d.transport})`.padEnd(28)} ${d.state}  ${d.calls}  ${d.answered}  ${d.refused}  ${d.checked}  ${d.findings}`),
+    ...r.findings.flatMap((f) => [`\nsanitizer findings of ${f.device} (latest ${f.findings.length}):`, ...f.findings.map((x) => `  ${JSON.stringify(x)}`)]),
   ];
   return lines.join('\n') + '\n';
 }

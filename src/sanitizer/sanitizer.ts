@@ -261,6 +261,24 @@ export class Sanitizer {
   }
 
   /**
+   * The device gave up a subscription: it hears of no invalidation of [start, end) any more, so its
+   * grants there go (a later access is `unmapped`), except where another of its subscriptions still
+   * covers them (`keep`: [start, end) pairs). A device that drops one SVM range keeps using the
+   * others.
+   */
+  dropUncovered(pid: number, start: number, end: number, keep: ReadonlyArray<readonly [number, number]>): void {
+    const m = this.grants.get(pid);
+    if (!m) return;
+    for (const vpn of [...m.keys()]) {
+      const va = vpn * PAGE_SIZE;
+      if (va < start || va >= end) continue;
+      if (keep.some(([a, b]) => va >= a && va < b)) continue;
+      m.delete(vpn);
+    }
+    if (m.size === 0) this.grants.delete(pid);
+  }
+
+  /**
    * Checks one device access of the page at va through pfn. Returns the finding, or null. Call it
    * after the data moved, so a frame recycled during the access is caught by its generation.
    */

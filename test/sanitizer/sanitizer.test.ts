@@ -60,6 +60,20 @@ describe('sanitizer windows', () => {
     expect(s.check(pid, B.start, 21, true)?.kind).toBe('write-ro');
   });
 
+  it('a dropped subscription takes only the grants no other subscription covers', () => {
+    const { s, gen } = setup();
+    const pid = 100;
+    s.grant(pid, A.start, 30, gen(30), true, s.tick());
+    s.grant(pid, B.start, 31, gen(31), true, s.tick());
+    // Sub A goes, but a twin subscription over the same interval remains (a lost creation race).
+    s.dropUncovered(pid, A.start, A.end, [[A.start, A.end], [B.start, B.end]]);
+    expect(s.check(pid, A.start, 30, true)).toBeNull();
+    // Now nothing covers A: its grant goes, B's stays.
+    s.dropUncovered(pid, A.start, A.end, [[B.start, B.end]]);
+    expect(s.check(pid, A.start, 30, false)?.kind).toBe('unmapped');
+    expect(s.check(pid, B.start, 31, true)).toBeNull();
+  });
+
   it('clips a range to the subscription (a whole-mm subscription keeps it whole)', () => {
     expect(clipToSub(0, 2 ** 64, A)).toEqual([A.start, A.end]);
     expect(clipToSub(A.start + PAGE, B.end, A)).toEqual([A.start + PAGE, A.end]);

@@ -179,7 +179,12 @@ async function main(argv: string[]): Promise<void> {
 }
 
 main(process.argv.slice(2)).catch((e: unknown) => {
+  const sys = (e as { code?: string }).code;
   if (e instanceof DevmirrorError) process.stderr.write(`devmirror: ${e.code}: ${e.message}\n`);
+  else if (sys === 'ECONNREFUSED' || sys === 'ENOTFOUND' || sys === 'EHOSTUNREACH' || sys === 'ETIMEDOUT') {
+    // The peer is not there: say so, without a stack.
+    process.stderr.write(`devmirror: DM_ERR_UNREACHABLE: ${(e as Error).message}\n`);
+  }
   else process.stderr.write(`devmirror: ${(e as Error).stack ?? String(e)}\n`);
   process.exit(1);
 });

@@ -23,6 +23,8 @@ describe('error catalogue', () => {
       const s = ERRORS[code].status;
       if (code.startsWith('DM_ERR_') && ['DM_ERR_CONFIG', 'DM_ERR_INTERNAL', 'DM_ERR_SUBSCRIBER_BUG', 'DM_ERR_LAYOUT_MISMATCH'].includes(code)) {
         expect(s).toBe(500);
+      } else if (code === 'DM_ERR_UNREACHABLE') {
+        expect(s).toBe(502); // raised by command-line clients about their upstream, never served
       } else {
         expect(s).toBeGreaterThanOrEqual(400);
         expect(s).toBeLessThan(500);

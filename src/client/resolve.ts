@@ -22,7 +22,12 @@ export function apiBase(channelUrl: string): string {
 }
 
 async function getJson<T>(url: string): Promise<T> {
-  const res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
+  let res: Response;
+  try {
+    res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
+  } catch (e) {
+    throw new DevmirrorError('DM_ERR_UNREACHABLE', `GET ${url}: ${((e as Error).cause as Error | undefined)?.message ?? (e as Error).message}`);
+  }
   if (!res.ok) throw new DevmirrorError('DM_ERR_CONFLICT', `GET ${url}: HTTP ${res.status}`);
   return (await res.json()) as T;
 }

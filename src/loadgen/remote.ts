@@ -75,12 +75,17 @@ export interface RemoteReport {
 }
 
 async function api<T>(base: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
-  const res = await fetch(base + path, {
-    method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-    signal: AbortSignal.timeout(60_000),
-  });
+  let res: Response;
+  try {
+    res = await fetch(base + path, {
+      method,
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(60_000),
+    });
+  } catch (e) {
+    throw new DevmirrorError('DM_ERR_UNREACHABLE', `${method} ${base}${path}: ${((e as Error).cause as Error | undefined)?.message ?? (e as Error).message}`);
+  }
   const text = await res.text();
   if (!res.ok) {
     let code = 'DM_ERR_CONFLICT';

@@ -87,11 +87,6 @@ export class Kvm extends Device implements MmHandler {
     return s ? s.baseGfn + Math.floor((hva - s.hva) / PAGE_SIZE) : -1;
   }
 
-  private hvaOf(gfn: number): number {
-    const s = this.memslots.find((m) => gfn >= m.baseGfn && gfn < m.baseGfn + m.npages);
-    return s ? s.hva + (gfn - s.baseGfn) * PAGE_SIZE : -1;
-  }
-
   /** Gfn ranges of every memslot overlapping the hva range. */
   private gfnRanges(start: number, end: number): Array<[number, number]> {
     const out: Array<[number, number]> = [];

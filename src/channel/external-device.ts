@@ -22,7 +22,7 @@ import { PAGE_SIZE } from '../kernel/layout.js';
 import { MmuIntervalNotifier, MmuNotifier } from '../notifier/subscriptions.js';
 import { ACK_OK, type PendingAck } from '../notifier/pending-ack.js';
 import { RANGE_BLOCKABLE, type NotifierRange } from '../notifier/range.js';
-import { clipToSub, Sanitizer, type Finding } from '../sanitizer/sanitizer.js';
+import { Sanitizer, type Finding } from '../sanitizer/sanitizer.js';
 import { DeviceServices } from '../devices/device-services.js';
 import { SocketAck, type SocketAckGroup } from './socket-ack.js';
 
@@ -195,8 +195,7 @@ export class ExternalDevice {
     if (!this.alive) return null;
     const tick = this.sanitizer.tick();
     const sub = this.subs.get(subId);
-    const [s0, e0] = clipToSub(range.start, range.end, sub?.kind === 'interval' ? sub : undefined);
-    this.sanitizer.started(range.id, subId, pid, s0, e0, range.event, range.flags, tick);
+    this.sanitizer.started(range.id, subId, pid, range.start, range.end, range.event, range.flags, tick, sub?.kind === 'interval' ? sub : undefined);
     const ack = new SocketAck(this.group, range.id, subId, (range.flags & RANGE_BLOCKABLE) !== 0);
     this.acks.set(`${range.id}:${subId}`, ack);
     this.handshake.starts++;

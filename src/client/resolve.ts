@@ -5,6 +5,7 @@
  * The API is served on the same host and port as the notifier channel.
  */
 import { DevmirrorError } from '../errors.js';
+import { apiRequest } from './api.js';
 
 export interface Resolved {
   pid: number;
@@ -21,24 +22,18 @@ export function apiBase(channelUrl: string): string {
   return u.origin;
 }
 
-async function getJson<T>(url: string): Promise<T> {
-  let res: Response;
-  try {
-    res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
-  } catch (e) {
-    throw new DevmirrorError('DM_ERR_UNREACHABLE', `GET ${url}: ${((e as Error).cause as Error | undefined)?.message ?? (e as Error).message}`);
-  }
-  if (!res.ok) throw new DevmirrorError('DM_ERR_CONFLICT', `GET ${url}: HTTP ${res.status}`);
-  return (await res.json()) as T;
+/** The process (and mapping) of a notifier-channel URL's service, by name. */
+export function resolveTarget(channelUrl: string, processName: string, windowName?: string): Promise<Resolved> {
+  return resolveByName(apiBase(channelUrl), processName, windowName);
 }
 
-export async function resolveTarget(channelUrl: string, processName: string, windowName?: string): Promise<Resolved> {
-  const base = apiBase(channelUrl);
-  const list = await getJson<{ items: Array<{ pid: number; name: string; state?: string }> }>(`${base}/v1/processes`);
+/** The process (and mapping) by name, through the API at `base` (http://host:port). */
+export async function resolveByName(base: string, processName: string, windowName?: string): Promise<Resolved> {
+  const list = await apiRequest<{ items: Array<{ pid: number; name: string; state?: string }> }>(base, 'GET', '/v1/processes', undefined, 10_000);
   const p = list.items.find((x) => x.name === processName);
-  if (!p) throw new DevmirrorError('DM_ERR_NO_SUCH_PROCESS', `no process named ${processName} (processes: ${list.items.map((x) => x.name).join(', ') || 'none'})`);
+  if (!p) throw new DevmirrorError('DM_ERR_NO_SUCH_PROCESS', `no process named ${processName} at ${base} (processes: ${list.items.map((x) => x.name).join(', ') || 'none'})`);
   if (!windowName) return { pid: p.pid };
-  const maps = await getJson<{ items: Array<{ start: number; end: number; name: string | null }> }>(`${base}/v1/processes/${p.pid}/maps`);
+  const maps = await apiRequest<{ items: Array<{ start: number; end: number; name: string | null }> }>(base, 'GET', `/v1/processes/${p.pid}/maps`, undefined, 10_000);
   const m = maps.items.find((v) => v.name === windowName);
   if (!m) throw new DevmirrorError('DM_ERR_NO_SUCH_PROCESS', `process ${processName} (pid ${p.pid}) has no mapping named ${windowName}`);
   return { pid: p.pid, window: { start: m.start, end: m.end } };

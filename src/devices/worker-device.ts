@@ -517,7 +517,6 @@ export class WorkerDevice {
   }
 
   private async handleRequest(m: DeviceRequest): Promise<void> {
-    const k = this.k;
     try {
       switch (m.t) {
         case 'insert': {

@@ -50,3 +50,10 @@ export function table(rows: Array<Record<string, string | number>>): string {
 export function usSince(t0: bigint): number {
   return Number(process.hrtime.bigint() - t0) / 1000;
 }
+
+/** Bucket i counts samples in [2^i, 2^(i+1)) microseconds (bucket 0 also takes those below 1). */
+export function log2Histogram(samples: readonly number[]): number[] {
+  const b = new Array<number>(28).fill(0);
+  for (const v of samples) b[Math.max(0, Math.min(27, Math.floor(Math.log2(Math.max(1, v)))))]++;
+  return b;
+}

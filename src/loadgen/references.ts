@@ -88,15 +88,24 @@ export class ReferenceFanout {
     return this.roundAtomics();
   }
 
+  /**
+   * Rings every worker's doorbell with `value` (odd: a start, even: the end of round `seq`). The
+   * value is the whole message; the notify wakes a parked worker.
+   */
+  private publish(value: number): void {
+    const w = this.words;
+    for (let i = 0; i < this.n; i++) {
+      Atomics.store(w, REF.DOORBELLS + i, value);
+      Atomics.notify(w, REF.DOORBELLS + i, 1);
+    }
+  }
+
   private async roundAsync(): Promise<number> {
     const w = this.words;
     const t = process.hrtime.bigint();
     this.seq++;
     this.acksTarget += this.n;
-    for (let i = 0; i < this.n; i++) {
-      Atomics.store(w, REF.DOORBELLS + i, 2 * this.seq - 1);
-      Atomics.notify(w, REF.DOORBELLS + i, 1);
-    }
+    this.publish(2 * this.seq - 1);
     // As in roundAtomics: ACKS only grows, so a wait on the value last seen returns at once
     // ("not-equal") if an ack landed in between. A pending waitAsync does not keep the process
     // alive; the workers (ref'd) do.
@@ -106,10 +115,7 @@ export class ReferenceFanout {
       if (r.async) await r.value;
       v = Atomics.load(w, REF.ACKS);
     }
-    for (let i = 0; i < this.n; i++) {
-      Atomics.store(w, REF.DOORBELLS + i, 2 * this.seq);
-      Atomics.notify(w, REF.DOORBELLS + i, 1);
-    }
+    this.publish(2 * this.seq);
     return usSince(t);
   }
 
@@ -118,11 +124,7 @@ export class ReferenceFanout {
     const t = process.hrtime.bigint();
     this.seq++;
     this.acksTarget += this.n;
-    // Start: the odd doorbell value is the whole message; the notify wakes a parked worker.
-    for (let i = 0; i < this.n; i++) {
-      Atomics.store(w, REF.DOORBELLS + i, 2 * this.seq - 1);
-      Atomics.notify(w, REF.DOORBELLS + i, 1);
-    }
+    this.publish(2 * this.seq - 1);
     let v = Atomics.load(w, REF.ACKS);
     if (this.mode === 'spin') for (let i = this.spin; v < this.acksTarget && i > 0; i--) v = Atomics.load(w, REF.ACKS);
     // ACKS only grows; waiting on the value last seen never misses an ack (it changes the word).
@@ -130,11 +132,7 @@ export class ReferenceFanout {
       Atomics.wait(w, REF.ACKS, v);
       v = Atomics.load(w, REF.ACKS);
     }
-    // End is one-way.
-    for (let i = 0; i < this.n; i++) {
-      Atomics.store(w, REF.DOORBELLS + i, 2 * this.seq);
-      Atomics.notify(w, REF.DOORBELLS + i, 1);
-    }
+    this.publish(2 * this.seq); // the end is one-way
     return usSince(t);
   }
 

@@ -15,7 +15,10 @@
  * mapping the load generator maps itself and unmaps at the end.
  */
 import { DevmirrorError } from '../errors.js';
-import { machine, percentiles, type Percentiles } from '../lib/stats.js';
+import { log2Histogram, machine, percentiles, type Percentiles } from '../lib/stats.js';
+import { mulberry } from '../lib/random.js';
+import { apiRequest as api } from '../client/api.js';
+import { resolveByName } from '../client/resolve.js';
 import { esc, fmtUs, histogram } from './svg.js';
 
 const PAGE = 4096;
@@ -74,44 +77,7 @@ export interface RemoteReport {
   totals: { calls: number; answered: number; refused: number; checked: number; findings: number; devicesNotRunning: number };
 }
 
-async function api<T>(base: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
-  let res: Response;
-  try {
-    res = await fetch(base + path, {
-      method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(60_000),
-    });
-  } catch (e) {
-    throw new DevmirrorError('DM_ERR_UNREACHABLE', `${method} ${base}${path}: ${((e as Error).cause as Error | undefined)?.message ?? (e as Error).message}`);
-  }
-  const text = await res.text();
-  if (!res.ok) {
-    let code = 'DM_ERR_CONFLICT';
-    let message = text;
-    try {
-      const j = JSON.parse(text) as { code?: string; message?: string };
-      code = j.code ?? code;
-      message = j.message ?? text;
-    } catch {
-      // not JSON: keep the text
-    }
-    throw Object.assign(new Error(`${method} ${path}: HTTP ${res.status} ${code}: ${message}`), { code });
-  }
-  return (text ? JSON.parse(text) : {}) as T;
-}
 
-function mulberry(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function deviceRows(items: Array<Record<string, unknown>>): Map<number, DeviceRow> {
   const out = new Map<number, DeviceRow>();
@@ -135,24 +101,17 @@ function deviceRows(items: Array<Record<string, unknown>>): Map<number, DeviceRo
   return out;
 }
 
-const log2 = (us: number): number => Math.max(0, Math.min(31, Math.floor(Math.log2(Math.max(1, us)))));
 
 export async function runRemote(o: RemoteOptions, progress?: (done: { elapsedMs: number; ops: number }) => void): Promise<RemoteReport> {
   if (o.ops === undefined && o.durationMs === undefined) throw new DevmirrorError('DM_ERR_VALIDATION', 'give a duration or an operation count');
   if (!REMOTE_WORKLOADS.includes(o.workload)) throw new DevmirrorError('DM_ERR_VALIDATION', `--target runs ${REMOTE_WORKLOADS.join(', ')}`);
   const base = o.target.replace(/\/+$/, '');
-  const procs = await api<{ items: Array<{ pid: number; name: string }> }>(base, 'GET', '/v1/processes');
-  const proc = procs.items.find((p) => p.name === o.process);
-  if (!proc) throw new DevmirrorError('DM_ERR_NO_SUCH_PROCESS', `no process named ${o.process} at ${base}`);
-  const pid = proc.pid;
+  // munmap storms never touch a named mapping: they run on a scratch mapping of their own.
+  const { pid, window } = await resolveByName(base, o.process, o.workload !== 'munmap' ? o.window : undefined);
   let area: RemoteReport['area'];
   let scratch: { addr: number; length: number } | null = null;
-  if (o.window && o.workload !== 'munmap') {
-    const maps = await api<{ items: Array<{ start: number; end: number; name: string | null }> }>(base, 'GET', `/v1/processes/${pid}/maps`);
-    const m = maps.items.find((v) => v.name === o.window);
-    if (!m) throw new DevmirrorError('DM_ERR_NO_SUCH_PROCESS', `process ${o.process} has no mapping named ${o.window}`);
-    area = { start: m.start, end: m.end, source: `mapping ${o.window}` };
-  } else {
+  if (window) area = { ...window, source: `mapping ${o.window}` };
+  else {
     const length = o.areaPages * PAGE;
     const { addr } = await api<{ addr: number }>(base, 'POST', `/v1/processes/${pid}/mmap`, { length, prot: ['read', 'write'], populate: true, name: 'loadgen' });
     scratch = { addr, length };
@@ -242,11 +201,7 @@ export async function runRemote(o: RemoteOptions, progress?: (done: { elapsedMs:
     const one = await api<{ sanitizer?: { findings?: unknown[] } }>(base, 'GET', `/v1/devices/${d.id}`).catch(() => null);
     findings.push({ device: d.name, findings: (one?.sanitizer?.findings ?? []).slice(-20) });
   }
-  const latency = [...samples].map(([op, s]) => {
-    const h = new Array<number>(32).fill(0);
-    for (const v of s) h[log2(v)]++;
-    return { op, count: s.length, us: percentiles(s), histogram: h };
-  });
+  const latency = [...samples].map(([op, s]) => ({ op, count: s.length, us: percentiles(s), histogram: log2Histogram(s) }));
   return {
     bench: 'devmirror-remote',
     machine: machine(),

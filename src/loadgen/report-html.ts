@@ -5,14 +5,12 @@
  */
 import type { BenchReport } from './runner.js';
 import type { SweepReport } from './sweep.js';
-import { esc, fmtUs, histogram as svgHistogram, lineChart } from './svg.js';
+import { esc, fmtUs as fmt, histogram as svgHistogram, lineChart } from './svg.js';
 
 const histogram = (title: string, buckets: number[]): string => {
   const svg = svgHistogram(title, buckets);
   return svg ? `<figure>${svg}</figure>` : '';
 };
-
-const fmt = fmtUs;
 
 function runSection(r: BenchReport): string {
   const rows = r.byEventAndKind

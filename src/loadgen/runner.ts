@@ -12,7 +12,8 @@ import { EVENT_NAMES } from '../notifier/range.js';
 import { DeviceManager } from '../devices/device-manager.js';
 import { DEVICE_KINDS, type DeviceKind, type EventPolicy } from '../devices/protocol.js';
 import { DevmirrorError } from '../errors.js';
-import { machine, percentiles, type Percentiles } from '../lib/stats.js';
+import { log2Histogram, machine, percentiles, type Percentiles } from '../lib/stats.js';
+import { mulberry } from '../lib/random.js';
 import { WORKLOADS, step, type Pattern, type WorkloadContext, type WorkloadName } from './workloads.js';
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
@@ -96,24 +97,6 @@ export interface BenchReport {
   /** With --replay: what was replayed. */
   replay?: Omit<ReplayStats, 'writableRanges'> & { file: string; events: number; tasks: number };
   totals: { deviceFaults: number; refaults: number; checked: number; findings: number; evictions: number };
-}
-
-/** Bucket i counts samples in [2^i, 2^(i+1)) microseconds (bucket 0 also takes those below 1). */
-export function log2Histogram(samples: readonly number[]): number[] {
-  const b = new Array<number>(28).fill(0);
-  for (const v of samples) b[Math.max(0, Math.min(27, Math.floor(Math.log2(Math.max(1, v)))))]++;
-  return b;
-}
-
-function mulberry(seed: number): () => number {
-  let s = seed >>> 0 || 0x9e3779b9;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
 }
 
 export function validateBench(o: BenchOptions): void {

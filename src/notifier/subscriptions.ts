@@ -31,7 +31,7 @@
 import { DevmirrorError, invariant } from '../errors.js';
 import { ULONG_MAX } from '../kernel/layout.js';
 import { IntervalTree, type IntervalNode } from './interval-tree.js';
-import { MmuNotifierEvent, RANGE_BLOCKABLE, rangeBlockable, type NotifierRange } from './range.js';
+import { MmuNotifierEvent, RANGE_BLOCKABLE, type NotifierRange } from './range.js';
 import { ACK_OK, isPendingAck, waitAcks, type PendingAck } from './pending-ack.js';
 
 export const EAGAIN = -11;

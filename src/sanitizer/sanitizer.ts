@@ -182,9 +182,15 @@ export class Sanitizer {
     }
   }
 
-  /** An invalidation was delivered to the device (window opens). */
-  started(id: number, sub: number, pid: number, start: number, end: number, event: number, flags: number, tick: number): void {
-    this.open.push({ id, sub, pid, start, end, event, flags, startTick: tick, endTick: Infinity, acked: false, ended: false });
+  /**
+   * An invalidation was delivered to the device for subscription `sub` (window opens). `within` is
+   * the subscription's interval (none for a whole-mm subscription): the window covers only the part
+   * of [start, end) the subscription covers.
+   */
+  started(id: number, sub: number, pid: number, start: number, end: number, event: number, flags: number, tick: number, within?: { start: number; end: number }): void {
+    const s = within ? Math.max(start, within.start) : start;
+    const e = within ? Math.min(end, within.end) : end;
+    this.open.push({ id, sub, pid, start: s, end: e, event, flags, startTick: tick, endTick: Infinity, acked: false, ended: false });
   }
 
   private openWindow(id: number, sub: number): Window | undefined {
@@ -325,10 +331,4 @@ export class Sanitizer {
     this.onFinding?.(f);
     return f;
   }
-}
-
-/** The part of [start, end) a subscription covers (a whole-mm subscription covers everything). */
-export function clipToSub(start: number, end: number, sub: { start: number; end: number } | undefined): [number, number] {
-  if (!sub) return [start, end];
-  return [Math.max(start, sub.start), Math.min(end, sub.end)];
 }

@@ -8,7 +8,7 @@
 import { describe, expect, it } from 'vitest';
 import { Kernel } from '../../src/kernel/kernel.js';
 import { MmuNotifierEvent } from '../../src/notifier/range.js';
-import { clipToSub, Sanitizer } from '../../src/sanitizer/sanitizer.js';
+import { Sanitizer } from '../../src/sanitizer/sanitizer.js';
 
 const PAGE = 4096;
 const A = { start: 0x10000000, end: 0x10200000 };
@@ -31,8 +31,8 @@ describe('sanitizer windows', () => {
     s.grant(pid, vaB, 11, gen(11), true, s.tick());
     const t = s.tick();
     // One invalidation (id 5) over the whole address space, one call per subscription.
-    s.started(5, 1, pid, ...clipToSub(WHOLE[0], WHOLE[1], A), MmuNotifierEvent.CLEAR, 0, t);
-    s.started(5, 2, pid, ...clipToSub(WHOLE[0], WHOLE[1], B), MmuNotifierEvent.CLEAR, 0, t);
+    s.started(5, 1, pid, ...WHOLE, MmuNotifierEvent.CLEAR, 0, t, A);
+    s.started(5, 2, pid, ...WHOLE, MmuNotifierEvent.CLEAR, 0, t, B);
     s.acked(5, 1);
     // Sub 1's page is gone; sub 2 has not acknowledged yet, so its page is still the device's.
     expect(s.check(pid, vaA, 10, false)?.kind).toBe('stale');
@@ -50,8 +50,8 @@ describe('sanitizer windows', () => {
     s.grant(pid, A.start, 20, gen(20), true, s.tick());
     s.grant(pid, B.start, 21, gen(21), true, s.tick());
     const t = s.tick();
-    s.started(9, 1, pid, ...clipToSub(WHOLE[0], WHOLE[1], A), MmuNotifierEvent.SOFT_DIRTY, 0, t);
-    s.started(9, 2, pid, ...clipToSub(WHOLE[0], WHOLE[1], B), MmuNotifierEvent.SOFT_DIRTY, 0, t);
+    s.started(9, 1, pid, ...WHOLE, MmuNotifierEvent.SOFT_DIRTY, 0, t, A);
+    s.started(9, 2, pid, ...WHOLE, MmuNotifierEvent.SOFT_DIRTY, 0, t, B);
     s.acked(9, 1);
     expect(s.check(pid, A.start, 20, false)).toBeNull(); // still readable
     expect(s.check(pid, A.start, 20, true)?.kind).toBe('write-ro');
@@ -74,9 +74,14 @@ describe('sanitizer windows', () => {
     expect(s.check(pid, B.start, 31, true)).toBeNull();
   });
 
-  it('clips a range to the subscription (a whole-mm subscription keeps it whole)', () => {
-    expect(clipToSub(0, 2 ** 64, A)).toEqual([A.start, A.end]);
-    expect(clipToSub(A.start + PAGE, B.end, A)).toEqual([A.start + PAGE, A.end]);
-    expect(clipToSub(5, 9, undefined)).toEqual([5, 9]);
+  it('a whole-mm subscription (no interval) keeps the whole range', () => {
+    const { s, gen } = setup();
+    const pid = 100;
+    s.grant(pid, A.start, 40, gen(40), true, s.tick());
+    s.grant(pid, B.start, 41, gen(41), true, s.tick());
+    s.started(11, 3, pid, A.start + PAGE, B.end, MmuNotifierEvent.CLEAR, 0, s.tick());
+    s.acked(11, 3);
+    expect(s.check(pid, A.start, 40, true)).toBeNull(); // before the range
+    expect(s.check(pid, B.start, 41, false)?.kind).toBe('stale');
   });
 });

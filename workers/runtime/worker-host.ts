@@ -34,7 +34,7 @@ import {
 } from '../../src/kernel/layout.js';
 import { HMM_PFN } from '../../src/kernel/hmm.js';
 import { RANGE_BLOCKABLE } from '../../src/notifier/range.js';
-import { clipToSub, Sanitizer } from '../../src/sanitizer/sanitizer.js';
+import { Sanitizer } from '../../src/sanitizer/sanitizer.js';
 import { DeviceClient } from '../../src/client/device-client.js';
 import type {
   DeviceEvent,
@@ -442,8 +442,7 @@ export class WorkerHost implements DeviceHost {
     const sub = this.subs.get(subId);
     const f = this.faults;
     if (op === CALL_OP.INVALIDATE || op === CALL_OP.MM_START) {
-      const [s0, e0] = clipToSub(range.start, range.end, sub);
-      this.sanitizer.started(range.id, subId, range.pid, s0, e0, range.event, range.flags, range.tick);
+      this.sanitizer.started(range.id, subId, range.pid, range.start, range.end, range.event, range.flags, range.tick, sub);
       this.counters.invalidations = (this.counters.invalidations ?? 0) + 1;
     }
     if (f.hang) return; // never answers: the kernel evicts us after its deadline

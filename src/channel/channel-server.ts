@@ -53,7 +53,10 @@ export class ChannelServer implements SessionHost {
     opts: ChannelOptions = {},
   ) {
     this.tokens = opts.tokens ?? TokenTable.parse(undefined);
-    this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
+    // An option given as undefined keeps its default (Service passes `deadlineMs: undefined` when
+    // it has none: spreading it would have switched the acknowledgement deadline off).
+    const given = Object.fromEntries(Object.entries(opts.limits ?? {}).filter(([, v]) => v !== undefined));
+    this.limits = { ...DEFAULT_LIMITS, ...given };
     this.alloc = opts.allocateId ?? (() => fallbackId++);
     this.log = opts.log ?? (() => undefined);
     this.bindWorker = opts.bindWorker ?? (() => null);
@@ -72,22 +75,59 @@ export class ChannelServer implements SessionHost {
     dev.onFinding = (d, f) => this.onFinding?.(d, f);
     dev.onStateChange = (d) => {
       this.sessions.delete(s);
+      this.pruneClosed();
       this.onChange?.(d);
     };
     this.onChange?.(dev);
   }
 
+  /** Disconnected and evicted devices beyond `keepClosedDevices` are forgotten, oldest first. */
+  private pruneClosed(): void {
+    let closed = 0;
+    for (const d of this.devices.values()) if (!d.alive) closed++;
+    for (const [id, d] of this.devices) {
+      if (closed <= this.limits.keepClosedDevices) break;
+      if (d.alive) continue;
+      this.devices.delete(id);
+      closed--;
+    }
+  }
+
+  connectionsOf(token: string, except: Session | null = null): number {
+    let n = 0;
+    for (const s of this.sessions) if (s !== except && s.state !== 'closed' && s.token === token) n++;
+    return n;
+  }
+
+  /** Connections whose token has not been checked yet: no token at the upgrade, no Hello yet. */
+  private unauthenticated(): number {
+    let n = 0;
+    for (const s of this.sessions) if (s.state === 'hello' && !s.checkedAtUpgrade) n++;
+    return n;
+  }
+
   private readonly onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     const url = new URL(req.url ?? '/', 'http://x');
     if (url.pathname !== CHANNEL_PATH) return;
-    const reject = (status: number, text: string): void => {
-      socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Type: application/json\r\n\r\n${JSON.stringify({ code: status === 401 ? 'DM_ERR_UNAUTHORIZED' : 'DM_ERR_CONFLICT', message: text })}`);
+    const reject = (status: number, code: string, text: string): void => {
+      const retry = status === 503 ? 'Retry-After: 1\r\n' : '';
+      socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\n${retry}Content-Type: application/json\r\n\r\n${JSON.stringify({ code, message: text })}`);
     };
-    if (this.closing) return reject(503, 'shutting down');
+    if (this.closing) return reject(503, 'DM_ERR_CONFLICT', 'shutting down');
     const auth = req.headers.authorization;
     const token = auth?.startsWith('Bearer ') ? auth.slice(7).trim() : url.searchParams.get('token');
     // A token given at the upgrade is checked before any WebSocket exists.
-    if (token && !this.tokens.check(token) && !this.bindWorker(token)) return reject(401, 'unknown token');
+    if (token && !this.tokens.check(token) && !this.bindWorker(token)) return reject(401, 'DM_ERR_UNAUTHORIZED', 'unknown token');
+    // Connection floods are refused before any WebSocket (and its hello timer) exists.
+    if (this.sessions.size >= this.limits.maxConnections) {
+      return reject(503, 'DM_ERR_CHANNEL_LIMIT', `more than ${this.limits.maxConnections} connections`);
+    }
+    if (token && !token.startsWith('worker:') && this.connectionsOf(token) >= this.limits.maxConnectionsPerToken) {
+      return reject(503, 'DM_ERR_CHANNEL_LIMIT', `more than ${this.limits.maxConnectionsPerToken} connections with this token`);
+    }
+    if (!token && this.unauthenticated() >= this.limits.maxUnauthenticated) {
+      return reject(503, 'DM_ERR_CHANNEL_LIMIT', `more than ${this.limits.maxUnauthenticated} connections without a checked token: send it at the upgrade (Authorization: Bearer)`);
+    }
     this.wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
       const s = new Session(ws, this, token, `${req.socket.remoteAddress}:${req.socket.remotePort}`);
       this.sessions.add(s);

@@ -202,6 +202,16 @@ export function decodeMessage(type: string, buf: Uint8Array): Record<string, unk
   }
 }
 
+/**
+ * Every message kind a ClientFrame can carry: the members of its `body` oneof, in schema order,
+ * read from the generated code (a member is a field that, once set, becomes the frame's `body`).
+ * Tests iterate it so that a message kind added to the schema without a case fails them.
+ */
+export function clientFrameKinds(): ClientBody[] {
+  const fields = Object.keys(v1.ClientFrame.prototype);
+  return fields.filter((k) => (new v1.ClientFrame({ [k]: {} } as never) as unknown as { body?: string }).body === k) as ClientBody[];
+}
+
 /** Every message type name of the schema (for tests and tooling). */
 export function messageTypes(): string[] {
   return Object.keys(v1).filter((k) => typeof (v1 as unknown as Record<string, { encode?: unknown }>)[k]?.encode === 'function');

@@ -25,6 +25,7 @@ import { RANGE_BLOCKABLE, type NotifierRange } from '../notifier/range.js';
 import { Sanitizer, type Finding } from '../sanitizer/sanitizer.js';
 import { DeviceServices } from '../devices/device-services.js';
 import { SocketAck, type SocketAckGroup } from './socket-ack.js';
+import type { Grant } from './tokens.js';
 
 /** What the device sends; implemented by the session (frames out, with backpressure). */
 export interface ExternalPort {
@@ -88,6 +89,8 @@ export class ExternalDevice {
   private watchdog: NodeJS.Timeout | null = null;
   onFinding: ((d: ExternalDevice, f: Finding) => void) | null = null;
   onStateChange: ((d: ExternalDevice) => void) | null = null;
+  /** The grant of the token the client connected with. */
+  grant: Grant | null = null;
 
   constructor(
     private readonly k: Kernel,

@@ -49,6 +49,19 @@ export interface ChannelLimits {
   maxBufferedBytes: number;
   /** Unanswered invalidation older than this evicts the client. */
   deadlineMs: number;
+  /** Open connections (external clients and bound workers, authenticated or not); more are refused
+   * at the upgrade with HTTP 503 DM_ERR_CHANNEL_LIMIT. */
+  maxConnections: number;
+  /** Connections whose token is not checked yet (none at the upgrade, no Hello yet); more are
+   * refused at the upgrade with HTTP 503. A client that presents its token at the upgrade is
+   * checked there and does not count, so a flood of silent sockets cannot lock it out. */
+  maxUnauthenticated: number;
+  /** Open connections per token (counted from the upgrade when the token comes with it, else from
+   * the Hello): more are refused at the upgrade with HTTP 503, or closed at the Hello with 4429, so
+   * that one token's clients cannot take every connection. */
+  maxConnectionsPerToken: number;
+  /** Disconnected or evicted external devices kept for listing (the most recent ones). */
+  keepClosedDevices: number;
 }
 
 export const DEFAULT_LIMITS: ChannelLimits = {
@@ -60,6 +73,10 @@ export const DEFAULT_LIMITS: ChannelLimits = {
   helloTimeoutMs: 5000,
   maxBufferedBytes: 16 * 1024 * 1024,
   deadlineMs: 1000,
+  maxConnections: 4096,
+  maxUnauthenticated: 256,
+  maxConnectionsPerToken: 2048,
+  keepClosedDevices: 256,
 };
 
 /** A device worker's side of the kernel, for a worker that subscribes through the channel. */
@@ -72,6 +89,8 @@ export interface WorkerBinding {
 }
 
 export interface SessionHost {
+  /** Open connections that use this (non-worker) token, this one excluded. */
+  connectionsOf(token: string, except: Session): number;
   /** The worker a `worker:<id>:<secret>` token belongs to. */
   bindWorker(token: string): WorkerBinding | null;
   readonly kernel: Kernel;
@@ -104,6 +123,15 @@ export class Session implements ExternalPort {
   worker: WorkerBinding | null = null;
   grant: Grant | null = null;
   clientName = '';
+  /** The upgrade request carried a token and it was checked there. */
+  readonly checkedAtUpgrade: boolean;
+
+  /** The token this connection uses (counted against maxConnectionsPerToken); worker tokens are not. */
+  get token(): string | null {
+    if (this.grant) return this.grant.token;
+    if (this.worker || !this.checkedAtUpgrade || this.headerToken!.startsWith('worker:')) return null;
+    return this.headerToken;
+  }
   private pending = 0;
   private tokens: number;
   private lastRefill = Date.now();
@@ -126,6 +154,7 @@ export class Session implements ExternalPort {
     readonly remote: string,
   ) {
     this.log = host.log;
+    this.checkedAtUpgrade = headerToken !== null && headerToken !== '';
     this.tokens = host.limits.ratePerSec;
     ws.binaryType = 'nodebuffer';
     ws.on('message', (data, isBinary) => this.onMessage(data as Buffer, isBinary));
@@ -294,7 +323,7 @@ export class Session implements ExternalPort {
         this.commands.delete(num(f.requestId));
         if (w.timer) clearTimeout(w.timer);
         const r = f.commandReply;
-        if (r.ok) w.resolve(r.valueJson ? JSON.parse(r.valueJson) : null);
+        if (r.ok) w.resolve(r.valueJson ? parseCommandJson(r.valueJson) : null);
         else w.reject(new DevmirrorError((r.errorCode || 'DM_ERR_INTERNAL') as never, r.errorMessage));
         return;
       }
@@ -313,11 +342,17 @@ export class Session implements ExternalPort {
     if (token.startsWith('worker:')) return this.helloWorker(requestId, token);
     const grant = this.host.tokens.check(token);
     if (!grant) return this.close(CLOSE.UNAUTHORIZED, 'missing or unknown token');
+    const max = this.host.limits.maxConnectionsPerToken;
+    if (this.host.connectionsOf(grant.token, this) >= max) return this.close(CLOSE.RATE_LIMIT, `more than ${max} connections with this token`);
     this.grant = grant;
-    this.clientName = h.clientName || `client@${this.remote}`;
+    // Names end up in logs, the dashboard and (the kind) metric labels: bounded here.
+    this.clientName = (h.clientName || `client@${this.remote}`).slice(0, 64);
+    const kind = /^[A-Za-z0-9._-]{1,32}$/.test(h.deviceKind) ? h.deviceKind : 'external';
     const id = this.host.allocateId();
     const lim = this.host.limits;
-    this.device = new ExternalDevice(this.host.kernel, this.host.group, id, this.clientName, h.deviceKind || 'external', lim.deadlineMs, this);
+    this.device = new ExternalDevice(this.host.kernel, this.host.group, id, this.clientName, kind, lim.deadlineMs, this);
+    // The device belongs to its token: the control plane shows it to that token (docs/control-plane.md).
+    this.device.grant = grant;
     this.state = 'open';
     this.host.attached(this.device, this);
     const pids = [...this.host.kernel.processes.values()].filter((p) => TokenTable.allows(grant, p)).map((p) => p.pid);

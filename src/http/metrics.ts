@@ -8,6 +8,15 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { FastifyInstance } from 'fastify';
 import type { Service } from '../service.js';
 import { EVENT_NAMES } from '../notifier/range.js';
+import { DEVICE_KINDS } from '../devices/protocol.js';
+
+/**
+ * The device_kind label: the built-in personalities, the kernel's own subscribers, and `other` for
+ * whatever an external client calls itself (its Hello's device_kind is free text: a client that
+ * connected again and again under new kinds would otherwise add series without bound).
+ */
+const KINDS = new Set<string>([...DEVICE_KINDS, 'kernel', 'external']);
+export const kindLabel = (kind: string | null | undefined): string => (kind ? (KINDS.has(kind) ? kind : 'other') : 'kernel');
 
 /** Microsecond latencies as seconds, from 5 us to 10 s. */
 const BUCKETS = [5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1, 10];
@@ -37,7 +46,7 @@ export function installMetrics(app: FastifyInstance, svc: Service): Registry {
       const ev = EVENT_NAMES[rec.range.event] ?? 'UNKNOWN';
       invalidations.inc({ event: ev, result: rec.result });
       invalidation.observe({ event: ev }, Math.max(0, rec.endedUs - rec.startedUs) / 1e6);
-      for (const s of rec.subscribers) ack.observe({ event: ev, device_kind: s.info.deviceKind ?? 'kernel' }, Math.max(0, s.ackUs) / 1e6);
+      for (const s of rec.subscribers) ack.observe({ event: ev, device_kind: kindLabel(s.info.deviceKind) }, Math.max(0, s.ackUs) / 1e6);
     },
   });
   app.addHook('onClose', async () => unobserve());
@@ -72,7 +81,7 @@ export function installMetrics(app: FastifyInstance, svc: Service): Registry {
         const g = this as Gauge;
         g.reset();
         const sums = new Map<string, number>();
-        for (const d of devices()) sums.set(d.kind, (sums.get(d.kind) ?? 0) + value(d));
+        for (const d of devices()) sums.set(kindLabel(d.kind), (sums.get(kindLabel(d.kind)) ?? 0) + value(d));
         for (const [kind, v] of sums) g.set({ device_kind: kind }, v);
       },
     });

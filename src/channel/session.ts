@@ -323,7 +323,7 @@ export class Session implements ExternalPort {
         this.commands.delete(num(f.requestId));
         if (w.timer) clearTimeout(w.timer);
         const r = f.commandReply;
-        if (r.ok) w.resolve(r.valueJson ? parseCommandJson(r.valueJson) : null);
+        if (r.ok) w.resolve(r.valueJson ? JSON.parse(r.valueJson) : null);
         else w.reject(new DevmirrorError((r.errorCode || 'DM_ERR_INTERNAL') as never, r.errorMessage));
         return;
       }

@@ -47,6 +47,7 @@ async function serve(): Promise<void> {
       thp: cfg.thp,
     },
     tokens: cfg.tokens,
+    apiAuth: cfg.apiAuth,
     deadlineMs: cfg.ackDeadlineMs,
     channel: { maxPayload: cfg.channelMaxFrameBytes },
     logger: log,
@@ -120,18 +121,20 @@ async function device(argv: string[]): Promise<void> {
   const log = pino({ level: process.env.LOG_LEVEL ?? 'info', name: 'devmirror-device' });
   const kind = values.kind as DeviceKind;
   const dmaBase = parse('--dma', values.dma);
+  // Presented to the channel and, for --process lookups, to an API that requires tokens.
+  const token = values.token ?? process.env.DEVMIRROR_TOKEN ?? 'devmirror-local';
   // The DMA window of the current attachment (the named mapping moves when the kernel restarts).
   let dma = dmaBase;
   const resolve = values.process
     ? async (): Promise<{ pid: number; options?: Record<string, unknown> }> => {
-        const r = await resolveTarget(url.toString(), values.process!, values.window);
+        const r = await resolveTarget(url.toString(), values.process!, values.window, token);
         dma = r.window && Object.keys(dmaBase).length ? { start: r.window.start, end: r.window.end, ...dmaBase } : dmaBase;
         return { pid: r.pid, options: r.window ? windowOptions(kind, r.window) : {} };
       }
     : undefined;
   const dev = await runExternalDevice({
     url: url.toString(),
-    token: values.token ?? process.env.DEVMIRROR_TOKEN ?? 'devmirror-local',
+    token,
     kind,
     pid: Number(values.pid ?? 0),
     resolve,

@@ -26,7 +26,16 @@ export const ENV_VARS: readonly EnvVar[] = [
     description: 'Notifier-channel tokens and the processes each may use: `token=grant;...`, a grant is `*` or pids and process names separated by commas (tokens of 8+ characters); required when HOST is not a loopback address',
     default: 'the local token devmirror-local, all processes (with a warning; loopback HOST only)',
   },
-  { name: 'DEVMIRROR_TOKEN', description: 'The token `devmirror device` presents to the notifier channel (its --token overrides it); the service itself ignores it', default: 'devmirror-local' },
+  {
+    name: 'DEVMIRROR_API_AUTH',
+    description: 'Whether the HTTP API requires `Authorization: Bearer <token>` (a token of DEVMIRROR_TOKENS, acting with its grant): auto (exactly when DEVMIRROR_TOKENS is set), on or off (off is refused with a non-loopback HOST)',
+    default: 'auto',
+  },
+  {
+    name: 'DEVMIRROR_TOKEN',
+    description: 'The token the command-line clients present: `devmirror device` to the notifier channel and to the HTTP API (--process lookups), `devmirror bench --target` to the HTTP API (their --token overrides it); the service itself ignores it',
+    default: 'devmirror-local',
+  },
   { name: 'DEVMIRROR_ACK_DEADLINE_MS', description: 'How long a device (worker or external) may take to acknowledge an invalidation before it is evicted', default: '1000' },
   { name: 'DEVMIRROR_DEMO', description: 'Start the demo process `demo`, one device of each kind and a light workload (scenarios/demo.json): 1 or 0', default: '1' },
   { name: 'DEVMIRROR_CHANNEL_MAX_FRAME_KB', description: 'Largest notifier-channel frame a client may send, KiB', default: '1024' },
@@ -43,6 +52,8 @@ export interface Config {
   maxProcesses: number;
   thp: 'always' | 'madvise' | 'never';
   tokens: string | undefined;
+  /** The HTTP API requires a token (DEVMIRROR_API_AUTH resolved). */
+  apiAuth: boolean;
   ackDeadlineMs: number;
   channelMaxFrameBytes: number;
   demo: boolean;
@@ -86,6 +97,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!loopback && !env.DEVMIRROR_TOKENS?.trim()) {
     throw new DevmirrorError('DM_ERR_CONFIG', `HOST=${host} exposes the notifier channel beyond this machine: set DEVMIRROR_TOKENS (docs/configuration.md)`);
   }
+  // The API drives every process's memory: with tokens it asks for them too, unless told otherwise,
+  // and it is never left open on an interface others can reach.
+  const apiAuthMode = (env.DEVMIRROR_API_AUTH ?? 'auto').trim() || 'auto';
+  if (!['auto', 'on', 'off'].includes(apiAuthMode)) throw new DevmirrorError('DM_ERR_CONFIG', `DEVMIRROR_API_AUTH must be auto, on or off, got "${apiAuthMode}"`);
+  if (apiAuthMode === 'off' && !loopback) {
+    throw new DevmirrorError('DM_ERR_CONFIG', `DEVMIRROR_API_AUTH=off with HOST=${host} would let anyone who reaches it drive every process: use it on a loopback HOST only`);
+  }
+  const apiAuth = apiAuthMode === 'on' || (apiAuthMode === 'auto' && !!env.DEVMIRROR_TOKENS?.trim());
   return {
     host,
     port: int(env, 'PORT', 8080, 0, 65535),
@@ -97,6 +116,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxProcesses: int(env, 'DEVMIRROR_MAX_PROCESSES', 1024, 1, 65536),
     thp: thp as Config['thp'],
     tokens: env.DEVMIRROR_TOKENS,
+    apiAuth,
     ackDeadlineMs: int(env, 'DEVMIRROR_ACK_DEADLINE_MS', 1000, 10, 600_000),
     channelMaxFrameBytes: int(env, 'DEVMIRROR_CHANNEL_MAX_FRAME_KB', 1024, 16, 65536) * 1024,
     demo: int(env, 'DEVMIRROR_DEMO', 1, 0, 1) === 1,

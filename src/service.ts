@@ -18,6 +18,8 @@ export interface ServiceOptions {
   eventCapacity?: number;
   /** DEVMIRROR_TOKENS syntax; undefined = the embedded local default. */
   tokens?: string;
+  /** Whether the HTTP API requires a token (DEVMIRROR_API_AUTH); default: exactly when `tokens` is set. */
+  apiAuth?: boolean;
   channel?: Partial<ChannelLimits>;
   /** Acknowledgement deadline of worker devices, ms. */
   deadlineMs?: number;
@@ -34,6 +36,8 @@ export class Service {
   readonly channel: ChannelServer;
   private unobserve: () => void;
   ready = false;
+  /** The HTTP API requires a token of the channel's table (src/http/auth.ts). */
+  readonly apiAuth: boolean;
 
   constructor(opts: ServiceOptions = {}) {
     const logger = opts.logger;
@@ -43,6 +47,7 @@ export class Service {
     this.unobserve = this.kernel.observe({ onInvalidation: (rec) => this.events.add(rec) });
     this.devices = new DeviceManager(this.kernel, { deadlineMs: opts.deadlineMs, log, logger });
     const tokens = TokenTable.parse(opts.tokens);
+    this.apiAuth = opts.apiAuth ?? !tokens.usingDefault;
     if (tokens.usingDefault) log('warn', 'DEVMIRROR_TOKENS is not set: the notifier channel accepts the embedded local token "devmirror-local" for every process (local use only)');
     this.channel = new ChannelServer(this.kernel, {
       tokens,

@@ -3,15 +3,25 @@
  * names, `devmirror bench --target`). A service that cannot be reached is `DM_ERR_UNREACHABLE`; an
  * HTTP error keeps the service's own error code (`code` on the thrown error), so callers can count
  * refusals by code.
+ *
+ * A service that requires tokens (DEVMIRROR_API_AUTH, docs/control-plane.md) gets the client's
+ * token as `Authorization: Bearer`; one that does not ignores it.
  */
 import { DevmirrorError } from '../errors.js';
 
-export async function apiRequest<T>(base: string, method: 'GET' | 'POST', path: string, body?: unknown, timeoutMs = 60_000): Promise<T> {
+/** Where the API is: `http(s)://host:port`, or that with the token to present. */
+export type ApiEndpoint = string | { base: string; token?: string };
+
+export async function apiRequest<T>(api: ApiEndpoint, method: 'GET' | 'POST', path: string, body?: unknown, timeoutMs = 60_000): Promise<T> {
+  const { base, token } = typeof api === 'string' ? { base: api, token: undefined } : api;
+  const headers: Record<string, string> = {};
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (token) headers.authorization = `Bearer ${token}`;
   let res: Response;
   try {
     res = await fetch(base + path, {
       method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       signal: AbortSignal.timeout(timeoutMs),
     });
@@ -29,6 +39,7 @@ export async function apiRequest<T>(base: string, method: 'GET' | 'POST', path: 
     } catch {
       // not JSON: keep the text
     }
+    if (res.status === 401) message += token ? ' (the token given was refused)' : ' (give one with --token or DEVMIRROR_TOKEN)';
     throw Object.assign(new Error(`${method} ${path}: HTTP ${res.status} ${code}: ${message}`), { code });
   }
   return (text ? JSON.parse(text) : {}) as T;

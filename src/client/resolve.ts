@@ -5,7 +5,7 @@
  * The API is served on the same host and port as the notifier channel.
  */
 import { DevmirrorError } from '../errors.js';
-import { apiRequest } from './api.js';
+import { apiRequest, type ApiEndpoint } from './api.js';
 
 export interface Resolved {
   pid: number;
@@ -22,18 +22,19 @@ export function apiBase(channelUrl: string): string {
   return u.origin;
 }
 
-/** The process (and mapping) of a notifier-channel URL's service, by name. */
-export function resolveTarget(channelUrl: string, processName: string, windowName?: string): Promise<Resolved> {
-  return resolveByName(apiBase(channelUrl), processName, windowName);
+/** The process (and mapping) of a notifier-channel URL's service, by name (the token, if the API requires one). */
+export function resolveTarget(channelUrl: string, processName: string, windowName?: string, token?: string): Promise<Resolved> {
+  return resolveByName({ base: apiBase(channelUrl), token }, processName, windowName);
 }
 
-/** The process (and mapping) by name, through the API at `base` (http://host:port). */
-export async function resolveByName(base: string, processName: string, windowName?: string): Promise<Resolved> {
-  const list = await apiRequest<{ items: Array<{ pid: number; name: string; state?: string }> }>(base, 'GET', '/v1/processes', undefined, 10_000);
+/** The process (and mapping) by name, through the API at `api` (http://host:port, and a token). */
+export async function resolveByName(api: ApiEndpoint, processName: string, windowName?: string): Promise<Resolved> {
+  const base = typeof api === 'string' ? api : api.base;
+  const list = await apiRequest<{ items: Array<{ pid: number; name: string; state?: string }> }>(api, 'GET', '/v1/processes', undefined, 10_000);
   const p = list.items.find((x) => x.name === processName);
   if (!p) throw new DevmirrorError('DM_ERR_NO_SUCH_PROCESS', `no process named ${processName} at ${base} (processes: ${list.items.map((x) => x.name).join(', ') || 'none'})`);
   if (!windowName) return { pid: p.pid };
-  const maps = await apiRequest<{ items: Array<{ start: number; end: number; name: string | null }> }>(base, 'GET', `/v1/processes/${p.pid}/maps`, undefined, 10_000);
+  const maps = await apiRequest<{ items: Array<{ start: number; end: number; name: string | null }> }>(api, 'GET', `/v1/processes/${p.pid}/maps`, undefined, 10_000);
   const m = maps.items.find((v) => v.name === windowName);
   if (!m) throw new DevmirrorError('DM_ERR_NO_SUCH_PROCESS', `process ${processName} (pid ${p.pid}) has no mapping named ${windowName}`);
   return { pid: p.pid, window: { start: m.start, end: m.end } };

@@ -29,6 +29,7 @@ export const BENCH_USAGE = `devmirror bench [--scenario FILE.json|FILE.yaml] [--
                 [--sweep devices=1,2,4,8 | range=1,16,512 | policy=blind,faithful,aware | clients=1,10,100] [--baselines] [--html FILE.html]
 devmirror bench --target http://HOST:PORT --process NAME [--window MAPPING] [--workload madvise|mprotect|munmap|soft-dirty|mixed]
                 [--duration 10s | --ops N] [--range-pages N] [--area-pages N] [--concurrency N] [--json FILE] [--html FILE]
+                [--token T (or DEVMIRROR_TOKEN), for a service whose API requires one]
                 (load a running kernel service through its HTTP API; exits 1 if the sanitizer reports findings)`;
 
 function duration(s: string): number {
@@ -78,6 +79,7 @@ export function parseBenchArgs(argv: string[]): BenchCli {
       'time-scale': { type: 'string' },
       density: { type: 'string' },
       target: { type: 'string' },
+      token: { type: 'string' },
       process: { type: 'string' },
       window: { type: 'string' },
       concurrency: { type: 'string' },
@@ -168,9 +170,11 @@ export function parseBenchArgs(argv: string[]): BenchCli {
       areaPages: o.areaPages,
       seed: o.seed,
       concurrency: values.concurrency ? Math.max(1, int('concurrency', values.concurrency)) : 1,
+      // For a service whose API requires a token (DEVMIRROR_API_AUTH).
+      ...((values.token ?? process.env.DEVMIRROR_TOKEN) ? { token: values.token ?? process.env.DEVMIRROR_TOKEN } : {}),
     };
-  } else if (values.process || values.window || values.concurrency) {
-    throw new DevmirrorError('DM_ERR_VALIDATION', '--process, --window and --concurrency go with --target');
+  } else if (values.process || values.window || values.concurrency || values.token) {
+    throw new DevmirrorError('DM_ERR_VALIDATION', '--process, --window, --concurrency and --token go with --target');
   }
   return { options: o, json: values.json, html: values.html, sweep: values.sweep ? parseSweep(values.sweep) : undefined, baselines: values.baselines === true, ...(remote ? { remote } : {}) };
 }

@@ -41,6 +41,8 @@ export interface RemoteOptions {
   seed: number;
   /** Concurrent requests (each its own syscall, as threads of the program would issue them). */
   concurrency: number;
+  /** The token for a service whose API requires one (never written to the report). */
+  token?: string;
 }
 
 interface DeviceRow {
@@ -106,21 +108,22 @@ export async function runRemote(o: RemoteOptions, progress?: (done: { elapsedMs:
   if (o.ops === undefined && o.durationMs === undefined) throw new DevmirrorError('DM_ERR_VALIDATION', 'give a duration or an operation count');
   if (!REMOTE_WORKLOADS.includes(o.workload)) throw new DevmirrorError('DM_ERR_VALIDATION', `--target runs ${REMOTE_WORKLOADS.join(', ')}`);
   const base = o.target.replace(/\/+$/, '');
+  const ep = { base, token: o.token };
   // munmap storms never touch a named mapping: they run on a scratch mapping of their own.
-  const { pid, window } = await resolveByName(base, o.process, o.workload !== 'munmap' ? o.window : undefined);
+  const { pid, window } = await resolveByName(ep, o.process, o.workload !== 'munmap' ? o.window : undefined);
   let area: RemoteReport['area'];
   let scratch: { addr: number; length: number } | null = null;
   if (window) area = { ...window, source: `mapping ${o.window}` };
   else {
     const length = o.areaPages * PAGE;
-    const { addr } = await api<{ addr: number }>(base, 'POST', `/v1/processes/${pid}/mmap`, { length, prot: ['read', 'write'], populate: true, name: 'loadgen' });
+    const { addr } = await api<{ addr: number }>(ep, 'POST', `/v1/processes/${pid}/mmap`, { length, prot: ['read', 'write'], populate: true, name: 'loadgen' });
     scratch = { addr, length };
     area = { start: addr, end: addr + length, source: 'scratch mapping loadgen' };
   }
   const pages = (area.end - area.start) / PAGE;
   const range = Math.max(1, Math.min(o.rangePages, pages));
   const rng = mulberry(o.seed);
-  const before = deviceRows((await api<{ items: Array<Record<string, unknown>> }>(base, 'GET', '/v1/devices')).items);
+  const before = deviceRows((await api<{ items: Array<Record<string, unknown>> }>(ep, 'GET', '/v1/devices')).items);
   const samples = new Map<string, number[]>();
   const errors: Record<string, number> = {};
   const order: RemoteWorkload[] = o.workload === 'mixed' ? ['madvise', 'mprotect', 'soft-dirty', ...(scratch ? (['munmap'] as const) : [])] : [o.workload];
@@ -132,7 +135,7 @@ export async function runRemote(o: RemoteOptions, progress?: (done: { elapsedMs:
   const timed = async (name: string, path: string, body: unknown): Promise<void> => {
     const t = performance.now();
     try {
-      await api(base, 'POST', path, body);
+      await api(ep, 'POST', path, body);
       let s = samples.get(name);
       if (!s) samples.set(name, (s = []));
       s.push((performance.now() - t) * 1000);
@@ -177,10 +180,10 @@ export async function runRemote(o: RemoteOptions, progress?: (done: { elapsedMs:
   try {
     await Promise.all(Array.from({ length: Math.max(1, o.concurrency) }, () => worker()));
   } finally {
-    if (scratch) await api(base, 'POST', `/v1/processes/${pid}/munmap`, scratch).catch(() => undefined);
+    if (scratch) await api(ep, 'POST', `/v1/processes/${pid}/munmap`, scratch).catch(() => undefined);
   }
   const durationMs = performance.now() - t0;
-  const after = deviceRows((await api<{ items: Array<Record<string, unknown>> }>(base, 'GET', '/v1/devices')).items);
+  const after = deviceRows((await api<{ items: Array<Record<string, unknown>> }>(ep, 'GET', '/v1/devices')).items);
   const devices: DeviceRow[] = [];
   for (const [id, a] of after) {
     const b = before.get(id);
@@ -198,14 +201,15 @@ export async function runRemote(o: RemoteOptions, progress?: (done: { elapsedMs:
   const findings: RemoteReport['findings'] = [];
   for (const d of devices) {
     if (d.findings === 0) continue;
-    const one = await api<{ sanitizer?: { findings?: unknown[] } }>(base, 'GET', `/v1/devices/${d.id}`).catch(() => null);
+    const one = await api<{ sanitizer?: { findings?: unknown[] } }>(ep, 'GET', `/v1/devices/${d.id}`).catch(() => null);
     findings.push({ device: d.name, findings: (one?.sanitizer?.findings ?? []).slice(-20) });
   }
   const latency = [...samples].map(([op, s]) => ({ op, count: s.length, us: percentiles(s), histogram: log2Histogram(s) }));
   return {
     bench: 'devmirror-remote',
     machine: machine(),
-    options: o,
+    // The token stays out of the JSON and HTML reports.
+    options: { ...o, token: undefined },
     pid,
     area,
     ops: done,

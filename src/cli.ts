@@ -14,6 +14,7 @@ import { resolveTarget, windowOptions } from './client/resolve.js';
 import { hostname } from 'node:os';
 import { startDemo, type Demo } from './demo.js';
 import { benchMain } from './loadgen/cli.js';
+import { replayMain, soakMain } from './soak/cli.js';
 import { CHANNEL_PATH } from './channel/channel-server.js';
 import { DEVICE_KINDS, EVENT_POLICIES, type DeviceKind, type EventPolicy } from './devices/protocol.js';
 
@@ -30,6 +31,10 @@ commands:
                  (re)attachment; --window makes the named mapping the DMA window (and the rdma MR,
                  the kvm memslot)
   bench        load-test invalidation fan-out (options: devmirror bench --help, docs/benchmarks.md)
+  soak         chaos soak: every device kind, random syscalls and kernel activity, injected
+               faults, checked for lost writes, stale accesses, leaks (devmirror soak --help,
+               docs/reliability.md)
+  replay FILE  run a soak record again with its seed; how often its problems come back
   help         this text
 
 configuration comes from the environment: see docs/configuration.md`;
@@ -170,6 +175,10 @@ async function main(argv: string[]): Promise<void> {
       await benchMain(argv.slice(1));
       // benchMain sets exitCode 1 when a load run ends with sanitizer findings.
       process.exit(process.exitCode ?? 0);
+    case 'soak':
+      process.exit(await soakMain(argv.slice(1)));
+    case 'replay':
+      process.exit(await replayMain(argv.slice(1)));
     case 'help':
     case '--help':
     case '-h':

@@ -89,6 +89,7 @@ export class ChannelServer implements SessionHost {
       if (closed <= this.limits.keepClosedDevices) break;
       if (d.alive) continue;
       this.devices.delete(id);
+      this.kernel.pagemaps.delete(id);
       closed--;
     }
   }

@@ -13,6 +13,7 @@
  * outstanding acknowledgements count as answered only after the socket is closed (it can no longer
  * touch memory) and its subscriptions are removed as on unregister.
  */
+import { commandJson, parseCommandJson } from './command-json.js';
 import type { WebSocket } from 'ws';
 import { DevmirrorError } from '../errors.js';
 import type { Kernel, Process } from '../kernel/kernel.js';
@@ -257,7 +258,7 @@ export class Session implements ExternalPort {
       }, timeoutMs) : null;
       timer?.unref();
       this.commands.set(id, { resolve, reject, timer });
-      this.send({ requestId: id, command: { name, argsJson: JSON.stringify(args) } });
+      this.send({ requestId: id, command: { name, argsJson: commandJson(args) } });
     });
   }
 
@@ -323,7 +324,7 @@ export class Session implements ExternalPort {
         this.commands.delete(num(f.requestId));
         if (w.timer) clearTimeout(w.timer);
         const r = f.commandReply;
-        if (r.ok) w.resolve(r.valueJson ? JSON.parse(r.valueJson) : null);
+        if (r.ok) w.resolve(r.valueJson ? parseCommandJson(r.valueJson) : null);
         else w.reject(new DevmirrorError((r.errorCode || 'DM_ERR_INTERNAL') as never, r.errorMessage));
         return;
       }

@@ -18,6 +18,7 @@
  * every reconnection the client emits 'reconnected' ({ bootChanged }) and the application must
  * subscribe and fault again (a new boot id also means every pfn it held is meaningless).
  */
+import { commandJson, parseCommandJson } from '../channel/command-json.js';
 import { EventEmitter } from 'node:events';
 import WebSocket from 'ws';
 import { DevmirrorError } from '../errors.js';
@@ -324,13 +325,13 @@ export class DeviceClient extends EventEmitter {
           if (!this.connected) return;
           this.sendFrame({
             requestId: id,
-            commandReply: ok ? { ok: true, valueJson: JSON.stringify(value ?? null) } : { ok: false, errorCode: e?.code ?? 'DM_ERR_VALIDATION', errorMessage: e?.message ?? '' },
+            commandReply: ok ? { ok: true, valueJson: commandJson(value) } : { ok: false, errorCode: e?.code ?? 'DM_ERR_VALIDATION', errorMessage: e?.message ?? '' },
           });
         };
         if (!h) return answer(false, null, { code: 'DM_ERR_VALIDATION', message: `unknown command ${c.name}` });
         let args: Record<string, unknown> = {};
         try {
-          args = c.argsJson ? JSON.parse(c.argsJson) : {};
+          args = c.argsJson ? (parseCommandJson(c.argsJson) as Record<string, unknown>) : {};
         } catch {
           return answer(false, null, { code: 'DM_ERR_VALIDATION', message: 'arguments are not JSON' });
         }

@@ -69,6 +69,16 @@ export class DeviceManager {
     this.logger = opts.logger;
     const spin = new AdaptiveSpin(this.cores, undefined, () => this.liveCount());
     this.group = new WorkerAckGroup(undefined, spin);
+    // A device belongs to its process as test_hmm's file belongs to the process that opened it:
+    // the exit closes it (dmirror_fops_release), after exit_mmap released its mirror. Without
+    // this, every device of an exited process would keep its worker thread forever.
+    k.observe({
+      onProcessExit: (p) => {
+        for (const d of this.devices.values()) {
+          if (d.alive && d.pid === p.pid) void d.stop().catch((e: Error) => this.log('warn', 'stopping the device of an exited process failed', { device: d.name, error: e.message }));
+        }
+      },
+    });
   }
 
   /**
@@ -124,6 +134,7 @@ export class DeviceManager {
     dev.onFinding = (d, f) => this.onFinding?.(d, f);
     dev.onStateChange = (d) => {
       this.rebalanceSpin();
+      if (!d.alive) this.pruneDead();
       this.onChange?.(d);
     };
     this.devices.set(id, dev);
@@ -147,6 +158,25 @@ export class DeviceManager {
     this.rebalanceSpin();
     this.log('info', 'device attached', { device: name, deviceId: id, kind: req.kind, pid: proc.pid, policy });
     return dev;
+  }
+
+  /** Dead devices kept for the API and dashboard (what happened to them), newest; older ones are forgotten. */
+  keepDeadDevices = 64;
+
+  /**
+   * Forgets the oldest dead devices beyond keepDeadDevices (a service that runs for days with
+   * devices crashing and restarting must not keep every one: the soak's memory check).
+   */
+  private pruneDead(): void {
+    let dead = 0;
+    for (const d of this.devices.values()) if (!d.alive) dead++;
+    for (const [id, d] of this.devices) {
+      if (dead <= this.keepDeadDevices) break;
+      if (d.alive) continue;
+      this.devices.delete(id);
+      this.k.pagemaps.delete(id);
+      dead--;
+    }
   }
 
   /** The live worker a channel token (`worker:<id>:<secret>`) belongs to, or null. */

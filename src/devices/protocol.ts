@@ -29,6 +29,19 @@ export interface DmaConfig {
   transferUs: number;
   /** Bytes touched per access. */
   bytes: number;
+  /**
+   * Journal tag (the soak's lost-write check): when set, every write stores `[tag, seq]` (two
+   * little-endian u32) at the start of the page and the engine journals the last write applied to
+   * each page, so that a checker can compare memory with what the device wrote.
+   */
+  journalTag?: number;
+}
+
+/** The reply of the `dma-quiesce` command: DMA stopped, nothing in flight, and the journal. */
+export interface DmaQuiesced {
+  /** [va, tag, seq] of every page written since the previous `dma-quiesce`, the last write each. */
+  journal: Array<[number, number, number]>;
+  stats: Record<string, number>;
 }
 
 export interface FaultInjection {

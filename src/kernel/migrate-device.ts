@@ -211,7 +211,6 @@ export async function migrateToDevice(
   let holeRange = null;
   if (Number.isFinite(firstHole)) holeRange = await k.notify(mm, MmuNotifierEvent.MIGRATE, firstHole, end, 'device_migration', owner);
   let moved = 0;
-  const tick = k.mem.tick();
   try {
     for (const c of holeChunks) {
       if (mm.pt.load(c.pmdIdx) !== 0) {
@@ -257,6 +256,10 @@ export async function migrateToDevice(
   } finally {
     if (holeRange) k.notifyEnd(mm, holeRange);
   }
+  // The device maps the new pages after migrate_vma_finalize, so they are granted from here: a
+  // tick taken inside the holes' MIGRATE window would date the grants before that window closed,
+  // and the sanitizer would rightly call the device's first access to them stale.
+  const tick = k.mem.tick();
   for (const c of hugeDone) {
     for (let i = 0; i < PMD_PAGES; i++) pages.push({ va: c.haddr + i * PAGE_SIZE, src: c.old === 0 ? -1 : ptePfn(c.old), dst: c.devHead + i });
     moved += PMD_PAGES;

@@ -244,6 +244,13 @@ export class MmuNotifierSubscriptions {
     return this.list.length + this.itree.size;
   }
 
+  /** Who is subscribed now, whole-mm and interval (leak checks, observers). */
+  subscribers(): SubscriberInfo[] {
+    const out = this.list.map((s) => s.info);
+    for (const s of this.itree.overlapping(0, Number.MAX_VALUE)) out.push(s.info);
+    return out;
+  }
+
   /** True while invalidations are open that froze the tree (seq odd). */
   isInvalidating(): boolean {
     return (this.invalidateSeq & 1) === 1;

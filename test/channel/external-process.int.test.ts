@@ -56,8 +56,12 @@ describe('external device processes', () => {
     await k.write(p.pid, a, new Uint8Array(8 * PAGE).fill(0x42));
     const cli = device(`http://127.0.0.1:${h.port}`, 'dmirror', p.pid);
     const dev = await attached(h, cli, 'dmirror-ext');
-    const r = await dev.command<{ ret: number; cpages: number; faults: number; data: number[] | string }>('read', { addr: a, npages: 4 });
+    const r = await dev.command<{ ret: number; cpages: number; faults: number; data: Uint8Array }>('read', { addr: a, npages: 4 });
     expect(r.cpages).toBe(4);
+    // Page data crosses the socket as bytes (command-json), as it does a worker's postMessage.
+    expect(r.data).toBeInstanceOf(Uint8Array);
+    expect(r.data.length).toBe(4 * PAGE);
+    expect(r.data.every((b) => b === 0x42)).toBe(true);
     expect(r.faults).toBe(1);
     await k.munmap(p.pid, a, 8 * PAGE);
     expect(dev.handshake.acks).toBeGreaterThanOrEqual(1);

@@ -2,7 +2,7 @@
  * "Data is never lost": a seeded random mix of syscalls, CPU loads/stores, fork/exit and kernel
  * activity (reclaim and swap, compaction, NUMA migration, KSM, THP collapse/split, writeback,
  * device-memory migration) against a small kernel, checked against an independent shadow model
- * (test/helpers/shadow-memory.ts) that predicts the contents of every mapped page.
+ * (src/soak/shadow-memory.ts) that predicts the contents of every mapped page.
  *
  * Replay a failure with DEVMIRROR_SEED=<seed> npx vitest run test/kernel/data-integrity.test.ts
  * (DEVMIRROR_SEED=1,2,3 runs several). Soak: DEVMIRROR_OPS=<n> operations per seed. Debugging:
@@ -22,7 +22,7 @@ import {
   pageContents,
   type AccessOutcome,
   type Backing,
-} from '../helpers/shadow-memory.js';
+} from '../../src/soak/shadow-memory.js';
 
 const MiB = 1024 * 1024;
 const PMD = 2 * MiB;

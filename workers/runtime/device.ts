@@ -36,6 +36,7 @@ export abstract class Device implements DmaTarget {
     this.dma = new DmaEngine(host, this);
     this.ramFrames = host.ramFrames;
     host.onCommand('dma', (args) => this.dma.configure(args as Partial<DmaConfig>));
+    host.onCommand('dma-quiesce', () => this.dma.quiesce());
     host.onCommand('dma-access', async (args) => this.dma.access(Number(args.addr), Boolean(args.write)));
     // A kernel launch touching a buffer: one access per page, in order, faulting as needed.
     host.onCommand('dma-sweep', async (args) => {

@@ -6,7 +6,7 @@
  * range (`drain`) before the device answers, or the sanitizer sees the late access.
  */
 import { PAGE_SIZE } from '../../src/kernel/layout.js';
-import type { DmaConfig } from '../../src/devices/protocol.js';
+import type { DmaConfig, DmaQuiesced } from '../../src/devices/protocol.js';
 import type { DeviceHost } from './host.js';
 
 export interface DmaTarget {
@@ -41,6 +41,8 @@ export const DEFAULT_DMA: DmaConfig = { rate: 0, pattern: 'random', writeMix: 0.
 export class DmaEngine {
   config: DmaConfig = { ...DEFAULT_DMA };
   private readonly inflight = new Set<InFlight>();
+  /** Every access from its first step (a fault it awaits included) to its end: what quiesce waits for. */
+  private readonly started = new Set<Promise<boolean>>();
   private timer: NodeJS.Timeout | null = null;
   private period = 0;
   private cursor = 0;
@@ -49,6 +51,9 @@ export class DmaEngine {
   private seq = 1;
   readonly stats = { accesses: 0, reads: 0, writes: 0, faults: 0, errors: 0, drains: 0, drainWaits: 0 };
   private readonly buf = new Uint8Array(PAGE_SIZE);
+  private readonly bufWords = new DataView(this.buf.buffer);
+  /** Journal (config.journalTag set): va -> [tag, seq] of the last write applied since the last quiesce. */
+  private readonly journal = new Map<number, [number, number]>();
 
   constructor(
     private readonly host: DeviceHost,
@@ -132,7 +137,15 @@ export class DmaEngine {
    * One device access to the page at va: translate (faulting as needed), then move the data after
    * the transfer time, with the translation held in flight.
    */
-  async access(va: number, write: boolean, data?: Uint8Array): Promise<boolean> {
+  access(va: number, write: boolean, data?: Uint8Array): Promise<boolean> {
+    const p = this.doAccess(va, write, data);
+    this.started.add(p);
+    const done = (): void => void this.started.delete(p);
+    p.then(done, done);
+    return p;
+  }
+
+  private async doAccess(va: number, write: boolean, data?: Uint8Array): Promise<boolean> {
     let pfn = this.target.lookup(va, write);
     for (let tries = 0; pfn < 0; tries++) {
       if (tries > 16) {
@@ -154,9 +167,21 @@ export class DmaEngine {
       if (this.config.transferUs > 0) await this.host.sleepUs(this.config.transferUs);
       const len = Math.min(this.config.bytes, PAGE_SIZE);
       if (write) {
-        const src = data ?? this.buf.fill((this.seq++ & 0xff) | 1, 0, len);
-        const pending = this.host.access(va, pfn, true, src, 0, 0, len);
+        const seq = this.seq++;
+        const tag = data ? undefined : this.config.journalTag;
+        let src = data ?? this.buf.fill((seq & 0xff) | 1, 0, len);
+        let n = len;
+        if (tag !== undefined) {
+          n = Math.max(8, len);
+          this.bufWords.setUint32(0, tag >>> 0, true);
+          this.bufWords.setUint32(4, seq >>> 0, true);
+          src = this.buf;
+        }
+        const pending = this.host.access(va, pfn, true, src, 0, 0, n);
         if (pending) await pending;
+        // Journalled once applied: a worker's write is synchronous, a socket host's replies come
+        // back in the order the kernel applied them, so the last entry is the page's last write.
+        if (tag !== undefined) this.journal.set(va, [tag >>> 0, seq >>> 0]);
         this.stats.writes++;
       } else {
         const pending = this.host.access(va, pfn, false, this.buf, 0, 0, len);
@@ -169,6 +194,20 @@ export class DmaEngine {
       this.inflight.delete(op);
       finish();
     }
+  }
+
+  /**
+   * Stops issuing accesses, waits until none is in flight, and hands over (and clears) the journal:
+   * after this, memory holds the journalled stamp of every page unless someone else wrote it.
+   */
+  async quiesce(): Promise<DmaQuiesced> {
+    this.stop();
+    // Not only the accesses holding a translation: one still faulting writes once its fault is in.
+    while (this.started.size > 0) await Promise.allSettled([...this.started]);
+    const journal: DmaQuiesced['journal'] = [];
+    for (const [va, [tag, seq]] of this.journal) journal.push([va, tag, seq]);
+    this.journal.clear();
+    return { journal, stats: { ...this.stats } };
   }
 
   /** Waits until no in-flight access touches [start, end). */

@@ -146,7 +146,15 @@ export interface DeviceHost {
  */
 export function invokeCall(sub: DevSub | undefined, op: number, range: DevRange, curSeq: number): boolean | void | Promise<boolean | void> {
   if (!sub) return true;
-  if (op === CALL_OP.INVALIDATE) return (sub.handler as IntervalHandler).invalidate(sub, range, curSeq);
+  if (op === CALL_OP.INVALIDATE) {
+    // The kernel's copy of this subscription's invalidate_seq was set to curSeq when the call was
+    // published (it cannot wait for the device's setSeq), and readBegin returns the kernel's copy:
+    // the device's copy must move with it before the handler runs, or a handler that skips setSeq
+    // (test_hmm skips its own MIGRATE) leaves the two apart and every later readRetry fails
+    // (a fault retrying until EBUSY). Setting it early only adds retries, never hides one.
+    sub.setSeq(curSeq);
+    return (sub.handler as IntervalHandler).invalidate(sub, range, curSeq);
+  }
   const h = sub.handler as MmHandler;
   switch (op) {
     case CALL_OP.MM_START:

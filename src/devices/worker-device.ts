@@ -124,7 +124,7 @@ export class WorkerDevice {
   mirror: MirrorSummary = { pages: 0, writable: 0, devicePages: 0, objects: 0 };
   readonly findings: Finding[] = [];
   faults: FaultInjection = {};
-  readonly handshake = { calls: 0, answered: 0, refused: 0, evictions: 0, protocolErrors: 0, lateAnswers: 0 };
+  readonly handshake = { calls: 0, answered: 0, refused: 0, evictions: 0, protocolErrors: 0, lateAnswers: 0, endsDeferred: 0 };
 
   private worker: Worker | null = null;
   private readonly slots: Array<CallAck | null> = new Array(CALL_SLOTS).fill(null);
@@ -292,18 +292,58 @@ export class WorkerDevice {
     if (w) w();
   }
 
+  /**
+   * Ends the ring had no room for, oldest first. An end is never dropped: a device that misses one
+   * keeps the range "in progress" for ever (KVM's mmu_invalidate_in_progress; its faults on the
+   * range would retry until they give up). A device falls END_SLOTS ends behind when it gets no
+   * core for a while, not only when it is dead (a dead one is evicted by its call deadline).
+   */
+  private overflowEnds: Array<{ subId: number; range: NotifierRange }> = [];
+  private overflowTimer: NodeJS.Timeout | null = null;
+
   private postEnd(subId: number, range: NotifierRange): void {
     if (!this.alive) return;
-    const mb = this.mailbox;
-    // END_TAIL sits on the device's line: read it only when our cached copy says the ring may be
-    // full (each read pulls the line across cores).
-    if (this.endHead - this.endTailSeen >= END_SLOTS) this.endTailSeen = Atomics.load(mb, MB.END_TAIL);
-    if (this.endHead - this.endTailSeen >= END_SLOTS) {
-      // The device is END_SLOTS ends behind: it is not consuming; drop (it will be evicted by
-      // its call deadline) rather than overwrite unread ends.
-      this.handshake.protocolErrors++;
+    // Keep the order: nothing goes into the ring while older ends wait outside it.
+    if (this.overflowEnds.length > 0 || !this.endRoom()) {
+      this.overflowEnds.push({ subId, range });
+      this.handshake.endsDeferred++;
+      this.group.deferRing(this);
+      this.flushOverflowLater();
       return;
     }
+    this.writeEnd(subId, range);
+  }
+
+  /** Room for one more end in the ring (re-reading the device's tail only when the cache says full). */
+  private endRoom(): boolean {
+    // END_TAIL sits on the device's line: read it only when our cached copy says the ring may be
+    // full (each read pulls the line across cores).
+    if (this.endHead - this.endTailSeen >= END_SLOTS) this.endTailSeen = Atomics.load(this.mailbox, MB.END_TAIL);
+    return this.endHead - this.endTailSeen < END_SLOTS;
+  }
+
+  /** Moves waiting ends into the ring as the device frees slots; retries every millisecond. */
+  private flushOverflowLater(): void {
+    if (this.overflowTimer) return;
+    this.overflowTimer = setTimeout(() => {
+      this.overflowTimer = null;
+      if (!this.alive) {
+        this.overflowEnds = [];
+        return;
+      }
+      while (this.overflowEnds.length > 0 && this.endRoom()) {
+        const e = this.overflowEnds.shift()!;
+        this.writeEnd(e.subId, e.range);
+      }
+      if (this.overflowEnds.length > 0) {
+        this.group.deferRing(this);
+        this.flushOverflowLater();
+      }
+    }, 1);
+  }
+
+  private writeEnd(subId: number, range: NotifierRange): void {
+    const mb = this.mailbox;
     const slot = this.endHead % END_SLOTS;
     const base = MB_ENDS_OFFSET + slot * END_SLOT_WORDS;
     mb[base + ES.SUB] = subId;

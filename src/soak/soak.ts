@@ -570,7 +570,10 @@ class Soak {
       const n = p.mm.notifier;
       for (const r of n.openRanges()) parts.push(`pid ${p.pid} ${EVENT_NAMES[r.event]} #${r.id} [0x${r.start.toString(16)}, 0x${r.end.toString(16)}) from ${r.origin}`);
       if (n.isInvalidating() && n.openRanges().length === 0) parts.push(`pid ${p.pid} seq ${n.invalidateSeq} odd with no open range`);
+      const l = p.mm.mmapLock;
+      if (l.writeLocked || l.readLocked > 0 || l.waiting > 0) parts.push(`pid ${p.pid} mmap lock: ${l.writeLocked ? 'write-held' : `${l.readLocked} readers`}, ${l.waiting} waiting`);
     }
+    for (const f of this.svc.kernel.folioLocks.held()) parts.push(`folio ${f.key} locked by ${f.holder} (${f.waiters} waiting)`);
     for (const r of this.roles) if (r.device && r.alive) parts.push(`${r.name}: ${r.device.state}`);
     return parts.length ? `open: ${parts.join('; ')}` : 'no invalidation open';
   }

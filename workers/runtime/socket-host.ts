@@ -95,7 +95,8 @@ export class SocketHost implements DeviceHost {
       if (f.ackDelayUs && f.ackDelayUs > 0) return this.sleepUs(f.ackDelayUs).then(() => ok);
       return ok;
     };
-    const r = invokeCall(sub, op, range, e.curSeq);
+    // Refuse before doing anything: no end follows a refused start (see worker-host.ts).
+    const r = refuse ? false : invokeCall(sub, op, range, e.curSeq);
     return r instanceof Promise ? r.then(finish, () => finish(true)) : finish(r);
   }
 

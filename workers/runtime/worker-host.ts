@@ -446,8 +446,11 @@ export class WorkerHost implements DeviceHost {
       this.counters.invalidations = (this.counters.invalidations ?? 0) + 1;
     }
     if (f.hang) return; // never answers: the kernel evicts us after its deadline
-    const result = invokeCall(sub, op, range, curSeq);
     const refuse = f.refuseNonblock && !range.blockable && (op === CALL_OP.INVALIDATE || op === CALL_OP.MM_START);
+    // A refusing device refuses before doing anything (drivers return -EAGAIN before they take a
+    // lock): the kernel sends no end for a refused start, so a handler that had run would keep
+    // the range in progress for ever.
+    const result = refuse ? false : invokeCall(sub, op, range, curSeq);
     const done = (v: boolean | void): void => {
       const ok = refuse ? false : op === CALL_OP.RELEASE ? true : v !== false;
       if (f.ackDelayUs && f.ackDelayUs > 0) void this.sleepUs(f.ackDelayUs).then(() => this.finish(slot, op, subId, range, ok));

@@ -9,6 +9,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Service } from '../service.js';
 import { EVENT_NAMES } from '../notifier/range.js';
 import { DEVICE_KINDS } from '../devices/protocol.js';
+import { access } from './auth.js';
 
 /**
  * The device_kind label: the built-in personalities, the kernel's own subscribers, and `other` for
@@ -118,7 +119,9 @@ export function installMetrics(app: FastifyInstance, svc: Service): Registry {
     },
   });
 
-  app.get('/metrics', async (_req, reply) => {
+  // No token: aggregates with bounded labels (event, result, device kind), no pids, names or data,
+  // so that a scraper needs no secret (docs/control-plane.md, Security).
+  app.get('/metrics', { config: access('public') }, async (_req, reply) => {
     reply.type(reg.contentType);
     return reg.metrics();
   });

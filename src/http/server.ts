@@ -5,6 +5,7 @@ import swaggerUi from '@fastify/swagger-ui';
 import type { Logger } from 'pino';
 import type { Service } from '../service.js';
 import { installErrorHandling } from './errors.js';
+import { installAuth } from './auth.js';
 import { kernelRoutes } from './routes/kernel.js';
 import { observeRoutes } from './routes/observe.js';
 import { processRoutes } from './routes/processes.js';
@@ -29,11 +30,15 @@ export async function buildServer(svc: Service, opts: ServerOptions = {}): Promi
     ajv: { customOptions: { removeAdditional: false, allErrors: false } },
   });
   installErrorHandling(app);
+  // First: every route registered from here on declares its access (src/http/auth.ts).
+  installAuth(app, svc, svc.apiAuth);
   // OpenAPI from the routes' TypeBox schemas (registered before the routes: it collects them as
   // they are added), with the UI at /docs and the document at /docs/json.
   await app.register(swagger, {
     openapi: {
       info: { title: 'devmirror control plane', version: '1', description: 'Drive and watch the emulated kernel, its devices and the notifier channel (see docs/ and shared/spec/API.md).' },
+      // Required when DEVMIRROR_API_AUTH is on (docs/control-plane.md, Security).
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'a token of DEVMIRROR_TOKENS' } } },
     },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });

@@ -74,12 +74,12 @@ export class EventLog {
 
   /**
    * Without `since`: the newest `limit` entries, oldest first. With `since`: the entries after it,
-   * oldest first. `pid` filters (the filter applies before the limit).
+   * oldest first. `pid` and `filter` select entries (before the limit).
    */
-  query(opts: { since?: number; limit?: number; pid?: number } = {}): EventPage {
+  query(opts: { since?: number; limit?: number; pid?: number; filter?: (e: EventEntry) => boolean } = {}): EventPage {
     const limit = Math.max(1, Math.min(opts.limit ?? 100, this.capacity));
     const oldest = Math.max(1, this.next - this.capacity);
-    const match = (e: EventEntry | undefined): e is EventEntry => !!e && (opts.pid === undefined || e.pid === opts.pid);
+    const match = (e: EventEntry | undefined): e is EventEntry => !!e && (opts.pid === undefined || e.pid === opts.pid) && (opts.filter === undefined || opts.filter(e));
     const items: EventEntry[] = [];
     let dropped = 0;
     if (opts.since !== undefined) {

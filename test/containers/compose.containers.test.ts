@@ -78,8 +78,12 @@ async function startDaemon(): Promise<void> {
   throw new Error('dockerd did not start (with defaults, nor with --iptables=false --storage-driver=vfs)');
 }
 
+// The stack's API requires the token its clients use (DEVMIRROR_TOKENS is set: DEVMIRROR_API_AUTH=auto).
+const TOKEN = /^DEVMIRROR_TOKEN=(.*)$/m.exec(readFileSync(join(ROOT, 'docker/devmirror.env.example'), 'utf8'))![1].trim();
+
 async function api<T>(path: string, init?: RequestInit): Promise<T> {
-  const r = await fetch(`http://127.0.0.1:${port}${path}`, { ...init, signal: AbortSignal.timeout(10_000) });
+  const headers = { ...(init?.headers as Record<string, string> | undefined), authorization: `Bearer ${TOKEN}` };
+  const r = await fetch(`http://127.0.0.1:${port}${path}`, { ...init, headers, signal: AbortSignal.timeout(10_000) });
   expect(r.ok, `${path}: HTTP ${r.status}`).toBe(true);
   return (await r.json()) as T;
 }
@@ -141,6 +145,9 @@ describe.skipIf(reason !== null)('docker compose: the heterogeneous system in co
       expect(ext.map((d) => d.kind).sort()).toEqual(['gpu', 'kvm', 'rdma']);
       expect(ext.every((d) => d.state === 'running')).toBe(true);
     }, 120_000, 500);
+    // The API refuses a request without the token; the probes and metrics need none.
+    expect((await fetch(`http://127.0.0.1:${port}/v1/processes`)).status).toBe(401);
+    expect((await fetch(`http://127.0.0.1:${port}/metrics`)).status).toBe(200);
     // An invalidation of the demo's heap reaches every external device, and each acknowledges it.
     const demo = (await api<{ items: Array<{ pid: number; name: string }> }>('/v1/processes')).items.find((p) => p.name === 'demo')!;
     const heap = (await api<{ items: Array<{ start: number; end: number; name: string | null }> }>(`/v1/processes/${demo.pid}/maps`)).items.find((m) => m.name === 'heap')!;

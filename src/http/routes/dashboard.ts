@@ -2,6 +2,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
+import { access } from '../auth.js';
 
 function page(): string {
   // From src/http/routes (sources) or dist/src/http/routes (compiled): the page stays in src/.
@@ -14,7 +15,8 @@ function page(): string {
 
 export function dashboardRoutes(app: FastifyInstance): void {
   const html = page();
-  app.get('/', { schema: { hide: true } }, async (_req, reply) => {
+  // The page itself holds no data (it asks the API, with the token it is given): no token.
+  app.get('/', { config: access('public'), schema: { hide: true } }, async (_req, reply) => {
     reply.type('text/html; charset=utf-8');
     reply.header('cache-control', 'no-cache');
     return html;

@@ -14,6 +14,7 @@ import { CLOSE } from '../../channel/close-codes.js';
 import { PAGE_SIZE } from '../../kernel/layout.js';
 import { Address, decodeBase64, parseAddress } from '../schemas.js';
 import { R, list } from '../replies.js';
+import { access, guardOf, type Guard } from '../auth.js';
 
 const IdParams = Type.Object({ id: Type.Integer({ minimum: 0 }) });
 type IdParams = Static<typeof IdParams>;
@@ -59,9 +60,10 @@ const DMIRROR_COMMANDS = ['read', 'write', 'migrate-to-device', 'migrate-to-syst
 
 type AnyDevice = { transport: 'worker'; dev: WorkerDevice } | { transport: 'external'; dev: ExternalDevice };
 
-/** Every device of both transports, summarised (the list route and the dashboard stream). */
-export function deviceSummaries(svc: Service): Array<Record<string, unknown>> {
-  return [...svc.devices.list().map((dev) => summary({ transport: 'worker', dev })), ...svc.channel.list().map((dev) => summary({ transport: 'external', dev }))];
+/** Every device of both transports the guard covers, summarised (the list route and the dashboard stream). */
+export function deviceSummaries(svc: Service, g?: Guard): Array<Record<string, unknown>> {
+  const all = [...svc.devices.list().map((dev) => summary({ transport: 'worker', dev })), ...svc.channel.list().map((dev) => summary({ transport: 'external', dev }))];
+  return g && !g.all ? all.filter((d) => g.deviceVisible(d.id as number)) : all;
 }
 
 function summary(d: AnyDevice): Record<string, unknown> {
@@ -116,9 +118,9 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
   };
   const command = <T>(d: AnyDevice, name: string, args: Record<string, unknown>): Promise<T> => d.dev.command<T>(name, args, 60_000);
 
-  app.get('/v1/devices', { schema: { response: { 200: list(R.Device) } } }, async () => ({ items: deviceSummaries(svc) }));
+  app.get('/v1/devices', { config: access('token'), schema: { response: { 200: list(R.Device) } } }, async (req) => ({ items: deviceSummaries(svc, guardOf(svc, req)) }));
 
-  app.post('/v1/devices', { schema: { body: CreateBody, response: { 201: R.Created } } }, async (req, reply) => {
+  app.post('/v1/devices', { config: access('process'), schema: { body: CreateBody, response: { 201: R.Created } } }, async (req, reply) => {
     const b = req.body as Static<typeof CreateBody>;
     if (b.pid === undefined && b.process === undefined) throw new DevmirrorError('DM_ERR_VALIDATION', 'pid or process is required');
     const { dma, ...options } = (b.options ?? {}) as Record<string, unknown> & { dma?: Record<string, unknown> };
@@ -136,7 +138,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
     return { id: dev.id, name: dev.name };
   });
 
-  app.get('/v1/devices/:id', { schema: { params: IdParams, response: { 200: R.Device } } }, async (req) => {
+  app.get('/v1/devices/:id', { config: access('device'), schema: { params: IdParams, response: { 200: R.Device } } }, async (req) => {
     const d = find((req.params as IdParams).id);
     if (d.transport === 'worker') {
       if (d.dev.alive) await d.dev.refresh().catch(() => undefined);
@@ -145,7 +147,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
     return { ...summary(d), sanitizer: { checked: d.dev.sanitizer.stats.checked, findings: d.dev.findings.slice(-100) } };
   });
 
-  app.delete('/v1/devices/:id', { schema: { params: IdParams, response: { 200: R.Ok } } }, async (req) => {
+  app.delete('/v1/devices/:id', { config: access('device'), schema: { params: IdParams, response: { 200: R.Ok } } }, async (req) => {
     const d = find((req.params as IdParams).id);
     if (d.transport === 'worker') await svc.devices.remove(d.dev.id);
     else {
@@ -156,7 +158,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
     return { id: d.dev.id, state: d.dev.state };
   });
 
-  app.post('/v1/devices/:id/faults', { schema: { params: IdParams, body: FaultsBody, response: { 200: R.Ok } } }, async (req) => {
+  app.post('/v1/devices/:id/faults', { config: access('device'), schema: { params: IdParams, body: FaultsBody, response: { 200: R.Ok } } }, async (req) => {
     const d = find((req.params as IdParams).id);
     const f = req.body as FaultInjection;
     if (!d.dev.alive) throw new DevmirrorError('DM_ERR_CONFLICT', `device ${d.dev.id} is ${d.dev.state}`);
@@ -177,7 +179,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
     return { id: d.dev.id, faults: f };
   });
 
-  app.post('/v1/devices/:id/dma', { schema: { params: IdParams, body: DmaBody, response: { 200: R.Sweep } } }, async (req) => {
+  app.post('/v1/devices/:id/dma', { config: access('device'), schema: { params: IdParams, body: DmaBody, response: { 200: R.Sweep } } }, async (req) => {
     const d = find((req.params as IdParams).id);
     const b = req.body as Static<typeof DmaBody>;
     const first = b.addr - (b.addr % PAGE_SIZE);
@@ -187,7 +189,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
 
   app.get(
     '/v1/devices/:id/mirror',
-    { schema: { params: IdParams, querystring: Type.Object({ addr: Type.String(), pages: Type.Optional(Type.Integer({ minimum: 1, maximum: 4096 })) }), response: { 200: R.Mirror } } },
+    { config: access('device'), schema: { params: IdParams, querystring: Type.Object({ addr: Type.String(), pages: Type.Optional(Type.Integer({ minimum: 1, maximum: 4096 })) }), response: { 200: R.Mirror } } },
     async (req) => {
       const d = find((req.params as IdParams).id);
       const q = req.query as { addr: string; pages?: number };
@@ -200,7 +202,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
   );
 
   for (const name of DMIRROR_COMMANDS) {
-    app.post(`/v1/devices/:id/dmirror/${name}`, { schema: { params: IdParams, body: DmirrorBody, response: { 200: R.Dmirror } } }, async (req) => {
+    app.post(`/v1/devices/:id/dmirror/${name}`, { config: access('device'), schema: { params: IdParams, body: DmirrorBody, response: { 200: R.Dmirror } } }, async (req) => {
       const d = find((req.params as IdParams).id);
       if (d.dev.kind !== 'dmirror') throw new DevmirrorError('DM_ERR_CONFLICT', `device ${d.dev.id} is a ${d.dev.kind}, not a dmirror`);
       const b = req.body as Static<typeof DmirrorBody>;

@@ -6,10 +6,12 @@ import type { Service } from '../../service.js';
 import { formatEnd } from '../../notifier/range.js';
 import { parseAddress } from '../schemas.js';
 import { memorySummary } from './kernel.js';
+import { access, guardOf } from '../auth.js';
 
 export function observeRoutes(app: FastifyInstance, svc: Service): void {
-  app.get('/healthz', { schema: { response: { 200: R.Health } } }, async () => ({ status: 'ok', bootId: svc.bootId, uptimeMs: Date.now() - svc.startedAt }));
-  app.get('/readyz', { schema: { response: { 200: R.Health, 503: R.Health } } }, async (_req, reply) => {
+  // Liveness and readiness probes: no token (they tell nothing about processes).
+  app.get('/healthz', { config: access('public'), schema: { response: { 200: R.Health } } }, async () => ({ status: 'ok', bootId: svc.bootId, uptimeMs: Date.now() - svc.startedAt }));
+  app.get('/readyz', { config: access('public'), schema: { response: { 200: R.Health, 503: R.Health } } }, async (_req, reply) => {
     if (!svc.ready) {
       reply.status(503);
       return { status: 'starting' };
@@ -18,20 +20,24 @@ export function observeRoutes(app: FastifyInstance, svc: Service): void {
   });
   app.get(
     '/v1/events',
-    { schema: { querystring: Type.Object({ pid: Type.Optional(Type.String()), since: Type.Optional(Type.String()), limit: Type.Optional(Type.String()) }), response: { 200: R.Events } } },
+    { config: access('token'), schema: { querystring: Type.Object({ pid: Type.Optional(Type.String()), since: Type.Optional(Type.String()), limit: Type.Optional(Type.String()) }), response: { 200: R.Events } } },
     async (req) => {
       const q = req.query as { pid?: string; since?: string; limit?: string };
       const limit = parseAddress('limit', q.limit, 100);
+      const g = guardOf(svc, req);
+      const pid = q.pid === undefined ? undefined : parseAddress('pid', q.pid);
+      if (pid !== undefined) g.process(pid);
       const page = svc.events.query({
-        pid: q.pid === undefined ? undefined : parseAddress('pid', q.pid),
+        pid,
+        filter: g.all ? undefined : (e) => g.pid(e.pid),
         since: q.since === undefined ? undefined : parseAddress('since', q.since),
         limit: Math.min(Math.max(limit, 1), 10_000),
       });
       return { ...page, bootId: svc.bootId };
     },
   );
-  app.get('/v1/notifier', { schema: { response: { 200: list(Type.Object({ pid: Type.Integer(), invalidateSeq: Type.Integer(), activeRanges: Type.Integer() }, { additionalProperties: true })) } } }, async () => ({
-    items: svc.kernel.liveProcesses().map((p) => {
+  app.get('/v1/notifier', { config: access('token'), schema: { response: { 200: list(Type.Object({ pid: Type.Integer(), invalidateSeq: Type.Integer(), activeRanges: Type.Integer() }, { additionalProperties: true })) } } }, async (req) => ({
+    items: svc.kernel.liveProcesses().filter((p) => guardOf(svc, req).pid(p.pid)).map((p) => {
       const n = p.mm.notifier;
       return {
         pid: p.pid,

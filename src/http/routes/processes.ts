@@ -6,6 +6,23 @@ import { ADVICES, MAX_ACCESS_BYTES, MAX_PAGEMAP_PAGES, type Advice } from '../..
 import { Address, Empty, Length, PidParams, ProtList, decodeBase64, parseAddress, protBits, protNames } from '../schemas.js';
 import type { Process } from '../../kernel/kernel.js';
 import { R, list } from '../replies.js';
+import { access, guardOf, type Guard } from '../auth.js';
+import { DevmirrorError } from '../../errors.js';
+
+/** Creating a process: a `*` grant, or a name the token grants (the new process is then its). */
+function mayCreate(req: { body: unknown }, g: Guard): void {
+  if (g.all) return;
+  const name = (req.body as { name?: string } | undefined)?.name;
+  if (name === undefined || !g.grant!.names.has(name)) {
+    throw new DevmirrorError('DM_ERR_FORBIDDEN', 'creating a process needs a token granted * or the name of the new process');
+  }
+}
+
+/** mmap: the process, and for a file mapping the whole machine (files are shared between processes). */
+function mayMap(req: { body: unknown; params: unknown }, g: Guard): void {
+  g.process((req.params as { pid: number }).pid);
+  if ((req.body as { file?: unknown } | undefined)?.file !== undefined) g.machine('a file mapping');
+}
 
 export function processSummary(p: Process): Record<string, unknown> {
   return {
@@ -28,26 +45,29 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
 
   app.post(
     '/v1/processes',
-    { schema: { body: Type.Object({ name: Type.Optional(Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$' })) }, { additionalProperties: false }), response: { 201: R.Pid } } },
+    { config: access(mayCreate), schema: { body: Type.Object({ name: Type.Optional(Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$' })) }, { additionalProperties: false }), response: { 201: R.Pid } } },
     async (req, reply) => {
       const p = k.createProcess((req.body as { name?: string }).name);
       reply.status(201);
       return { pid: p.pid, name: p.name };
     },
   );
-  app.get('/v1/processes', { schema: { response: { 200: list(R.Process) } } }, async () => ({ items: k.liveProcesses().map(processSummary) }));
-  app.get('/v1/processes/:pid', { schema: { params: PidParams, response: { 200: R.Process } } }, async (req) => processSummary(proc((req.params as PidParams).pid)));
-  app.delete('/v1/processes/:pid', { schema: { params: PidParams, response: { 200: R.Ok } } }, async (req) => {
+  app.get('/v1/processes', { config: access('token'), schema: { response: { 200: list(R.Process) } } }, async (req) => {
+    const g = guardOf(svc, req);
+    return { items: k.liveProcesses().filter((p) => g.pid(p.pid)).map(processSummary) };
+  });
+  app.get('/v1/processes/:pid', { config: access('process'), schema: { params: PidParams, response: { 200: R.Process } } }, async (req) => processSummary(proc((req.params as PidParams).pid)));
+  app.delete('/v1/processes/:pid', { config: access('process'), schema: { params: PidParams, response: { 200: R.Ok } } }, async (req) => {
     const p = proc((req.params as PidParams).pid);
     await k.exit(p.pid);
     return { pid: p.pid, exited: true };
   });
-  app.post('/v1/processes/:pid/fork', { schema: { params: PidParams, response: { 201: R.Pid } } }, async (req, reply) => {
+  app.post('/v1/processes/:pid/fork', { config: access('process'), schema: { params: PidParams, response: { 201: R.Pid } } }, async (req, reply) => {
     const child = await k.fork((req.params as PidParams).pid);
     reply.status(201);
     return { pid: child.pid, name: child.name };
   });
-  app.get('/v1/processes/:pid/maps', { schema: { params: PidParams, response: { 200: R.Maps } } }, async (req) => {
+  app.get('/v1/processes/:pid/maps', { config: access('process'), schema: { params: PidParams, response: { 200: R.Maps } } }, async (req) => {
     const p = proc((req.params as PidParams).pid);
     return {
       items: p.mm.vmas.items.map((v) => ({
@@ -69,7 +89,7 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
   });
   app.get(
     '/v1/processes/:pid/pagemap',
-    { schema: { params: PidParams, querystring: Type.Object({ addr: Type.String(), pages: Type.Optional(Type.String()) }), response: { 200: R.Pagemap } } },
+    { config: access('process'), schema: { params: PidParams, querystring: Type.Object({ addr: Type.String(), pages: Type.Optional(Type.String()) }), response: { 200: R.Pagemap } } },
     async (req) => {
       const q = req.query as { addr: string; pages?: string };
       const addr = parseAddress('addr', q.addr);
@@ -81,6 +101,7 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
   app.post(
     '/v1/processes/:pid/mmap',
     {
+      config: access(mayMap),
       schema: {
         params: PidParams,
         body: Type.Object(
@@ -107,7 +128,7 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
     },
   );
   const AddrLen = Type.Object({ addr: Address, length: Length }, { additionalProperties: false });
-  app.post('/v1/processes/:pid/munmap', { schema: { params: PidParams, body: AddrLen, response: { 200: R.Ok } } }, async (req) => {
+  app.post('/v1/processes/:pid/munmap', { config: access('process'), schema: { params: PidParams, body: AddrLen, response: { 200: R.Ok } } }, async (req) => {
     const b = req.body as { addr: number; length: number };
     await k.munmap((req.params as PidParams).pid, b.addr, b.length);
     return {};
@@ -115,6 +136,7 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
   app.post(
     '/v1/processes/:pid/mremap',
     {
+      config: access('process'),
       schema: {
         params: PidParams,
         body: Type.Object(
@@ -136,7 +158,7 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
   );
   app.post(
     '/v1/processes/:pid/mprotect',
-    { schema: { params: PidParams, body: Type.Object({ addr: Address, length: Length, prot: ProtList }, { additionalProperties: false }), response: { 200: R.Ok } } },
+    { config: access('process'), schema: { params: PidParams, body: Type.Object({ addr: Address, length: Length, prot: ProtList }, { additionalProperties: false }), response: { 200: R.Ok } } },
     async (req) => {
       const b = req.body as { addr: number; length: number; prot: ('read' | 'write' | 'exec')[] };
       await k.mprotect((req.params as PidParams).pid, b.addr, b.length, protBits(b.prot));
@@ -146,6 +168,7 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
   app.post(
     '/v1/processes/:pid/madvise',
     {
+      config: access('process'),
       schema: {
         params: PidParams,
         body: Type.Object(
@@ -162,22 +185,22 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
   );
   app.post(
     '/v1/processes/:pid/clear_refs',
-    { schema: { params: PidParams, body: Type.Object({ mode: Type.Union([Type.Literal('soft-dirty'), Type.Literal('referenced')]) }, { additionalProperties: false }), response: { 200: R.Ok } } },
+    { config: access('process'), schema: { params: PidParams, body: Type.Object({ mode: Type.Union([Type.Literal('soft-dirty'), Type.Literal('referenced')]) }, { additionalProperties: false }), response: { 200: R.Ok } } },
     async (req) => {
       await k.clearRefs((req.params as PidParams).pid, (req.body as { mode: 'soft-dirty' | 'referenced' }).mode);
       return {};
     },
   );
-  app.post('/v1/processes/:pid/brk', { schema: { params: PidParams, body: Type.Object({ addr: Address }, { additionalProperties: false }), response: { 200: R.Addr } } }, async (req) => ({
+  app.post('/v1/processes/:pid/brk', { config: access('process'), schema: { params: PidParams, body: Type.Object({ addr: Address }, { additionalProperties: false }), response: { 200: R.Addr } } }, async (req) => ({
     addr: await k.brk((req.params as PidParams).pid, (req.body as { addr: number }).addr),
   }));
-  app.post('/v1/processes/:pid/msync', { schema: { params: PidParams, body: AddrLen, response: { 200: R.Activity } } }, async (req) => {
+  app.post('/v1/processes/:pid/msync', { config: access('process'), schema: { params: PidParams, body: AddrLen, response: { 200: R.Activity } } }, async (req) => {
     const b = req.body as { addr: number; length: number };
     return k.msync((req.params as PidParams).pid, b.addr, b.length);
   });
   app.post(
     '/v1/processes/:pid/memory/read',
-    { schema: { params: PidParams, body: Type.Object({ addr: Address, length: Type.Integer({ minimum: 0, maximum: MAX_ACCESS_BYTES }) }, { additionalProperties: false }), response: { 200: R.Data } } },
+    { config: access('process'), schema: { params: PidParams, body: Type.Object({ addr: Address, length: Type.Integer({ minimum: 0, maximum: MAX_ACCESS_BYTES }) }, { additionalProperties: false }), response: { 200: R.Data } } },
     async (req) => {
       const b = req.body as { addr: number; length: number };
       const data = await k.read((req.params as PidParams).pid, b.addr, b.length);
@@ -186,7 +209,7 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
   );
   app.post(
     '/v1/processes/:pid/memory/write',
-    { schema: { params: PidParams, body: Type.Object({ addr: Address, data: Type.String({ maxLength: Math.ceil(MAX_ACCESS_BYTES / 3) * 4 }) }, { additionalProperties: false }), response: { 200: R.Written } } },
+    { config: access('process'), schema: { params: PidParams, body: Type.Object({ addr: Address, data: Type.String({ maxLength: Math.ceil(MAX_ACCESS_BYTES / 3) * 4 }) }, { additionalProperties: false }), response: { 200: R.Written } } },
     async (req) => {
       const b = req.body as { addr: number; data: string };
       const bytes = decodeBase64('data', b.data);
@@ -194,7 +217,7 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
       return { written: bytes.length };
     },
   );
-  app.post('/v1/files', { schema: { body: Type.Object({ size: Type.Integer({ minimum: 0, maximum: 1 << 30 }) }, { additionalProperties: false }), response: { 201: R.File } } }, async (req, reply) => {
+  app.post('/v1/files', { config: access('machine'), schema: { body: Type.Object({ size: Type.Integer({ minimum: 0, maximum: 1 << 30 }) }, { additionalProperties: false }), response: { 201: R.File } } }, async (req, reply) => {
     const f = k.createFile((req.body as { size: number }).size);
     reply.status(201);
     return { id: f.id, size: f.size };

@@ -2,6 +2,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
+import { access } from '../auth.js';
 
 const PROTO = 'proto/devmirror/v1/notifier.proto';
 
@@ -19,7 +20,8 @@ export function protoRoutes(app: FastifyInstance): void {
   // The schema is one file: /v1/proto returns it as is (save it as notifier.proto), and it is
   // also served under its path in the repository.
   for (const path of ['/v1/proto', `/v1/proto/${PROTO}`]) {
-    app.get(path, async (_req, reply) => {
+    // The public contract for client authors: no token.
+    app.get(path, { config: access('public') }, async (_req, reply) => {
       reply.type('text/plain; charset=utf-8');
       reply.header('content-disposition', 'inline; filename="notifier.proto"');
       return text;

@@ -11,13 +11,16 @@ import type { FastifyInstance } from 'fastify';
 import type { Service } from '../../service.js';
 import { deviceSummaries } from './devices.js';
 import { processSummary } from './processes.js';
+import { access, guardOf } from '../auth.js';
 
 export function streamRoutes(app: FastifyInstance, svc: Service): void {
   const open = new Set<() => void>();
   app.addHook('onClose', async () => {
     for (const end of [...open]) end();
   });
-  app.get('/v1/stream', (req, reply) => {
+  app.get('/v1/stream', { config: access('token') }, (req, reply) => {
+    // What the token covers: its processes' invalidations, devices and processes.
+    const g = guardOf(svc, req);
     const res = reply.raw;
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
     reply.hijack();
@@ -31,15 +34,15 @@ export function streamRoutes(app: FastifyInstance, svc: Service): void {
       res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
     };
     const tickEvents = (): void => {
-      const page = svc.events.query({ since, limit: 500 });
+      const page = svc.events.query({ since, limit: 500, filter: g.all ? undefined : (e) => g.pid(e.pid) });
       if (page.items.length === 0) return;
       since = page.nextSince;
       send('invalidations', { items: page.items, dropped: page.dropped + dropped });
       dropped = 0;
     };
     const tickState = (): void => {
-      send('devices', deviceSummaries(svc));
-      send('processes', svc.kernel.liveProcesses().map(processSummary));
+      send('devices', deviceSummaries(svc, g));
+      send('processes', svc.kernel.liveProcesses().filter((p) => g.pid(p.pid)).map(processSummary));
     };
     tickState();
     const t1 = setInterval(tickEvents, 250);

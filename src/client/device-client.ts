@@ -96,6 +96,8 @@ export class DeviceClient extends EventEmitter {
   private youngHandler: ((q: YoungQueryEvent) => boolean | Promise<boolean>) | null = null;
   private readonly commandHandlers = new Map<string, (args: Record<string, unknown>) => unknown>();
   private closedByUser = false;
+  /** The upgrade was refused with 401: not retried. */
+  private tokenRefused = false;
   private attempt = 0;
   private lastBootId: U64 | null = null;
   /** Whether the last Welcome carried a different boot id than the one before. */
@@ -139,6 +141,7 @@ export class DeviceClient extends EventEmitter {
   /** Connects and completes Hello/Welcome. */
   connect(): Promise<Welcome> {
     this.closedByUser = false;
+    this.tokenRefused = false;
     return new Promise<Welcome>((resolve, reject) => {
       const headers = this.opts.token ? { authorization: `Bearer ${this.opts.token}` } : undefined;
       const ws = new WebSocket(this.opts.url, { headers, perMessageDeflate: false });
@@ -180,9 +183,18 @@ export class DeviceClient extends EventEmitter {
         this.onFrame(f);
       });
       ws.on('unexpected-response', (_req, res) => {
-        const err = new DevmirrorError(res.statusCode === 401 ? 'DM_ERR_UNAUTHORIZED' : 'DM_ERR_CONFLICT', `upgrade refused: HTTP ${res.statusCode}`);
+        const status = res.statusCode ?? 0;
+        const code = status === 401 ? 'DM_ERR_UNAUTHORIZED' : status === 503 ? 'DM_ERR_CHANNEL_LIMIT' : 'DM_ERR_CONFLICT';
+        const err = new DevmirrorError(code, `upgrade refused: HTTP ${status}`);
         if (!welcomed) reject(err);
-        this.emit('fatal', err);
+        // A refused token is refused again; a limit (503: too many connections, the server shutting
+        // down) may pass later, so with `reconnect` the client tries again with backoff.
+        if (status === 401) {
+          this.tokenRefused = true;
+          this.emit('fatal', err);
+        }
+        // Ends the attempt: 'close' follows (1006), and with it the reconnection.
+        ws.terminate();
       });
       ws.on('error', (e) => {
         if (!welcomed) reject(e);
@@ -205,7 +217,7 @@ export class DeviceClient extends EventEmitter {
 
   private maybeReconnect(code: number): void {
     const r = this.opts.reconnect;
-    if (!r || this.closedByUser) return;
+    if (!r || this.closedByUser || this.tokenRefused) return;
     if (code === CLOSE.UNAUTHORIZED || code === CLOSE.VERSION) {
       this.emit('fatal', new DevmirrorError('DM_ERR_UNAUTHORIZED', `not reconnecting after close code ${code}`));
       return;

@@ -123,6 +123,31 @@ describe('connection floods', () => {
     clean();
   });
 
+  it('an SDK client refused at the upgrade by a limit (503) retries with backoff and gets in once there is room; a refused token (401) is not retried', async () => {
+    await start({ maxConnectionsPerToken: 2 });
+    const held = [await RawClient.open(h!.url, FLOOD), await RawClient.open(h!.url, FLOOD)];
+    raws.push(...held);
+    const c = h!.client({ token: FLOOD, name: 'patient', reconnect: { minMs: 20, maxMs: 100 } });
+    const welcomed = new Promise<void>((r) => c.once('reconnected', () => r()));
+    await expect(c.connect()).rejects.toMatchObject({ code: 'DM_ERR_CHANNEL_LIMIT' });
+    await new Promise((r) => setTimeout(r, 300)); // a few refused attempts
+    expect(c.connected).toBe(false);
+    held[0].terminate();
+    await within(welcomed, GENEROUS_MS, 'reconnection');
+    expect(c.connected).toBe(true);
+    // A wrong token: refused at the upgrade, reported as fatal, and not tried again.
+    const bad = h!.client({ token: 'not-a-known-token', reconnect: { minMs: 20, maxMs: 100 } });
+    const fatal = new Promise<Error>((r) => bad.once('fatal', r));
+    let attempts = 0;
+    const count = (): void => void attempts++;
+    h!.app.server.on('upgrade', count);
+    await expect(bad.connect()).rejects.toMatchObject({ code: 'DM_ERR_UNAUTHORIZED' });
+    expect((await fatal).message).toMatch(/401/);
+    await new Promise((r) => setTimeout(r, 300));
+    h!.app.server.off('upgrade', count);
+    expect(attempts).toBe(1);
+  });
+
   it('all connections: at most maxConnections; the clients already connected carry on', async () => {
     const { good } = await start({ maxConnections: 16 });
     // The well-behaved client is connected before the flood, with an invalidation to answer during it.

@@ -109,11 +109,18 @@ export class ChannelServer implements SessionHost {
 
   private readonly onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     const url = new URL(req.url ?? '/', 'http://x');
-    if (url.pathname !== CHANNEL_PATH) return;
     const reject = (status: number, code: string, text: string): void => {
       const retry = status === 503 ? 'Retry-After: 1\r\n' : '';
-      socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\n${retry}Content-Type: application/json\r\n\r\n${JSON.stringify({ code, message: text })}`);
+      const reason = { 401: 'Unauthorized', 404: 'Not Found', 503: 'Service Unavailable' }[status] ?? 'Error';
+      socket.end(`HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\n${retry}Content-Type: application/json\r\n\r\n${JSON.stringify({ code, message: text })}`);
     };
+    if (url.pathname !== CHANNEL_PATH) {
+      // Node hands every upgrade request to the 'upgrade' listeners: one nobody answers would hold
+      // its socket open for good (a flood of them would bypass every limit). Unless another
+      // endpoint listens too, it is refused here.
+      if ((this.server?.listenerCount('upgrade') ?? 1) <= 1) reject(404, 'DM_ERR_NOT_FOUND', `no WebSocket endpoint at ${url.pathname}`);
+      return;
+    }
     if (this.closing) return reject(503, 'DM_ERR_CONFLICT', 'shutting down');
     const auth = req.headers.authorization;
     const token = auth?.startsWith('Bearer ') ? auth.slice(7).trim() : url.searchParams.get('token');

@@ -6,6 +6,7 @@
  * invalidation from a kernel munmap within a generous deadline (seconds: not a performance
  * figure), and the kernel's audit is clean afterwards.
  */
+import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PROT } from '../../src/kernel/kernel.js';
 import { CLOSE } from '../../src/channel/close-codes.js';
@@ -166,6 +167,35 @@ describe('connection floods', () => {
     expect(acks).toBe(1);
     expect(c.connected).toBe(true);
     clean();
+  });
+
+  it('upgrade requests to any other path are answered 404 and closed, not held open', async () => {
+    await start({});
+    const port = h!.port;
+    const answers = await Promise.all(
+      ['/v1/processes', '/', '/v1/notifier/wss', '/nothing'].map(
+        (path) =>
+          new Promise<{ head: string; closed: boolean }>((resolve) => {
+            const s = net.connect(port, '127.0.0.1');
+            let head = '';
+            const t = setTimeout(() => {
+              s.destroy();
+              resolve({ head, closed: false });
+            }, GENEROUS_MS);
+            s.on('data', (d) => (head += d.toString()));
+            s.on('close', () => {
+              clearTimeout(t);
+              resolve({ head, closed: true });
+            });
+            s.write(`GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`);
+          }),
+      ),
+    );
+    for (const a of answers) {
+      expect(a.closed).toBe(true);
+      expect(a.head).toMatch(/^HTTP\/1.1 404 /);
+      expect(a.head).toContain('DM_ERR_NOT_FOUND');
+    }
   });
 
   it('closed devices are kept for listing up to keepClosedDevices', async () => {

@@ -198,7 +198,7 @@ export class ExternalDevice {
     if (!this.alive) return null;
     const tick = this.sanitizer.tick();
     const sub = this.subs.get(subId);
-    this.sanitizer.started(range.id, subId, pid, range.start, range.end, range.event, range.flags, tick, sub?.kind === 'interval' ? sub : undefined);
+    this.sanitizer.started(range.id, subId, pid, range.start, range.end, range.event, range.flags, tick, sub?.kind === 'interval' ? sub : undefined, range.owner);
     const ack = new SocketAck(this.group, range.id, subId, (range.flags & RANGE_BLOCKABLE) !== 0);
     this.acks.set(`${range.id}:${subId}`, ack);
     this.handshake.starts++;

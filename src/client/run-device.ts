@@ -52,6 +52,7 @@ export async function runExternalDevice(o: ExternalDeviceOptions): Promise<Runni
     const host = new SocketHost(client, { pid: r.pid, kind: o.kind, name, policy: o.policy ?? 'faithful', options: { ...o.options, ...r.options }, log });
     const device = make(host);
     host.mirrorSummary = () => device.summary();
+    host.dmaStop = () => device.dma.stop();
     await device.attach();
     return { host, device };
   };
@@ -88,7 +89,9 @@ export async function runExternalDevice(o: ExternalDeviceOptions): Promise<Runni
   };
   client.on('reconnected', ({ bootChanged }: { bootChanged: boolean }) => {
     log('info', 'reconnected: attaching again', { bootChanged });
-    running.device.dma.stop();
+    // The old personality's requests in flight (a DMA access faulting, deferred work) must not
+    // reach the new session with the old session's translations: its host refuses them from now.
+    running.host.detach();
     reattach(++generation);
   });
   client.on('fatal', (e: Error) => log('error', e.message));

@@ -187,7 +187,12 @@ export class Sanitizer {
    * the subscription's interval (none for a whole-mm subscription): the window covers only the part
    * of [start, end) the subscription covers.
    */
-  started(id: number, sub: number, pid: number, start: number, end: number, event: number, flags: number, tick: number, within?: { start: number; end: number }): void {
+  started(id: number, sub: number, pid: number, start: number, end: number, event: number, flags: number, tick: number, within?: { start: number; end: number }, owner: number | null = null): void {
+    // The device's own migration or exclusive access: the owner may skip it (test_hmm and the
+    // drivers do) because it updates its mirror from the operation's reply. A page that did not
+    // move keeps its frame, and the device may go on using it; a page that moved freed its frame,
+    // whose new generation the access check catches. So no window: nothing is revoked at the ack.
+    if (owner !== null && owner === this.deviceId && (event === MmuNotifierEvent.MIGRATE || event === MmuNotifierEvent.EXCLUSIVE)) return;
     const s = within ? Math.max(start, within.start) : start;
     const e = within ? Math.min(end, within.end) : end;
     this.open.push({ id, sub, pid, start: s, end: e, event, flags, startTick: tick, endTick: Infinity, acked: false, ended: false });
@@ -217,8 +222,7 @@ export class Sanitizer {
 
   /**
    * The device acknowledged it: every grant in range computed before the window opened is gone
-   * (or downgraded). `skipped` marks an acknowledgement the device gave without acting (its own
-   * MIGRATE/EXCLUSIVE): grants are revoked all the same; the migration replies grant the new pfns.
+   * (or downgraded). The device's own MIGRATE/EXCLUSIVE opens no window (see started).
    */
   acked(id: number, sub: number): void {
     const w = this.openWindow(id, sub);

@@ -42,6 +42,29 @@ export class SocketHost implements DeviceHost {
   private readonly commands = new Map<string, CommandHandler>();
   private readonly logFn: NonNullable<SocketHostOptions['log']>;
 
+  /** Set when this attachment ended (the connection dropped): see live(). */
+  private detached = false;
+
+  /**
+   * The client, for a request of this attachment. After a reconnection the connection belongs to
+   * the next attachment: a request of the old personality (a DMA access that was faulting, a
+   * deferred prefetch) must not go out on it with translations from the old session, which the
+   * server would rightly call wrong-pfn. It fails here instead, as a request on a closed file would.
+   */
+  private live(): DeviceClient {
+    if (this.detached) throw new DevmirrorError('DM_ERR_CONFLICT', `${this.name}: this attachment ended (the connection was dropped)`);
+    return this.client;
+  }
+
+  /** Ends this attachment: every later request of this host fails, and it handles no more calls. */
+  detach(): void {
+    this.detached = true;
+    this.dmaStop?.();
+  }
+
+  /** Set by the runner: stops the personality's DMA engine on detach. */
+  dmaStop: (() => void) | null = null;
+
   constructor(
     readonly client: DeviceClient,
     o: SocketHostOptions,
@@ -103,7 +126,7 @@ export class SocketHost implements DeviceHost {
   // ---- DeviceHost ------------------------------------------------------------------------------
 
   async insertInterval(start: number, length: number, handler: IntervalHandler, label: string): Promise<DevSub> {
-    const r = await this.client.subscribeInterval({ pid: this.pid, start, length, label });
+    const r = await this.live().subscribeInterval({ pid: this.pid, start, length, label });
     const sub = new DevSub(r.subscriptionId, start, length, handler, r.seq);
     this.subs.set(r.subscriptionId, sub);
     return sub;
@@ -115,7 +138,7 @@ export class SocketHost implements DeviceHost {
   }
 
   async registerMm(handler: MmHandler, label: string): Promise<DevSub> {
-    const r = await this.client.subscribeMm({ pid: this.pid, wantsYoung: true, label });
+    const r = await this.live().subscribeMm({ pid: this.pid, wantsYoung: true, label });
     const sub = new DevSub(r.subscriptionId, 0, 2 ** 64, handler, 0);
     this.subs.set(r.subscriptionId, sub);
     return sub;
@@ -126,16 +149,16 @@ export class SocketHost implements DeviceHost {
   }
 
   readBegin(sub: DevSub): Promise<number> {
-    return this.client.readBegin(sub.id);
+    return this.live().readBegin(sub.id);
   }
 
   async rangeFault(sub: DevSub, seq: number, start: number, end: number, req: FaultRequest): Promise<FaultReply> {
-    const r = await this.client.rangeFault(sub.id, seq, start, end, { defaultFlags: req.defaultFlags, mask: req.mask, input: req.input ?? undefined, ownerSelf: req.ownerSelf });
+    const r = await this.live().rangeFault(sub.id, seq, start, end, { defaultFlags: req.defaultFlags, mask: req.mask, input: req.input ?? undefined, ownerSelf: req.ownerSelf });
     return { ret: r.error, pfns: r.pfns, gens: new Int32Array(r.pfns.length), tick: 0 };
   }
 
   async gup(va: number, write: boolean): Promise<GupReply> {
-    const g = await this.client.gup(this.pid, va, write);
+    const g = await this.live().gup(this.pid, va, write);
     return {
       ret: g.error,
       pfn: g.pfn,
@@ -148,30 +171,30 @@ export class SocketHost implements DeviceHost {
   }
 
   vma(va: number): Promise<VmaInfo | null> {
-    return this.client.vma(this.pid, va);
+    return this.live().vma(this.pid, va);
   }
 
   async migrate(dir: 'to' | 'from', start: number, end: number, allocFails = false): Promise<MigrateReply> {
-    const m = await this.client.migrate(this.pid, dir, start, end, allocFails);
+    const m = await this.live().migrate(this.pid, dir, start, end, allocFails);
     return { ret: m.error, collected: m.collected, moved: m.moved, pages: m.pages.map((p) => [p.addr, p.pfn, 0, p.writable]), tick: 0 };
   }
 
   async exclusive(va: number): Promise<ExclusiveReply> {
-    const r = await this.client.exclusive(this.pid, va);
+    const r = await this.live().exclusive(this.pid, va);
     return { ret: r.error, pfn: r.pfn, gen: 0, tick: 0 };
   }
 
   evictDeviceMemory(): Promise<number> {
-    return this.client.evictDeviceMemory();
+    return this.live().evictDeviceMemory();
   }
 
   async access(va: number, pfn: number, write: boolean, buf: Uint8Array, bufOff: number, off: number, len: number): Promise<void> {
     const addr = va - (va % PAGE_SIZE) + off;
     if (write) {
-      const r = await this.client.dmaWrite(this.pid, addr, pfn, buf.slice(bufOff, bufOff + len));
+      const r = await this.live().dmaWrite(this.pid, addr, pfn, buf.slice(bufOff, bufOff + len));
       if (r.finding) this.findings++;
     } else {
-      const r = await this.client.dmaRead(this.pid, addr, pfn, len);
+      const r = await this.live().dmaRead(this.pid, addr, pfn, len);
       if (r.finding) this.findings++;
       buf.set(r.data.subarray(0, len), bufOff);
     }

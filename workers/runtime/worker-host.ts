@@ -442,7 +442,7 @@ export class WorkerHost implements DeviceHost {
     const sub = this.subs.get(subId);
     const f = this.faults;
     if (op === CALL_OP.INVALIDATE || op === CALL_OP.MM_START) {
-      this.sanitizer.started(range.id, subId, range.pid, range.start, range.end, range.event, range.flags, range.tick, sub);
+      this.sanitizer.started(range.id, subId, range.pid, range.start, range.end, range.event, range.flags, range.tick, sub, range.owner);
       this.counters.invalidations = (this.counters.invalidations ?? 0) + 1;
     }
     if (f.hang) return; // never answers: the kernel evicts us after its deadline

@@ -132,4 +132,41 @@ describe('external device processes', () => {
     expect(dev.subs.size).toBe(1); // kvm's whole-mm subscription, made again
     expect(dev.subs.values().next().value!.pid).toBe(p2.pid);
   });
+
+  it('after a restart a client that drops its mirror reads correct data with no finding; one that reuses a mapping from the previous boot is caught', async () => {
+    h = await startHarness();
+    const port = h.port;
+    const k = h.svc.kernel;
+    const p = k.createProcess('app');
+    const a = await k.mmap(p.pid, { length: 8 * PAGE, prot: RW });
+    await k.write(p.pid, a, new Uint8Array(8 * PAGE).fill(0x11));
+    const good = device(`ws://127.0.0.1:${port}`, 'dmirror', p.pid);
+    await attached(h, good, 'dmirror-ext');
+    const bad = run('test/channel/fixtures/stale-boot-client.ts', [`ws://127.0.0.1:${port}/v1/notifier/ws`, String(p.pid), String(a)]);
+    await eventually(() => bad.out.some((l) => l.startsWith('mirrored')), 30_000, 50);
+    const oldBoot = k.bootId;
+    await h.close();
+    h = await startHarness({}, port);
+    const k2 = h.svc.kernel;
+    const p2 = k2.createProcess('app');
+    expect(p2.pid).toBe(p.pid);
+    expect(k2.bootId).not.toBe(oldBoot);
+    const a2 = await k2.mmap(p2.pid, { length: 8 * PAGE, prot: RW });
+    expect(a2).toBe(a); // the same address, backed by other frames of another boot
+    await k2.write(p2.pid, a2, new Uint8Array(8 * PAGE).fill(0x22));
+    // The buggy client writes through its old translation: the new kernel's sanitizer catches it.
+    await eventually(() => bad.out.some((l) => l.startsWith('stale-boot-dma')), 30_000, 50);
+    expect(bad.out).toContain('reconnected bootChanged=true');
+    const stale = h.svc.channel.list().find((d) => d.name === 'stale-boot')!;
+    expect(stale.findings.length).toBeGreaterThanOrEqual(1);
+    expect(['unmapped', 'wrong-pfn', 'stale']).toContain(stale.findings[0].kind);
+    expect(stale.findings[0].va).toBe(a);
+    // The SDK's device dropped everything and attached again: it reads this boot's data, cleanly.
+    const dev = await attached(h, good, 'dmirror-ext', 're-attached');
+    const r = await dev.command<{ cpages: number; data: Uint8Array }>('read', { addr: a2, npages: 8 });
+    expect(r.cpages).toBe(8);
+    expect(r.data.every((b) => b === 0x22)).toBe(true);
+    expect(dev.sanitizer.stats.findings).toBe(0);
+    expect(dev.sanitizer.stats.checked).toBeGreaterThanOrEqual(8);
+  });
 });

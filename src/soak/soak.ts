@@ -147,12 +147,31 @@ type FaultKind = (typeof FAULTS)[number];
  */
 function residentAfterGc(): number {
   try {
-    v8.setFlagsFromString('--expose-gc');
     (runInNewContext('gc') as () => void)();
   } catch {
     // No collector hook: the figure is noisier, not wrong.
   }
   return process.memoryUsage().rss;
+}
+
+/**
+ * Makes every page of the emulated memory resident now (RAM, device memory, swap): they are
+ * preallocated but become resident only when first written, so a run that swaps more and more
+ * would otherwise look like a leak of up to their size.
+ */
+function touchSharedMemory(svc: Service): void {
+  const h = svc.kernel.mem.handles;
+  for (const sab of [h.meta, h.data, h.swap]) {
+    const bytes = new Uint8Array(sab);
+    for (let i = 0; i < bytes.length; i += 4096) Atomics.or(bytes, i, 0);
+  }
+}
+
+/** The median of the samples (resident memory is noisy from one checkpoint to the next). */
+function median(xs: number[]): number {
+  if (xs.length === 0) return 0;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
 }
 
 /** Resident set of another process, MiB (0 if it is gone). */
@@ -195,7 +214,8 @@ class Soak {
   private checks = 0;
   private pagesVerified = 0;
   private readonly findings: Record<string, number> = {};
-  private rssWarmup = 0;
+  /** Resident memory after collections, at every checkpoint. */
+  private readonly rssSamples: Array<{ ms: number; rss: number }> = [];
   private plannedEvictions = new Set<number>();
   private unplannedEvictions = 0;
   private env!: RoleEnv;
@@ -232,11 +252,14 @@ class Soak {
 
   private async setup(): Promise<void> {
     const o = this.o;
+    // V8 flags are per process: the worker threads started from here on get a gc() too.
+    v8.setFlagsFromString('--expose-gc');
     this.svc = new Service({
       kernel: { memoryBytes: o.memoryMb * MiB, deviceMemoryBytes: 16 * MiB, swapBytes: o.memoryMb * 2 * MiB, bootId: (o.seed % 0x7ffffffe) + 1 },
       deadlineMs: o.deadlineMs,
       channel: { deadlineMs: o.deadlineMs },
     });
+    touchSharedMemory(this.svc);
     this.app = await buildServer(this.svc, { logger: false });
     await this.app.listen({ host: '127.0.0.1', port: 0 });
     await this.svc.start();
@@ -721,11 +744,15 @@ class Soak {
         if (!alive) this.problem('leaked-subscription', `pid ${p.pid}: ${info.label} (device ${id ?? '?'}) is gone but still subscribed`);
       }
     }
+    // 5. Resident memory, after a collection of every heap of this process.
+    await Promise.all(this.roles.map((r) => (r.transport === 'worker' && r.alive ? r.device!.command('gc', {}, 10_000).catch(() => undefined) : undefined)));
+    this.rssSamples.push({ ms: this.ms(), rss: residentAfterGc() });
     const ok = this.problems.length === problemsBefore;
     if (ok) this.faultsAtLastGoodCheck = this.faultsTotal;
-    this.rec.write({ t: 'check', i: this.opIndex, ms: this.ms(), ok, rssMb: Math.round(process.memoryUsage().rss / MiB) });
+    const rssMb = Math.round(this.rssSamples[this.rssSamples.length - 1].rss / MiB);
+    this.rec.write({ t: 'check', i: this.opIndex, ms: this.ms(), ok, rssMb });
     this.say(
-      `check ${this.checks} at ${(this.ms() / 1000).toFixed(0)} s: ${ok ? 'ok' : 'PROBLEMS'}; ${this.opIndex} operations, ${this.invalidations} invalidations, ${this.faultsTotal} faults, ${this.pagesVerified} pages verified, rss ${Math.round(process.memoryUsage().rss / MiB)} MiB`,
+      `check ${this.checks} at ${(this.ms() / 1000).toFixed(0)} s: ${ok ? 'ok' : 'PROBLEMS'}; ${this.opIndex} operations, ${this.invalidations} invalidations, ${this.faultsTotal} faults, ${this.pagesVerified} pages verified, rss ${rssMb} MiB`,
     );
     if (!final) for (const r of this.roles) await startDma(r, this.env);
   }
@@ -744,16 +771,11 @@ class Soak {
       await this.setup();
       this.t0 = performance.now();
       let nextCheck = this.t0 + o.checkEveryMs;
-      let warmupTaken = false;
       const checkAt = new Set(script?.checkAt ?? []);
       const total = script ? script.ops.length : Infinity;
       while (this.opIndex < total) {
         const now = performance.now();
         if (!script && now - this.t0 >= o.durationMs) break;
-        if (!warmupTaken && now - this.t0 >= o.warmupMs) {
-          warmupTaken = true;
-          this.rssWarmup = residentAfterGc();
-        }
         if (script ? checkAt.has(this.opIndex) : now >= nextCheck) {
           await this.checkpoint(false);
           nextCheck = performance.now() + o.checkEveryMs;
@@ -784,7 +806,7 @@ class Soak {
       }
       for (const r of this.roles) if (!r.alive) await ensureIncarnation(r, this.env);
       await this.checkpoint(true);
-      return this.report(warmupTaken);
+      return this.report();
     } finally {
       Object.assign(OOM_REAPER, saved);
       await this.rec.close();
@@ -794,10 +816,13 @@ class Soak {
     }
   }
 
-  private async report(warmupTaken: boolean): Promise<SoakReport> {
+  private async report(): Promise<SoakReport> {
     const o = this.o;
-    const endRss = residentAfterGc();
-    const warm = warmupTaken ? this.rssWarmup : 0;
+    // The first three samples after the warm-up against the last three (medians): one sample
+    // swings with the collectors of a dozen heaps; a leak moves them all.
+    const post = this.rssSamples.filter((x) => x.ms >= o.warmupMs).map((x) => x.rss);
+    const warm = post.length >= 2 ? median(post.slice(0, Math.min(3, post.length - 1))) : 0;
+    const endRss = post.length >= 2 ? median(post.slice(-Math.min(3, post.length - 1))) : residentAfterGc();
     const growthPct = warm > 0 ? ((endRss - warm) / warm) * 100 : 0;
     if (warm > 0 && growthPct >= 10) this.problem('memory-growth', `resident memory grew ${growthPct.toFixed(1)}% (${(warm / MiB).toFixed(0)} -> ${(endRss / MiB).toFixed(0)} MiB) after the warm-up`);
     const clientsEndMb = clientPids(this.roles).reduce((s, p) => s + rssOfPid(p), 0);

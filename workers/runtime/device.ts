@@ -37,6 +37,12 @@ export abstract class Device implements DmaTarget {
     this.ramFrames = host.ramFrames;
     host.onCommand('dma', (args) => this.dma.configure(args as Partial<DmaConfig>));
     host.onCommand('dma-quiesce', () => this.dma.quiesce());
+    // A full collection of this thread's heap when the process exposes one (the soak's memory figure).
+    host.onCommand('gc', () => {
+      const gc = (globalThis as { gc?: () => void }).gc;
+      gc?.();
+      return gc !== undefined;
+    });
     host.onCommand('dma-access', async (args) => this.dma.access(Number(args.addr), Boolean(args.write)));
     // A kernel launch touching a buffer: one access per page, in order, faulting as needed.
     host.onCommand('dma-sweep', async (args) => {

@@ -806,7 +806,7 @@ class Soak {
       }
       for (const r of this.roles) if (!r.alive) await ensureIncarnation(r, this.env);
       await this.checkpoint(true);
-      return this.report();
+      return await this.report();
     } finally {
       Object.assign(OOM_REAPER, saved);
       await this.rec.close();

@@ -52,7 +52,10 @@ export function printSoak(r: SoakReport): void {
   line(`  faults          ${injected} injected (${kv(r.faultsInjected)}), ${r.faultsSurvived} survived; ${r.deviceIncarnations} device incarnations; ${r.unplannedEvictions} evictions without an injected fault`);
   line(`  verified        ${r.pagesVerified} page loads against the model, ${r.deviceWritesVerified} device-written pages against their journal, ${r.sanitizerChecked} device accesses by the sanitizer, ${r.checks} checkpoints`);
   line(`  findings        ${kv(r.findings)}`);
-  line(`  memory          ${r.rss.warmupMb ? `${r.rss.warmupMb} MiB after the warm-up, ` : ''}${r.rss.endMb} MiB at the end${r.rss.warmupMb ? ` (${r.rss.growthPct >= 0 ? '+' : ''}${r.rss.growthPct}%)` : ' (run shorter than the warm-up: no growth figure)'}; client processes ${r.rss.clientsEndMb} MiB`);
+  const m = r.rss;
+  line(
+    `  memory          ${m.warmupMb ? `trend ${m.warmupMb} -> ${m.endMb} MiB after the warm-up (${m.growthPct >= 0 ? '+' : ''}${m.growthPct}%, ${m.samples} samples; medians of the first and last three ${m.firstMb} and ${m.lastMb} MiB)` : `${m.endMb} MiB at the end (fewer than 4 samples after the warm-up: no growth figure)`}; client processes ${m.clientsEndMb} MiB`,
+  );
   line(`  problems        ${kv(r.problemsByCategory)}`);
   for (const p of r.problems.slice(0, 10)) line(`    [${p.category}] at operation ${p.op}: ${p.detail}`);
   if (r.record) line(`  record          ${r.record}${r.ok ? '' : ` (replay: devmirror replay ${r.record})`}`);

@@ -126,7 +126,12 @@ export interface SoakReport {
   findings: Record<string, number>;
   problems: SoakProblem[];
   problemsByCategory: Record<string, number>;
-  rss: { warmupMb: number; endMb: number; growthPct: number; clientsEndMb: number };
+  /**
+   * Resident memory of this process after the warm-up: the trend line's values at the first and
+   * last sample and the growth between them; the raw medians of the first and last three samples;
+   * the client processes at the end.
+   */
+  rss: { warmupMb: number; endMb: number; growthPct: number; samples: number; firstMb: number; lastMb: number; clientsEndMb: number };
   record: string | null;
 }
 
@@ -165,6 +170,21 @@ function touchSharedMemory(svc: Service): void {
     const bytes = new Uint8Array(sab);
     for (let i = 0; i < bytes.length; i += 4096) Atomics.or(bytes, i, 0);
   }
+}
+
+/** Least-squares line through [x, y] points. */
+function fitLine(pts: Array<[number, number]>): { at(x: number): number } {
+  const n = pts.length;
+  const mx = pts.reduce((a, [x]) => a + x, 0) / n;
+  const my = pts.reduce((a, [, y]) => a + y, 0) / n;
+  let sxy = 0;
+  let sxx = 0;
+  for (const [x, y] of pts) {
+    sxy += (x - mx) * (y - my);
+    sxx += (x - mx) ** 2;
+  }
+  const b = sxx > 0 ? sxy / sxx : 0;
+  return { at: (x) => my + b * (x - mx) };
 }
 
 /** The median of the samples (resident memory is noisy from one checkpoint to the next). */
@@ -818,13 +838,17 @@ class Soak {
 
   private async report(): Promise<SoakReport> {
     const o = this.o;
-    // The first three samples after the warm-up against the last three (medians): one sample
-    // swings with the collectors of a dozen heaps; a leak moves them all.
-    const post = this.rssSamples.filter((x) => x.ms >= o.warmupMs).map((x) => x.rss);
-    const warm = post.length >= 2 ? median(post.slice(0, Math.min(3, post.length - 1))) : 0;
-    const endRss = post.length >= 2 ? median(post.slice(-Math.min(3, post.length - 1))) : residentAfterGc();
+    // The trend of every sample after the warm-up (least squares), from its value at the first of
+    // them to its value at the last: one sample swings by +-10% with the collectors of a dozen
+    // heaps and the threads that come and go, while a leak moves the whole series.
+    const post = this.rssSamples.filter((x) => x.ms >= o.warmupMs);
+    const trend = post.length >= 4 ? fitLine(post.map((x) => [x.ms, x.rss])) : null;
+    const warm = trend ? trend.at(post[0].ms) : 0;
+    const endRss = trend ? trend.at(post[post.length - 1].ms) : residentAfterGc();
     const growthPct = warm > 0 ? ((endRss - warm) / warm) * 100 : 0;
-    if (warm > 0 && growthPct >= 10) this.problem('memory-growth', `resident memory grew ${growthPct.toFixed(1)}% (${(warm / MiB).toFixed(0)} -> ${(endRss / MiB).toFixed(0)} MiB) after the warm-up`);
+    if (warm > 0 && growthPct >= 10) this.problem('memory-growth', `resident memory grew ${growthPct.toFixed(1)}% (trend ${(warm / MiB).toFixed(0)} -> ${(endRss / MiB).toFixed(0)} MiB) after the warm-up`);
+    const firstMb = post.length ? Math.round(median(post.slice(0, 3).map((x) => x.rss)) / MiB) : 0;
+    const lastMb = post.length ? Math.round(median(post.slice(-3).map((x) => x.rss)) / MiB) : 0;
     const clientsEndMb = clientPids(this.roles).reduce((s, p) => s + rssOfPid(p), 0);
     let sanitizerChecked = 0;
     for (const d of this.svc.devices.list()) {
@@ -858,7 +882,7 @@ class Soak {
       findings: this.findings,
       problems: this.problems.slice(0, 50),
       problemsByCategory: byCat,
-      rss: { warmupMb: Math.round(warm / MiB), endMb: Math.round(endRss / MiB), growthPct: Math.round(growthPct * 10) / 10, clientsEndMb: Math.round(clientsEndMb) },
+      rss: { warmupMb: Math.round(warm / MiB), endMb: Math.round(endRss / MiB), growthPct: Math.round(growthPct * 10) / 10, samples: post.length, firstMb, lastMb, clientsEndMb: Math.round(clientsEndMb) },
       record: o.record,
     };
     this.rec.write({ t: 'summary', ...r });

@@ -298,20 +298,23 @@ export class WorkerDevice {
    * range would retry until they give up). A device falls END_SLOTS ends behind when it gets no
    * core for a while, not only when it is dead (a dead one is evicted by its call deadline).
    */
-  private overflowEnds: Array<{ subId: number; range: NotifierRange }> = [];
+  private overflowEnds: Array<{ subId: number; range: NotifierRange; tick: number }> = [];
   private overflowTimer: NodeJS.Timeout | null = null;
 
   private postEnd(subId: number, range: NotifierRange): void {
     if (!this.alive) return;
     // Keep the order: nothing goes into the ring while older ends wait outside it.
+    // The end's clock tick is now, when the PTEs are final, however late it reaches the device:
+    // the sanitizer treats grants computed before it as computed inside the window.
+    const tick = this.k.mem.tick();
     if (this.overflowEnds.length > 0 || !this.endRoom()) {
-      this.overflowEnds.push({ subId, range });
+      this.overflowEnds.push({ subId, range, tick });
       this.handshake.endsDeferred++;
       this.group.deferRing(this);
       this.flushOverflowLater();
       return;
     }
-    this.writeEnd(subId, range);
+    this.writeEnd(subId, range, tick);
   }
 
   /** Room for one more end in the ring (re-reading the device's tail only when the cache says full). */
@@ -333,7 +336,7 @@ export class WorkerDevice {
       }
       while (this.overflowEnds.length > 0 && this.endRoom()) {
         const e = this.overflowEnds.shift()!;
-        this.writeEnd(e.subId, e.range);
+        this.writeEnd(e.subId, e.range, e.tick);
       }
       if (this.overflowEnds.length > 0) {
         this.group.deferRing(this);
@@ -342,7 +345,7 @@ export class WorkerDevice {
     }, 1);
   }
 
-  private writeEnd(subId: number, range: NotifierRange): void {
+  private writeEnd(subId: number, range: NotifierRange, tick: number): void {
     const mb = this.mailbox;
     const slot = this.endHead % END_SLOTS;
     const base = MB_ENDS_OFFSET + slot * END_SLOT_WORDS;
@@ -354,7 +357,7 @@ export class WorkerDevice {
     mb[base + ES.EVENT] = range.event;
     mb[base + ES.FLAGS] = range.flags;
     mb[base + ES.PID] = this.pid;
-    mb[base + ES.TICK] = this.k.mem.tick();
+    mb[base + ES.TICK] = tick;
     Atomics.store(mb, base + ES.ID, (range.id & 0x7fffffff) || 1);
     this.endHead++;
     Atomics.store(mb, MB.END_HEAD, this.endHead);

@@ -112,6 +112,9 @@ export class ChannelServer implements SessionHost {
     const reject = (status: number, code: string, text: string): void => {
       const retry = status === 503 ? 'Retry-After: 1\r\n' : '';
       const reason = { 401: 'Unauthorized', 404: 'Not Found', 503: 'Service Unavailable' }[status] ?? 'Error';
+      // Node handed the socket over without its HTTP error handler: a peer that resets it (a client
+      // or device worker that gave up) raised an uncaught ECONNRESET, which ended the process.
+      socket.on('error', () => socket.destroy());
       socket.end(`HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\n${retry}Content-Type: application/json\r\n\r\n${JSON.stringify({ code, message: text })}`);
     };
     if (url.pathname !== CHANNEL_PATH) {

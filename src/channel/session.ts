@@ -15,7 +15,7 @@
  */
 import { commandJson, parseCommandJson } from './command-json.js';
 import type { WebSocket } from 'ws';
-import { DevmirrorError } from '../errors.js';
+import { DevmirrorError, ERRORS, type ErrorCode } from '../errors.js';
 import type { Kernel, Process } from '../kernel/kernel.js';
 import { PAGE_SIZE, ULONG_MAX } from '../kernel/layout.js';
 import { MmuIntervalNotifier } from '../notifier/subscriptions.js';
@@ -324,8 +324,23 @@ export class Session implements ExternalPort {
         this.commands.delete(num(f.requestId));
         if (w.timer) clearTimeout(w.timer);
         const r = f.commandReply;
-        if (r.ok) w.resolve(r.valueJson ? parseCommandJson(r.valueJson) : null);
-        else w.reject(new DevmirrorError((r.errorCode || 'DM_ERR_INTERNAL') as never, r.errorMessage));
+        // The waiter is settled whatever the reply holds (a code outside the catalogue, a value that
+        // is not JSON): throwing first left the control-plane request waiting forever.
+        if (!r.ok) {
+          const known = Object.hasOwn(ERRORS, r.errorCode);
+          const message = known || !r.errorCode ? r.errorMessage : `the device failed with code ${JSON.stringify(r.errorCode.slice(0, 64))}: ${r.errorMessage}`;
+          w.reject(new DevmirrorError(known ? (r.errorCode as ErrorCode) : 'DM_ERR_INTERNAL', message));
+          return;
+        }
+        let value: unknown;
+        try {
+          value = r.valueJson ? parseCommandJson(r.valueJson) : null;
+        } catch (e) {
+          const err = new DevmirrorError('DM_ERR_CHANNEL_PROTOCOL', `command reply ${f.requestId}: value_json is not JSON (${(e as Error).message})`);
+          w.reject(err);
+          throw err;
+        }
+        w.resolve(value);
         return;
       }
       default:
@@ -556,7 +571,12 @@ export class Session implements ExternalPort {
         const p = this.subscribedProc(m.pid);
         const dir = m.direction === MigrateDirection.TO_DEVICE ? 'to' : m.direction === MigrateDirection.TO_SYSTEM ? 'from' : null;
         if (!dir) throw new DevmirrorError('DM_ERR_VALIDATION', 'migrate direction must be TO_DEVICE or TO_SYSTEM');
-        work = dev.services.migrate(p.pid, dir, addrOf(m.start), addrOf(m.end), m.allocFails).then((r) => {
+        const mStart = addrOf(m.start);
+        const mEnd = addrOf(m.end);
+        // migrate_vma_setup takes whole pages (-EINVAL otherwise): an unaligned end moved the page it
+        // cut into, outside the range the MIGRATE invalidation announced.
+        if (mStart % PAGE_SIZE || mEnd % PAGE_SIZE || mEnd <= mStart) throw new DevmirrorError('DM_ERR_VALIDATION', 'a migration must cover whole pages (aligned start and end, end > start)');
+        work = dev.services.migrate(p.pid, dir, mStart, mEnd, m.allocFails).then((r) => {
           if (dir === 'to') for (const [va, pfn, gen, w] of r.pages) dev.sanitizer.grant(p.pid, va, pfn, gen, w, r.tick);
           return { migrateReply: { error: r.ret, collected: r.collected, moved: r.moved, pages: r.pages.map(([addr, pfn, , writable]) => ({ addr, pfn, writable })) } };
         });

@@ -1,5 +1,5 @@
 /** The fastify control plane. */
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { Logger } from 'pino';
@@ -28,6 +28,12 @@ export async function buildServer(svc: Service, opts: ServerOptions = {}): Promi
     logger: typeof opts.logger === 'boolean' ? opts.logger : undefined,
     bodyLimit: opts.bodyLimit ?? 96 * 1024 * 1024,
     ajv: { customOptions: { removeAdditional: false, allErrors: false } },
+    // Paths the router refuses before any route (a bad percent-escape, a parameter longer than
+    // maxParamLength) are bad path parameters: answered in the catalogue's shape like any other,
+    // not with fastify's own FST_ERR_* body.
+    frameworkErrors: (err, _req, reply) => {
+      void (reply as FastifyReply).status(400).send({ code: 'DM_ERR_VALIDATION', message: err.message });
+    },
   });
   installErrorHandling(app);
   // First: every route registered from here on declares its access (src/http/auth.ts).

@@ -212,13 +212,19 @@ export async function populate(k: Kernel, mm: MM, start: number, end: number): P
   await mm.mmapLock.read('populate');
   try {
     for (let va = start; va < end; va += PAGE_SIZE) {
+      // A task being killed stops populating (fatal_signal_pending in __get_user_pages).
+      if (mm.exiting) return;
       const v = mm.vmas.find(va);
-      if (!v || !v.readable || mm.exiting) continue;
+      if (!v || !v.readable) continue;
       try {
         await handleMmFault(k, mm, va, { write: v.writable && !v.shared });
       } catch {
         return;
       }
+      // A huge mapping (a THP, or the huge zero page a read fault maps without using memory)
+      // covers the rest of its 2 MiB: skip it, as __get_user_pages does with its page_mask. Page by
+      // page, a read-only THP area of 64 TiB took hours.
+      if (mm.pt.lookup(va) & PTE.HUGE) va = Math.floor(va / PMD_SIZE) * PMD_SIZE + PMD_SIZE - PAGE_SIZE;
     }
   } finally {
     mm.mmapLock.readUnlock('populate');
@@ -596,7 +602,19 @@ export async function madvise(k: Kernel, p: Process, addr: number, length: numbe
         else if (advice === 'pageout') pages += await madvisePageout(k, mm, s, e);
         else if (advice === 'willneed') pages += 0;
         else if (advice === 'collapse') {
-          for (let a = Math.ceil(s / PMD_SIZE) * PMD_SIZE; a + PMD_SIZE <= e; a += PMD_SIZE) {
+          // Only 2 MiB ranges with page-table entries can collapse (the others are 'empty'): walking
+          // every PMD of a huge unpopulated VMA one by one held the CPU for tens of seconds. Under
+          // the mmap write lock no range gains entries meanwhile.
+          const first = Math.ceil(s / PMD_SIZE) * PMD_SIZE;
+          const candidates: number[] = [];
+          if (first + PMD_SIZE <= e && v.file !== null) candidates.push(first); // refused (EINVAL) at the first one
+          else if (first + PMD_SIZE <= e) {
+            mm.pt.walk(first, Math.floor(e / PMD_SIZE) * PMD_SIZE, (va) => {
+              const h = Math.floor(va / PMD_SIZE) * PMD_SIZE;
+              if (candidates[candidates.length - 1] !== h) candidates.push(h);
+            });
+          }
+          for (const a of candidates) {
             const res = await collapseHugePage(k, mm, a, 'khugepaged', false);
             if (res === 'collapsed' || res === 'already-huge') pages += 512;
             else if (res === 'alloc-failed') throw kerr('ENOMEM', 'no huge page for MADV_COLLAPSE');

@@ -103,17 +103,33 @@ export function validateBench(o: BenchOptions): void {
   const bad = (m: string): never => {
     throw new DevmirrorError('DM_ERR_VALIDATION', m);
   };
+  // A scenario file holds any JSON or YAML: every option is checked for its type too, so that a run
+  // never starts from (or throws a TypeError on) a value of the wrong type.
+  const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
   if (!WORKLOADS.includes(o.workload)) bad(`workload must be one of ${WORKLOADS.join(', ')}`);
+  if (typeof o.devices !== 'object' || o.devices === null || Array.isArray(o.devices)) bad('devices must map device kinds to counts');
+  if (!['faithful', 'aware', 'blind'].includes(o.policy)) bad('policy must be faithful, aware or blind');
+  if (!isNum(o.dmaRate) || o.dmaRate < 0) bad('dmaRate must be a number >= 0');
+  if (o.durationMs !== undefined && (!isNum(o.durationMs) || o.durationMs < 0)) bad('durationMs must be a number >= 0');
+  if (o.ops !== undefined && (!Number.isSafeInteger(o.ops) || o.ops < 0)) bad('ops must be a non-negative integer');
+  if (!Number.isSafeInteger(o.seed)) bad('seed must be an integer');
+  if (!isNum(o.deadlineMs) || o.deadlineMs <= 0) bad('deadlineMs must be a number > 0');
+  if (o.replay !== undefined) {
+    const r = o.replay as Partial<NonNullable<BenchOptions['replay']>> | null;
+    if (typeof r !== 'object' || r === null || typeof r.file !== 'string') bad('replay must be { file, timeScale?, density? }');
+    if (r!.timeScale !== undefined && !isNum(r!.timeScale)) bad('replay time scale must be a number');
+    if (r!.density !== undefined && (!isNum(r!.density) || r!.density < 0 || r!.density > 1)) bad('replay density must be between 0 and 1');
+  }
   for (const [k, n] of Object.entries(o.devices)) {
     if (!DEVICE_KINDS.includes(k as DeviceKind)) bad(`unknown device kind ${k}`);
     if (!Number.isInteger(n) || (n as number) < 0 || (n as number) > 256) bad(`devices.${k} must be 0..256`);
   }
   if (!Number.isInteger(o.areaPages) || o.areaPages < 1 || o.areaPages > 262_144) bad('areaPages must be 1..262144');
   if (o.clients !== undefined && (!Number.isInteger(o.clients) || o.clients < 0 || o.clients > 4000)) bad('clients must be 0..4000');
-  if (!Number.isInteger(o.rangePages) || o.rangePages < 1) bad('rangePages must be at least 1');
+  if (!Number.isSafeInteger(o.rangePages) || o.rangePages < 1) bad('rangePages must be an integer of at least 1');
   if (o.durationMs === undefined && o.ops === undefined && !o.replay) bad('give a duration or an operation count');
   if (o.replay && (o.replay.timeScale ?? 0) < 0) bad('replay time scale must be >= 0');
-  if (o.writeMix !== undefined && !(o.writeMix >= 0 && o.writeMix <= 1)) bad('write mix must be between 0 and 1');
+  if (o.writeMix !== undefined && !(isNum(o.writeMix) && o.writeMix >= 0 && o.writeMix <= 1)) bad('write mix must be between 0 and 1');
   if (!['sequential', 'random', 'hotset'].includes(o.pattern)) bad('pattern must be sequential, random or hotset');
 }
 

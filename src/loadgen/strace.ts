@@ -71,6 +71,9 @@ function args(s: string): string[] {
   return out;
 }
 
+/** Arguments each parsed call needs (mremap's flags and open's mode are optional). */
+const ARG_COUNT: Record<string, number> = { mmap: 6, munmap: 2, mremap: 3, mprotect: 3, madvise: 3, brk: 1, openat: 2, open: 1, close: 1 };
+
 const LINE = /^(?:(\d+)\s+)?(\d\d):(\d\d):(\d\d(?:\.\d+)?)\s+(.*)$/;
 
 export function parseStrace(text: string): ParsedTrace {
@@ -106,6 +109,12 @@ export function parseStrace(text: string): ParsedTrace {
     const res = num(resStr);
     if (!Number.isFinite(res) || res < 0) continue; // a failed call changed nothing
     const a = args(argStr);
+    // A call with fewer arguments than it takes (a cut or mangled line) could not be parsed: it is
+    // skipped like any other, not a TypeError from a missing argument.
+    if (Object.hasOwn(ARG_COUNT, name) && a.length < ARG_COUNT[name]) {
+      skipped++;
+      continue;
+    }
     let op: Op | null = null;
     switch (name) {
       case 'mmap':
@@ -142,7 +151,8 @@ export function parseStrace(text: string): ParsedTrace {
       default:
         continue;
     }
-    if (!op || Object.values(op).some((v) => typeof v === 'number' && !Number.isFinite(v))) {
+    // A pid column too long to be one (strace pids fit in 32 bits) is as unparsable as a bad number.
+    if (!op || !Number.isSafeInteger(pid) || Object.values(op).some((v) => typeof v === 'number' && !Number.isFinite(v))) {
       skipped++;
       continue;
     }

@@ -3,7 +3,8 @@
  * the notifier channel, listed together (`transport`). Commands go to the device's personality
  * over its transport; errno refusals come back as 422 with the command's partial results.
  */
-import { Type, type Static } from '@sinclair/typebox';
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
 import type { FastifyInstance } from 'fastify';
 import type { Service } from '../../service.js';
 import { DevmirrorError } from '../../errors.js';
@@ -19,6 +20,46 @@ import { access, guardOf, type Guard } from '../auth.js';
 const IdParams = Type.Object({ id: Type.Integer({ minimum: 0 }) });
 type IdParams = Static<typeof IdParams>;
 
+/**
+ * The personalities' options (typed here: the worker reads them as they come, and a wrong type
+ * made it exit while starting, a 500). Other properties pass through untouched (test hooks).
+ */
+const Bytes = Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER });
+const DmaOptions = Type.Object(
+  {
+    rate: Type.Optional(Type.Number({ minimum: 0, maximum: 1_000_000 })),
+    pattern: Type.Optional(Type.Union([Type.Literal('sequential'), Type.Literal('random'), Type.Literal('hotset')])),
+    writeMix: Type.Optional(Type.Number({ minimum: 0, maximum: 1 })),
+    start: Type.Optional(Address),
+    end: Type.Optional(Address),
+    transferUs: Type.Optional(Type.Integer({ minimum: 0, maximum: 10_000_000 })),
+    bytes: Type.Optional(Type.Integer({ minimum: 1, maximum: PAGE_SIZE })),
+  },
+  { additionalProperties: true },
+);
+const DeviceOptions = Type.Object(
+  {
+    xnack: Type.Optional(Type.Boolean()),
+    granularityPages: Type.Optional(Type.Integer({ minimum: 1, maximum: 1 << 18 })),
+    mrs: Type.Optional(
+      Type.Array(Type.Object({ addr: Address, length: Bytes, write: Type.Optional(Type.Boolean()) }, { additionalProperties: false }), { maxItems: 256 }),
+    ),
+    implicit: Type.Optional(Type.Boolean()),
+    write: Type.Optional(Type.Boolean()),
+    memslots: Type.Optional(
+      Type.Array(
+        Type.Object(
+          { id: Type.Integer({ minimum: 0, maximum: 0x7fff_ffff }), baseGfn: Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER }), npages: Type.Integer({ minimum: 0, maximum: 2 ** 35 }), hva: Address },
+          { additionalProperties: false },
+        ),
+        { maxItems: 256 },
+      ),
+    ),
+    dma: Type.Optional(DmaOptions),
+  },
+  { additionalProperties: true, description: 'per kind: gpu { xnack, granularityPages }, rdma { mrs, implicit }, kvm { memslots }; any kind { dma }' },
+);
+
 const CreateBody = Type.Object(
   {
     kind: Type.Union(DEVICE_KINDS.map((k) => Type.Literal(k))),
@@ -26,9 +67,7 @@ const CreateBody = Type.Object(
     pid: Type.Optional(Type.Integer({ minimum: 0 })),
     process: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
     policy: Type.Optional(Type.Union(EVENT_POLICIES.map((p) => Type.Literal(p)))),
-    options: Type.Optional(
-      Type.Object({}, { additionalProperties: true, description: 'per kind: gpu { xnack, granularityPages }, rdma { mrs, implicit }, kvm { memslots }; any kind { dma }' }),
-    ),
+    options: Type.Optional(DeviceOptions),
     deadlineMs: Type.Optional(Type.Integer({ minimum: 10, maximum: 600_000 })),
   },
   { additionalProperties: false },
@@ -117,6 +156,12 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
     throw new DevmirrorError('DM_ERR_NO_SUCH_DEVICE', `no device ${id}`);
   };
   const command = <T>(d: AnyDevice, name: string, args: Record<string, unknown>): Promise<T> => d.dev.command<T>(name, args, 60_000);
+  /** A command's value, checked against the reply schema: an external device may answer anything,
+   * and a value of the wrong shape made the reply serializer throw (a 500). */
+  const checked = <T>(d: AnyDevice, name: string, schema: TSchema, v: unknown): T => {
+    if (!Value.Check(schema, v)) throw new DevmirrorError('DM_ERR_CHANNEL_PROTOCOL', `device ${d.dev.id} answered ${name} with a value of the wrong shape`);
+    return v as T;
+  };
 
   app.get('/v1/devices', { config: access('token'), schema: { response: { 200: list(R.Device) } } }, async (req) => ({ items: deviceSummaries(svc, guardOf(svc, req)) }));
 
@@ -184,7 +229,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
     const b = req.body as Static<typeof DmaBody>;
     const first = b.addr - (b.addr % PAGE_SIZE);
     const npages = Math.ceil((b.addr + b.length - first) / PAGE_SIZE);
-    return command<{ ok: number; failed: number; faults: number }>(d, 'dma-sweep', { addr: first, npages, write: b.write ?? false });
+    return checked<{ ok: number; failed: number; faults: number }>(d, 'dma-sweep', R.Sweep, await command(d, 'dma-sweep', { addr: first, npages, write: b.write ?? false }));
   });
 
   app.get(
@@ -196,7 +241,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
       const addr = parseAddress('addr', q.addr);
       if (addr % PAGE_SIZE) throw new DevmirrorError('DM_ERR_VALIDATION', 'addr must be page aligned');
       if (!d.dev.alive) throw new DevmirrorError('DM_ERR_CONFLICT', `device ${d.dev.id} is ${d.dev.state}`);
-      const pfns = await command<number[]>(d, 'mirror-map', { addr, npages: q.pages ?? 64 });
+      const pfns = checked<number[]>(d, 'mirror-map', R.Mirror.properties.pfns, await command(d, 'mirror-map', { addr, npages: q.pages ?? 64 }));
       return { id: d.dev.id, addr, pfns };
     },
   );
@@ -210,7 +255,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
       if (name === 'write' && data && data.length !== b.npages * PAGE_SIZE) {
         throw new DevmirrorError('DM_ERR_VALIDATION', `data must hold npages * ${PAGE_SIZE} bytes`);
       }
-      return jsonable(await command(d, name, { addr: b.addr, npages: b.npages, ...(data ? { data } : {}) }));
+      return checked(d, name, R.Dmirror, jsonable(await command(d, name, { addr: b.addr, npages: b.npages, ...(data ? { data } : {}) })));
     });
   }
 }

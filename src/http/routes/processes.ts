@@ -2,7 +2,7 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import type { Service } from '../../service.js';
-import { ADVICES, MAX_ACCESS_BYTES, MAX_PAGEMAP_PAGES, type Advice } from '../../kernel/syscalls.js';
+import { ADVICES, MAX_ACCESS_BYTES, type Advice } from '../../kernel/syscalls.js';
 import { Address, Empty, Length, PidParams, ProtList, decodeBase64, parseAddress, protBits, protNames } from '../schemas.js';
 import type { Process } from '../../kernel/kernel.js';
 import { R, list } from '../replies.js';
@@ -94,7 +94,7 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
       const q = req.query as { addr: string; pages?: string };
       const addr = parseAddress('addr', q.addr);
       const pages = parseAddress('pages', q.pages, 1);
-      if (pages > MAX_PAGEMAP_PAGES) return { items: [] };
+      // More than MAX_PAGEMAP_PAGES is the kernel's DM_ERR_TOO_LARGE (it was an empty list).
       return { items: k.pagemap((req.params as PidParams).pid, addr, pages) };
     },
   );

@@ -62,7 +62,9 @@ export class Daemons {
     if (old) clearInterval(old);
     this.timers.delete(name);
     if (rate > 0) {
-      const t = setInterval(() => void this.tick(name), Math.max(1, Math.round(1000 / rate)));
+      // A tiny rate is a long period, capped at the longest a timer takes (2^31 - 1 ms): above it,
+      // node runs the timer every millisecond instead (TimeoutOverflowWarning).
+      const t = setInterval(() => void this.tick(name), Math.min(2 ** 31 - 1, Math.max(1, Math.round(1000 / rate))));
       t.unref();
       this.timers.set(name, t);
     }

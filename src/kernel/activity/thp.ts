@@ -135,9 +135,15 @@ export async function khugepagedScan(k: Kernel, maxCollapses = 8): Promise<{ sca
     const candidates: number[] = [];
     for (const v of mm.vmas.items) {
       if (v.file !== null || v.shared) continue;
-      for (let a = Math.ceil(v.start / PMD_SIZE) * PMD_SIZE; a + PMD_SIZE <= v.end; a += PMD_SIZE) {
-        if (k.thpEligible(v, a)) candidates.push(a);
-      }
+      // Only 2 MiB ranges with page-table entries can collapse: a huge, mostly unpopulated VMA is
+      // not walked PMD by PMD (that took minutes and a candidate list of 2^26 entries).
+      const first = Math.ceil(v.start / PMD_SIZE) * PMD_SIZE;
+      const last = Math.floor(v.end / PMD_SIZE) * PMD_SIZE;
+      if (first >= last) continue;
+      mm.pt.walk(first, last, (va) => {
+        const a = Math.floor(va / PMD_SIZE) * PMD_SIZE;
+        if (candidates[candidates.length - 1] !== a && k.thpEligible(v, a)) candidates.push(a);
+      });
     }
     if (candidates.length === 0) continue;
     if (!mm.mmapLock.tryWrite('khugepaged')) continue;

@@ -619,8 +619,16 @@ export class WorkerDevice {
   }
 
   /** Fetches fresh counters, sanitizer figures and the mirror summary from the device. */
-  async refresh(): Promise<this> {
-    const s = await this.command<{ counters: Record<string, number>; sanitizer: SanitizerSnapshot; mirror: MirrorSummary }>('stats', {}, 10_000);
+  async refresh(timeoutMs = 10_000): Promise<this> {
+    // A device that stopped (its process exited, say) keeps the figures it had when it stopped.
+    if (!this.alive) return this;
+    let s: { counters: Record<string, number>; sanitizer: SanitizerSnapshot; mirror: MirrorSummary };
+    try {
+      s = await this.command('stats', {}, timeoutMs);
+    } catch (e) {
+      if (!this.alive) return this;
+      throw e;
+    }
     this.counters = s.counters;
     this.sanitizer = s.sanitizer;
     this.mirror = s.mirror;
@@ -712,6 +720,8 @@ export class WorkerDevice {
     if (!this.alive) return;
     this.state = 'stopping';
     for (const id of [...this.subs.keys()]) await this.removeSub(id).catch(() => undefined);
+    // The last figures (after release), kept for the API and for refresh() once stopped.
+    await this.refresh(1000).catch(() => undefined);
     await this.gone('stopped', 'stopped');
     await this.exitPromise;
   }

@@ -46,10 +46,6 @@ export class Role {
   child: ChildProcess | null = null;
   readonly expected = new Map<number, Expectation>();
   readonly stats: RoleStats = { incarnations: 0, journalled: 0, verified: 0 };
-  /** Findings of every incarnation (device findings are per device; the role sums them). */
-  findingsSeen = 0;
-  /** The fault injected last and not yet over (slow acknowledgements end later). */
-  slowUntilOp = -1;
   bug: BugMode | null = null;
 
   constructor(
@@ -103,7 +99,6 @@ export async function ensureIncarnation(role: Role, env: RoleEnv): Promise<boole
         name: `${role.name}.${role.stats.incarnations}`,
         pid: env.pid,
         options: windowOptions(role.kind, role.window),
-        deadlineMs: undefined,
       });
     } catch (e) {
       env.log(`role ${role.name}: start failed: ${(e as Error).message}`);

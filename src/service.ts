@@ -10,6 +10,8 @@ import { DeviceManager, type DeviceManagerOptions } from './devices/device-manag
 import { CHANNEL_PATH, ChannelServer } from './channel/channel-server.js';
 import type { ChannelLimits } from './channel/session.js';
 import { TokenTable } from './channel/tokens.js';
+import { startTracing } from './trace/service-trace.js';
+import { DEFAULT_TRACE_CAPACITY, type TraceRecorder } from './trace/recorder.js';
 
 type Log = NonNullable<DeviceManagerOptions['log']>;
 
@@ -26,6 +28,8 @@ export interface ServiceOptions {
   log?: Log;
   /** pino logger: the service logs through it, each device through a child logger. */
   logger?: Logger;
+  /** Trace ring size in entries (GET /v1/trace, docs/trace.md); 0 turns tracing off. */
+  traceEvents?: number;
 }
 
 export class Service {
@@ -35,6 +39,9 @@ export class Service {
   readonly devices: DeviceManager;
   readonly channel: ChannelServer;
   private unobserve: () => void;
+  /** The trace recorder (null when tracing is off). */
+  readonly trace: TraceRecorder | null = null;
+  private untrace: () => void = () => undefined;
   ready = false;
   /** The HTTP API requires a token of the channel's table (src/http/auth.ts). */
   readonly apiAuth: boolean;
@@ -57,6 +64,8 @@ export class Service {
       log,
       logger,
     });
+    const traceEvents = opts.traceEvents ?? DEFAULT_TRACE_CAPACITY;
+    if (traceEvents > 0) ({ recorder: this.trace, stop: this.untrace } = startTracing(this.kernel, this, traceEvents));
   }
 
   /** Serves the notifier channel (/v1/notifier/ws) on the HTTP server. */
@@ -90,5 +99,6 @@ export class Service {
     await this.channel.close();
     await this.devices.stopAll();
     this.unobserve();
+    this.untrace();
   }
 }

@@ -309,6 +309,8 @@ export class ExternalDevice {
     if (!Number.isInteger(pfn) || pfn < 0 || pfn >= this.k.mem.totalFrames) throw new DevmirrorError('DM_ERR_VALIDATION', `pfn ${pfn} is not a frame`);
     // The check comes first: a stale write must never land in a frame that is someone else's now.
     const f = this.sanitizer.check(pid, va - off, pfn, write);
+    // Every access of an external client passes here, so each one is traced (bounded by the ring).
+    this.k.trace?.instant(`d:${this.id}`, write ? 'dma write' : 'dma read', pid, { va: '0x' + va.toString(16), pfn, length: len, finding: f ? f.kind : '' });
     const bytes = this.k.mem.data;
     const base = pfn * PAGE_SIZE + off;
     if (f) {

@@ -11,6 +11,9 @@ import { HMM_PFN } from '../kernel/hmm.js';
 import type { MmuIntervalNotifier } from '../notifier/subscriptions.js';
 import type { DevmirrorError } from '../errors.js';
 import type { DeviceRequest, ExclusiveReply, FaultReply, GupReply, MigrateReply } from './protocol.js';
+import { nowUs } from '../trace/recorder.js';
+
+const hex = (n: number): string => '0x' + n.toString(16);
 
 /** The arguments of a range fault, as a device sends them (see DeviceRequest 'fault'). */
 export type RangeFaultArgs = Omit<Extract<DeviceRequest, { t: 'fault' }>, 't' | 'req' | 'sub'>;
@@ -64,11 +67,20 @@ export class DeviceServices {
       tick: 0,
     };
     let ret: number;
+    const t0 = k.trace ? nowUs() : 0;
     try {
       ret = await k.rangeFault(pid, r);
     } catch (e) {
       ret = errnoOf(e, -22);
     }
+    // EBUSY here is the kernel-side half of a failed readRetry: the sequence moved under the fault.
+    k.trace?.deviceSpan(this.deviceId, ret === 0 ? 'hmm_range_fault' : `hmm_range_fault ${ret === -16 ? 'EBUSY' : ret}`, t0, pid, {
+      start: hex(m.start),
+      end: hex(m.end),
+      seq: m.seq,
+      write: (m.defaultFlags & HMM_PFN.REQ_WRITE) !== 0,
+      result: ret,
+    });
     const gens = new Int32Array(pages);
     if (ret === 0) {
       for (let i = 0; i < pages; i++) if (pfns[i] & HMM_PFN.VALID) gens[i] = k.mem.generation(pfns[i] & HMM_PFN.PFN_MASK);
@@ -79,8 +91,10 @@ export class DeviceServices {
   /** get_user_pages of one page; a huge mapping also returns the frames of all its pages. */
   async gup(pid: number, va: number, write: boolean): Promise<GupReply> {
     const k = this.k;
+    const t0 = k.trace ? nowUs() : 0;
     try {
       const g = await k.gup(pid, va, write);
+      k.trace?.deviceSpan(this.deviceId, 'gup', t0, pid, { va: hex(va), write, huge: g.huge });
       if (!g.huge || g.pfn === 0) return { ret: 0, ...g };
       const headVa = Math.floor(va / (512 * PAGE_SIZE)) * 512 * PAGE_SIZE;
       const first = g.pfn - (va - headVa) / PAGE_SIZE;
@@ -92,7 +106,9 @@ export class DeviceServices {
       }
       return { ret: 0, ...g, headVa, hugePfns, hugeGens };
     } catch (e) {
-      return { ret: errnoOf(e, -14) === -12 ? -12 : -14, pfn: 0, gen: 0, tick: 0, write: false, huge: false };
+      const ret = errnoOf(e, -14) === -12 ? -12 : -14;
+      k.trace?.deviceSpan(this.deviceId, 'gup', t0, pid, { va: hex(va), write, result: ret });
+      return { ret, pfn: 0, gen: 0, tick: 0, write: false, huge: false };
     }
   }
 
@@ -104,6 +120,8 @@ export class DeviceServices {
   /** migrate_vma to this device's memory ('to') or back to RAM ('from'). */
   async migrate(pid: number, dir: 'to' | 'from', start: number, end: number, allocFails: boolean): Promise<MigrateReply> {
     const k = this.k;
+    const t0 = k.trace ? nowUs() : 0;
+    const span = (args: Record<string, unknown>): void => k.trace?.deviceSpan(this.deviceId, `migrate_vma ${dir === 'to' ? 'to device' : 'to system'}`, t0, pid, { start: hex(start), end: hex(end), ...args });
     try {
       const res =
         dir === 'to'
@@ -113,17 +131,22 @@ export class DeviceServices {
       const pages: Array<[number, number, number, boolean]> = res.pages
         .filter((pg) => pg.dst >= 0)
         .map((pg) => [pg.va, pg.dst, k.mem.generation(pg.dst), (mm.pt.lookup(pg.va) & 2) !== 0]);
+      span({ collected: res.collected, moved: res.moved, result: 0 });
       return { ret: 0, collected: res.collected, moved: res.moved, pages, tick: res.tick };
     } catch (e) {
+      span({ result: errnoOf(e, -14) });
       return { ret: errnoOf(e, -14), collected: 0, moved: 0, pages: [], tick: 0 };
     }
   }
 
   async exclusive(pid: number, va: number): Promise<ExclusiveReply> {
+    const t0 = this.k.trace ? nowUs() : 0;
     try {
       const r = await this.k.makeDeviceExclusive(pid, va, this.deviceId);
+      this.k.trace?.deviceSpan(this.deviceId, 'make_device_exclusive', t0, pid, { va: hex(va), result: 0 });
       return { ret: 0, pfn: r.pfn, gen: this.k.mem.generation(r.pfn), tick: r.tick };
     } catch {
+      this.k.trace?.deviceSpan(this.deviceId, 'make_device_exclusive', t0, pid, { va: hex(va), result: -16 });
       return { ret: -16, pfn: 0, gen: 0, tick: 0 };
     }
   }

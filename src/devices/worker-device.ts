@@ -538,6 +538,9 @@ export class WorkerDevice {
         this.counters = m.counters;
         this.sanitizer = m.sanitizer;
         this.mirror = m.mirror;
+        // A worker's DMA runs in its own thread against shared memory: the kernel sees only these
+        // running totals (posted at most every 200 ms), so the trace has them as sampled counters.
+        this.k.trace?.counter(`d:${this.id}`, 'dma', this.pid, { bytes: m.counters.dma_bytes ?? 0, accessesChecked: m.sanitizer.checked });
         return;
       case 'finding':
         if (this.findings.length < 500) this.findings.push(m.finding);

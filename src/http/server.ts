@@ -15,6 +15,7 @@ import { installMetrics } from './metrics.js';
 import { installReplySchemas } from './replies.js';
 import { streamRoutes } from './routes/stream.js';
 import { dashboardRoutes } from './routes/dashboard.js';
+import { traceRoutes } from './routes/trace.js';
 
 export interface ServerOptions {
   logger?: Logger | boolean;
@@ -57,6 +58,7 @@ export async function buildServer(svc: Service, opts: ServerOptions = {}): Promi
   installMetrics(app, svc);
   streamRoutes(app, svc);
   dashboardRoutes(app);
+  traceRoutes(app, svc);
   svc.attach(app.server);
   return app;
 }

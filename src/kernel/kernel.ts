@@ -40,6 +40,7 @@ import { makeDeviceExclusive, migrateToDevice, migrateToSystem, evictDeviceMemor
 import { handleMmFault } from './fault.js';
 import { PROT } from './vma.js';
 import { Daemons } from './activity/daemons.js';
+import type { TraceRecorder } from '../trace/recorder.js';
 
 export interface KernelConfig {
   /** RAM in bytes (multiple of 2 MiB). Default 64 MiB. */
@@ -170,6 +171,8 @@ export class Kernel {
   readonly bootId: number;
   /** Background activity at configurable rates. */
   readonly daemons: Daemons;
+  /** The trace recorder while tracing is on (src/trace/kernel-hooks.ts), else null. */
+  trace: TraceRecorder | null = null;
 
   constructor(config: Partial<KernelConfig> = {}) {
     const cfg = { ...DEFAULT_KERNEL_CONFIG, ...config };
@@ -267,6 +270,7 @@ export class Kernel {
         this.stats.subscriberBugs++;
         this.emit('onSubscriberBug', info, msg, range);
       },
+      onReadBeginWait: (info, sinceUs) => this.trace?.span(this.trace.subscriberTrack(info), 'readBegin wait', sinceUs, mm.pid),
     };
   }
 

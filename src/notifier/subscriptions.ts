@@ -189,6 +189,8 @@ export interface NotifierObserver {
   onSubscriberBug?(info: SubscriberInfo, message: string, range: NotifierRange | null): void;
   /** invalidateSeq or the active count changed (published to shared memory by the mm). */
   onSeqChange?(seq: number, active: number): void;
+  /** A readBegin had to wait for open invalidations (from `sinceUs` until now); tracing. */
+  onReadBeginWait?(info: SubscriberInfo, sinceUs: number): void;
 }
 
 interface OpenRange {
@@ -358,7 +360,11 @@ export class MmuNotifierSubscriptions {
     if (seq !== this.invalidateSeq) return seq;
     // The subscription was hit by (or inserted during) the open window: wait until the last
     // range ends and the global seq moves on. No loop: a retry may already be pending on return.
-    return this.waitSeqChange(seq).then(() => seq);
+    const t0 = now();
+    return this.waitSeqChange(seq).then(() => {
+      this.observer?.onReadBeginWait?.(sub.info, t0);
+      return seq;
+    });
   }
 
   /** Resolves when invalidateSeq != seq. */

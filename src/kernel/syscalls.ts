@@ -562,7 +562,7 @@ async function madvisePageout(k: Kernel, mm: MM, start: number, end: number): Pr
     if (level === LEVEL.PMD) for (let i = 0; i < 512; i++) pfns.push(pfn + i);
     else pfns.push(pfn);
   });
-  const res = await reclaimPages(k, pfns, 'reclaim');
+  const res = await reclaimPages(k, pfns, 'madvise');
   return res.reclaimed;
 }
 
@@ -615,7 +615,7 @@ export async function madvise(k: Kernel, p: Process, addr: number, length: numbe
             });
           }
           for (const a of candidates) {
-            const res = await collapseHugePage(k, mm, a, 'khugepaged', false);
+            const res = await collapseHugePage(k, mm, a, 'madvise', false);
             if (res === 'collapsed' || res === 'already-huge') pages += 512;
             else if (res === 'alloc-failed') throw kerr('ENOMEM', 'no huge page for MADV_COLLAPSE');
             else if (res === 'not-eligible' && v.file !== null) throw kerr('EINVAL', 'MADV_COLLAPSE needs anonymous memory');

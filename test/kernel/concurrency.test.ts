@@ -539,7 +539,7 @@ describe('concurrency: no operation is ever seen half applied', () => {
       const p = k.createProcess('shm');
       const a = await k.mmap(p.pid, { length: PAGE, prot: RW, shared: true });
       await k.write(p.pid, a, new Uint8Array(PAGE).fill(7));
-      const { sub, raced } = racer((r) => r.origin === 'reclaim', () => k.munmap(p.pid, a, PAGE));
+      const { sub, raced } = racer((r) => r.origin === 'reclaim' || r.origin === 'swap', () => k.munmap(p.pid, a, PAGE));
       p.mm.notifier.register(sub);
       for (let i = 0; i < 4 && !raced(); i++) await k.reclaim(32);
       expect(raced(), 'reclaim never tried to unmap the page').not.toBeNull();
@@ -554,7 +554,7 @@ describe('concurrency: no operation is ever seen half applied', () => {
       const p = k.createProcess('anon');
       const a = await k.mmap(p.pid, { length: 2 * PAGE, prot: RW });
       await k.write(p.pid, a, new Uint8Array(2 * PAGE).fill(7));
-      const { sub, raced } = racer((r) => r.origin === 'reclaim', (r) => k.munmap(p.pid, r.start, PAGE));
+      const { sub, raced } = racer((r) => r.origin === 'reclaim' || r.origin === 'swap', (r) => k.munmap(p.pid, r.start, PAGE));
       p.mm.notifier.register(sub);
       for (let i = 0; i < 4 && !raced(); i++) await k.reclaim(32);
       expect(raced()).not.toBeNull();
@@ -574,7 +574,7 @@ describe('concurrency: no operation is ever seen half applied', () => {
       await k.write(p.pid, a, new Uint8Array(PAGE).fill(7));
       let to = -1;
       const { sub, raced } = racer(
-        (r) => r.origin === 'reclaim',
+        (r) => r.origin === 'reclaim' || r.origin === 'swap',
         async () => {
           to = await k.mremap(p.pid, { addr: a, length: PAGE, newLength: PAGE, maymove: true, fixed: true, newAddr: FAR_AWAY });
         },

@@ -112,7 +112,10 @@ export async function evictPage(
     const index = k.pageIndex[pfn];
     if (fl & FF.ANON && !(fl & FF.LAZYFREE) && k.swap.free() === 0) return 'activate';
     if (file && file.kind === 'shmem' && k.swap.free() === 0) return 'activate';
-    const unmapped = await unmapToMigrationEntries(k, pfn, origin);
+    // Provenance: the LRU's reclaim of a swap-backed page (anonymous, shmem) is a swap-out; file
+    // pages and lazily freed ones are dropped or written back. A syscall (MADV_PAGEOUT) keeps its own.
+    const swapBacked = (fl & FF.ANON && !(fl & FF.LAZYFREE)) || file?.kind === 'shmem';
+    const unmapped = await unmapToMigrationEntries(k, pfn, origin === 'reclaim' && swapBacked ? 'swap' : origin);
     if (!unmapped) return 'keep';
     const cacheRef = file && k.files.get(file.id) === file && file.cache.get(index) === pfn ? 1 : 0;
     if (mem.refcount(pfn) !== 1 + cacheRef + unmapped.length || mem.mapcount(pfn) !== unmapped.length) {

@@ -73,6 +73,7 @@ const ROUTES: Record<string, Route> = {
   'GET /docs/static/swagger-initializer.js': R('public', () => ['/docs/static/swagger-initializer.js']),
   'GET /docs/static/*': R('public', () => ['/docs/static/swagger-ui.css']),
   'GET /v1/events': R('token', () => ['/v1/events?limit=5']),
+  'GET /v1/trace': R('token', () => ['/v1/trace?limit=5']),
   'GET /v1/notifier': R('token', () => ['/v1/notifier']),
   'GET /v1/processes': R('token', () => ['/v1/processes']),
   'GET /v1/devices': R('token', () => ['/v1/devices']),
@@ -367,6 +368,11 @@ describe('a token granted some processes', () => {
     expect(((await get('/v1/events?limit=1000', OMEGA)).items as Array<{ pid: number }>).some((e) => e.pid === theirs.pid)).toBe(true);
     const one = await app.inject({ method: 'GET', url: `/v1/events?pid=${theirs.pid}`, headers: auth(ALPHA) });
     expect(one.statusCode).toBe(403);
+    // The trace, as the events: the entries of granted processes (and the machine-wide activities).
+    const tracePids = (t: { traceEvents: Array<{ args?: { pid?: number } }> }) => new Set(t.traceEvents.map((e) => e.args?.pid).filter((p) => p !== undefined));
+    expect(tracePids(await get('/v1/trace', ALPHA))).not.toContain(theirs.pid);
+    expect(tracePids(await get('/v1/trace', OMEGA))).toContain(theirs.pid);
+    expect((await app.inject({ method: 'GET', url: `/v1/trace?pid=${theirs.pid}`, headers: auth(ALPHA) })).statusCode).toBe(403);
 
     const notifier = (await get('/v1/notifier', ALPHA)).items as Array<{ pid: number }>;
     expect(notifier.map((n) => n.pid)).toContain(mine.pid);

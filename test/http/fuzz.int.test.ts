@@ -319,6 +319,7 @@ const ROUTES: Record<string, RouteSpec> = {
   'GET /healthz': { method: 'GET', path: '/healthz', runs: 5 },
   'GET /readyz': { method: 'GET', path: '/readyz', runs: 5 },
   'GET /v1/events': { method: 'GET', path: '/v1/events', query: { pid: pidP, since: fc.oneof(fc.nat(5000), fc.constantFrom(2 ** 53, 0)), limit: intIn(0, 10_001) } },
+  'GET /v1/trace': { method: 'GET', path: '/v1/trace', query: { pid: pidP, since: fc.oneof(fc.nat(5000), fc.constantFrom(2 ** 53, 0)), limit: intIn(0, 60_000) } },
   'GET /v1/notifier': { method: 'GET', path: '/v1/notifier', runs: 5 },
   'POST /v1/processes': { method: 'POST', path: '/v1/processes', body: { fields: { name: nameP }, required: [] } },
   'GET /v1/processes': { method: 'GET', path: '/v1/processes', runs: 5 },

@@ -33,6 +33,7 @@ const CASES: Record<string, Case> = {
   'GET /healthz': { good: () => ['/healthz'], bad: () => [] },
   'GET /readyz': { good: () => ['/readyz'], bad: () => [] },
   'GET /v1/events': { good: () => ['/v1/events?limit=5'], bad: () => [['/v1/events?limit=abc', undefined, 400, 'DM_ERR_BAD_ADDRESS']] },
+  'GET /v1/trace': { good: () => ['/v1/trace?limit=5'], bad: () => [['/v1/trace?since=abc', undefined, 400, 'DM_ERR_BAD_ADDRESS'], [`/v1/trace?pid=${NOPE}&x=1`, undefined, 400, 'DM_ERR_VALIDATION']] },
   'GET /v1/notifier': { good: () => ['/v1/notifier'], bad: () => [] },
   'POST /v1/processes': {
     good: () => ['/v1/processes', { name: 'other' }, 201],

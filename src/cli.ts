@@ -15,6 +15,7 @@ import { hostname } from 'node:os';
 import { startDemo, type Demo } from './demo.js';
 import { benchMain } from './loadgen/cli.js';
 import { replayMain, soakMain } from './soak/cli.js';
+import { conformanceMain } from './conformance/cli.js';
 import { CHANNEL_PATH } from './channel/channel-server.js';
 import { DEVICE_KINDS, EVENT_POLICIES, type DeviceKind, type EventPolicy } from './devices/protocol.js';
 
@@ -35,6 +36,9 @@ commands:
                faults, checked for lost writes, stale accesses, leaks (devmirror soak --help,
                docs/reliability.md)
   replay FILE  run a soak record again with its seed; how often its problems come back
+  conformance  check a device against the mirror contract (scripted scenarios, pass/fail table):
+                 --kind K (--url ws://... | --command "CMD" | --builtin worker|external) [--json]
+                 (devmirror conformance --help, docs/conformance.md)
   help         this text
 
 configuration comes from the environment: see docs/configuration.md`;
@@ -179,6 +183,8 @@ async function main(argv: string[]): Promise<void> {
       process.exit(await soakMain(argv.slice(1)));
     case 'replay':
       process.exit(await replayMain(argv.slice(1)));
+    case 'conformance':
+      process.exit(await conformanceMain(argv.slice(1)));
     case 'help':
     case '--help':
     case '-h':

@@ -50,7 +50,10 @@ export abstract class Device implements DmaTarget {
       const npages = Number(args.npages);
       const faults = this.dma.stats.faults;
       let ok = 0;
-      for (let i = 0; i < npages; i++) if (await this.dma.access(addr + i * PAGE_SIZE, Boolean(args.write))) ok++;
+      // holdUs: each access holds its translation that long before moving its data (a long
+      // transfer the conformance suite invalidates under, whatever the engine's own transferUs).
+      const holdUs = args.holdUs === undefined ? undefined : Number(args.holdUs);
+      for (let i = 0; i < npages; i++) if (await this.dma.access(addr + i * PAGE_SIZE, Boolean(args.write), undefined, holdUs)) ok++;
       return { ok, failed: npages - ok, faults: this.dma.stats.faults - faults };
     });
     host.onCommand('bug', (args) => {

@@ -137,15 +137,15 @@ export class DmaEngine {
    * One device access to the page at va: translate (faulting as needed), then move the data after
    * the transfer time, with the translation held in flight.
    */
-  access(va: number, write: boolean, data?: Uint8Array): Promise<boolean> {
-    const p = this.doAccess(va, write, data);
+  access(va: number, write: boolean, data?: Uint8Array, holdUs?: number): Promise<boolean> {
+    const p = this.doAccess(va, write, data, holdUs);
     this.started.add(p);
     const done = (): void => void this.started.delete(p);
     p.then(done, done);
     return p;
   }
 
-  private async doAccess(va: number, write: boolean, data?: Uint8Array): Promise<boolean> {
+  private async doAccess(va: number, write: boolean, data?: Uint8Array, holdUs?: number): Promise<boolean> {
     let pfn = this.target.lookup(va, write);
     for (let tries = 0; pfn < 0; tries++) {
       if (tries > 16) {
@@ -164,7 +164,8 @@ export class DmaEngine {
     const op: InFlight = { va, done: new Promise<void>((r) => (finish = r)) };
     this.inflight.add(op);
     try {
-      if (this.config.transferUs > 0) await this.host.sleepUs(this.config.transferUs);
+      const transferUs = holdUs ?? this.config.transferUs;
+      if (transferUs > 0) await this.host.sleepUs(transferUs);
       const len = Math.min(this.config.bytes, PAGE_SIZE);
       if (write) {
         const seq = this.seq++;

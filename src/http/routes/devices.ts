@@ -87,7 +87,12 @@ const FaultsBody = Type.Object(
 );
 
 const DmaBody = Type.Object(
-  { addr: Address, length: Type.Integer({ minimum: 1, maximum: 64 * 1024 * 1024 }), write: Type.Optional(Type.Boolean()) },
+  {
+    addr: Address,
+    length: Type.Integer({ minimum: 1, maximum: 64 * 1024 * 1024 }),
+    write: Type.Optional(Type.Boolean()),
+    holdUs: Type.Optional(Type.Integer({ minimum: 0, maximum: 10_000_000, description: 'each access holds its translation this long before its data moves (in flight)' })),
+  },
   { additionalProperties: false },
 );
 
@@ -229,7 +234,7 @@ export function deviceRoutes(app: FastifyInstance, svc: Service): void {
     const b = req.body as Static<typeof DmaBody>;
     const first = b.addr - (b.addr % PAGE_SIZE);
     const npages = Math.ceil((b.addr + b.length - first) / PAGE_SIZE);
-    return checked<{ ok: number; failed: number; faults: number }>(d, 'dma-sweep', R.Sweep, await command(d, 'dma-sweep', { addr: first, npages, write: b.write ?? false }));
+    return checked<{ ok: number; failed: number; faults: number }>(d, 'dma-sweep', R.Sweep, await command(d, 'dma-sweep', { addr: first, npages, write: b.write ?? false, ...(b.holdUs !== undefined ? { holdUs: b.holdUs } : {}) }));
   });
 
   app.get(

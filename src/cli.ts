@@ -16,6 +16,7 @@ import { startDemo, type Demo } from './demo.js';
 import { benchMain } from './loadgen/cli.js';
 import { replayMain, soakMain } from './soak/cli.js';
 import { conformanceMain } from './conformance/cli.js';
+import { triggerMain } from './client/trigger-cli.js';
 import { CHANNEL_PATH } from './channel/channel-server.js';
 import { DEVICE_KINDS, EVENT_POLICIES, type DeviceKind, type EventPolicy } from './devices/protocol.js';
 
@@ -39,6 +40,8 @@ commands:
   conformance  check a device against the mirror contract (scripted scenarios, pass/fail table):
                  --kind K (--url ws://... | --command "CMD" | --builtin worker|external) [--json]
                  (devmirror conformance --help, docs/conformance.md)
+  trigger ORIGIN  produce one invalidation origin on a range and list the invalidations:
+               --url http://HOST:PORT [--token T] --pid N --addr A --length L [--node N]
   help         this text
 
 configuration comes from the environment: see docs/configuration.md`;
@@ -185,6 +188,8 @@ async function main(argv: string[]): Promise<void> {
       process.exit(await replayMain(argv.slice(1)));
     case 'conformance':
       process.exit(await conformanceMain(argv.slice(1)));
+    case 'trigger':
+      process.exit(await triggerMain(argv.slice(1)));
     case 'help':
     case '--help':
     case '-h':

@@ -53,6 +53,7 @@ const DEVMIRROR = {
   DM_ERR_CONFLICT: { status: 409, summary: 'the request conflicts with the current state' },
   DM_ERR_NAME_TAKEN: { status: 409, summary: 'a process with this name already exists' },
   DM_ERR_PROCESS_EXITING: { status: 409, summary: 'the process is exiting' },
+  DM_ERR_NOT_TRIGGERABLE: { status: 409, summary: 'this invalidation origin cannot be produced on this range now (the message says why)' },
   DM_ERR_TOO_LARGE: { status: 413, summary: 'the request is larger than the configured limit' },
   DM_ERR_CHANNEL_MALFORMED: { status: 400, summary: 'a notifier-channel frame is not a valid protobuf ClientFrame/ServerFrame' },
   DM_ERR_CHANNEL_PROTOCOL: { status: 400, summary: 'a well-formed channel frame breaks the protocol (wrong state, unknown, late, duplicate or foreign acknowledgement)' },

@@ -7,7 +7,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { FastifyInstance } from 'fastify';
 import type { Service } from '../service.js';
-import { EVENT_NAMES } from '../notifier/range.js';
+import { EVENT_NAMES, ORIGINS } from '../notifier/range.js';
 import { DEVICE_KINDS } from '../devices/protocol.js';
 import { access } from './auth.js';
 
@@ -42,10 +42,13 @@ export function installMetrics(app: FastifyInstance, svc: Service): Registry {
     registers: [reg],
   });
   const invalidations = new Counter({ name: 'devmirror_invalidations_total', help: 'Invalidations, by event and result', labelNames: ['event', 'result'], registers: [reg] });
+  // origin is one of ORIGINS (a fixed list of 24) and event one of 8: bounded like the others.
+  const byOrigin = new Counter({ name: 'devmirror_invalidations_by_origin_total', help: 'Invalidations, by origin (the syscall or kernel activity that sent them) and event', labelNames: ['origin', 'event'], registers: [reg] });
   const unobserve = k.observe({
     onInvalidation: (rec) => {
       const ev = EVENT_NAMES[rec.range.event] ?? 'UNKNOWN';
       invalidations.inc({ event: ev, result: rec.result });
+      byOrigin.inc({ origin: ORIGINS.includes(rec.range.origin) ? rec.range.origin : 'other', event: ev });
       invalidation.observe({ event: ev }, Math.max(0, rec.endedUs - rec.startedUs) / 1e6);
       for (const s of rec.subscribers) ack.observe({ event: ev, device_kind: kindLabel(s.info.deviceKind) }, Math.max(0, s.ackUs) / 1e6);
     },
@@ -119,7 +122,7 @@ export function installMetrics(app: FastifyInstance, svc: Service): Registry {
     },
   });
 
-  // No token: aggregates with bounded labels (event, result, device kind), no pids, names or data,
+  // No token: aggregates with bounded labels (event, result, origin, device kind), no pids, names or data,
   // so that a scraper needs no secret (docs/control-plane.md, Security).
   app.get('/metrics', { config: access('public') }, async (_req, reply) => {
     reply.type(reg.contentType);

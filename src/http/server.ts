@@ -7,6 +7,8 @@ import type { Service } from '../service.js';
 import { installErrorHandling } from './errors.js';
 import { installAuth } from './auth.js';
 import { kernelRoutes } from './routes/kernel.js';
+import { triggerRoutes } from './routes/trigger.js';
+import { fidelityRoutes } from './routes/fidelity.js';
 import { observeRoutes } from './routes/observe.js';
 import { processRoutes } from './routes/processes.js';
 import { deviceRoutes } from './routes/devices.js';
@@ -53,6 +55,8 @@ export async function buildServer(svc: Service, opts: ServerOptions = {}): Promi
   observeRoutes(app, svc);
   processRoutes(app, svc);
   kernelRoutes(app, svc);
+  triggerRoutes(app, svc);
+  fidelityRoutes(app);
   deviceRoutes(app, svc);
   protoRoutes(app);
   installMetrics(app, svc);

@@ -35,6 +35,7 @@ import { PROT } from '../../src/kernel/kernel.js';
 import { ADVICES, MAX_PAGEMAP_PAGES } from '../../src/kernel/syscalls.js';
 import { DEVICE_KINDS, EVENT_POLICIES } from '../../src/devices/protocol.js';
 import { DAEMON_NAMES } from '../../src/kernel/activity/daemons.js';
+import { ORIGINS } from '../../src/notifier/range.js';
 import { DeviceClient } from '../../src/client/device-client.js';
 import { eventually } from '../helpers/eventually.js';
 
@@ -420,6 +421,14 @@ const ROUTES: Record<string, RouteSpec> = {
     },
     body: { fields: { pid: fc.oneof({ arbitrary: fc.constant(ref('victim')), weight: 4 }, { arbitrary: pidP, weight: 1 }), kill: boolP }, required: [], optional: true },
   },
+  'POST /v1/kernel/trigger': {
+    method: 'POST',
+    path: '/v1/kernel/trigger',
+    runs: 30,
+    // Origins that end or copy the fixture's process (exit, oom_reaper, fork) are left to test/http/trigger.int.test.ts.
+    body: { fields: { origin: mix(fc.constantFrom(...ORIGINS.filter((o) => !['exit', 'oom_reaper', 'fork'].includes(o))), fc.constantFrom('nope', '', 'EXIT')), pid: pidP, addr: addrP, length: lenP, node: intIn(0, 63) }, required: ['origin', 'pid', 'addr', 'length'] },
+  },
+  'GET /v1/fidelity': { method: 'GET', path: '/v1/fidelity', runs: 3 },
   'GET /v1/kernel/daemons': { method: 'GET', path: '/v1/kernel/daemons', runs: 5 },
   'PUT /v1/kernel/daemons': {
     method: 'PUT',

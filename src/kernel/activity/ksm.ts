@@ -23,7 +23,7 @@ interface Candidate {
   pfn: number;
 }
 
-function hashPage(k: Kernel, pfn: number): number {
+export function hashPage(k: Kernel, pfn: number): number {
   const w = k.mem.dataWords;
   const base = pfn * (PAGE_SIZE / 4);
   let h = 0x811c9dc5;
@@ -66,16 +66,23 @@ async function replacePage(k: Kernel, c: Candidate, ksmPfn: number): Promise<boo
   }
 }
 
-/** One full ksmd scan over every mergeable area. */
-export async function ksmScan(k: Kernel): Promise<KsmResult> {
+/**
+ * One full ksmd scan over every mergeable area, or (`only`) over the mergeable part of one range:
+ * POST /v1/kernel/trigger merges a chosen range without touching the rest of the machine.
+ */
+export async function ksmScan(k: Kernel, only?: { mm: MM; start: number; end: number }): Promise<KsmResult> {
   const res: KsmResult = { scanned: 0, merged: 0, saved: 0 };
   const groups = new Map<number, Candidate[]>();
   const stable = new Map<number, number>();
   for (const p of k.liveProcesses()) {
     const mm = p.mm;
+    if (only && mm !== only.mm) continue;
     for (const v of mm.vmas.items) {
       if (!v.mergeable || v.file !== null || v.shared) continue;
-      mm.pt.walk(v.start, v.end, (va, _idx, level, e) => {
+      const from = only ? Math.max(v.start, only.start) : v.start;
+      const to = only ? Math.min(v.end, only.end) : v.end;
+      if (from >= to) continue;
+      mm.pt.walk(from, to, (va, _idx, level, e) => {
         if (level !== 0 || !(e & PTE.PRESENT)) return;
         const pfn = ptePfn(e);
         if (pfn === ZERO_PFN || k.mem.isCompound(pfn)) return;

@@ -3,6 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Service } from '../../src/service.js';
 import { buildServer } from '../../src/http/server.js';
 import { PROT } from '../../src/kernel/kernel.js';
+import { ORIGINS } from '../../src/notifier/range.js';
 
 let svc: Service | null = null;
 let close: (() => Promise<void>) | null = null;
@@ -40,6 +41,10 @@ describe('metrics', () => {
     const t = r.body;
     expect(sample(t, 'devmirror_invalidation_ack_seconds_count', 'event="UNMAP",device_kind="dmirror"')).toBe(1);
     expect(sample(t, 'devmirror_invalidations_total', 'event="UNMAP",result="ok"')).toBe(1);
+    // By origin too: ORIGINS is a fixed list, so the label stays bounded.
+    expect(sample(t, 'devmirror_invalidations_by_origin_total', 'origin="munmap",event="UNMAP"')).toBe(1);
+    expect(sample(t, 'devmirror_invalidations_by_origin_total', 'origin="mprotect",event="PROTECTION_VMA"')).toBe(1);
+    expect([...t.matchAll(/devmirror_invalidations_by_origin_total\{origin="([^"]+)"/g)].every((m) => (ORIGINS as readonly string[]).includes(m[1]))).toBe(true);
     expect(sample(t, 'devmirror_devices', 'device_kind="dmirror"')).toBe(1);
     expect(sample(t, 'devmirror_sanitizer_checked', 'device_kind="dmirror"')).toBe(8);
     expect(sample(t, 'devmirror_device_refaults', 'device_kind="dmirror"')).toBe(4);

@@ -15,6 +15,8 @@
  *          --dma-total=16000 (device accesses/s in all, split evenly over the N devices, while DMA
  *          runs: the same traffic at every N, so N does not also scale the load) --mprotect-rounds=40
  *          --only=handshake|mprotect --json=path
+ *          --trace=on (the trace recorder attached to the kernel, as the service has it by default;
+ *          docs/trace.md: compare with a run without it)
  */
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { Kernel, PROT } from '../src/kernel/kernel.js';
@@ -24,6 +26,8 @@ import type { EventPolicy } from '../src/devices/protocol.js';
 import { MmuNotifierEvent } from '../src/notifier/range.js';
 import { fmt, machine, percentiles, table, usSince, type Percentiles } from './lib/stats.js';
 import { ReferenceFanout, type RefMode } from './lib/references.js';
+import { attachTracing } from '../src/trace/kernel-hooks.js';
+import { TraceRecorder } from '../src/trace/recorder.js';
 
 const PAGE = 4096;
 const MiB = 1024 * 1024;
@@ -33,6 +37,7 @@ const ROUNDS = Number(args.get('rounds') ?? 20000);
 const DMA_TOTAL = Number(args.get('dma-total') ?? 16000);
 const MPROTECT_ROUNDS = Number(args.get('mprotect-rounds') ?? 40);
 const ONLY = args.get('only');
+const TRACE = args.get('trace') === 'on';
 /** The kernel thread yields to its event loop every YIELD_EVERY rounds (it serves HTTP, faults). */
 const YIELD_EVERY = 32;
 const WINDOW_PAGES = 64;
@@ -127,6 +132,7 @@ async function reference(mode: RefMode, n: number): Promise<Result> {
 
 async function devmirror(n: number, dma: boolean): Promise<Result> {
   const k = new Kernel({ memoryBytes: 64 * MiB });
+  if (TRACE) attachTracing(k, new TraceRecorder());
   const p = k.createProcess('bench');
   const mgr = new DeviceManager(k, { deadlineMs: 60_000 });
   try {

@@ -18,6 +18,7 @@ import { replayMain, soakMain } from './soak/cli.js';
 import { conformanceMain } from './conformance/cli.js';
 import { triggerMain } from './client/trigger-cli.js';
 import { CHANNEL_PATH } from './channel/channel-server.js';
+import { traceMain } from './trace/cli.js';
 import { DEVICE_KINDS, EVENT_POLICIES, type DeviceKind, type EventPolicy } from './devices/protocol.js';
 
 const USAGE = `usage: devmirror <command>
@@ -42,6 +43,8 @@ commands:
                  (devmirror conformance --help, docs/conformance.md)
   trigger ORIGIN  produce one invalidation origin on a range and list the invalidations:
                --url http://HOST:PORT [--token T] --pid N --addr A --length L [--node N]
+  trace        download a running service's trace for https://ui.perfetto.dev:
+                 --url http://HOST:PORT [--token T] [--out FILE] [--pid N] (docs/trace.md)
   help         this text
 
 configuration comes from the environment: see docs/configuration.md`;
@@ -63,6 +66,7 @@ async function serve(): Promise<void> {
     deadlineMs: cfg.ackDeadlineMs,
     channel: { maxPayload: cfg.channelMaxFrameBytes },
     logger: log,
+    traceEvents: cfg.traceEvents,
   });
   const app = await buildServer(svc, { logger: log });
   await app.listen({ host: cfg.host, port: cfg.port });
@@ -190,6 +194,9 @@ async function main(argv: string[]): Promise<void> {
       process.exit(await conformanceMain(argv.slice(1)));
     case 'trigger':
       process.exit(await triggerMain(argv.slice(1)));
+    case 'trace':
+      await traceMain(argv.slice(1));
+      return;
     case 'help':
     case '--help':
     case '-h':

@@ -21,6 +21,8 @@ export const SOAK_USAGE = `usage: devmirror soak [options]
   --no-faults        inject no faults
   --no-external      worker devices only (no client processes)
   --bug ROLE:MODE    make one role buggy, to see the checks catch it (e.g. gpu-w:ack-before-quiesce)
+  --trace FILE       record a trace and write it here at the end (Chrome trace JSON: open it in
+                     https://ui.perfetto.dev, docs/trace.md); the newest 50000 entries
 exits 1 if any check failed; the record names the operation each problem was found at, and
 \`devmirror replay FILE\` runs it again.`;
 
@@ -78,6 +80,7 @@ export async function soakMain(argv: string[]): Promise<number> {
       seed: { type: 'string' },
       record: { type: 'string' },
       json: { type: 'string' },
+      trace: { type: 'string' },
       'check-every': { type: 'string' },
       'deadline-ms': { type: 'string' },
       'memory-mb': { type: 'string' },
@@ -116,6 +119,7 @@ export async function soakMain(argv: string[]): Promise<number> {
     faultEvery: num('--fault-every', values['fault-every'], DEFAULT_SOAK.faultEvery, 1),
     faults: !values['no-faults'],
     external: !values['no-external'],
+    trace: values.trace ?? null,
     progress: (s) => line(`  ${s}`),
   });
   printSoak(r);

@@ -24,7 +24,7 @@
  * operations and faults again (replay.ts).
  */
 import type { FastifyInstance } from 'fastify';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { Service } from '../service.js';
@@ -38,6 +38,8 @@ import { DEVICE_KINDS, type BugMode } from '../devices/protocol.js';
 import type { InvalidationRecord } from '../notifier/subscriptions.js';
 import type { Finding } from '../sanitizer/sanitizer.js';
 import { OOM_REAPER } from '../kernel/activity/oom.js';
+import { DEFAULT_TRACE_CAPACITY } from '../trace/recorder.js';
+import { exportTrace } from '../trace/service-trace.js';
 import { PROT_READ, PROT_WRITE, ShadowProcess, firstDiff, type AccessOutcome } from './shadow-memory.js';
 import { Recorder, type RecordedOp } from './record.js';
 import { Role, clientPids, ensureIncarnation, killClient, quiesceDma, startDma, stopRoles, type RoleEnv } from './roles.js';
@@ -73,6 +75,8 @@ export interface SoakOptions {
   /** Replay: run these operations (from a record) instead of generating them, checkpoints at these indices. */
   script?: { ops: RecordedOp[]; checkAt: number[] } | null;
   progress?: (line: string) => void;
+  /** Write the run's trace (Chrome trace JSON, docs/trace.md) here at the end; tracing is off without it. */
+  trace?: string | null;
 }
 
 export const DEFAULT_SOAK: SoakOptions = {
@@ -278,6 +282,8 @@ class Soak {
       kernel: { memoryBytes: o.memoryMb * MiB, deviceMemoryBytes: 16 * MiB, swapBytes: o.memoryMb * 2 * MiB, bootId: (o.seed % 0x7ffffffe) + 1 },
       deadlineMs: o.deadlineMs,
       channel: { deadlineMs: o.deadlineMs },
+      // Off unless asked for: a filling ring would show as memory growth in the leak check.
+      traceEvents: o.trace ? DEFAULT_TRACE_CAPACITY : 0,
     });
     touchSharedMemory(this.svc);
     this.app = await buildServer(this.svc, { logger: false });
@@ -785,7 +791,8 @@ class Soak {
     // The reaper gives up on a refusing device after a few quick retries (the exit path frees the memory).
     OOM_REAPER.retryDelayMs = 20;
     OOM_REAPER.maxRetries = 5;
-    const { progress: _p, script, ...recorded } = o;
+    // Not the trace file: a replay of the record must not overwrite the original run's trace.
+    const { progress: _p, script, trace: _t, ...recorded } = o;
     this.rec.write({ t: 'header', version: 1, seed: o.seed, options: { ...recorded, script: script ? 'replay' : null }, startedAt: new Date().toISOString(), node: process.version });
     try {
       await this.setup();
@@ -829,6 +836,8 @@ class Soak {
       return await this.report();
     } finally {
       Object.assign(OOM_REAPER, saved);
+      // Written whatever the outcome: the trace of a failed run is the one worth opening.
+      if (o.trace && this.svc?.trace) writeFileSync(o.trace, JSON.stringify(exportTrace(this.svc.kernel, this.svc.trace, { limit: this.svc.trace.capacity })));
       await this.rec.close();
       await stopRoles(this.roles).catch(() => undefined);
       await this.svc?.stop().catch(() => undefined);

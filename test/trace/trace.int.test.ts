@@ -11,6 +11,10 @@ import { buildServer } from '../../src/http/server.js';
 import type { ChromeEvent, ChromeTrace } from '../../src/trace/chrome-export.js';
 import { schemaErrors, structureErrors, threadNames } from './check-trace.js';
 import { eventually } from '../helpers/eventually.js';
+import { traceMain } from '../../src/trace/cli.js';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 const PAGE = 4096;
 const MiB = 1024 * 1024;
@@ -145,5 +149,15 @@ describe('GET /v1/trace', () => {
     expect(one.metadata.entries).toBe(1);
     const bad = await fetch(`${base}/v1/trace?limit=abc`);
     expect([bad.status, ((await bad.json()) as { code: string }).code]).toEqual([400, 'DM_ERR_BAD_ADDRESS']);
+  });
+
+  it('devmirror trace downloads it into a file', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'dm-trace-')), 't.json');
+    let said = '';
+    expect(await traceMain(['--url', base, '--out', file, '--pid', String(pid)], (s) => (said += s))).toBe(file);
+    expect(said).toMatch(/written to .*t\.json; open it in https:\/\/ui\.perfetto\.dev/);
+    const t = JSON.parse(readFileSync(file, 'utf8')) as ChromeTrace;
+    expect(schemaErrors(t)).toEqual([]);
+    await expect(traceMain(['--url', base, '--limit', 'x'], () => undefined)).rejects.toMatchObject({ code: 'DM_ERR_VALIDATION' });
   });
 });

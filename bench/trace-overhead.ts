@@ -1,5 +1,5 @@
 /**
- * node dist/bench/trace-overhead.js [--rounds=100000] [--trials=7]
+ * node dist/bench/trace-overhead.js [--rounds=100000] [--trials=7] [--capacity=50000]
  *
  * What tracing costs the kernel thread, without device workers (whose cross-thread wake-ups
  * dominate a handshake round and drown a sub-microsecond difference; bench:handshake --trace=on
@@ -18,11 +18,12 @@ import { TraceRecorder } from '../src/trace/recorder.js';
 const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, '').split('=') as [string, string]));
 const ROUNDS = Number(args.get('rounds') ?? 100_000);
 const TRIALS = Number(args.get('trials') ?? 7);
+const CAPACITY = Number(args.get('capacity') ?? 50_000);
 const PAGE = 4096;
 
 async function trial(traced: boolean): Promise<{ invNs: number; mprotectNs: number }> {
   const k = new Kernel({ memoryBytes: 16 * 1024 * 1024 });
-  if (traced) attachTracing(k, new TraceRecorder());
+  if (traced) attachTracing(k, new TraceRecorder(CAPACITY));
   const p = k.createProcess('bench');
   const a = await k.mmap(p.pid, { length: 16 * PAGE, prot: PROT.READ | PROT.WRITE });
   await k.write(p.pid, a, new Uint8Array(16 * PAGE).fill(1));
@@ -54,6 +55,6 @@ const row = (what: 'invNs' | 'mprotectNs'): string => {
   const b = median(on.map((x) => x[what]));
   return `${what === 'invNs' ? 'invalidation round' : 'mprotect round    '}  off ${(a / 1000).toFixed(3)} us  on ${(b / 1000).toFixed(3)} us  ratio ${(b / a).toFixed(3)}  (+${((b - a) / 1000).toFixed(3)} us)`;
 };
-console.log(`trace overhead, ${ROUNDS} rounds x ${TRIALS} trials each way (medians)`);
+console.log(`trace overhead, ring of ${CAPACITY} entries, ${ROUNDS} rounds x ${TRIALS} trials each way (medians)`);
 console.log(row('invNs'));
 console.log(row('mprotectNs'));

@@ -60,7 +60,7 @@ const DEVMIRROR = {
   DM_ERR_CHANNEL_LIMIT: { status: 429, summary: 'a channel limit was reached (subscriptions, pending requests, message rate)' },
   DM_ERR_CONFIG: { status: 500, summary: 'the configuration is invalid' },
   DM_ERR_UNREACHABLE: { status: 502, summary: 'a command-line client cannot reach the service it was pointed at' },
-  DM_ERR_ATTACH_TIMEOUT: { status: 504, summary: 'a device client did not attach within the time allowed' },
+  DM_ERR_ATTACH_TIMEOUT: { status: 408, summary: 'a device client did not attach within the time allowed' },
   DM_ERR_SUBSCRIBER_BUG: {
     status: 500,
     summary: 'a subscriber failed a blockable invalidation (a bug in the subscriber, as the kernel WARNs)',

@@ -15,6 +15,7 @@ import { hostname } from 'node:os';
 import { startDemo, type Demo } from './demo.js';
 import { benchMain } from './loadgen/cli.js';
 import { replayMain, soakMain } from './soak/cli.js';
+import { exploreMain } from './explore/cli.js';
 import { conformanceMain } from './conformance/cli.js';
 import { triggerMain } from './client/trigger-cli.js';
 import { CHANNEL_PATH } from './channel/channel-server.js';
@@ -37,7 +38,10 @@ commands:
   soak         chaos soak: every device kind, random syscalls and kernel activity, injected
                faults, checked for lost writes, stale accesses, leaks (devmirror soak --help,
                docs/reliability.md)
-  replay FILE  run a soak record again with its seed; how often its problems come back
+  replay FILE  run a soak record again with its seed (how often its problems come back), or an
+               explorer reproduction step for step
+  explore SCN  run a scenario under many seeded interleavings; shrink and save the first failure
+               (devmirror explore --help, docs/explore.md)
   conformance  check a device against the mirror contract (scripted scenarios, pass/fail table):
                  --kind K (--url ws://... | --command "CMD" | --builtin worker|external) [--json]
                  (devmirror conformance --help, docs/conformance.md)
@@ -190,6 +194,8 @@ async function main(argv: string[]): Promise<void> {
       process.exit(await soakMain(argv.slice(1)));
     case 'replay':
       process.exit(await replayMain(argv.slice(1)));
+    case 'explore':
+      process.exit(await exploreMain(argv.slice(1)));
     case 'conformance':
       process.exit(await conformanceMain(argv.slice(1)));
     case 'trigger':

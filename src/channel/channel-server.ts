@@ -139,12 +139,19 @@ export class ChannelServer implements SessionHost {
     if (!token && this.unauthenticated() >= this.limits.maxUnauthenticated) {
       return reject(503, 'DM_ERR_CHANNEL_LIMIT', `more than ${this.limits.maxUnauthenticated} connections without a checked token: send it at the upgrade (Authorization: Bearer)`);
     }
-    this.wss.handleUpgrade(req, socket, head, (ws: WebSocket) => {
-      const s = new Session(ws, this, token, `${req.socket.remoteAddress}:${req.socket.remotePort}`);
-      this.sessions.add(s);
-      ws.on('close', () => this.sessions.delete(s));
-    });
+    this.wss.handleUpgrade(req, socket, head, (ws: WebSocket) => this.adopt(ws, token, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
   };
+
+  /**
+   * Serves one accepted connection: an upgraded WebSocket, or an in-memory socket of the
+   * interleaving explorer (which checks nothing at an upgrade: the token, if any, comes in Hello).
+   */
+  adopt(ws: WebSocket, token: string | null, remote: string): Session {
+    const s = new Session(ws, this, token, remote);
+    this.sessions.add(s);
+    ws.on('close', () => this.sessions.delete(s));
+    return s;
+  }
 
   attach(server: Server): void {
     this.server = server;

@@ -64,6 +64,12 @@ export type ExternalState = 'running' | 'evicted' | 'closed';
 let nextSubId = 1_000_000;
 let nextQueryId = 1;
 
+/** See resetNotifierIds: the explorer numbers subscriptions the same way in every run. */
+export function resetExternalIds(): void {
+  nextSubId = 1_000_000;
+  nextQueryId = 1;
+}
+
 /** Release and young queries have no PendingAck: they are awaited with the same deadline. */
 interface Waiter {
   resolve: (v: boolean) => void;
@@ -381,6 +387,45 @@ export class ExternalDevice {
     for (const id of [...this.subs.keys()]) await this.unsubscribe(id).catch(() => undefined);
     await this.k.releaseDevice(this.id);
     this.onStateChange?.(this);
+  }
+
+  // ---- progress (src/progress): what this device waits for, and faults that keep retrying ------
+
+  /** Requests of this device the kernel has not answered yet because they wait (readBegin). */
+  readonly waits = new Map<number, { what: 'readBegin'; subId: number; sinceMs: number }>();
+  private nextWait = 1;
+  /** Per interval subscription: range faults answered EBUSY in a row (the seq moved), and the origins that moved it. */
+  readonly retries = new Map<number, { consecutive: number; total: number; origins: string[] }>();
+
+  noteWait(what: 'readBegin', subId: number): number {
+    const id = this.nextWait++;
+    this.waits.set(id, { what, subId, sinceMs: Date.now() });
+    return id;
+  }
+
+  endWait(id: number): void {
+    this.waits.delete(id);
+  }
+
+  /** A range fault's answer: EBUSY counts against the fault's retry budget, success resets it. */
+  noteFault(subId: number, busy: boolean, origins: string[]): void {
+    const r = this.retries.get(subId) ?? { consecutive: 0, total: 0, origins: [] };
+    if (busy) {
+      r.consecutive++;
+      r.total++;
+      for (const o of origins) if (!r.origins.includes(o) && r.origins.length < 8) r.origins.push(o);
+    } else {
+      r.consecutive = 0;
+      r.origins = [];
+    }
+    this.retries.set(subId, r);
+  }
+
+  /** Acknowledgements this device owes, oldest first. */
+  pendingAckList(): Array<{ invalidationId: number; subscriptionId: number; sentMs: number }> {
+    const out: Array<{ invalidationId: number; subscriptionId: number; sentMs: number }> = [];
+    for (const a of this.acks.values()) if (a.poll() !== ACK_OK) out.push({ invalidationId: a.invalidationId, subscriptionId: a.subscriptionId, sentMs: a.sentMs });
+    return out.sort((x, y) => x.sentMs - y.sentMs);
   }
 
   /** Pending acknowledgements (for the dashboard and tests). */

@@ -32,6 +32,7 @@ import {
   type U64,
 } from './codec.js';
 import { CLOSE } from './close-codes.js';
+import { ERRNO } from '../kernel/hmm.js';
 import { ExternalDevice, type ExternalPort } from './external-device.js';
 import type { SocketAckGroup } from './socket-ack.js';
 import { TokenTable, type Grant } from './tokens.js';
@@ -516,7 +517,16 @@ export class Session implements ExternalPort {
       }
       case 'readBegin': {
         const { sub, notifier } = this.intervalSub(f.readBegin.subscriptionId);
-        work = Promise.resolve(notifier.readBegin()).then((seq) => ({ readBeginReply: { subscriptionId: sub.id, seq } }));
+        const seq = notifier.readBegin();
+        if (typeof seq === 'number') work = Promise.resolve({ readBeginReply: { subscriptionId: sub.id, seq } });
+        else {
+          // Waiting for an open window to close: the progress oracle's wait-for graph shows it.
+          const w = dev.noteWait('readBegin', sub.id);
+          work = seq.then((v) => {
+            dev.endWait(w);
+            return { readBeginReply: { subscriptionId: sub.id, seq: v } };
+          });
+        }
         break;
       }
       case 'rangeFault': {
@@ -541,6 +551,8 @@ export class Session implements ExternalPort {
         };
         work = dev.services.rangeFault(sub.pid, notifier, args).then((rep) => {
           if (rep.ret === 0) dev.grantFault(sub.pid, start, rep.pfns, rep.gens, rep.tick);
+          // A retry budget per fault (src/progress): EBUSY means an invalidation moved the seq.
+          if (rep.ret === 0 || rep.ret === ERRNO.EBUSY) dev.noteFault(sub.id, rep.ret === ERRNO.EBUSY, rep.ret === ERRNO.EBUSY ? this.host.kernel.findProcess(sub.pid)?.mm.notifier.recentOrigins(start, end) ?? [] : []);
           return { rangeFaultReply: { error: rep.ret, pfns: Array.from(rep.pfns) } };
         });
         break;

@@ -50,6 +50,12 @@ export interface DeviceClientOptions {
   reconnect?: boolean | { minMs?: number; maxMs?: number };
   /** Per-request timeout, ms (default 30 s). */
   requestTimeoutMs?: number;
+  /**
+   * Makes the connection instead of dialling `url` (the interleaving explorer's in-memory pipe,
+   * whose frames a scheduler delivers). It must behave as a `ws` client socket: 'open', 'message',
+   * 'close' events, send/close/terminate, readyState.
+   */
+  socket?: () => WebSocket;
 }
 
 export interface InvalidateStartEvent {
@@ -144,7 +150,7 @@ export class DeviceClient extends EventEmitter {
     this.tokenRefused = false;
     return new Promise<Welcome>((resolve, reject) => {
       const headers = this.opts.token ? { authorization: `Bearer ${this.opts.token}` } : undefined;
-      const ws = new WebSocket(this.opts.url, { headers, perMessageDeflate: false });
+      const ws = this.opts.socket ? this.opts.socket() : new WebSocket(this.opts.url, { headers, perMessageDeflate: false });
       ws.binaryType = 'nodebuffer';
       this.ws = ws;
       let welcomed = false;

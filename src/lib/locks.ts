@@ -109,9 +109,19 @@ export class RwLock {
 }
 
 export class Mutex {
+  /**
+   * Set only by the interleaving explorer (src/explore), which runs devices in its own thread:
+   * every blocking acquisition first waits for the scheduler to let it try, so the order in which
+   * a fault path and an invalidation take a device lock is a scheduling choice, not luck. Only
+   * device code uses Mutex (the kernel's locks are RwLock and KeyedMutex). tryLock is not gated:
+   * a non-blockable path never waits.
+   */
+  static gate: ((m: Mutex, who: string) => Promise<void>) | null = null;
   private locked = false;
   private queue: Array<() => void> = [];
   holder: string | null = null;
+  /** Who waits, in order (wait-for graphs). */
+  readonly waiters: string[] = [];
 
   constructor(readonly name: string) {}
 
@@ -127,9 +137,17 @@ export class Mutex {
   }
 
   lock(who = 'anon'): Promise<void> | void {
+    const gate = Mutex.gate;
+    if (gate) return gate(this, who).then(() => this.acquire(who));
+    return this.acquire(who);
+  }
+
+  private acquire(who: string): Promise<void> | void {
     if (this.tryLock(who)) return;
+    this.waiters.push(who);
     return new Promise((resolve) =>
       this.queue.push(() => {
+        this.waiters.splice(this.waiters.indexOf(who), 1);
         this.holder = who;
         resolve();
       }),

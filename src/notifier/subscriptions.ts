@@ -210,6 +210,16 @@ interface Deferred {
 
 let nextInvalidationId = 1;
 
+/**
+ * Restarts the process-wide id counters (invalidation ids, interval keys). Only for the
+ * interleaving explorer, which runs many kernels one after another in one process and must number
+ * everything the same way in every run, or a replay in a fresh process would not match its record.
+ */
+export function resetNotifierIds(): void {
+  nextInvalidationId = 1;
+  nextKey = 1;
+}
+
 const now = (): number => performance.now() * 1000;
 
 /**
@@ -227,6 +237,9 @@ export class MmuNotifierSubscriptions {
   private deferred: Deferred[] = [];
   private seqWaiters: Array<{ seq: number; resolve: () => void }> = [];
   private open = new Map<number, OpenRange>();
+  /** The last ranges started (a ring): what moved the seq under a fault that keeps retrying. */
+  private readonly recent: Array<NotifierRange | undefined> = new Array(16);
+  private recentNext = 0;
   /** False once the mm is gone (mm_users == 0): inserts fail with EINVAL. */
   alive = true;
   released = false;
@@ -509,6 +522,7 @@ export class MmuNotifierSubscriptions {
     };
     const open: OpenRange = { record: rec, intervals: [], started: [], treeCounted: false };
     this.open.set(range.id, open);
+    this.recent[this.recentNext++ % this.recent.length] = range;
     this.observer?.onInvalidationStart?.(range);
     if (!blockable) return this.startNonBlockable(range, open);
 
@@ -714,6 +728,16 @@ export class MmuNotifierSubscriptions {
     for (const sub of open.started) this.callEnd(sub, range);
     open.record.endedUs = now();
     this.observer?.onInvalidationEnd?.(open.record);
+  }
+
+  /** Origins of the recent ranges that overlap [start, end), newest first (progress reports). */
+  recentOrigins(start: number, end: number): string[] {
+    const out: string[] = [];
+    for (let i = 1; i <= this.recent.length; i++) {
+      const r = this.recent[(this.recentNext - i + this.recent.length * 2) % this.recent.length];
+      if (r && r.start < end && r.end > start && !out.includes(r.origin)) out.push(r.origin);
+    }
+    return out;
   }
 
   /** Ranges started and not yet ended. */

@@ -3,6 +3,8 @@
  */
 import { parseArgs } from 'node:util';
 import { writeFileSync } from 'node:fs';
+import { isReproFile } from '../explore/explore.js';
+import { replayExploreMain } from '../explore/cli.js';
 import { DevmirrorError } from '../errors.js';
 import { DEFAULT_SOAK, runSoak, type SoakReport } from './soak.js';
 import { replaySoak, type ReplayReport } from './replay.js';
@@ -135,6 +137,8 @@ export async function replayMain(argv: string[]): Promise<number> {
   }
   if (positionals.length !== 1) throw new DevmirrorError('DM_ERR_VALIDATION', `give one record file\n${REPLAY_USAGE}`);
   const runs = Math.floor(num('--runs', values.runs, 3, 1));
+  // An explorer reproduction replays step for step; a soak record re-runs its operations.
+  if (isReproFile(positionals[0])) return replayExploreMain(positionals[0], runs);
   const r = await replaySoak(positionals[0], runs, (s) => line(`  ${s}`));
   printReplay(r);
   if (values.json) writeFileSync(values.json, JSON.stringify(r, null, 2));

@@ -232,10 +232,13 @@ export class Target {
           x.transport === 'external' &&
           x.kind === this.o.kind &&
           alive(x.state) &&
-          (x.pids ?? []).includes(this.pid) &&
+          // A gpu subscribes only when it first faults: no pids yet is fine.
+          ((x.pids ?? []).length === 0 || (x.pids ?? []).includes(this.pid)) &&
           (old === null || (x.id !== old.id && (this.o.mode === 'url' || x.name === old.name))),
       );
-      if (d) return d;
+      // Connected is not attached: the personality registers its commands once it is built, so
+      // the device is ready when it answers one (the mirror map).
+      if (d && (await this.api.mirror(d.id, this.window.start, 1).then(() => true, () => false))) return d;
       if (Date.now() > deadline) {
         throw new DevmirrorError('DM_ERR_ATTACH_TIMEOUT', `no ${this.o.kind} device attached to pid ${this.pid} within ${this.o.attachMs ?? 20_000} ms`);
       }

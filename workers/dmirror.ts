@@ -136,6 +136,7 @@ export class Dmirror extends Device implements IntervalHandler {
   private zap(sub: DevSub, r: DevRange, curSeq: number, action: 'zap' | 'drop' | 'downgrade'): void {
     try {
       sub.setSeq(curSeq);
+      this.noteChange(r.start, r.end);
       const first = Math.floor(r.start / PAGE_SIZE);
       // dmirror_do_update: erase start >> PAGE_SHIFT .. end >> PAGE_SHIFT, inclusive.
       const last = r.end >= ULONG_MAX ? Number.MAX_SAFE_INTEGER : Math.floor(r.end / PAGE_SIZE);
@@ -328,12 +329,17 @@ export class Dmirror extends Device implements IntervalHandler {
       if (!vma || !(vma.prot & 1)) this.fail(ERRNO.EINVAL, 'migrate to device');
       // Chunks end at 2 MiB boundaries, so an aligned THP can move as one device THP.
       const next = Math.min(end, (Math.floor(a / HUGE) + 1) * HUGE, vma.end);
+      const since = this.changeGen;
       const r = await this.host.migrate('to', a, next, (this.flags & DMIRROR_FLAG_FAIL_ALLOC) !== 0);
       if (r.ret) this.fail(r.ret, 'migrate to device');
-      // dmirror_migrate_finalize_and_map: the device pages go into the mirror.
+      // dmirror_migrate_finalize_and_map: the device pages go into the mirror. The kernel maps
+      // them while the migrated pages are still locked (before migrate_vma_finalize), so nothing
+      // can move them back in between; here the reply arrives after the kernel finalized, and a
+      // fault elsewhere may already have moved a page back to RAM (migrating-out) or invalidated
+      // it: such a page is not mapped (the explorer found this window, scenarios/explore).
       await this.lock.lock('migrate');
       try {
-        for (const [va, pfn, , write] of r.pages) this.pt.set(va / PAGE_SIZE, { pfn, write, atomic: false });
+        for (const [va, pfn, , write] of r.pages) if (!this.changedSince(since, va)) this.pt.set(va / PAGE_SIZE, { pfn, write, atomic: false });
       } finally {
         this.lock.unlock();
       }
@@ -361,7 +367,24 @@ export class Dmirror extends Device implements IntervalHandler {
   dropPages(vas: number[]): void {
     for (const va of vas) {
       this.pt.delete(va / PAGE_SIZE);
+      this.noteChange(va, va + PAGE_SIZE);
     }
+  }
+
+  /** Ranges zapped or moved out recently (bounded), so a mapping computed before them is not installed after. */
+  private changes: Array<{ gen: number; start: number; end: number }> = [];
+  private changeGen = 0;
+
+  private noteChange(start: number, end: number): void {
+    this.changes.push({ gen: ++this.changeGen, start, end });
+    if (this.changes.length > 256) this.changes.splice(0, this.changes.length - 256);
+  }
+
+  private changedSince(gen: number, va: number): boolean {
+    // Older changes than the ring holds: assume changed (not mapping only costs a device fault).
+    if (this.changes.length > 0 && this.changes[0].gen > gen + 1) return true;
+    for (const c of this.changes) if (c.gen > gen && va >= c.start && va < c.end) return true;
+    return false;
   }
 
   async snapshot(c: Cmd): Promise<Uint8Array> {
@@ -412,12 +435,15 @@ export class Dmirror extends Device implements IntervalHandler {
   async exclusive(c: Cmd): Promise<Uint8Array> {
     const end = c.addr + c.npages * PAGE_SIZE;
     for (let a = c.addr; a < end; a += PAGE_SIZE) {
+      const since = this.changeGen;
       const r = await this.host.exclusive(a);
       if (r.ret) this.fail(ERRNO.EBUSY, 'exclusive');
-      // dmirror_atomic_map
+      // dmirror_atomic_map. The kernel maps while make_device_exclusive's folio is still locked, so
+      // no restoring fault can come in between; here a CPU or device fault may already have
+      // restored the entry (CLEAR, exclusive_restore) and this mapping would be stale: skip it.
       await this.lock.lock('atomic');
       try {
-        this.pt.set(a / PAGE_SIZE, { pfn: r.pfn, write: true, atomic: true });
+        if (!this.changedSince(since, a)) this.pt.set(a / PAGE_SIZE, { pfn: r.pfn, write: true, atomic: true });
       } finally {
         this.lock.unlock();
       }

@@ -20,7 +20,8 @@ options:
   --max-steps N   steps before a run counts as a livelock (default 3000)
   --out FILE      where to write the reproduction (default reports/explore-NAME-SEED.json)
   --no-shrink     keep the first failing run as it is
-  --bug DEV:MODE  make device DEV buggy (ack-before-quiesce, skip-seq-retry, ignore-event:EVENT)
+  --bug DEV:MODE  make device DEV buggy (ack-before-quiesce, skip-seq-retry, ignore-event:EVENT),
+                  or correct (none): the same scenario must then find nothing
 exit status: 0 no finding, 1 a finding (reproduction written), 2 bad usage`;
 
 const line = (s: string): void => void process.stdout.write(s + '\n');
@@ -79,7 +80,7 @@ export async function exploreMain(argv: string[]): Promise<number> {
 
 function withBug(sc: ReturnType<typeof loadScenario>, device: string, mode: string): ReturnType<typeof loadScenario> {
   const raw = scenarioToRaw(sc) as Record<string, unknown> & { devices: Array<Record<string, unknown>> };
-  raw.devices = raw.devices.map((d) => (d.name === device ? { ...d, bug: mode } : d));
+  raw.devices = raw.devices.map((d) => (d.name === device ? { ...d, bug: mode === 'none' ? null : mode } : d));
   return checkScenario(raw);
 }
 

@@ -213,6 +213,19 @@ export class Dmirror extends Device implements IntervalHandler {
 
   /** dmirror_range_fault: the section-5 loop, 1000 ms budget. */
   private async rangeFault(start: number, end: number, write: boolean): Promise<number> {
+    // Deliberate bug (lock-across-fault): the driver lock is taken before readBegin and held to
+    // the end, so an invalidation of the range waits for the lock while the fault waits in
+    // readBegin for that invalidation to end: a deadlock (the progress oracle names the cycle).
+    const held = this.bug === 'lock-across-fault';
+    if (held) await this.lock.lock('fault');
+    try {
+      return await this.rangeFaultLoop(start, end, write, held);
+    } finally {
+      if (held) this.lock.unlock();
+    }
+  }
+
+  private async rangeFaultLoop(start: number, end: number, write: boolean, held: boolean): Promise<number> {
     const deadline = Date.now() + 1000;
     for (;;) {
       if (Date.now() > deadline) return ERRNO.EBUSY;
@@ -224,7 +237,7 @@ export class Dmirror extends Device implements IntervalHandler {
       });
       if (r.ret === ERRNO.EBUSY) continue;
       if (r.ret < 0) return r.ret;
-      await this.lock.lock('fault');
+      if (!held) await this.lock.lock('fault');
       try {
         if (this.retry(this.sub, seq)) continue;
         // dmirror_do_fault: store the pages, WRITE tag iff HMM_PFN_WRITE.
@@ -236,7 +249,7 @@ export class Dmirror extends Device implements IntervalHandler {
         this.inc('faults');
         return 0;
       } finally {
-        this.lock.unlock();
+        if (!held) this.lock.unlock();
       }
     }
   }

@@ -14,7 +14,8 @@ export type EventPolicy = 'faithful' | 'aware' | 'blind';
 export const EVENT_POLICIES: readonly EventPolicy[] = ['faithful', 'aware', 'blind'];
 
 /** Deliberate bugs, to prove the sanitizer and the tools catch them. */
-export type BugMode = 'ack-before-quiesce' | 'skip-seq-retry' | `ignore-event:${string}`;
+/** lock-across-fault: dmirror only (its fault path), for the progress oracle's deadlock. */
+export type BugMode = 'ack-before-quiesce' | 'skip-seq-retry' | 'lock-across-fault' | `ignore-event:${string}`;
 
 export interface DmaConfig {
   /** Accesses per second (0 = idle). */

@@ -199,11 +199,16 @@ export interface ReplayOutcome {
   diverged: string | null;
 }
 
+/** The reproduction's scenario, checked (the file holds its raw form). */
+export function scenarioOf(r: Repro): Scenario {
+  return Array.isArray((r.scenario as Scenario).threads) ? (r.scenario as Scenario) : checkScenario(r.scenario);
+}
+
 /** Runs a reproduction again with its choices forced strictly. */
 export async function replayRepro(r: Repro): Promise<ReplayOutcome> {
   let res: RunResult;
   try {
-    res = await runScenario(r.scenario as Scenario, { policy: { kind: 'forced', keys: r.choices, strict: true } });
+    res = await runScenario(scenarioOf(r), { policy: { kind: 'forced', keys: r.choices, strict: true } });
   } catch (e) {
     if (e instanceof ScheduleDiverged) return { identical: false, finding: null, firstDifference: e.index, diverged: e.message };
     throw e;
@@ -224,7 +229,7 @@ export async function replayRepro(r: Repro): Promise<ReplayOutcome> {
 /** The reproduction as a readable step list. */
 export function formatRepro(r: Repro): string {
   const lines: string[] = [];
-  const sc = (Array.isArray((r.scenario as Scenario).threads) ? r.scenario : checkScenario(r.scenario)) as Scenario;
+  const sc = scenarioOf(r);
   lines.push(`scenario ${sc.name} (found by seed ${r.seed}, run ${r.run}; shrunk in ${r.shrinkRuns} runs from ${r.original.ops} operations / ${r.original.steps} steps)`);
   for (const t of sc.threads) lines.push(`  thread ${t.name}: ${t.ops.map(describeOp).join('; ')}`);
   lines.push('steps (* = the scheduler preempted the default order here):');

@@ -49,6 +49,11 @@ export interface RunOptions {
   policy: Policy;
   /** Steps before the run counts as not making progress. */
   maxSteps?: number;
+  /**
+   * Range faults of one subscription answered EBUSY in a row (an invalidation moved the seq each
+   * time) before the progress oracle calls it a livelock (default 8).
+   */
+  retryBudget?: number;
 }
 
 /** The explorer's device transport: DMA transfers finish when the scheduler says so. */
@@ -286,8 +291,14 @@ export async function runScenario(sc: Scenario, o: RunOptions): Promise<RunResul
     };
     for (const t of threads) launch(t);
 
+    const retryBudget = o.retryBudget ?? 8;
     const checkFindings = (): void => {
       for (const l of live) {
+        for (const [subId, r] of l.ext.retries) {
+          if (r.consecutive >= retryBudget) {
+            found({ oracle: 'livelock', kind: 'retry-budget', device: l.spec.name, message: `a range fault of ${l.spec.name} (subscription ${subId}) was answered EBUSY ${r.consecutive} times in a row: invalidations from ${r.origins.join(', ') || '?'} kept overlapping it` });
+          }
+        }
         const fs = l.ext.findings;
         if (fs.length > l.seenFindings) {
           const f = fs[l.seenFindings];

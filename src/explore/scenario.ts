@@ -116,7 +116,7 @@ const prot = (v: unknown, what: string): Array<'read' | 'write' | 'exec'> => {
 };
 
 const OP_KEYS = new Set(['op', 'process', 'map', 'page', 'pages', 'device', 'write', 'prot', 'advice', 'value', 'expect', 'node', 'cmd', 'child']);
-const BUG_RE = new RegExp(`^(ack-before-quiesce|skip-seq-retry|ignore-event:(${EVENT_NAMES.join('|')}))$`);
+const BUG_RE = new RegExp(`^(ack-before-quiesce|skip-seq-retry|lock-across-fault|ignore-event:(${EVENT_NAMES.join('|')}))$`);
 
 /** Checks a parsed scenario and fills in defaults; every problem is a DM_ERR_VALIDATION. */
 export function checkScenario(raw: unknown): Scenario {

@@ -68,7 +68,9 @@ export type Policy =
    */
   | { kind: 'forced'; keys: readonly (string | null)[]; strict: boolean }
   /** Always the oldest runnable step. */
-  | { kind: 'default' };
+  | { kind: 'default' }
+  /** A caller's strategy (an adversary that constructs a known interleaving, in tests). */
+  | { kind: 'custom'; choose(runnable: readonly Step[], taken: readonly TakenStep[]): Step };
 
 export interface TakenStep {
   key: string;
@@ -211,6 +213,7 @@ export class Scheduler {
     const p = this.policy;
     if (p.kind === 'random') pick = this.randomPick(p, runnable);
     else if (p.kind === 'pct') pick = this.pct(p, runnable);
+    else if (p.kind === 'custom') pick = p.choose(runnable, this.taken);
     else if (p.kind === 'forced') {
       const want = p.keys[this.taken.length];
       if (want !== undefined && want !== null) {

@@ -73,7 +73,7 @@ const CreateBody = Type.Object(
   { additionalProperties: false },
 );
 
-const BUG = Type.String({ pattern: '^(ack-before-quiesce|skip-seq-retry|ignore-event:(UNMAP|CLEAR|PROTECTION_VMA|PROTECTION_PAGE|SOFT_DIRTY|RELEASE|MIGRATE|EXCLUSIVE))$' });
+const BUG = Type.String({ pattern: '^(ack-before-quiesce|skip-seq-retry|lock-across-fault|ignore-event:(UNMAP|CLEAR|PROTECTION_VMA|PROTECTION_PAGE|SOFT_DIRTY|RELEASE|MIGRATE|EXCLUSIVE))$' });
 const FaultsBody = Type.Object(
   {
     ackDelayUs: Type.Optional(Type.Integer({ minimum: 0, maximum: 60_000_000 })),

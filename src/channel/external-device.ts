@@ -63,11 +63,20 @@ export type ExternalState = 'running' | 'evicted' | 'closed';
 
 let nextSubId = 1_000_000;
 let nextQueryId = 1;
+/**
+ * A Release is answered with an InvalidateAck, like an InvalidateStart, so its id shares the
+ * invalidation id space on the wire. Invalidation ids come from the kernel's counter, from 1 up;
+ * release ids are taken from [2^52, 2^53) so that the two never meet: an InvalidateAck then names
+ * exactly one pending call, a release or an invalidation, whatever order the client answers in.
+ */
+const RELEASE_ID_BASE = 2 ** 52;
+let nextReleaseId = RELEASE_ID_BASE;
 
 /** See resetNotifierIds: the explorer numbers subscriptions the same way in every run. */
 export function resetExternalIds(): void {
   nextSubId = 1_000_000;
   nextQueryId = 1;
+  nextReleaseId = RELEASE_ID_BASE;
 }
 
 /** Release and young queries have no PendingAck: they are awaited with the same deadline. */
@@ -90,7 +99,8 @@ export class ExternalDevice {
   readonly findings: Finding[] = [];
   readonly handshake = { starts: 0, acks: 0, refused: 0, ends: 0, protocolErrors: 0, evictions: 0, dmaReads: 0, dmaWrites: 0 };
   private readonly acks = new Map<string, SocketAck>();
-  private readonly releases = new Map<number, Waiter>();
+  /** Pending releases by `${release id}:${subscription id}` (the InvalidateAck that answers one names both). */
+  private readonly releases = new Map<string, Waiter>();
   private readonly queries = new Map<number, Waiter>();
   private watchdog: NodeJS.Timeout | null = null;
   onFinding: ((d: ExternalDevice, f: Finding) => void) | null = null;
@@ -232,11 +242,17 @@ export class ExternalDevice {
 
   private releaseCall(subId: number, pid: number): Promise<void> {
     if (!this.alive) return Promise.resolve();
-    const id = nextQueryId++;
+    const id = nextReleaseId++;
     return new Promise<void>((resolve) => {
-      this.releases.set(id, { resolve: () => resolve(), sentMs: Date.now(), what: 'release' });
+      this.releases.set(`${id}:${subId}`, { resolve: () => resolve(), sentMs: Date.now(), what: 'release' });
       this.port.release({ invalidationId: id, subscriptionId: subId, pid });
-    }).then(() => this.sanitizer.dropPid(pid));
+    }).then(() => {
+      // The mm going away (exit) drops every grant of the process. A release from unsubscribe
+      // (the subscription is already out of `subs`) does not: unsubscribe drops only what no
+      // remaining subscription covers, and an interval subscription of the same process keeps its
+      // mirror.
+      if (this.subs.has(subId)) this.sanitizer.dropPid(pid);
+    });
   }
 
   private young(subId: number, pid: number, op: number, start: number, end: number): Promise<boolean> {
@@ -252,13 +268,19 @@ export class ExternalDevice {
 
   /** An InvalidateAck (or a release acknowledgement). Throws DM_ERR_CHANNEL_PROTOCOL if it matches nothing pending. */
   onAck(invalidationId: number, subscriptionId: number, ok: boolean): void {
-    const rel = this.releases.get(invalidationId);
-    if (rel && this.subs.has(subscriptionId)) {
-      this.releases.delete(invalidationId);
+    // A release is matched on its (id, subscription) pair alone, not on the subscription still
+    // being in `subs`: unsubscribe removes the subscription from `subs` before it unregisters the
+    // notifier, and mmu_notifier_unregister calls release, so the client's answer to that release
+    // names a subscription that is already gone and must still settle it (else the unsubscribe
+    // closed the connection with 4000). Release ids never equal an invalidation id (see
+    // RELEASE_ID_BASE), so this cannot take an invalidation's acknowledgement for a release.
+    const key = `${invalidationId}:${subscriptionId}`;
+    const rel = this.releases.get(key);
+    if (rel) {
+      this.releases.delete(key);
       rel.resolve(true);
       return;
     }
-    const key = `${invalidationId}:${subscriptionId}`;
     const ack = this.acks.get(key);
     if (!ack) {
       this.handshake.protocolErrors++;

@@ -277,7 +277,7 @@ export async function runScenario(sc: Scenario, o: RunOptions): Promise<RunResul
           (e: Error) => {
             // An errno (a DevmirrorError, or a test_hmm command's errno code) is a result of the
             // operation; anything else escaping an operation is a crash of the code under test.
-            const code = e instanceof DevmirrorError ? e.code : typeof (e as { code?: unknown }).code === 'string' ? (e as { code: string }).code : '';
+            const code = e instanceof DevmirrorError ? e.code : typeof (e as unknown as { code?: unknown }).code === "string" ? (e as unknown as { code: string }).code : '';
             const errno = ERRNO.test(code) ? code : '';
             if (e instanceof DevmirrorError || errno) ops.push(`${t.name}: ${describeOp(op)} -> ${errno || code || e.message}`);
             else found({ oracle: 'crash', kind: 'crash', device: op.device ?? null, message: `${t.name}: ${describeOp(op)} threw ${e?.stack ?? String(e)}` });

@@ -1,5 +1,5 @@
 /**
- * node dist/bench/trace-overhead.js [--rounds=100000] [--trials=7] [--capacity=50000]
+ * node dist/bench/trace-overhead.js [--rounds=100000] [--trials=7] [--capacity=50000] [--mprotect-rounds=N]
  *
  * What tracing costs the kernel thread, without device workers (whose cross-thread wake-ups
  * dominate a handshake round and drown a sub-microsecond difference; bench:handshake --trace=on
@@ -7,7 +7,9 @@
  * that is not, and each reports the median over trials of
  *   - an invalidation round (Kernel.notify + notifyEnd of one page) with one synchronous interval
  *     subscriber: the recorder's cost per completed invalidation;
- *   - an mprotect RW <-> RO round of one page (a syscall span + its PROTECTION_VMA invalidation).
+ *   - an mprotect RW <-> RO round of one page (a syscall span + its PROTECTION_VMA invalidation),
+ *     --mprotect-rounds of them (default rounds / 20, at least 1000: a short phase, in which one slow
+ *     scavenge on a loaded machine weighs a lot; 20000 gives steadier figures).
  */
 import { Kernel, PROT } from '../src/kernel/kernel.js';
 import { MmuIntervalNotifier } from '../src/notifier/subscriptions.js';
@@ -35,7 +37,7 @@ async function trial(traced: boolean): Promise<{ invNs: number; mprotectNs: numb
     k.notifyEnd(p.mm, r instanceof Promise ? await r : r);
   }
   const invNs = Number(process.hrtime.bigint() - t) / ROUNDS;
-  const n = Math.max(1000, ROUNDS / 20);
+  const n = Number(args.get('mprotect-rounds') ?? Math.max(1000, ROUNDS / 20));
   t = process.hrtime.bigint();
   for (let i = 0; i < n; i++) await k.mprotect(p.pid, a, PAGE, i & 1 ? PROT.READ | PROT.WRITE : PROT.READ);
   const mprotectNs = Number(process.hrtime.bigint() - t) / n;

@@ -39,7 +39,7 @@ export const ENV_VARS: readonly EnvVar[] = [
   { name: 'DEVMIRROR_ACK_DEADLINE_MS', description: 'How long a device (worker or external) may take to acknowledge an invalidation before it is evicted', default: '1000' },
   { name: 'DEVMIRROR_DEMO', description: 'Start the demo process `demo`, one device of each kind and a light workload (scenarios/demo.json): 1 or 0', default: '1' },
   { name: 'DEVMIRROR_CHANNEL_MAX_FRAME_KB', description: 'Largest notifier-channel frame a client may send, KiB', default: '1024' },
-  { name: 'DEVMIRROR_TRACE_EVENTS', description: 'Size of the trace ring (GET /v1/trace, docs/trace.md), entries; 0 turns tracing off', default: '50000' },
+  { name: 'DEVMIRROR_TRACE_EVENTS', description: 'Size of the trace ring (GET /v1/trace, docs/trace.md), entries; 0 (the default) leaves tracing off, 50000 is a good size', default: '0' },
 ];
 
 export interface Config {
@@ -123,6 +123,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     ackDeadlineMs: int(env, 'DEVMIRROR_ACK_DEADLINE_MS', 1000, 10, 600_000),
     channelMaxFrameBytes: int(env, 'DEVMIRROR_CHANNEL_MAX_FRAME_KB', 1024, 16, 65536) * 1024,
     demo: int(env, 'DEVMIRROR_DEMO', 1, 0, 1) === 1,
-    traceEvents: int(env, 'DEVMIRROR_TRACE_EVENTS', 50_000, 0, 10_000_000),
+    traceEvents: int(env, 'DEVMIRROR_TRACE_EVENTS', 0, 0, 10_000_000),
   };
 }

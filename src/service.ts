@@ -11,7 +11,7 @@ import { CHANNEL_PATH, ChannelServer } from './channel/channel-server.js';
 import type { ChannelLimits } from './channel/session.js';
 import { TokenTable } from './channel/tokens.js';
 import { startTracing } from './trace/service-trace.js';
-import { DEFAULT_TRACE_CAPACITY, type TraceRecorder } from './trace/recorder.js';
+import type { TraceRecorder } from './trace/recorder.js';
 
 type Log = NonNullable<DeviceManagerOptions['log']>;
 
@@ -28,7 +28,10 @@ export interface ServiceOptions {
   log?: Log;
   /** pino logger: the service logs through it, each device through a child logger. */
   logger?: Logger;
-  /** Trace ring size in entries (GET /v1/trace, docs/trace.md); 0 turns tracing off. */
+  /**
+   * Trace ring size in entries (GET /v1/trace, docs/trace.md); 0 or absent: tracing off (its cost on
+   * the kernel thread is in docs/trace.md); DEFAULT_TRACE_CAPACITY is a good size.
+   */
   traceEvents?: number;
 }
 
@@ -64,7 +67,7 @@ export class Service {
       log,
       logger,
     });
-    const traceEvents = opts.traceEvents ?? DEFAULT_TRACE_CAPACITY;
+    const traceEvents = opts.traceEvents ?? 0;
     if (traceEvents > 0) ({ recorder: this.trace, stop: this.untrace } = startTracing(this.kernel, this, traceEvents));
   }
 

@@ -18,7 +18,17 @@ import type { Kernel, Process } from '../kernel/kernel.js';
 import type { DaemonName } from '../kernel/activity/daemons.js';
 import { nowUs, type TraceRecorder, type TrackKey } from './recorder.js';
 
-const hex = (n: unknown): unknown => (typeof n === 'number' ? '0x' + n.toString(16) : n);
+/**
+ * Address arguments are passed as numbers with their position in the args object set in
+ * `Call.hex`: the recorder stores the number and the export writes it as '0x' + n.toString(16)
+ * (formatting it on every call was the hooks' largest cost).
+ */
+const HEX0 = 1;
+const keyCount = (o: Record<string, unknown> | undefined): number => {
+  let n = 0;
+  for (const _ in o) n++;
+  return n;
+};
 
 /** The track of each kernel activity: the invalidations it sends carry the same name as origin. */
 export const ACTIVITY_TRACKS = ['reclaim', 'compaction', 'migration', 'numa_balancing', 'ksm', 'khugepaged', 'thp_split', 'writeback', 'oom_reaper'] as const;
@@ -38,6 +48,8 @@ interface Call {
   name: string;
   pid: number | null;
   args?: Record<string, unknown>;
+  /** Bit i set: the i-th value of args is an address, written in hex (TraceRecorder.span). */
+  hex?: number;
 }
 
 /** Numbers and short strings of an activity's result (what it did), for the span's args. */
@@ -52,24 +64,24 @@ function summary(r: unknown): Record<string, unknown> | undefined {
   return out;
 }
 
-/** The syscalls traced on the process tracks: method, span name, args from the call's arguments. */
+/** The syscalls traced on the process tracks: method, span name, args from the call's arguments (an address first: HEX0). */
 const SYSCALLS: Array<[string, string, (a: unknown[]) => Record<string, unknown>]> = [
   ['mmap', 'mmap', (a) => {
     const m = a[1] as Record<string, unknown>;
-    return { addr: hex(m.addr), length: m.length, prot: m.prot, shared: m.shared ?? false, fixed: m.fixed ?? false, populate: m.populate ?? false, file: m.file ? true : false };
+    return { addr: m.addr, length: m.length, prot: m.prot, shared: m.shared ?? false, fixed: m.fixed ?? false, populate: m.populate ?? false, file: m.file ? true : false };
   }],
-  ['munmap', 'munmap', (a) => ({ addr: hex(a[1]), length: a[2] })],
+  ['munmap', 'munmap', (a) => ({ addr: a[1], length: a[2] })],
   ['mremap', 'mremap', (a) => {
     const m = a[1] as Record<string, unknown>;
-    return { addr: hex(m.addr), length: m.length, newLength: m.newLength };
+    return { addr: m.addr, length: m.length, newLength: m.newLength };
   }],
-  ['mprotect', 'mprotect', (a) => ({ addr: hex(a[1]), length: a[2], prot: a[3] })],
-  ['madvise', 'madvise', (a) => ({ addr: hex(a[1]), length: a[2], advice: a[3] })],
-  ['brk', 'brk', (a) => ({ addr: hex(a[1]) })],
-  ['msync', 'msync', (a) => ({ addr: hex(a[1]), length: a[2] })],
+  ['mprotect', 'mprotect', (a) => ({ addr: a[1], length: a[2], prot: a[3] })],
+  ['madvise', 'madvise', (a) => ({ addr: a[1], length: a[2], advice: a[3] })],
+  ['brk', 'brk', (a) => ({ addr: a[1] })],
+  ['msync', 'msync', (a) => ({ addr: a[1], length: a[2] })],
   ['clearRefs', 'clear_refs', (a) => ({ mode: a[1] })],
-  ['read', 'cpu read', (a) => ({ addr: hex(a[1]), length: a[2] })],
-  ['write', 'cpu write', (a) => ({ addr: hex(a[1]), length: (a[2] as Uint8Array | undefined)?.length })],
+  ['read', 'cpu read', (a) => ({ addr: a[1], length: a[2] })],
+  ['write', 'cpu write', (a) => ({ addr: a[1], length: (a[2] as Uint8Array | undefined)?.length })],
   ['fork', 'fork', () => ({})],
   ['exit', 'exit', () => ({})],
   ['exitProcess', 'exit', () => ({})],
@@ -77,28 +89,52 @@ const SYSCALLS: Array<[string, string, (a: unknown[]) => Record<string, unknown>
 
 /**
  * Interposes on `obj[key]` (an async method) so that each call records a span. Returns the undo.
- * The wrapper calls the original with the same `this` and arguments and returns its promise's
- * value unchanged; an exception is recorded (its code) and rethrown.
+ * The wrapper calls the original with the same `this` and arguments and returns the original's own
+ * promise (no extra async frame or promise on the caller's path); the span is recorded by a reaction
+ * on that promise, registered before the caller's, so it is in the ring when the caller resumes. A
+ * failure is recorded (its code) and reaches the caller unchanged.
  */
 function interpose(tr: TraceRecorder, obj: object, key: string, describe: (args: unknown[]) => Call | null, after?: (r: unknown, c: Call) => void): () => void {
   const o = obj as Record<string, unknown>;
   const orig = o[key] as ((...a: unknown[]) => Promise<unknown>) | undefined;
   if (typeof orig !== 'function') throw new Error(`trace: ${key} is not a method to interpose on`);
   const own = Object.prototype.hasOwnProperty.call(o, key);
-  o[key] = async function (this: unknown, ...args: unknown[]): Promise<unknown> {
+  const failed = (c: Call, e: unknown): void => {
+    c.args = { ...c.args, error: (e as { code?: string } | null)?.code ?? String(e) };
+  };
+  o[key] = function (this: unknown, ...args: unknown[]): Promise<unknown> {
     const c = describe(args);
     if (c === null) return orig.apply(this, args);
     const t0 = nowUs();
+    let p: Promise<unknown>;
     try {
-      const r = await orig.apply(this, args);
-      after?.(r, c);
-      return r;
+      p = orig.apply(this, args);
     } catch (e) {
-      c.args = { ...c.args, error: (e as { code?: string }).code ?? String(e) };
-      throw e;
-    } finally {
-      tr.span(c.track, c.name, t0, c.pid, c.args);
+      // Not an async function after all: threw before returning a promise (rejected, as before).
+      failed(c, e);
+      tr.span(c.track, c.name, t0, c.pid, c.args, nowUs(), c.hex);
+      return Promise.reject(e);
     }
+    if (!(p instanceof Promise)) {
+      after?.(p, c);
+      tr.span(c.track, c.name, t0, c.pid, c.args, nowUs(), c.hex);
+      return Promise.resolve(p);
+    }
+    p.then(
+      (r) => {
+        try {
+          after?.(r, c);
+        } catch {
+          // Describing the result must not fail the call (nor reject this unobserved reaction).
+        }
+        tr.span(c.track, c.name, t0, c.pid, c.args, nowUs(), c.hex);
+      },
+      (e) => {
+        failed(c, e);
+        tr.span(c.track, c.name, t0, c.pid, c.args, nowUs(), c.hex);
+      },
+    );
+    return p;
   };
   return () => {
     if (own) o[key] = orig;
@@ -112,13 +148,24 @@ function interpose(tr: TraceRecorder, obj: object, key: string, describe: (args:
 export function attachTracing(k: Kernel, tr: TraceRecorder): () => void {
   if (k.trace) throw new Error('trace: this kernel is already traced');
   const undo: Array<() => void> = [];
-  const proc = (x: unknown): { pid: number | null } => {
+  const proc = (x: unknown): { pid: number | null } => ({ pid: pidOf(x) });
+  const pidOf = (x: unknown): number | null => {
     const p = typeof x === 'object' && x !== null ? (x as Process) : k.findProcess(x as number | string);
     if (p) {
       tr.noteProcess(p.pid, p.name);
-      return { pid: p.pid };
+      return p.pid;
     }
-    return { pid: typeof x === 'number' ? x : null };
+    return typeof x === 'number' ? x : null;
+  };
+  // The same string per process, so the recorder's interning finds it by its cached hash.
+  const processTracks = new Map<number | null, TrackKey>();
+  const processTrack = (pid: number | null): TrackKey => {
+    let t = processTracks.get(pid);
+    if (t === undefined) {
+      if (processTracks.size > 4096) processTracks.clear();
+      processTracks.set(pid, (t = `p:${pid ?? '?'}`));
+    }
+    return t;
   };
 
   undo.push(k.observe({ onInvalidation: (rec) => tr.invalidation(rec) }));
@@ -130,21 +177,25 @@ export function attachTracing(k: Kernel, tr: TraceRecorder): () => void {
         k,
         method,
         (a) => {
-          const { pid } = proc(a[0]);
-          return { track: `p:${pid ?? '?'}`, name, pid, args: args(a) };
+          const pid = pidOf(a[0]);
+          return { track: processTrack(pid), name, pid, args: args(a), hex: HEX0 };
         },
         (r, c) => {
           if (method === 'fork' && r && typeof r === 'object') {
             const child = r as Process;
             tr.noteProcess(child.pid, child.name);
             c.args = { ...c.args, child: child.pid };
-          } else if (typeof r === 'number') c.args = { ...c.args, result: hex(r) };
+          } else if (typeof r === 'number') {
+            c.hex = (c.hex ?? 0) | (1 << keyCount(c.args));
+            c.args = { ...c.args, result: r };
+          }
         },
       ),
     );
   }
 
-  const activity = (method: string, track: ActivityTrack, name: string, args: (a: unknown[]) => { pid: number | null; args?: Record<string, unknown> }): void => {
+  const activity = (method: string, track: ActivityTrack, name: string, args: (a: unknown[]) => { pid: number | null; args?: Record<string, unknown> }, hex = 0): void => {
+    const key = `a:${track}`;
     undo.push(
       interpose(
         tr,
@@ -152,7 +203,7 @@ export function attachTracing(k: Kernel, tr: TraceRecorder): () => void {
         method,
         (a) => {
           const d = args(a);
-          return { track: `a:${track}`, name, pid: d.pid, args: d.args };
+          return { track: key, name, pid: d.pid, args: d.args, hex };
         },
         (r, c) => {
           const s = summary(r);
@@ -165,12 +216,12 @@ export function attachTracing(k: Kernel, tr: TraceRecorder): () => void {
   const machine = () => ({ pid: null });
   activity('reclaim', 'reclaim', 'shrink', (a) => ({ pid: null, args: { pages: a[0], by: 'request' } }));
   activity('compact', 'compaction', 'compact', (a) => ({ pid: null, args: { node: a[0] ?? 0, by: 'request' } }));
-  activity('migrate', 'migration', 'migrate_pages', (a) => ({ ...proc(a[0]), args: { addr: hex(a[1]), length: a[2], node: a[3] } }));
+  activity('migrate', 'migration', 'migrate_pages', (a) => ({ ...proc(a[0]), args: { addr: a[1], length: a[2], node: a[3] } }), HEX0);
   activity('numaBalance', 'numa_balancing', 'task_numa_work', (a) => ({ ...proc(a[0]), args: { bytes: a[1] } }));
   activity('ksm', 'ksm', 'ksm scan', machine);
   activity('khugepaged', 'khugepaged', 'khugepaged scan', (a) => ({ pid: null, args: { max: a[0] } }));
-  activity('collapse', 'khugepaged', 'collapse', (a) => ({ ...proc(a[0]), args: { addr: hex(a[1]) } }));
-  activity('splitThp', 'thp_split', 'split_huge_page', (a) => ({ ...proc(a[0]), args: { addr: hex(a[1]) } }));
+  activity('collapse', 'khugepaged', 'collapse', (a) => ({ ...proc(a[0]), args: { addr: a[1] } }), HEX0);
+  activity('splitThp', 'thp_split', 'split_huge_page', (a) => ({ ...proc(a[0]), args: { addr: a[1] } }), HEX0);
   activity('writeback', 'writeback', 'writeback', machine);
   activity('oomKill', 'oom_reaper', 'oom kill', (a) => (a[0] === undefined ? { pid: null } : proc(a[0])));
   activity('oomReap', 'oom_reaper', 'oom reap', (a) => proc(a[0]));

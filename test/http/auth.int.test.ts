@@ -193,7 +193,7 @@ async function target(name: string, scratchName: () => string): Promise<Target> 
 }
 
 beforeAll(async () => {
-  svc = new Service({ kernel: { memoryBytes: 32 * 1024 * 1024, deviceMemoryBytes: 8 * 1024 * 1024 }, deadlineMs: 60_000, tokens: TOKENS });
+  svc = new Service({ kernel: { memoryBytes: 32 * 1024 * 1024, deviceMemoryBytes: 8 * 1024 * 1024 }, deadlineMs: 60_000, tokens: TOKENS, traceEvents: 50_000 });
   app = await buildServer(svc, { logger: false });
   await app.listen({ host: '127.0.0.1', port: 0 });
   await svc.start();

@@ -540,7 +540,7 @@ async function tidy(faults = false): Promise<void> {
 }
 
 beforeAll(async () => {
-  svc = new Service({ kernel: { memoryBytes: 24 * 1024 * 1024, deviceMemoryBytes: 8 * 1024 * 1024 }, deadlineMs: 2000, channel: { deadlineMs: 2000 } });
+  svc = new Service({ kernel: { memoryBytes: 24 * 1024 * 1024, deviceMemoryBytes: 8 * 1024 * 1024 }, deadlineMs: 2000, channel: { deadlineMs: 2000 }, traceEvents: 50_000 });
   app = await buildServer(svc, { logger: false });
   await app.listen({ host: '127.0.0.1', port: 0 });
   await svc.start();

@@ -137,7 +137,7 @@ for (const c of ['read', 'write', 'migrate-to-device', 'migrate-to-system', 'sna
 }
 
 beforeAll(async () => {
-  svc = new Service({ kernel: { memoryBytes: 32 * 1024 * 1024, deviceMemoryBytes: 8 * 1024 * 1024 }, deadlineMs: 60_000 });
+  svc = new Service({ kernel: { memoryBytes: 32 * 1024 * 1024, deviceMemoryBytes: 8 * 1024 * 1024 }, deadlineMs: 60_000, traceEvents: 50_000 });
   app = await buildServer(svc, { logger: false });
   await app.ready();
   await svc.start();

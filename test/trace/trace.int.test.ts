@@ -30,7 +30,7 @@ async function call<T = Record<string, unknown>>(method: string, path: string, b
 }
 
 beforeAll(async () => {
-  svc = new Service({ kernel: { memoryBytes: 64 * MiB, deviceMemoryBytes: 8 * MiB }, deadlineMs: 60_000 });
+  svc = new Service({ kernel: { memoryBytes: 64 * MiB, deviceMemoryBytes: 8 * MiB }, deadlineMs: 60_000, traceEvents: 50_000 });
   app = await buildServer(svc, { logger: false });
   await app.listen({ host: '127.0.0.1', port: 0 });
   await svc.start();

@@ -43,7 +43,7 @@ export function traceRoutes(app: FastifyInstance, svc: Service): void {
       const pid = q.pid === undefined ? undefined : parseAddress('pid', q.pid);
       const g = guardOf(svc, req);
       if (pid !== undefined) g.process(pid);
-      if (!rec) throw new DevmirrorError('DM_ERR_CONFLICT', 'tracing is off (DEVMIRROR_TRACE_EVENTS=0)');
+      if (!rec) throw new DevmirrorError('DM_ERR_CONFLICT', 'tracing is off: start the service with DEVMIRROR_TRACE_EVENTS=50000 (the ring size) to record a trace');
       const trace = exportTrace(svc.kernel, rec, {
         since,
         pid,

@@ -342,8 +342,10 @@ export class Dmirror extends Device implements IntervalHandler {
       if (!vma || !(vma.prot & 1)) this.fail(ERRNO.EINVAL, 'migrate to device');
       // Chunks end at 2 MiB boundaries, so an aligned THP can move as one device THP.
       const next = Math.min(end, (Math.floor(a / HUGE) + 1) * HUGE, vma.end);
-      const since = this.changeGen;
       const r = await this.host.migrate('to', a, next, (this.flags & DMIRROR_FLAG_FAIL_ALLOC) !== 0);
+      // Counted from the reply: what the kernel did before it (splits, its own MIGRATE) is part of
+      // the migration the reply describes; frames after it on the connection come after it.
+      const since = this.changeGen;
       if (r.ret) this.fail(r.ret, 'migrate to device');
       // dmirror_migrate_finalize_and_map: the device pages go into the mirror. The kernel maps
       // them while the migrated pages are still locked (before migrate_vma_finalize), so nothing
@@ -448,8 +450,8 @@ export class Dmirror extends Device implements IntervalHandler {
   async exclusive(c: Cmd): Promise<Uint8Array> {
     const end = c.addr + c.npages * PAGE_SIZE;
     for (let a = c.addr; a < end; a += PAGE_SIZE) {
-      const since = this.changeGen;
       const r = await this.host.exclusive(a);
+      const since = this.changeGen;
       if (r.ret) this.fail(ERRNO.EBUSY, 'exclusive');
       // dmirror_atomic_map. The kernel maps while make_device_exclusive's folio is still locked, so
       // no restoring fault can come in between; here a CPU or device fault may already have

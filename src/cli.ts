@@ -68,6 +68,7 @@ async function serve(): Promise<void> {
     tokens: cfg.tokens,
     apiAuth: cfg.apiAuth,
     deadlineMs: cfg.ackDeadlineMs,
+    progress: { watchdogMs: cfg.progressWatchdogMs, retryBudget: cfg.progressRetryBudget },
     channel: { maxPayload: cfg.channelMaxFrameBytes },
     logger: log,
     traceEvents: cfg.traceEvents,

@@ -37,6 +37,8 @@ export const ENV_VARS: readonly EnvVar[] = [
     default: 'devmirror-local',
   },
   { name: 'DEVMIRROR_ACK_DEADLINE_MS', description: 'How long a device (worker or external) may take to acknowledge an invalidation before it is evicted', default: '1000' },
+  { name: 'DEVMIRROR_PROGRESS_WATCHDOG_MS', description: 'The progress oracle (GET /v1/progress, docs/explore.md): an acknowledgement or readBegin waiting this long is reported, with the wait-for graph; below the ack deadline so it is seen before the eviction', default: '500' },
+  { name: 'DEVMIRROR_PROGRESS_RETRY_BUDGET', description: 'The progress oracle: range faults of one subscription answered EBUSY in a row before it reports a livelock', default: '16' },
   { name: 'DEVMIRROR_DEMO', description: 'Start the demo process `demo`, one device of each kind and a light workload (scenarios/demo.json): 1 or 0', default: '1' },
   { name: 'DEVMIRROR_CHANNEL_MAX_FRAME_KB', description: 'Largest notifier-channel frame a client may send, KiB', default: '1024' },
   { name: 'DEVMIRROR_TRACE_EVENTS', description: 'Size of the trace ring (GET /v1/trace, docs/trace.md), entries; 0 (the default) leaves tracing off, 50000 is a good size', default: '0' },
@@ -56,6 +58,8 @@ export interface Config {
   /** The HTTP API requires a token (DEVMIRROR_API_AUTH resolved). */
   apiAuth: boolean;
   ackDeadlineMs: number;
+  progressWatchdogMs: number;
+  progressRetryBudget: number;
   channelMaxFrameBytes: number;
   demo: boolean;
   /** Trace ring size, entries (0: tracing off). */
@@ -121,6 +125,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     tokens: env.DEVMIRROR_TOKENS,
     apiAuth,
     ackDeadlineMs: int(env, 'DEVMIRROR_ACK_DEADLINE_MS', 1000, 10, 600_000),
+    progressWatchdogMs: int(env, 'DEVMIRROR_PROGRESS_WATCHDOG_MS', 500, 10, 600_000),
+    progressRetryBudget: int(env, 'DEVMIRROR_PROGRESS_RETRY_BUDGET', 16, 2, 1_000_000),
     channelMaxFrameBytes: int(env, 'DEVMIRROR_CHANNEL_MAX_FRAME_KB', 1024, 16, 65536) * 1024,
     demo: int(env, 'DEVMIRROR_DEMO', 1, 0, 1) === 1,
     traceEvents: int(env, 'DEVMIRROR_TRACE_EVENTS', 0, 0, 10_000_000),

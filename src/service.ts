@@ -10,6 +10,7 @@ import { DeviceManager, type DeviceManagerOptions } from './devices/device-manag
 import { CHANNEL_PATH, ChannelServer } from './channel/channel-server.js';
 import type { ChannelLimits } from './channel/session.js';
 import { TokenTable } from './channel/tokens.js';
+import { ProgressMonitor, type ProgressOptions } from './progress/monitor.js';
 import { startTracing } from './trace/service-trace.js';
 import type { TraceRecorder } from './trace/recorder.js';
 
@@ -25,6 +26,8 @@ export interface ServiceOptions {
   channel?: Partial<ChannelLimits>;
   /** Acknowledgement deadline of worker devices, ms. */
   deadlineMs?: number;
+  /** The progress oracle's watchdog and retry budget (src/progress/monitor.ts). */
+  progress?: ProgressOptions;
   log?: Log;
   /** pino logger: the service logs through it, each device through a child logger. */
   logger?: Logger;
@@ -41,6 +44,8 @@ export class Service {
   readonly startedAt = Date.now();
   readonly devices: DeviceManager;
   readonly channel: ChannelServer;
+  /** The progress oracle: stuck acknowledgements and readBegins, livelocked faults, deadlock cycles. */
+  readonly progress: ProgressMonitor;
   private unobserve: () => void;
   /** The trace recorder (null when tracing is off). */
   readonly trace: TraceRecorder | null = null;
@@ -69,6 +74,14 @@ export class Service {
     });
     const traceEvents = opts.traceEvents ?? 0;
     if (traceEvents > 0) ({ recorder: this.trace, stop: this.untrace } = startTracing(this.kernel, this, traceEvents));
+    this.progress = this.startProgress(opts, log);
+  }
+
+  private startProgress(opts: ServiceOptions, log: Log): ProgressMonitor {
+    const m = new ProgressMonitor(this.kernel, () => [...this.devices.list(), ...this.channel.list()], opts.progress);
+    m.onFinding = (f) => log('warn', `progress: ${f.kind} on ${f.device}: ${f.message}`);
+    m.start();
+    return m;
   }
 
   /** Serves the notifier channel (/v1/notifier/ws) on the HTTP server. */
@@ -98,6 +111,7 @@ export class Service {
    */
   async stop(): Promise<void> {
     this.ready = false;
+    this.progress.stop();
     this.devices.closed = true;
     await this.channel.close();
     await this.devices.stopAll();

@@ -25,6 +25,7 @@ import { RANGE_BLOCKABLE, type NotifierRange } from '../notifier/range.js';
 import { Sanitizer, type Finding } from '../sanitizer/sanitizer.js';
 import { DeviceServices } from '../devices/device-services.js';
 import { SocketAck, type SocketAckGroup } from './socket-ack.js';
+import { ProgressCounters, type ProgressSource } from '../progress/counters.js';
 import type { Grant } from './tokens.js';
 
 /** What the device sends; implemented by the session (frames out, with backpressure). */
@@ -86,7 +87,7 @@ interface Waiter {
   what: string;
 }
 
-export class ExternalDevice {
+export class ExternalDevice implements ProgressSource {
   readonly transport = 'external' as const;
   state: ExternalState = 'running';
   stateReason = '';
@@ -199,6 +200,7 @@ export class ExternalDevice {
     const sub = this.subs.get(id);
     if (!sub) return;
     this.subs.delete(id);
+    this.progress.dropSub(id);
     const proc = this.k.findProcess(sub.pid);
     if (!proc) return;
     if (sub.notifier instanceof MmuIntervalNotifier) await proc.mm.notifier.removeInterval(sub.notifier);
@@ -413,34 +415,12 @@ export class ExternalDevice {
 
   // ---- progress (src/progress): what this device waits for, and faults that keep retrying ------
 
-  /** Requests of this device the kernel has not answered yet because they wait (readBegin). */
-  readonly waits = new Map<number, { what: 'readBegin'; subId: number; sinceMs: number }>();
-  private nextWait = 1;
-  /** Per interval subscription: range faults answered EBUSY in a row (the seq moved), and the origins that moved it. */
-  readonly retries = new Map<number, { consecutive: number; total: number; origins: string[] }>();
+  /** readBegin waits and range-fault retry counts (the progress oracle). */
+  readonly progress = new ProgressCounters();
 
-  noteWait(what: 'readBegin', subId: number): number {
-    const id = this.nextWait++;
-    this.waits.set(id, { what, subId, sinceMs: Date.now() });
-    return id;
-  }
-
-  endWait(id: number): void {
-    this.waits.delete(id);
-  }
-
-  /** A range fault's answer: EBUSY counts against the fault's retry budget, success resets it. */
-  noteFault(subId: number, busy: boolean, origins: string[]): void {
-    const r = this.retries.get(subId) ?? { consecutive: 0, total: 0, origins: [] };
-    if (busy) {
-      r.consecutive++;
-      r.total++;
-      for (const o of origins) if (!r.origins.includes(o) && r.origins.length < 8) r.origins.push(o);
-    } else {
-      r.consecutive = 0;
-      r.origins = [];
-    }
-    this.retries.set(subId, r);
+  subRange(subId: number): { pid: number; start: number; end: number } | null {
+    const s = this.subs.get(subId);
+    return s ? { pid: s.pid, start: s.start, end: s.end } : null;
   }
 
   /** Acknowledgements this device owes, oldest first. */

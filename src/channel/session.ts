@@ -521,9 +521,9 @@ export class Session implements ExternalPort {
         if (typeof seq === 'number') work = Promise.resolve({ readBeginReply: { subscriptionId: sub.id, seq } });
         else {
           // Waiting for an open window to close: the progress oracle's wait-for graph shows it.
-          const w = dev.noteWait('readBegin', sub.id);
+          const w = dev.progress.noteWait('readBegin', sub.id);
           work = seq.then((v) => {
-            dev.endWait(w);
+            dev.progress.endWait(w);
             return { readBeginReply: { subscriptionId: sub.id, seq: v } };
           });
         }
@@ -552,7 +552,7 @@ export class Session implements ExternalPort {
         work = dev.services.rangeFault(sub.pid, notifier, args).then((rep) => {
           if (rep.ret === 0) dev.grantFault(sub.pid, start, rep.pfns, rep.gens, rep.tick);
           // A retry budget per fault (src/progress): EBUSY means an invalidation moved the seq.
-          if (rep.ret === 0 || rep.ret === ERRNO.EBUSY) dev.noteFault(sub.id, rep.ret === ERRNO.EBUSY, rep.ret === ERRNO.EBUSY ? this.host.kernel.findProcess(sub.pid)?.mm.notifier.recentOrigins(start, end) ?? [] : []);
+          if (rep.ret === 0 || rep.ret === ERRNO.EBUSY) dev.progress.noteFault(sub.id, rep.ret === ERRNO.EBUSY, rep.ret === ERRNO.EBUSY ? this.host.kernel.findProcess(sub.pid)?.mm.notifier.recentOrigins(start, end) ?? [] : []);
           return { rangeFaultReply: { error: rep.ret, pfns: Array.from(rep.pfns) } };
         });
         break;

@@ -31,6 +31,8 @@ import type { Kernel, Process } from '../kernel/kernel.js';
 import { pteMapsFrame, ptePfn } from '../kernel/pte.js';
 import { MmuIntervalNotifier, MmuNotifier } from '../notifier/subscriptions.js';
 import { DeviceServices } from './device-services.js';
+import { ERRNO } from '../kernel/hmm.js';
+import { ProgressCounters, type ProgressSource } from '../progress/counters.js';
 import { ACK_OK, ACK_PENDING, ACK_REFUSED, waitAcks, type PendingAck } from '../notifier/pending-ack.js';
 import { ORIGIN_CODES, type NotifierRange } from '../notifier/range.js';
 import type { Finding } from '../sanitizer/sanitizer.js';
@@ -104,7 +106,7 @@ function rangeFields(r: NotifierRange, curSeq: number): CallFields {
   return { id: r.id, start: r.start, end: r.end, event: r.event, flags: r.flags, owner: r.owner, curSeq, origin: ORIGIN_CODES[r.origin] ?? 0 };
 }
 
-export class WorkerDevice {
+export class WorkerDevice implements ProgressSource {
   readonly id: number;
   readonly kind: DeviceKind;
   readonly name: string;
@@ -220,6 +222,37 @@ export class WorkerDevice {
   }
 
   // ---- the handshake (kernel side) -----------------------------------------------------------
+
+  // ---- progress (src/progress) -----------------------------------------------------------------
+
+  /** readBegin waits and range-fault retry counts (the progress oracle). */
+  readonly progress = new ProgressCounters();
+
+  /**
+   * Calls the device has not answered, oldest first. Reads the answer words without consuming
+   * them (poll() would free the slot under the kernel's feet); the time is when the deadline
+   * watchdog first saw the call unanswered, or now.
+   */
+  pendingAckList(): Array<{ invalidationId: number; subscriptionId: number; sentMs: number }> {
+    const out: Array<{ invalidationId: number; subscriptionId: number; sentMs: number }> = [];
+    const now = Date.now();
+    for (const a of this.slots) {
+      if (!a || a.forced) continue;
+      const base = MB_CALLS_OFFSET + a.slot * CALL_SLOT_WORDS;
+      // Acquire: the answer word is the device's last write of the slot.
+      if (Atomics.load(this.mailbox, base + CS.ANSWER) !== ANSWER.PENDING) continue;
+      const op = this.mailbox[base + CS.OP];
+      if (op !== CALL_OP.INVALIDATE && op !== CALL_OP.MM_START) continue;
+      out.push({ invalidationId: a.id, subscriptionId: this.mailbox[base + CS.SUB], sentMs: a.seenMs || now });
+    }
+    return out.sort((x, y) => x.sentMs - y.sentMs);
+  }
+
+  subRange(subId: number): { pid: number; start: number; end: number } | null {
+    const s = this.subs.get(subId);
+    if (!s) return null;
+    return s instanceof MmuIntervalNotifier ? { pid: this.pid, start: s.start, end: s.end } : { pid: this.pid, start: 0, end: 2 ** 64 };
+  }
 
   /** Publishes a call into the mailbox; returns its pending answer, or null if the ring is full. */
   private post(op: number, subId: number, c: CallFields): CallAck | null {
@@ -495,6 +528,7 @@ export class WorkerDevice {
   }
 
   private async removeSub(id: number): Promise<void> {
+    this.progress.dropSub(id);
     const sub = this.subs.get(id);
     if (!sub) return;
     this.subs.delete(id);
@@ -580,12 +614,25 @@ export class WorkerDevice {
         case 'readBegin': {
           const sub = this.subs.get(m.sub);
           if (!(sub instanceof MmuIntervalNotifier)) throw new DevmirrorError('DM_ERR_VALIDATION', `no interval subscription ${m.sub}`);
-          return this.reply(m.req, await sub.readBegin());
+          const seq = sub.readBegin();
+          if (typeof seq === 'number') return this.reply(m.req, seq);
+          // Waiting for an open window to close: the progress oracle's wait-for graph shows it.
+          const w = this.progress.noteWait('readBegin', m.sub);
+          try {
+            return this.reply(m.req, await seq);
+          } finally {
+            this.progress.endWait(w);
+          }
         }
         case 'fault': {
           const sub = this.subs.get(m.sub);
           if (!(sub instanceof MmuIntervalNotifier)) throw new DevmirrorError('DM_ERR_VALIDATION', `no interval subscription ${m.sub}`);
-          return this.reply(m.req, await this.services.rangeFault(this.pid, sub, m));
+          const rep = await this.services.rangeFault(this.pid, sub, m);
+          // A retry budget per fault (src/progress): EBUSY means an invalidation moved the seq.
+          if (rep.ret === 0 || rep.ret === ERRNO.EBUSY) {
+            this.progress.noteFault(m.sub, rep.ret === ERRNO.EBUSY, rep.ret === ERRNO.EBUSY ? (this.k.findProcess(this.pid)?.mm.notifier.recentOrigins(m.start, m.end) ?? []) : []);
+          }
+          return this.reply(m.req, rep);
         }
         case 'gup':
           return this.reply(m.req, await this.services.gup(this.pid, m.va, m.write));

@@ -294,7 +294,7 @@ export async function runScenario(sc: Scenario, o: RunOptions): Promise<RunResul
     const retryBudget = o.retryBudget ?? 8;
     const checkFindings = (): void => {
       for (const l of live) {
-        for (const [subId, r] of l.ext.retries) {
+        for (const [subId, r] of l.ext.progress.retries) {
           if (r.consecutive >= retryBudget) {
             found({ oracle: 'livelock', kind: 'retry-budget', device: l.spec.name, message: `a range fault of ${l.spec.name} (subscription ${subId}) was answered EBUSY ${r.consecutive} times in a row: invalidations from ${r.origins.join(', ') || '?'} kept overlapping it` });
           }
@@ -321,7 +321,7 @@ export async function runScenario(sc: Scenario, o: RunOptions): Promise<RunResul
       if (!sched.step()) {
         const graph = buildWaitForGraph({
           kernel: k,
-          devices: live.map((l) => ({ name: l.spec.name, ext: l.ext, device: l.device })),
+          devices: live.map((l) => ({ name: l.spec.name, source: l.ext })),
           mutexes: [...mutexes],
           threads: threads.filter((t) => t.running).map((t) => ({ name: t.name, op: describeOp(t.ops[t.next]) })),
         });

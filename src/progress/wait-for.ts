@@ -17,7 +17,7 @@
  * wait is for.
  */
 import type { Kernel } from '../kernel/kernel.js';
-import type { ExternalDevice } from '../channel/external-device.js';
+import type { ProgressSource } from './counters.js';
 import type { Mutex } from '../lib/locks.js';
 import { eventName, formatEnd } from '../notifier/range.js';
 
@@ -40,7 +40,7 @@ export interface WaitForGraph {
 
 export interface WaitForInput {
   kernel: Kernel;
-  devices: Array<{ name: string; ext: ExternalDevice; device?: { lock?: Mutex } }>;
+  devices: Array<{ name: string; source: ProgressSource }>;
   /** Device locks, when the caller can see them (the explorer runs devices in its own thread). */
   mutexes?: Mutex[];
   /** Threads (explorer) or tasks still running, for the report. */
@@ -73,14 +73,14 @@ export function buildWaitForGraph(input: WaitForInput): WaitForGraph {
   const lockOwner = new Map<Mutex, string>();
   for (const d of input.devices) {
     const dev = `device ${d.name}`;
-    const owed = d.ext.pendingAckList();
+    const owed = d.source.pendingAckList();
     for (const a of owed) {
       const inv = invName.get(a.invalidationId) ?? `invalidation #${a.invalidationId}`;
       add(inv, dev, `waits for ${d.name}'s acknowledgement (subscription ${a.subscriptionId})`);
     }
     const readBegins: string[] = [];
-    for (const w of d.ext.waits.values()) {
-      const sub = d.ext.subs.get(w.subId);
+    for (const w of d.source.progress.waits.values()) {
+      const sub = d.source.subRange(w.subId);
       if (!sub) continue;
       const rb = `${d.name} readBegin (subscription ${w.subId})`;
       readBegins.push(rb);

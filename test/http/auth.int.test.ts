@@ -115,6 +115,7 @@ const ROUTES: Record<string, Route> = {
   'GET /v1/fidelity': R('public', () => ['/v1/fidelity']),
   'PUT /v1/kernel/daemons': R('machine', () => ['/v1/kernel/daemons', { kswapd: 0 }]),
   'GET /v1/kernel/audit': R('machine', () => ['/v1/kernel/audit']),
+  'GET /v1/progress': R('machine', () => ['/v1/progress']),
   'POST /v1/devices': R('process', (t) => ['/v1/devices', { kind: 'dmirror', pid: t.pid }]),
   'GET /v1/devices/:id': R('device', (t) => [D(t)]),
   'DELETE /v1/devices/:id': R('device', async (t) => [`/v1/devices/${await t.scratchDev()}`]),

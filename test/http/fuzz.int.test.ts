@@ -437,6 +437,7 @@ const ROUTES: Record<string, RouteSpec> = {
   },
   'GET /v1/kernel/stats': { method: 'GET', path: '/v1/kernel/stats', runs: 5 },
   'GET /v1/kernel/audit': { method: 'GET', path: '/v1/kernel/audit', runs: 5 },
+  'GET /v1/progress': { method: 'GET', path: '/v1/progress', runs: 5 },
   'GET /v1/devices': { method: 'GET', path: '/v1/devices', runs: 5 },
   'POST /v1/devices': {
     method: 'POST',

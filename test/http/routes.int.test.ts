@@ -101,6 +101,14 @@ const CASES: Record<string, Case> = {
   'POST /v1/kernel/ksm': { good: () => ['/v1/kernel/ksm', {}], bad: () => [['/v1/kernel/ksm', { x: 1 }, 400, 'DM_ERR_VALIDATION']] },
   'POST /v1/kernel/khugepaged': { good: () => ['/v1/kernel/khugepaged', {}], bad: () => [['/v1/kernel/khugepaged', { max: 0 }, 400, 'DM_ERR_VALIDATION']] },
   'POST /v1/kernel/thp-split': { good: () => ['/v1/kernel/thp-split', { pid, addr }], bad: () => [['/v1/kernel/thp-split', { pid }, 400, 'DM_ERR_VALIDATION']] },
+  'POST /v1/kernel/trigger': {
+    good: () => ['/v1/kernel/trigger', { origin: 'mprotect', pid, addr, length: 4096 }],
+    bad: () => [
+      ['/v1/kernel/trigger', { origin: 'teleport', pid, addr, length: 4096 }, 400, 'DM_ERR_VALIDATION'],
+      ['/v1/kernel/trigger', { origin: 'mprotect', pid: NOPE, addr, length: 4096 }, 404, 'DM_ERR_NOT_FOUND'],
+    ],
+  },
+  'GET /v1/fidelity': { good: () => ['/v1/fidelity'], bad: () => [] },
   'POST /v1/kernel/writeback': { good: () => ['/v1/kernel/writeback', {}], bad: () => [['/v1/kernel/writeback', { x: 1 }, 400, 'DM_ERR_VALIDATION']] },
   'POST /v1/kernel/oom-reap': {
     good: async () => {
@@ -113,6 +121,7 @@ const CASES: Record<string, Case> = {
   'PUT /v1/kernel/daemons': { good: () => ['/v1/kernel/daemons', { kswapd: 0 }], bad: () => [['/v1/kernel/daemons', { nope: 1 }, 400, 'DM_ERR_VALIDATION']] },
   'GET /v1/kernel/stats': { good: () => ['/v1/kernel/stats'], bad: () => [] },
   'GET /v1/kernel/audit': { good: () => ['/v1/kernel/audit'], bad: () => [] },
+  'GET /v1/progress': { good: () => ['/v1/progress'], bad: () => [] },
   'GET /v1/devices': { good: () => ['/v1/devices'], bad: () => [] },
   'POST /v1/devices': { skipGood: 'creates a worker: test/http/devices.int.test.ts', bad: () => [['/v1/devices', { kind: 'fpga', pid }, 400, 'DM_ERR_VALIDATION']] },
   'GET /v1/devices/{id}': { good: () => [D()], bad: () => [[`/v1/devices/${NOPE}`, undefined, 404, 'DM_ERR_NO_SUCH_DEVICE']] },

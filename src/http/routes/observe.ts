@@ -36,6 +36,16 @@ export function observeRoutes(app: FastifyInstance, svc: Service): void {
       return { ...page, bootId: svc.bootId };
     },
   );
+  // The progress oracle: its findings and the wait-for graph now. Both name pids, addresses and
+  // devices of every process: machine-wide, as the audit.
+  app.get(
+    '/v1/progress',
+    { config: access('machine'), schema: { response: { 200: Type.Object({ watchdogMs: Type.Integer(), retryBudget: Type.Integer(), reported: Type.Integer(), findings: Type.Array(Type.Object({}, { additionalProperties: true })), graph: Type.Object({}, { additionalProperties: true }) }) } } },
+    async () => {
+      const p = svc.progress;
+      return { watchdogMs: p.watchdogMs, retryBudget: p.retryBudget, reported: p.reported, findings: p.findings, graph: p.graph() };
+    },
+  );
   app.get('/v1/notifier', { config: access('token'), schema: { response: { 200: list(Type.Object({ pid: Type.Integer(), invalidateSeq: Type.Integer(), activeRanges: Type.Integer() }, { additionalProperties: true })) } } }, async (req) => ({
     items: svc.kernel.liveProcesses().filter((p) => guardOf(svc, req).pid(p.pid)).map((p) => {
       const n = p.mm.notifier;

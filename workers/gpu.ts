@@ -88,6 +88,8 @@ export class Gpu extends Device implements IntervalHandler {
   private readonly bySub = new Map<number, SvmRange>();
   private stoppedSince = 0;
   private restoreTimer: NodeJS.Timeout | null = null;
+  /** The process's mm was released: every queue is gone (kfd_process_notifier_release). */
+  private released = false;
   private resumeWaiters: Array<() => void> = [];
   private readonly deferred: Array<{ range: SvmRange; start: number; end: number }> = [];
   private deferredRunning = false;
@@ -160,7 +162,20 @@ export class Gpu extends Device implements IntervalHandler {
     const range = this.rangeOfSub(sub);
     if (!range || this.ignores(r)) return true;
     const action = this.action(r);
-    if (action === 'skip') return true;
+    if (action === 'skip') {
+      if (this.seen(r).event === MmuNotifierEvent.RELEASE) {
+        // amdgpu's SVM callback returns at once for RELEASE; what stops the GPU is the process's
+        // own mm notifier (kfd_process_notifier_release: every queue is preempted), which the
+        // same mmu_notifier_release calls before exit_mmap frees a page. This device has no such
+        // second subscription, so the queue stop is done here: in-flight DMA drains before the
+        // answer, and no queue runs again (the process is going away). (Found by the explorer:
+        // DMA landed after the RELEASE answer, in freed frames.)
+        this.released = true;
+        const q = this.quiesce(0, 2 ** 53);
+        return q ? q.then(() => true) : true;
+      }
+      return true;
+    }
     // svm_range_lock: taken unconditionally, the blockable flag is never checked.
     const go = (): boolean | Promise<boolean> => {
       try {
@@ -311,7 +326,7 @@ export class Gpu extends Device implements IntervalHandler {
   // ---- faults --------------------------------------------------------------------------------
 
   lookup(va: number, write: boolean): number {
-    if (this.queuesStopped) return -1;
+    if (this.queuesStopped || this.released) return -1;
     const r = this.find(va);
     if (!r) return -1;
     const i = r.idx(va);
@@ -322,6 +337,7 @@ export class Gpu extends Device implements IntervalHandler {
 
   /** svm_range_restore_pages: the retry-fault handler. */
   async fault(va: number, write: boolean): Promise<boolean> {
+    if (this.released) return false;
     if (this.queuesStopped) await new Promise<void>((r) => this.resumeWaiters.push(r));
     for (let tries = 0; tries < 8; tries++) {
       const range = this.find(va) ?? (await this.create(va));

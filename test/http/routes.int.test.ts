@@ -105,7 +105,7 @@ const CASES: Record<string, Case> = {
     good: () => ['/v1/kernel/trigger', { origin: 'mprotect', pid, addr, length: 4096 }],
     bad: () => [
       ['/v1/kernel/trigger', { origin: 'teleport', pid, addr, length: 4096 }, 400, 'DM_ERR_VALIDATION'],
-      ['/v1/kernel/trigger', { origin: 'mprotect', pid: NOPE, addr, length: 4096 }, 404, 'DM_ERR_NOT_FOUND'],
+      ['/v1/kernel/trigger', { origin: 'mprotect', pid: NOPE, addr, length: 4096 }, 404, 'DM_ERR_NO_SUCH_PROCESS'],
     ],
   },
   'GET /v1/fidelity': { good: () => ['/v1/fidelity'], bad: () => [] },

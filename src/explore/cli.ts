@@ -3,7 +3,9 @@ import { parseArgs } from 'node:util';
 import { basename } from 'node:path';
 import { mkdirSync } from 'node:fs';
 import { DevmirrorError } from '../errors.js';
-import { explore, formatRepro, readRepro, replayRepro, writeRepro } from './explore.js';
+import { writeFileSync } from 'node:fs';
+import { explore, formatRepro, readRepro, replayRepro, scenarioOf, writeRepro } from './explore.js';
+import { runScenario } from './run.js';
 import { checkScenario, loadScenario, scenarioToRaw } from './scenario.js';
 
 export const EXPLORE_USAGE = `usage: devmirror explore SCENARIO [options]
@@ -20,6 +22,8 @@ options:
   --max-steps N   steps before a run counts as a livelock (default 3000)
   --out FILE      where to write the reproduction (default reports/explore-NAME-SEED.json)
   --no-shrink     keep the first failing run as it is
+  --trace FILE    also write the reproduction's trace (Chrome trace / Perfetto JSON, docs/trace.md):
+                  the kernel's and each device's spans, step by step up to the finding
   --bug DEV:MODE  make device DEV buggy (ack-before-quiesce, skip-seq-retry, ignore-event:EVENT),
                   or correct (none): the same scenario must then find nothing
 exit status: 0 no finding, 1 a finding (reproduction written), 2 bad usage`;
@@ -43,6 +47,7 @@ export async function exploreMain(argv: string[]): Promise<number> {
       out: { type: 'string' },
       'no-shrink': { type: 'boolean' },
       bug: { type: 'string' },
+      trace: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     allowPositionals: true,
@@ -74,6 +79,11 @@ export async function exploreMain(argv: string[]): Promise<number> {
   const out = values.out ?? `reports/explore-${basename(sc.name)}-${seed}.json`;
   if (!values.out) mkdirSync('reports', { recursive: true });
   writeRepro(out, r.repro);
+  if (values.trace) {
+    const t = await runScenario(scenarioOf(r.repro), { policy: { kind: 'forced', keys: r.repro.choices, strict: true }, trace: true });
+    writeFileSync(values.trace, JSON.stringify(t.trace ?? { traceEvents: [] }));
+    line(`trace written to ${values.trace} (open it in https://ui.perfetto.dev)`);
+  }
   line(`reproduction written to ${out} (devmirror replay ${out}); ${r.runs} runs, ${(r.ms / 1000).toFixed(1)} s`);
   return 1;
 }

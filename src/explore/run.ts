@@ -24,6 +24,9 @@ import { pipePair } from './pipe-socket.js';
 import { Scheduler, type Policy, type TakenStep } from './scheduler.js';
 import { describeOp, type DeviceSpec, type OpSpec, type Scenario } from './scenario.js';
 import { buildWaitForGraph, type WaitForGraph } from '../progress/wait-for.js';
+import { DEFAULT_TRACE_CAPACITY } from '../trace/recorder.js';
+import { exportTrace } from '../trace/service-trace.js';
+import type { ChromeTrace } from '../trace/chrome-export.js';
 
 export type Oracle = 'sanitizer' | 'data' | 'crash' | 'deadlock' | 'livelock' | 'audit';
 
@@ -43,6 +46,8 @@ export interface RunResult {
   steps: TakenStep[];
   /** Thread operations and how each ended ("ok", an errno, ...), in completion order. */
   ops: string[];
+  /** With RunOptions.trace: the run's trace, up to the finding. */
+  trace?: ChromeTrace;
 }
 
 export interface RunOptions {
@@ -54,6 +59,8 @@ export interface RunOptions {
    * time) before the progress oracle calls it a livelock (default 8).
    */
   retryBudget?: number;
+  /** Record a trace of the run (Chrome trace / Perfetto JSON in RunResult.trace). */
+  trace?: boolean;
 }
 
 /** The explorer's device transport: DMA transfers finish when the scheduler says so. */
@@ -90,6 +97,9 @@ export async function runScenario(sc: Scenario, o: RunOptions): Promise<RunResul
     // Nothing may time out during a run: deadlines are wall-clock, choices are not.
     deadlineMs: 600_000,
     channel: { ratePerSec: 10_000_000, helloTimeoutMs: 600_000 },
+    traceEvents: o.trace ? DEFAULT_TRACE_CAPACITY : 0,
+    // The explorer has its own progress oracle; the service's would only add a timer.
+    progress: { intervalMs: 3_600_000 },
   });
   const k = svc.kernel;
   const mutexes = new Set<Mutex>();
@@ -343,7 +353,8 @@ export async function runScenario(sc: Scenario, o: RunOptions): Promise<RunResul
         if (audit.problems && audit.problems.length > 0) found({ oracle: 'audit', kind: 'audit', device: null, message: audit.problems.slice(0, 3).join('; ') });
       }
     }
-    return { finding, steps: [...sched.taken], ops };
+    const trace = o.trace && svc.trace ? exportTrace(k, svc.trace, { limit: svc.trace.capacity }) : undefined;
+    return { finding, steps: [...sched.taken], ops, ...(trace ? { trace } : {}) };
   } finally {
     Mutex.gate = savedGate;
     for (const l of live) l.device.dma.stop();

@@ -7,7 +7,8 @@
 import { describe, expect, it } from 'vitest';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { explore, replayRepro, formatRepro } from '../../src/explore/explore.js';
+import { explore, replayRepro, formatRepro, scenarioOf } from '../../src/explore/explore.js';
+import { schemaErrors, structureErrors, threadNames } from '../trace/check-trace.js';
 import { checkScenario, loadScenario, scenarioToRaw, type Scenario } from '../../src/explore/scenario.js';
 import { runScenario } from '../../src/explore/run.js';
 
@@ -66,6 +67,24 @@ describe('explorer: each bug mode is found, shrunk and replayed', () => {
       const r = await explore(fixed(loadScenario(join(DIR, file))), { runs: 60, seed: 7 });
       expect(r.repro?.finding ?? null, file).toBeNull();
     }
+  });
+});
+
+describe('explorer: trace of a reproduction', () => {
+  it('exports the run as a valid Chrome trace with the kernel, device and process tracks', async () => {
+    const sc = loadScenario(join(DIR, 'skip-seq-retry.yaml'));
+    const a = await explore(sc, { runs: 300, seed: 1 });
+    const r = await runScenario(scenarioOf(a.repro!), { policy: { kind: 'forced', keys: a.repro!.choices, strict: true }, trace: true });
+    expect(r.finding?.oracle).toBe('sanitizer');
+    const t = r.trace!;
+    expect(schemaErrors(t)).toEqual([]);
+    expect(structureErrors(t)).toEqual([]);
+    const tracks = [...threadNames(t).keys()];
+    expect(tracks).toEqual(expect.arrayContaining(['notifier (invalidations)', 'gpu0 (external)']));
+    const names = t.traceEvents.filter((e) => e.ph === 'X').map((e) => e.name);
+    // The racing fault, the invalidation that made its pfns stale, and the stale DMA.
+    expect(names).toEqual(expect.arrayContaining(['hmm_range_fault', 'CLEAR', 'madvise']));
+    expect(t.traceEvents.some((e) => e.ph === 'i' && e.name === 'dma write')).toBe(true);
   });
 });
 

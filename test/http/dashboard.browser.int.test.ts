@@ -63,6 +63,14 @@ describe.skipIf(!CHROMIUM)('dashboard in a real browser', () => {
     await page.waitForFunction((b) => [...document.querySelectorAll('[data-testid=invalidations]')].reduce((a, c) => a + Number(c.textContent), 0) > b, before, { timeout: 30_000 });
     expect(await total()).toBeGreaterThan(before);
     expect(svc.events.query({ limit: 100 }).items.some((e) => e.event === 'UNMAP' && e.pid === demo.pid)).toBe(true);
+    // Provenance: filtering on the munmap origin leaves only its rows.
+    await page.selectOption('#evorigin', 'munmap');
+    const origins = await page.$$eval('#events tbody tr td:nth-child(5)', (cells) => cells.map((c) => c.textContent));
+    expect(origins.length).toBeGreaterThan(0);
+    expect(new Set(origins)).toEqual(new Set(['munmap']));
+    expect(await page.textContent('#evorigins')).toMatch(/munmap \d+/);
+    // The progress panel answers (no token needed on loopback without DEVMIRROR_TOKENS).
+    await page.waitForFunction(() => /none \(watchdog|finding|waiting now/.test(document.querySelector('#progress')?.textContent ?? ''), undefined, { timeout: 30_000 });
     mkdirSync('test-artifacts', { recursive: true });
     await page.screenshot({ path: 'test-artifacts/dashboard.png', fullPage: true });
     expect(errors).toEqual([]);

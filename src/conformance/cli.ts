@@ -27,13 +27,13 @@ options:
   --token T          channel and API token (default DEVMIRROR_TOKEN, else devmirror-local)
   --policy P         builtin: faithful (default), aware, blind
   --bug MODE         apply a deliberate bug mode first (ack-before-quiesce, skip-seq-retry,
-                     ignore-event:EVENT): the suite's self-test
+                     ignore-event:EVENT, lock-across-fault for dmirror): the suite's self-test
   --only a,b --skip a,b   checks by id: ${CHECK_IDS.join(', ')}
   --attach-ms N      how long a launched client may take to attach (default 20000)
   --json             machine output
 exit: 0 all passed, 1 a check failed (or the target could not be set up), 2 usage error`;
 
-const BUG_RE = /^(ack-before-quiesce|skip-seq-retry|ignore-event:(UNMAP|CLEAR|PROTECTION_VMA|PROTECTION_PAGE|SOFT_DIRTY|RELEASE|MIGRATE|EXCLUSIVE))$/;
+const BUG_RE = /^(ack-before-quiesce|skip-seq-retry|lock-across-fault|ignore-event:(UNMAP|CLEAR|PROTECTION_VMA|PROTECTION_PAGE|SOFT_DIRTY|RELEASE|MIGRATE|EXCLUSIVE))$/;
 
 /** Parses the command line; throws DM_ERR_VALIDATION on a usage error. */
 export function parseConformanceArgs(argv: string[]): RunOptions & { json: boolean } {

@@ -160,20 +160,47 @@ export class Target {
 
   // ---- embedded modes ----------------------------------------------------------------------
 
-  private async startService(): Promise<void> {
+  private async startService(port = 0): Promise<void> {
     // Imported here: url mode needs none of the kernel.
     const { Service } = await import('../service.js');
     const { buildServer } = await import('../http/server.js');
-    const svc = new Service({ kernel: { memoryBytes: 64 * 1024 * 1024, deviceMemoryBytes: 16 * 1024 * 1024 }, deadlineMs: 5000 });
+    const svc = new Service({ kernel: { memoryBytes: 64 * 1024 * 1024, deviceMemoryBytes: 16 * 1024 * 1024 }, deadlineMs: 5000, progress: { watchdogMs: 2000 } });
     const app = await buildServer(svc, { logger: false });
-    await app.listen({ host: '127.0.0.1', port: 0 });
+    await app.listen({ host: '127.0.0.1', port });
     await svc.start();
     this.svc = svc;
     this.app = app;
     const addr = app.server.address();
-    const port = typeof addr === 'object' && addr ? addr.port : 0;
-    this.api = new Api(`http://127.0.0.1:${port}`, this.o.token ?? LOCAL_TOKEN);
-    this.channelUrl = `ws://127.0.0.1:${port}/v1/notifier/ws`;
+    const bound = typeof addr === 'object' && addr ? addr.port : 0;
+    this.api = new Api(`http://127.0.0.1:${bound}`, this.o.token ?? LOCAL_TOKEN);
+    this.channelUrl = `ws://127.0.0.1:${bound}/v1/notifier/ws`;
+  }
+
+  /** Whether the suite runs the kernel service (and may restart it): the embedded modes. */
+  get ownsKernel(): boolean {
+    return this.svc !== null;
+  }
+
+  /**
+   * A kernel restart: the embedded service is stopped (every connection drops, every frame and
+   * pfn is gone) and a new one, with a new boot id, listens on the same port; the suite's process
+   * and window are created again (same names; a fresh kernel gives its first process the same pid
+   * and its first mapping the same address, so a {pid}-configured client can follow). Returns
+   * the old and new boot ids.
+   */
+  async restartKernel(): Promise<{ oldBoot: number; newBoot: number; oldPid: number }> {
+    if (!this.svc || !this.app) throw new DevmirrorError('DM_ERR_CONFLICT', 'the suite does not own the kernel (url mode)');
+    const port = Number(new URL(this.api.base).port);
+    const oldBoot = (await this.api.get<{ bootId: number }>('/healthz')).bootId;
+    const oldPid = this.pid;
+    await this.svc.stop().catch(() => undefined);
+    await this.app.close().catch(() => undefined);
+    this.svc = null;
+    this.app = null;
+    await this.startService(port);
+    await this.createProcess();
+    const newBoot = (await this.api.get<{ bootId: number }>('/healthz')).bootId;
+    return { oldBoot, newBoot, oldPid };
   }
 
   /** The suite's process and its window (again after an exit: same names, new pid). */
@@ -220,7 +247,7 @@ export class Target {
    * Waits for a live external device of the kind on the current pid, other than `old` (a
    * reattachment gets a new client id), by name when one is known.
    */
-  async waitAttached(old: DeviceInfo | null): Promise<DeviceInfo> {
+  async waitAttached(old: DeviceInfo | null, newKernel = false): Promise<DeviceInfo> {
     const deadline = Date.now() + (this.o.attachMs ?? 20_000);
     for (;;) {
       if (this.child && this.child.exitCode !== null) {
@@ -234,7 +261,8 @@ export class Target {
           alive(x.state) &&
           // A gpu subscribes only when it first faults: no pids yet is fine.
           ((x.pids ?? []).length === 0 || (x.pids ?? []).includes(this.pid)) &&
-          (old === null || (x.id !== old.id && (this.o.mode === 'url' || x.name === old.name))),
+          // After a kernel restart ids start again: any live device of the name is the new session.
+          (old === null || ((newKernel || x.id !== old.id) && (this.o.mode === 'url' || x.name === old.name))),
       );
       // Connected is not attached: the personality registers its commands once it is built, so
       // the device is ready when it answers one (the mirror map).

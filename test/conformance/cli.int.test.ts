@@ -54,9 +54,11 @@ describe('devmirror conformance (CLI)', () => {
 
   it('--command launches a client process with the service address and checks it', async () => {
     const cmd = `${JSON.stringify(process.execPath)} ${CLI} device --kind rdma --url {url} --token {token} --process {process} --window {window} --name cmd-rdma`;
-    const r = await run(['--kind', 'rdma', '--command', cmd, '--only', 'window,event:CLEAR,reconnect', '--json']);
+    const r = await run(['--kind', 'rdma', '--command', cmd, '--only', 'window,event:CLEAR,reconnect,restart', '--json']);
     const j = JSON.parse(r.stdout);
-    expect(j.checks.map((c: { result: string }) => c.result), r.stdout).toEqual(['pass', 'pass', 'pass']);
+    expect(j.checks.map((c: { result: string }) => c.result), r.stdout).toEqual(['pass', 'pass', 'pass', 'pass']);
+    // The restart: a new boot id, the same pid (a fresh kernel's first process), a new session.
+    expect(j.checks[3].evidence).toMatch(/kernel restarted \(boot \d+ -> \d+, pid (\d+) -> \1\); reattached as device #\d+/);
     expect(j).toMatchObject({ passed: true, mode: 'command', transport: 'external' });
     expect(r.code).toBe(0);
   });

@@ -2,6 +2,7 @@
  * Configuration from the environment, validated once at start. Every variable is documented in
  * docs/configuration.md (the table there is checked against ENV_VARS by a test).
  */
+import { DEFAULT_WATCHDOG_MS } from './progress/monitor.js';
 import { DevmirrorError } from './errors.js';
 import { TokenTable } from './channel/tokens.js';
 
@@ -41,7 +42,7 @@ export const ENV_VARS: readonly EnvVar[] = [
   { name: 'DEVMIRROR_PROGRESS_RETRY_BUDGET', description: 'The progress oracle: range faults of one subscription answered EBUSY in a row before it reports a livelock', default: '16' },
   { name: 'DEVMIRROR_DEMO', description: 'Start the demo process `demo`, one device of each kind and a light workload (scenarios/demo.json): 1 or 0', default: '1' },
   { name: 'DEVMIRROR_CHANNEL_MAX_FRAME_KB', description: 'Largest notifier-channel frame a client may send, KiB', default: '1024' },
-  { name: 'DEVMIRROR_TRACE_EVENTS', description: 'Size of the trace ring (GET /v1/trace, docs/trace.md), entries; 0 (the default) leaves tracing off, 50000 is a good size', default: '0' },
+  { name: 'DEVMIRROR_TRACE_EVENTS', description: 'Size of the trace ring (GET /v1/trace, docs/trace.md), entries (at most 1000000, about 170 bytes each, allocated at start); 0 (the default) leaves tracing off, 50000 is a good size', default: '0' },
 ];
 
 export interface Config {
@@ -125,10 +126,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     tokens: env.DEVMIRROR_TOKENS,
     apiAuth,
     ackDeadlineMs: int(env, 'DEVMIRROR_ACK_DEADLINE_MS', 1000, 10, 600_000),
-    progressWatchdogMs: int(env, 'DEVMIRROR_PROGRESS_WATCHDOG_MS', 500, 10, 600_000),
+    progressWatchdogMs: int(env, 'DEVMIRROR_PROGRESS_WATCHDOG_MS', DEFAULT_WATCHDOG_MS, 10, 600_000),
     progressRetryBudget: int(env, 'DEVMIRROR_PROGRESS_RETRY_BUDGET', 16, 2, 1_000_000),
     channelMaxFrameBytes: int(env, 'DEVMIRROR_CHANNEL_MAX_FRAME_KB', 1024, 16, 65536) * 1024,
     demo: int(env, 'DEVMIRROR_DEMO', 1, 0, 1) === 1,
-    traceEvents: int(env, 'DEVMIRROR_TRACE_EVENTS', 0, 0, 10_000_000),
+    // At most a million entries: the ring is allocated up front (about 170 bytes an entry).
+    traceEvents: int(env, 'DEVMIRROR_TRACE_EVENTS', 0, 0, 1_000_000),
   };
 }

@@ -522,10 +522,7 @@ export class Session implements ExternalPort {
         else {
           // Waiting for an open window to close: the progress oracle's wait-for graph shows it.
           const w = dev.progress.noteWait('readBegin', sub.id);
-          work = seq.then((v) => {
-            dev.progress.endWait(w);
-            return { readBeginReply: { subscriptionId: sub.id, seq: v } };
-          });
+          work = seq.then((v) => ({ readBeginReply: { subscriptionId: sub.id, seq: v } })).finally(() => dev.progress.endWait(w));
         }
         break;
       }

@@ -2,6 +2,7 @@
  * `devmirror trigger ORIGIN --url http://HOST:PORT [--token T] --pid N --addr A --length L [--node N]`:
  * POST /v1/kernel/trigger, then one line per invalidation it caused.
  */
+import { DevmirrorError } from '../errors.js';
 import { parseArgs } from 'node:util';
 import { apiRequest } from './api.js';
 import { ORIGINS } from '../notifier/range.js';
@@ -20,9 +21,9 @@ export interface TriggerReply {
 }
 
 const num = (name: string, v: string | undefined): number => {
-  if (v === undefined) throw Object.assign(new Error(`--${name} is required\n${TRIGGER_USAGE}`), { code: 'DM_ERR_VALIDATION' });
+  if (v === undefined) throw new DevmirrorError('DM_ERR_VALIDATION', `--${name} is required\n${TRIGGER_USAGE}`);
   const n = /^0x[0-9a-f]+$/i.test(v) ? Number.parseInt(v.slice(2), 16) : /^\d+$/.test(v) ? Number(v) : NaN;
-  if (!Number.isSafeInteger(n)) throw Object.assign(new Error(`--${name} must be a decimal or 0x number`), { code: 'DM_ERR_VALIDATION' });
+  if (!Number.isSafeInteger(n)) throw new DevmirrorError('DM_ERR_VALIDATION', `--${name} must be a decimal or 0x number`);
   return n;
 };
 
@@ -52,8 +53,8 @@ export async function triggerMain(argv: string[], out: (s: string) => void = (s)
       return 0;
     }
     const origin = positionals[0];
-    if (!origin || !(ORIGINS as readonly string[]).includes(origin)) throw Object.assign(new Error(`unknown or missing ORIGIN ${JSON.stringify(origin ?? '')}\n${TRIGGER_USAGE}`), { code: 'DM_ERR_VALIDATION' });
-    if (!values.url) throw Object.assign(new Error(`--url is required\n${TRIGGER_USAGE}`), { code: 'DM_ERR_VALIDATION' });
+    if (!origin || !(ORIGINS as readonly string[]).includes(origin)) throw new DevmirrorError('DM_ERR_VALIDATION', `unknown or missing ORIGIN ${JSON.stringify(origin ?? '')}\n${TRIGGER_USAGE}`);
+    if (!values.url) throw new DevmirrorError('DM_ERR_VALIDATION', `--url is required\n${TRIGGER_USAGE}`);
     const body = { origin, pid: num('pid', values.pid), addr: num('addr', values.addr), length: num('length', values.length), ...(values.node !== undefined ? { node: num('node', values.node) } : {}) };
     const token = values.token ?? process.env.DEVMIRROR_TOKEN;
     const r = await apiRequest<TriggerReply>({ base: values.url.replace(/\/+$/, ''), token }, 'POST', '/v1/kernel/trigger', body);

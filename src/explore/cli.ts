@@ -24,9 +24,10 @@ options:
   --no-shrink     keep the first failing run as it is
   --trace FILE    also write the reproduction's trace (Chrome trace / Perfetto JSON, docs/trace.md):
                   the kernel's and each device's spans, step by step up to the finding
-  --bug DEV:MODE  make device DEV buggy (ack-before-quiesce, skip-seq-retry, ignore-event:EVENT),
+  --bug DEV:MODE  make device DEV buggy (ack-before-quiesce, skip-seq-retry, ignore-event:EVENT,
+                  lock-across-fault for a dmirror),
                   or correct (none): the same scenario must then find nothing
-exit status: 0 no finding, 1 a finding (reproduction written), 2 bad usage`;
+exit status: 0 no finding, 1 a finding (reproduction written) or an error (a typed DM_ERR_* message)`;
 
 const line = (s: string): void => void process.stdout.write(s + '\n');
 

@@ -51,8 +51,9 @@ export interface ExploreOptions {
 }
 
 export interface ExploreResult {
+  /** Runs made (up to and including the first failing one). */
   runs: number;
-  /** Runs per finding oracle (all runs, before shrinking). */
+  /** The shrunk reproduction of the first failing run, or null. */
   repro: Repro | null;
   ms: number;
 }
@@ -180,7 +181,8 @@ export function isReproFile(file: string): boolean {
 export function readRepro(file: string): Repro {
   let raw: Record<string, unknown>;
   try {
-    raw = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+    const buf = readFileSync(file);
+    raw = JSON.parse((file.endsWith('.gz') ? gunzipSync(buf) : buf).toString('utf8')) as Record<string, unknown>;
   } catch (e) {
     throw new DevmirrorError('DM_ERR_VALIDATION', `${file} is not an explorer reproduction: ${(e as Error).message}`);
   }

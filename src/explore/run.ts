@@ -15,6 +15,7 @@ import { DevmirrorError } from '../errors.js';
 import { PAGE_SIZE } from '../kernel/layout.js';
 import { protFromNames } from '../kernel/vma.js';
 import { Mutex } from '../lib/locks.js';
+import { OOM_REAPER } from '../kernel/activity/oom.js';
 import { SocketHost } from '../../workers/runtime/socket-host.js';
 import { PERSONALITIES } from '../../workers/personalities.js';
 import type { Device } from '../../workers/runtime/device.js';
@@ -28,7 +29,7 @@ import { DEFAULT_TRACE_CAPACITY } from '../trace/recorder.js';
 import { exportTrace } from '../trace/service-trace.js';
 import type { ChromeTrace } from '../trace/chrome-export.js';
 
-export type Oracle = 'sanitizer' | 'data' | 'crash' | 'deadlock' | 'livelock' | 'audit';
+export type Oracle = 'sanitizer' | 'data' | 'crash' | 'deadlock' | 'stuck' | 'livelock' | 'audit';
 
 export interface Finding {
   oracle: Oracle;
@@ -102,11 +103,27 @@ export async function runScenario(sc: Scenario, o: RunOptions): Promise<RunResul
     progress: { intervalMs: 3_600_000 },
   });
   const k = svc.kernel;
-  const mutexes = new Set<Mutex>();
+  // Device locks and whose they are: a lock is first taken by the device whose step (a frame to
+  // or from it, or a thread operation naming it) led to the acquisition.
+  const mutexes = new Map<Mutex, string | null>();
   const savedGate = Mutex.gate;
   Mutex.gate = (m, who) => {
-    mutexes.add(m);
+    if (!mutexes.has(m) || mutexes.get(m) === null) mutexes.set(m, deviceOfLastStep());
     return sched.gate(`lock ${m.name} by ${who}`, `${m.name}: ${who} may take the lock`);
+  };
+  const savedSleep = OOM_REAPER.sleep;
+  OOM_REAPER.sleep = () => sched.gate('oom_reaper retry', 'the OOM reaper tries again');
+  /** Which device the last step belongs to, if any (frame keys name it; threads name it per op). */
+  const threadDevice = new Map<string, string | null>();
+  const deviceOfLastStep = (): string | null => {
+    const key = sched.taken[sched.taken.length - 1]?.key ?? '';
+    const frame = /^kernel→(.+)$|^(.+)→kernel$/.exec(key);
+    if (frame) return frame[1] ?? frame[2];
+    if (key.startsWith('thread ')) return threadDevice.get(key.slice(7)) ?? null;
+    const gateDev = /^(\S+) dma-transfer#/.exec(key);
+    if (gateDev) return gateDev[1];
+    for (const [m, owner] of mutexes) if (owner && key.startsWith(`lock ${m.name} by `)) return owner;
+    return null;
   };
   const live: Live[] = [];
   const ops: string[] = [];
@@ -280,6 +297,7 @@ export async function runScenario(sc: Scenario, o: RunOptions): Promise<RunResul
       const op = t.ops[t.next];
       sched.enqueue(`thread ${t.name}`, `${t.name}: ${describeOp(op)}`, () => {
         t.running = true;
+        threadDevice.set(t.name, op.device ?? null);
         exec(op).then(
           (r) => {
             ops.push(`${t.name}: ${describeOp(op)} -> ${r}`);
@@ -332,10 +350,17 @@ export async function runScenario(sc: Scenario, o: RunOptions): Promise<RunResul
         const graph = buildWaitForGraph({
           kernel: k,
           devices: live.map((l) => ({ name: l.spec.name, source: l.ext })),
-          mutexes: [...mutexes],
+          mutexes: [...mutexes].map(([m, owner]) => ({ m, owner })),
           threads: threads.filter((t) => t.running).map((t) => ({ name: t.name, op: describeOp(t.ops[t.next]) })),
         });
-        found({ oracle: 'deadlock', kind: 'deadlock', device: null, message: `nothing can run and ${threads.filter((t) => t.running).map((t) => t.name).join(', ')} have not finished${graph.cycle ? `: ${graph.cycleText}` : ''}`, graph });
+        // A cycle is a deadlock; without one, something waits for what no step will ever do
+        // (a lost wake-up, a promise nobody settles): still no progress, reported as stuck.
+        const waiting = threads.filter((t) => t.running).map((t) => t.name).join(', ');
+        found(
+          graph.cycle
+            ? { oracle: 'deadlock', kind: 'deadlock', device: null, message: `nothing can run and ${waiting} have not finished: ${graph.cycleText}`, graph }
+            : { oracle: 'stuck', kind: 'stuck', device: null, message: `nothing can run and ${waiting} have not finished; no wait-for cycle (${graph.edges.length ? graph.edges.map((e) => `${e.from} -> ${e.to}`).join('; ') : 'no known waits'})`, graph },
+        );
         break;
       }
     }
@@ -357,6 +382,7 @@ export async function runScenario(sc: Scenario, o: RunOptions): Promise<RunResul
     return { finding, steps: [...sched.taken], ops, ...(trace ? { trace } : {}) };
   } finally {
     Mutex.gate = savedGate;
+    OOM_REAPER.sleep = savedSleep;
     for (const l of live) l.device.dma.stop();
     // Closing frames are not part of the run: deliver whatever the shutdown sends, unscheduled.
     sched.policy = { kind: 'default' };

@@ -59,7 +59,8 @@ async function withWrite<T>(mm: MM, who: string, fn: () => Promise<T>): Promise<
   }
 }
 
-async function withRead<T>(mm: MM, who: string, fn: () => Promise<T>): Promise<T> {
+/** Runs fn under the mmap read lock (refused once the process is exiting). */
+export async function withRead<T>(mm: MM, who: string, fn: () => Promise<T>): Promise<T> {
   await mm.mmapLock.read(who);
   try {
     if (mm.exiting) throw new DevmirrorError('DM_ERR_PROCESS_EXITING', `process ${mm.pid} is exiting`);

@@ -6,9 +6,11 @@
  * over that range...); whole-process operations (fork, exit, clear_refs, the OOM reaper) act on the
  * process. Before acting, the range is checked for what the operation needs, so that an origin
  * that cannot be produced there is refused (DM_ERR_NOT_TRIGGERABLE, with the reason) and changes
- * nothing, instead of doing work that notifies nobody.
+ * nothing, instead of doing work that notifies nobody. Two outcomes are only known after acting:
+ * a khugepaged collapse that fails for every block (the pages changed under it) is refused after
+ * the attempt, and a reclaim that finds every page referenced again (activated, nothing reclaimed)
+ * succeeds with its counts in `result`: both change nothing that a real pass would not.
  */
-import { createHash } from 'node:crypto';
 import { DevmirrorError } from '../errors.js';
 import { FF, PAGE_SIZE, PMD_PAGES, PMD_SIZE, PTE } from './layout.js';
 import type { Kernel, Process } from './kernel.js';
@@ -16,11 +18,12 @@ import { MMAP_BASE, MMAP_MIN_ADDR, type MM } from './mm.js';
 import { ZERO_PFN } from './phys-mem.js';
 import { ptePfn, type Pte } from './pte.js';
 import { PROT, type Vma } from './vma.js';
-import { userRange, changeProtection } from './syscalls.js';
+import { userRange, changeProtection, touch, withRead } from './syscalls.js';
+import { accessCheck } from './fault.js';
 import { ORIGINS, type Origin } from '../notifier/range.js';
 import { reclaimPages } from './activity/reclaim.js';
 import { migratePage } from './activity/migrate.js';
-import { ksmScan } from './activity/ksm.js';
+import { hashPage, ksmScan } from './activity/ksm.js';
 import { pageDirty, writebackFile } from './activity/writeback.js';
 import { splitThpAt } from './activity/thp.js';
 
@@ -332,9 +335,15 @@ async function cowFault(k: Kernel, p: Process, start: number, end: number, no: N
     if (target >= 0) break;
   }
   if (target < 0) no('no shared (zero, forked, KSM) page and no unpopulated page of a private anonymous, readable and writable mapping: a write there reuses the page in place');
-  const byte = await k.read(p.pid, target, 1);
-  await k.write(p.pid, target, byte);
-  return done(`a CPU write at ${hex(target)} (the byte it holds) on a copy-on-write page`, { addr: target });
+  // A write access that moves no data (the write fault breaks COW and dirties the entry): reading
+  // a byte and writing it back would lose any write that landed in between.
+  // An unpopulated page is read first (the zero page is mapped), so the write copies it.
+  await withRead(p.mm, 'trigger', async () => {
+    accessCheck(p.mm, target, true);
+    await touch(k, p.mm, target, false, 0, () => undefined);
+    await touch(k, p.mm, target, true, 0, () => undefined);
+  });
+  return done(`a CPU write access at ${hex(target)} (no data changed) on a copy-on-write page`, { addr: target });
 }
 
 async function exclusive(k: Kernel, p: Process, origin: 'exclusive_restore' | 'device_exclusive', start: number, end: number, no: No, done: Done): Promise<TriggerResult> {
@@ -398,7 +407,7 @@ async function ksm(k: Kernel, p: Process, start: number, end: number, no: No, do
   const anon = parts(mm, start, end, privateAnon);
   if (anon.length === 0) no('KSM merges private anonymous memory');
   // The pages ksmd would take (anonymous, mapped once, order 0), by content.
-  const seen = new Map<string, number>();
+  const seen = new Map<number, number>();
   let twins = false;
   for (const { s, e } of anon) {
     for (const l of leaves(mm, s, e)) {
@@ -407,9 +416,11 @@ async function ksm(k: Kernel, p: Process, start: number, end: number, no: No, do
       if (pfn === ZERO_PFN || k.mem.isCompound(pfn)) continue;
       const fl = k.mem.flags(pfn);
       if (!(fl & FF.ANON) || fl & FF.KSM || k.mem.mapcount(pfn) !== 1) continue;
-      const h = createHash('sha1').update(k.mem.page(pfn)).digest('hex');
-      seen.set(h, (seen.get(h) ?? 0) + 1);
-      if ((seen.get(h) ?? 0) > 1) twins = true;
+      // ksmd's own hash, then the bytes (a hash match alone is not a twin).
+      const h = hashPage(k, pfn);
+      const same = seen.get(h);
+      if (same === undefined) seen.set(h, pfn);
+      else if (Buffer.compare(k.mem.page(same), k.mem.page(pfn)) === 0) twins = true;
     }
   }
   if (!twins) no('no two identical anonymous pages (each mapped once) are resident there');

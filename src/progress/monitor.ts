@@ -38,6 +38,9 @@ export interface ProgressOptions {
   keep?: number;
 }
 
+/** The default watchdog (DEVMIRROR_PROGRESS_WATCHDOG_MS): half the default acknowledgement deadline. */
+export const DEFAULT_WATCHDOG_MS = 500;
+
 export class ProgressMonitor {
   readonly watchdogMs: number;
   readonly retryBudget: number;
@@ -55,7 +58,7 @@ export class ProgressMonitor {
     private readonly sources: () => ProgressSource[],
     o: ProgressOptions = {},
   ) {
-    this.watchdogMs = o.watchdogMs ?? 2000;
+    this.watchdogMs = o.watchdogMs ?? DEFAULT_WATCHDOG_MS;
     this.retryBudget = o.retryBudget ?? 16;
     this.intervalMs = o.intervalMs ?? Math.max(50, Math.min(1000, Math.floor(this.watchdogMs / 4)));
     this.keep = o.keep ?? 200;
@@ -107,9 +110,13 @@ export class ProgressMonitor {
   }
 
   private report(key: string, kind: ProgressKind, device: string, message: string, graph: WaitForGraph | null, now: number): ProgressFinding[] {
+    // The kind is part of the key: a wait first reported as stuck is reported again when it turns
+    // out to be on a cycle (a deadlock).
+    key = `${kind}:${key}`;
     if (this.seen.has(key)) return [];
     this.seen.add(key);
-    if (this.seen.size > 10_000) this.seen.clear();
+    // Bounded; forgetting the oldest keys (insertion order) at worst reports an old wait again.
+    if (this.seen.size > 10_000) for (const k of [...this.seen].slice(0, 1000)) this.seen.delete(k);
     const f: ProgressFinding = { id: ++this.reported, kind, device, message, at: now, graph };
     this.findings.push(f);
     if (this.findings.length > this.keep) this.findings.shift();

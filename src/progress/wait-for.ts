@@ -41,8 +41,8 @@ export interface WaitForGraph {
 export interface WaitForInput {
   kernel: Kernel;
   devices: Array<{ name: string; source: ProgressSource }>;
-  /** Device locks, when the caller can see them (the explorer runs devices in its own thread). */
-  mutexes?: Mutex[];
+  /** Device locks and their devices, when the caller can see them (the explorer runs devices in its own thread). */
+  mutexes?: Array<{ m: Mutex; owner: string | null }>;
   /** Threads (explorer) or tasks still running, for the report. */
   threads?: Array<{ name: string; op: string }>;
 }
@@ -70,7 +70,6 @@ export function buildWaitForGraph(input: WaitForInput): WaitForGraph {
       openByPid.set(r.pid, l);
     }
   }
-  const lockOwner = new Map<Mutex, string>();
   for (const d of input.devices) {
     const dev = `device ${d.name}`;
     const owed = d.source.pendingAckList();
@@ -89,12 +88,8 @@ export function buildWaitForGraph(input: WaitForInput): WaitForGraph {
       }
     }
     if (input.mutexes) {
-      for (const m of input.mutexes) {
-        if (!m.isLocked) continue;
-        // A lock belongs to the device whose handler waits on it or whose name it carries.
-        const mine = m.name.startsWith(`${d.name}.`) || m.waiters.length > 0 || m.holder !== null;
-        if (!mine || lockOwner.has(m)) continue;
-        lockOwner.set(m, d.name);
+      for (const { m, owner } of input.mutexes) {
+        if (owner !== d.name || !m.isLocked) continue;
         const lock = `lock ${m.name} (held by ${m.holder ?? '?'})`;
         if (owed.length > 0 && m.waiters.includes('invalidate')) add(dev, lock, "the invalidate handler waits for the device's lock");
         if (m.holder !== 'invalidate') for (const rb of readBegins) add(lock, rb, `the holder (${m.holder}) is the fault path waiting in readBegin`);

@@ -40,7 +40,9 @@ export async function traceMain(argv: string[], out: (s: string) => void = (s) =
     url.searchParams.set(k, v);
   }
   const token = values.token ?? process.env.DEVMIRROR_TOKEN;
-  const r = await fetch(url, { headers: token ? { authorization: `Bearer ${token}` } : {} });
+  const r = await fetch(url, { headers: token ? { authorization: `Bearer ${token}` } : {} }).catch((e: Error) => {
+    throw new DevmirrorError('DM_ERR_UNREACHABLE', `cannot reach ${url.origin}: ${(e.cause as Error | undefined)?.message ?? e.message}`);
+  });
   const body = await r.text();
   if (!r.ok) {
     // The service's typed error, passed on as it is.

@@ -269,11 +269,16 @@ export class TraceRecorder {
       types[i] = t;
       this.val[base + i++] = x;
       let byType = node.next?.get(k);
+      // Once the shape table is full, new keys go to the side store without growing the trie
+      // (arguments whose key names keep changing would otherwise grow it for ever).
       if (byType === undefined) {
+        if (this.shapes.length >= SHAPE_LIMIT) return this.sideStore(slot, args);
         byType = new Array<ShapeNode | undefined>(TYPES).fill(undefined);
         (node.next ??= new Map()).set(k, byType);
       }
-      node = byType[t] ??= { id: -1, next: null };
+      const next = byType[t];
+      if (next === undefined && this.shapes.length >= SHAPE_LIMIT) return this.sideStore(slot, args);
+      node = next ?? (byType[t] = { id: -1, next: null });
     }
     if (node.id < 0) {
       // A new shape (once per shape).

@@ -23,6 +23,9 @@ const ChromeTraceReply = Type.Object(
   { ...open, description: 'Chrome trace event format (JSON object form): open it in https://ui.perfetto.dev' },
 );
 
+/** Entries one GET /v1/trace exports at most (page with since= for more). */
+export const MAX_EXPORT_ENTRIES = 50_000;
+
 export function traceRoutes(app: FastifyInstance, svc: Service): void {
   app.get(
     '/v1/trace',
@@ -47,7 +50,9 @@ export function traceRoutes(app: FastifyInstance, svc: Service): void {
       const trace = exportTrace(svc.kernel, rec, {
         since,
         pid,
-        limit: Math.min(Math.max(limit, 1), rec.capacity),
+        // Bounded whatever the ring's size: the export is built and serialised on the thread that
+        // serves the channel, and a long stall there delays every device's acknowledgement.
+        limit: Math.min(Math.max(limit, 1), rec.capacity, MAX_EXPORT_ENTRIES),
         visible: g.all ? undefined : (p) => g.pid(p),
         bootId: svc.bootId,
       });

@@ -16,6 +16,11 @@ export const OOM_REAPER = {
   maxRetries: 10,
   /** HZ/10 */
   retryDelayMs: 100,
+  /**
+   * The reaper's wait between attempts (schedule_timeout_idle). The interleaving explorer replaces
+   * it with a scheduler step: a wall-clock timer would make its runs depend on time, not on the seed.
+   */
+  sleep: (ms: number): Promise<void> => new Promise<void>((r) => setTimeout(r, ms)),
 };
 
 export interface ReapResult {
@@ -28,8 +33,6 @@ export interface ReapResult {
   zapped: number;
   complete: boolean;
 }
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** One pass over the mm (__oom_reap_task_mm); false if a VMA was skipped. */
 async function reapOnce(k: Kernel, p: Process, res: ReapResult): Promise<boolean> {
@@ -75,7 +78,7 @@ export async function oomReap(k: Kernel, p: Process): Promise<ReapResult> {
       break;
     }
     k.stats.oomReapRetries++;
-    await sleep(OOM_REAPER.retryDelayMs);
+    await OOM_REAPER.sleep(OOM_REAPER.retryDelayMs);
   }
   p.mm.oomSkip = true;
   return res;

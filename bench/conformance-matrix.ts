@@ -4,14 +4,14 @@
  * timing-scripted: running cells in parallel on a small machine would measure the machine).
  *
  *   npm run build && node dist/bench/conformance-matrix.js [--kinds gpu,rdma] [--transports worker,external]
- *       [--bugs none,skip-seq-retry,...] [--runs N] [--out docs/data/conformance-matrix.json] [--md FILE]
+ *       [--bugs none,skip-seq-retry,...] [--runs N] [--out docs/data/conformance-matrix.json] [--md FILE] [--resume]
  *
  * Writes the JSON (every run: each check's result and evidence) after every run, so an
  * interrupted measurement keeps what it has, and the markdown table at the end (to stdout too).
  * A cell lists the checks that failed; the bug's own check is in bold, and `MISSED <check>` marks
  * a run in which the check meant for the bug passed.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runConformance } from '../src/conformance/runner.js';
@@ -56,6 +56,7 @@ const { values } = parseArgs({
     runs: { type: 'string' },
     out: { type: 'string' },
     md: { type: 'string' },
+    resume: { type: 'boolean' },
   },
 });
 const kinds = (values.kinds?.split(',') ?? ALL_KINDS) as DeviceKind[];
@@ -64,7 +65,9 @@ const bugs = values.bugs?.split(',') ?? ALL_BUGS;
 const runs = Number(values.runs ?? 1);
 const out = values.out ?? 'docs/data/conformance-matrix.json';
 
-const cells: Cell[] = [];
+// --resume: keep the runs of the out file that did not error, and run only what is missing (a long
+// measurement's process once failed to spawn clients with ENOMEM after 80 runs).
+const cells: Cell[] = values.resume && existsSync(out) ? (JSON.parse(readFileSync(out, 'utf8')) as { cells: Cell[] }).cells.filter((c) => !c.error) : [];
 const started = new Date().toISOString();
 const t0 = Date.now();
 
@@ -79,6 +82,7 @@ for (const bug of bugs) {
     if (bug === 'lock-across-fault' && kind !== 'dmirror') continue;
     for (const transport of transports) {
       for (let run = 1; run <= runs; run++) {
+        if (cells.some((c) => c.kind === kind && c.transport === transport && c.bug === bug && c.run === run)) continue;
         const c0 = Date.now();
         let cell: Cell;
         try {

@@ -121,6 +121,24 @@ export class Ctx {
     return r.id;
   }
 
+  /**
+   * Runs `f` until the reattached personality answers it: a client's new session may answer its
+   * first command while the old personality (detached, refusing with "this attachment ended") is
+   * still the one its commands reach, until the new one has attached (a gpu has no subscription,
+   * hence no pid to wait for, until it faults).
+   */
+  async untilAttached<T>(f: () => Promise<T>, ms = 10_000): Promise<T> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      try {
+        return await f();
+      } catch (e) {
+        if (!/attachment ended/.test((e as Error).message) || Date.now() > deadline) throw e;
+        await sleep(200);
+      }
+    }
+  }
+
   /** After a kernel restart: the helper and the aux mapping belonged to the old kernel. */
   forgetKernel(): void {
     this.helperId = null;
@@ -488,10 +506,11 @@ const reconnectCheck: Check = {
     await c.api.faults(old.id, { disconnect: true });
     t.dev = await t.waitAttached(old);
     const ms = Date.now() - t0;
-    await t.reapply();
     const m = await c.mark();
     await c.cpuWrite(0, 1, 0x42);
-    const rd = await c.dma(0, false);
+    const rd = await c.untilAttached(() => c.dma(0, false));
+    // Once the new personality answers (the bug mode is the personality's, made again).
+    await t.reapply();
     await c.madvise(0, 1, 'dontneed');
     const wr = await c.dma(0, true);
     const bad = await c.noFindings(m, 'after reattaching');
@@ -523,10 +542,11 @@ const restartCheck: Check = {
     t.dev = await t.waitAttached(old, true);
     const ms = Date.now() - t0;
     t.runSince = await c.api.lastEventId();
-    await t.reapply();
     const m = await c.mark();
     // Accesses first, before any CPU write: a stale translation is used at once.
-    const first = await c.dma(0, true, n);
+    const first = await c.untilAttached(() => c.dma(0, true, n));
+    // Once the new personality answers (the bug mode is the personality's, made again).
+    await t.reapply();
     await c.cpuWrite(0, 1, 0x42);
     const rd = await c.dma(0, false);
     await c.madvise(0, 1, 'dontneed');
@@ -644,10 +664,15 @@ const releaseCheck: Check = {
     );
     let during = 0;
     let completed = 0;
+    let refused = '';
     const t0 = Date.now();
     while (!exited && Date.now() - t0 < 15_000) {
-      const r = await c.dma(0, true, n).catch(() => null);
-      if (!r) break; // the device is gone or the process reaped: nothing more to drive
+      const r = await c.dma(0, true, n).catch((e: Error) => {
+        refused = e.message.replace(/^POST \S+: /, '');
+        return null;
+      });
+      // The device is gone (a worker stops with its process) or refuses: nothing more to drive.
+      if (!r) break;
       during++;
       completed += r.ok;
     }
@@ -660,7 +685,7 @@ const releaseCheck: Check = {
       d = await t.refresh().catch(() => t.dev);
     }
     if (d.state === 'evicted' || d.state === 'crashed') return { result: 'fail', evidence: `device ${d.state} at exit (${d.stateReason ?? 'no reason'}): it did not answer the release` };
-    const duringText = `${during} sweeps of ${n} device writes during the ${Date.now() - t0} ms exit (${completed} completed)`;
+    const duringText = `${during} sweeps of ${n} device writes during the ${Date.now() - t0} ms exit (${completed} completed${refused ? `; then refused: ${refused}` : ''})`;
     const bad = await c.noFindings(m, `around the exit of its process (${duringText})`);
     if (bad) return bad;
     if (t.transport === 'external' && d.state === 'running') {

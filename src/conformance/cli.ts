@@ -20,7 +20,8 @@ targets (one):
   --command "CMD ..."                   start an embedded service, run CMD with DEVMIRROR_URL,
                                          DEVMIRROR_TOKEN, DEVMIRROR_PROCESS, DEVMIRROR_PID,
                                          DEVMIRROR_WINDOW, DEVMIRROR_KIND set ({url} {token} {process}
-                                         {pid} {window} {kind} are substituted), wait for it to attach
+                                         {pid} {window} {kind} are substituted), wait for it to attach;
+                                         the restart check restarts that kernel (same port, new boot id)
   --builtin worker|external             the built-in personality as a worker thread, or as a
                                          devmirror device client process (the default: worker)
 options:

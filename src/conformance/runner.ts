@@ -39,6 +39,11 @@ export async function runConformance(o: RunOptions): Promise<Report> {
     const transport = target.transport;
     const ctx = new Ctx(target);
     const results: CheckResult[] = [];
+    // Deadlocks the progress oracle reported (GET /v1/progress; machine access, absent on a
+    // restricted token): a failed check names the first new one of the device as its cause.
+    const deadlocks = async (): Promise<Array<{ id: number; kind: string; device: string; message: string }>> =>
+      (await target.api.get<{ findings: Array<{ id: number; kind: string; device: string; message: string }> }>('/v1/progress').catch(() => ({ findings: [] }))).findings.filter((f) => f.kind === 'deadlock');
+    const named = new Set((await deadlocks()).map((f) => f.id));
     for (const check of CHECKS) {
       if (o.only && !o.only.includes(check.id)) continue;
       if (o.skip?.includes(check.id)) continue;
@@ -54,6 +59,11 @@ export async function runConformance(o: RunOptions): Promise<Report> {
         }
         if (!v.retry || attempts >= (o.attempts ?? 3)) break;
       }
+      if (v.result === 'fail' && !/progress oracle/.test(v.evidence)) {
+        const d = (await deadlocks()).find((f) => !named.has(f.id) && f.device === target.dev.name);
+        if (d) v = { ...v, evidence: `${v.evidence}; progress oracle: ${d.message}` };
+      }
+      for (const f of await (v.result === 'fail' ? deadlocks() : Promise.resolve([]))) named.add(f.id);
       const r: CheckResult = { id: check.id, title: check.title, result: v.result, evidence: v.evidence, ms: Date.now() - c0, attempts };
       results.push(r);
       o.onResult?.(r);

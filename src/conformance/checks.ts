@@ -302,6 +302,8 @@ const readRetryCheck: Check = {
     await c.dma(P, true, 3);
     const bad = await c.noFindings(m, `after device faults raced CLEARs of the same pages (${faults} faults, ${invals} invalidations)`);
     if (bad) return bad;
+    // A pass must have exercised the race at least once in the scripted rounds.
+    if (raced === 0) return { result: 'fail', evidence: `no scripted round held a fault against a CLEAR (0/${rounds}; timing)`, retry: true };
     return { result: 'pass', evidence: `${raced}/${rounds} scripted fault/CLEAR races and a ${stormMs} ms storm (${faults} faults, ${invals} CLEARs): 0 findings` };
   },
 };
@@ -483,6 +485,10 @@ const nonblockCheck: Check = {
     const refusedBlockable = all.find((e) => e.blockable && e.subscribers.some((s) => s.deviceId === c.id && s.result !== 'ok'));
     if (refusedBlockable) {
       return { result: 'fail', evidence: `refused blockable invalidation #${refusedBlockable.id} (${refusedBlockable.event} ${hex(refusedBlockable.start)}): only non-blockable ranges may be refused` };
+    }
+    // Nothing non-blockable reached the device: the rules were not exercised.
+    if (reaped.every((e) => own(e) === undefined) && forced.every((e) => !e.subscribers.some((s) => s.deviceId === c.id))) {
+      return { result: 'fail', evidence: `no non-blockable invalidation of the OOM reaper reached the device (${reaped.length + forced.length} recorded, none to it)` };
     }
     if (forced.length > 0 && eagain === 0) return { result: 'fail', evidence: `with refuseNonblock the reaper's ${forced.length} non-blockable starts recorded no EAGAIN refusal of this device` };
     if (after.ok !== 4) return { result: 'fail', evidence: `after the reaper the device could not map its pages again (${after.ok}/4)` };

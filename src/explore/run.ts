@@ -74,7 +74,6 @@ class ExploreHost extends SocketHost {
 
 interface Live {
   spec: DeviceSpec;
-  client: DeviceClient;
   host: ExploreHost;
   device: Device;
   ext: ExternalDevice;
@@ -172,7 +171,7 @@ export async function runScenario(sc: Scenario, o: RunOptions): Promise<RunResul
       device.bug = spec.bug;
       const ext = svc.channel.list().find((d) => d.name === spec.name && d.alive);
       if (!ext) throw new DevmirrorError('DM_ERR_CONFLICT', `explorer: device ${spec.name} did not attach`);
-      live.push({ spec, client, host, device, ext, seenFindings: 0 });
+      live.push({ spec, host, device, ext, seenFindings: 0 });
     }
     await drive(Promise.resolve());
 

@@ -6,15 +6,15 @@
  *   device D          -> lock L          D's invalidate handler waits for its own lock L
  *   lock L            -> D readBegin S   L's holder is D's fault path, and D has a readBegin waiting
  *   D readBegin S     -> invalidation #I readBegin waits until every window over S closes
- *   invalidation #I   -> mmap_lock[pid]  (via the task that started it: not modelled)
  *   D (inferred)      -> D readBegin S   without a view of the device's locks (an external client
  *                                        or a worker): D owes an ack while its own fault waits in
  *                                        readBegin behind that invalidation; the usual cause is a
  *                                        driver lock held across readBegin, so the edge is marked
  *                                        inferred
  *
- * A cycle is a deadlock (it cannot resolve itself); a graph without one says what the longest
- * wait is for.
+ * A cycle is a deadlock (it cannot resolve itself); a graph without one still says who waits on
+ * whom. The kernel's own sleeping locks (mmap lock, folio locks) are not nodes: a wait on them
+ * shows only as the invalidation or syscall it holds up.
  */
 import type { Kernel } from '../kernel/kernel.js';
 import type { ProgressSource } from './counters.js';

@@ -1,6 +1,6 @@
 /**
  * Calls to the kernel service's HTTP API from command-line clients (`devmirror device` looking up
- * names, `devmirror bench --target`). A service that cannot be reached is `DM_ERR_UNREACHABLE`; an
+ * names, `devmirror bench --target`, `devmirror trigger`, the conformance suite). A service that cannot be reached is `DM_ERR_UNREACHABLE`; an
  * HTTP error keeps the service's own error code (`code` on the thrown error), so callers can count
  * refusals by code.
  *
@@ -12,7 +12,7 @@ import { DevmirrorError } from '../errors.js';
 /** Where the API is: `http(s)://host:port`, or that with the token to present. */
 export type ApiEndpoint = string | { base: string; token?: string };
 
-export async function apiRequest<T>(api: ApiEndpoint, method: 'GET' | 'POST', path: string, body?: unknown, timeoutMs = 60_000): Promise<T> {
+export async function apiRequest<T>(api: ApiEndpoint, method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown, timeoutMs = 60_000): Promise<T> {
   const { base, token } = typeof api === 'string' ? { base: api, token: undefined } : api;
   const headers: Record<string, string> = {};
   if (body !== undefined) headers['content-type'] = 'application/json';

@@ -3,18 +3,8 @@
  * embedded service included): what it can do to a device is then exactly what an operator can do
  * to a device attached to a remote service.
  */
-import { DevmirrorError } from '../errors.js';
-
-export class ApiError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'ApiError';
-  }
-}
+import { apiRequest } from '../client/api.js';
+import type { EventEntry } from '../notifier/event-log.js';
 
 export interface DeviceInfo {
   id: number;
@@ -38,16 +28,8 @@ export interface FindingInfo {
   message: string;
 }
 
-export interface EventInfo {
-  id: number;
-  pid: number;
-  start: number;
-  end: number | string;
-  event: string;
-  blockable: boolean;
-  result: 'ok' | 'EAGAIN';
-  subscribers: Array<{ deviceId: number | null; result: string; ackUs: number }>;
-}
+/** An entry of GET /v1/events (the event log's own type). */
+export type EventInfo = EventEntry;
 
 export interface PagemapEntry {
   present: boolean;
@@ -63,30 +45,8 @@ export class Api {
     readonly token?: string,
   ) {}
 
-  async call<T>(method: 'GET' | 'POST' | 'DELETE' | 'PUT', path: string, body?: unknown, timeoutMs = 60_000): Promise<T> {
-    const headers: Record<string, string> = {};
-    if (body !== undefined) headers['content-type'] = 'application/json';
-    if (this.token) headers.authorization = `Bearer ${this.token}`;
-    let res: Response;
-    try {
-      res = await fetch(this.base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal: AbortSignal.timeout(timeoutMs) });
-    } catch (e) {
-      throw new DevmirrorError('DM_ERR_UNREACHABLE', `${method} ${this.base}${path}: ${((e as Error).cause as Error | undefined)?.message ?? (e as Error).message}`);
-    }
-    const text = await res.text();
-    if (!res.ok) {
-      let code = `HTTP_${res.status}`;
-      let message = text;
-      try {
-        const j = JSON.parse(text) as { code?: string; message?: string };
-        code = j.code ?? code;
-        message = j.message ?? text;
-      } catch {
-        // not JSON: keep the text
-      }
-      throw new ApiError(res.status, code, `${method} ${path}: ${code}: ${message}`);
-    }
-    return (text ? JSON.parse(text) : {}) as T;
+  call<T>(method: 'GET' | 'POST' | 'DELETE' | 'PUT', path: string, body?: unknown, timeoutMs = 60_000): Promise<T> {
+    return apiRequest<T>({ base: this.base, token: this.token }, method, path, body, timeoutMs);
   }
 
   get<T>(path: string): Promise<T> {

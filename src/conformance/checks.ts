@@ -11,7 +11,6 @@
  * invalidation queue behind it in a known order.
  */
 import type { Api, DeviceInfo, FindingInfo } from './api.js';
-import { ApiError } from './api.js';
 import { PAGE, sleep, type Target } from './target.js';
 
 export type Outcome = 'pass' | 'fail' | 'skip';
@@ -415,7 +414,7 @@ const EVENT_SCENARIOS: EventScenario[] = [
     what: 'another device migrating the page to its memory',
     async op(c, p) {
       const h = await c.helper();
-      const r = await c.api.post<{ cpages: number }>(`/v1/devices/${h}/dmirror/migrate-to-device`, { addr: c.page(p), npages: 1 }).catch((e: ApiError) => ({ cpages: 0, error: e.message }));
+      const r = await c.api.post<{ cpages: number }>(`/v1/devices/${h}/dmirror/migrate-to-device`, { addr: c.page(p), npages: 1 }).catch((e: Error) => ({ cpages: 0, error: e.message }));
       return r.cpages === 1 ? {} : { skip: 'the helper device could not migrate the page' };
     },
   },

@@ -9,6 +9,7 @@ import { EventEmitter } from 'node:events';
 import type { WebSocket } from 'ws';
 import { decodeClientFrame, decodeServerFrame } from '../channel/codec.js';
 import type { Scheduler } from './scheduler.js';
+import { EVENT_NAMES } from '../notifier/range.js';
 
 const OPEN = 1;
 const CLOSED = 3;
@@ -22,7 +23,7 @@ function describe(data: Uint8Array, fromClient: boolean): string {
     const hex = (v: unknown): string => (typeof v === 'number' || typeof v === 'bigint' ? `0x${v.toString(16)}` : String(v));
     const parts: string[] = [];
     if (m.invalidationId !== undefined) parts.push(`inv#${String(m.invalidationId)}`);
-    if (m.event !== undefined && (body === 'invalidateStart' || body === 'invalidateEnd')) parts.push(EVENT[Number(m.event)] ?? String(m.event));
+    if (m.event !== undefined && (body === 'invalidateStart' || body === 'invalidateEnd')) parts.push(EVENT_NAMES[Number(m.event)] ?? String(m.event));
     if (body === 'invalidateStart') parts.push(`from ${originName(m.origin)}`);
     if (m.start !== undefined && m.end !== undefined) parts.push(`[${hex(m.start)}, ${hex(m.end)})`);
     else if (m.addr !== undefined) parts.push(hex(m.addr));
@@ -40,7 +41,6 @@ function originName(o: unknown): string {
   const op = (o as { operation?: string } | null)?.operation;
   return op || '?';
 }
-const EVENT = ['UNMAP', 'CLEAR', 'PROTECTION_VMA', 'PROTECTION_PAGE', 'SOFT_DIRTY', 'RELEASE', 'MIGRATE', 'EXCLUSIVE'];
 
 class PipeEnd extends EventEmitter {
   readyState = OPEN;

@@ -14,6 +14,7 @@
 import Long from 'long';
 import { devmirror } from './gen/notifier.js';
 import { DevmirrorError } from '../errors.js';
+import { decodeHotClientFrame, decodeHotServerFrame, encodeHotClientFrame, encodeHotServerFrame } from './hot-frames.js';
 
 const v1 = devmirror.v1;
 type G = typeof devmirror.v1;
@@ -148,15 +149,36 @@ function malformed(e: unknown): DevmirrorError {
 
 // ---- frames -----------------------------------------------------------------------------------
 
+// The invalidation round's frames (InvalidateStart, InvalidateEnd, InvalidateAck) take a hand-written
+// path first (hot-frames.ts): it yields exactly what the generic path yields, or declines.
+
 export function encodeClientFrame(f: ClientFrameIn): Uint8Array {
-  return v1.ClientFrame.encode(wire(f) as never).finish();
+  return encodeHotClientFrame(f) ?? encodeClientFrameGeneric(f);
 }
 
 export function encodeServerFrame(f: ServerFrameIn): Uint8Array {
+  return encodeHotServerFrame(f) ?? encodeServerFrameGeneric(f);
+}
+
+/** The generated encoder alone (the reference the fast path is tested against). */
+export function encodeClientFrameGeneric(f: ClientFrameIn): Uint8Array {
+  return v1.ClientFrame.encode(wire(f) as never).finish();
+}
+
+export function encodeServerFrameGeneric(f: ServerFrameIn): Uint8Array {
   return v1.ServerFrame.encode(wire(f) as never).finish();
 }
 
 export function decodeClientFrame(buf: Uint8Array): ClientFrame {
+  return (decodeHotClientFrame(buf) as ClientFrame | null) ?? decodeClientFrameGeneric(buf);
+}
+
+export function decodeServerFrame(buf: Uint8Array): ServerFrame {
+  return (decodeHotServerFrame(buf) as ServerFrame | null) ?? decodeServerFrameGeneric(buf);
+}
+
+/** The generated decoder alone (the reference the fast path is tested against). */
+export function decodeClientFrameGeneric(buf: Uint8Array): ClientFrame {
   let m: InstanceType<G['ClientFrame']>;
   try {
     m = v1.ClientFrame.decode(buf);
@@ -169,7 +191,7 @@ export function decodeClientFrame(buf: Uint8Array): ClientFrame {
   return out as unknown as ClientFrame;
 }
 
-export function decodeServerFrame(buf: Uint8Array): ServerFrame {
+export function decodeServerFrameGeneric(buf: Uint8Array): ServerFrame {
   let m: InstanceType<G['ServerFrame']>;
   try {
     m = v1.ServerFrame.decode(buf);

@@ -4,12 +4,13 @@
  * figures are summed per kind. Gauges are computed at scrape time from the live objects, so a
  * scrape never disagrees with /v1/devices.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { FastifyInstance } from 'fastify';
 import type { Service } from '../service.js';
 import { EVENT_NAMES, ORIGINS } from '../notifier/range.js';
 import { DEVICE_KINDS } from '../devices/protocol.js';
 import { access } from './auth.js';
+import { HotCounter, HotHistogram } from './hot-metrics.js';
 
 /**
  * The device_kind label: the built-in personalities, the kernel's own subscribers, and `other` for
@@ -27,30 +28,25 @@ export function installMetrics(app: FastifyInstance, svc: Service): Registry {
   collectDefaultMetrics({ register: reg, prefix: 'devmirror_process_' });
   const k = svc.kernel;
 
-  const invalidation = new Histogram({
-    name: 'devmirror_invalidation_seconds',
-    help: 'Invalidation round (start published to end delivered), by event',
-    labelNames: ['event'],
-    buckets: BUCKETS,
-    registers: [reg],
-  });
-  const ack = new Histogram({
-    name: 'devmirror_invalidation_ack_seconds',
-    help: 'Start published to a subscriber\'s acknowledgement, by event and device kind',
-    labelNames: ['event', 'device_kind'],
-    buckets: BUCKETS,
-    registers: [reg],
-  });
-  const invalidations = new Counter({ name: 'devmirror_invalidations_total', help: 'Invalidations, by event and result', labelNames: ['event', 'result'], registers: [reg] });
+  // Updated on every invalidation, on the kernel thread: see hot-metrics.ts.
+  const invalidation = new HotHistogram('devmirror_invalidation_seconds', 'Invalidation round (start published to end delivered), by event', BUCKETS);
+  const ack = new HotHistogram('devmirror_invalidation_ack_seconds', "Start published to a subscriber's acknowledgement, by event and device kind", BUCKETS);
+  const invalidations = new HotCounter('devmirror_invalidations_total', 'Invalidations, by event and result');
   // origin is one of ORIGINS (a fixed list of 24) and event one of 8: bounded like the others.
-  const byOrigin = new Counter({ name: 'devmirror_invalidations_by_origin_total', help: 'Invalidations, by origin (the syscall or kernel activity that sent them) and event', labelNames: ['origin', 'event'], registers: [reg] });
+  const byOrigin = new HotCounter('devmirror_invalidations_by_origin_total', 'Invalidations, by origin (the syscall or kernel activity that sent them) and event');
+  for (const m of [invalidation, ack, invalidations, byOrigin]) reg.registerMetric(m as never);
   const unobserve = k.observe({
     onInvalidation: (rec) => {
       const ev = EVENT_NAMES[rec.range.event] ?? 'UNKNOWN';
-      invalidations.inc({ event: ev, result: rec.result });
-      byOrigin.inc({ origin: ORIGINS.includes(rec.range.origin) ? rec.range.origin : 'other', event: ev });
-      invalidation.observe({ event: ev }, Math.max(0, rec.endedUs - rec.startedUs) / 1e6);
-      for (const s of rec.subscribers) ack.observe({ event: ev, device_kind: kindLabel(s.info.deviceKind) }, Math.max(0, s.ackUs) / 1e6);
+      const origin = ORIGINS.includes(rec.range.origin) ? rec.range.origin : 'other';
+      const result = rec.result;
+      invalidations.inc(`${ev}\0${result}`, () => ({ event: ev, result }));
+      byOrigin.inc(`${origin}\0${ev}`, () => ({ origin, event: ev }));
+      invalidation.observe(ev, () => ({ event: ev }), Math.max(0, rec.endedUs - rec.startedUs) / 1e6);
+      for (const s of rec.subscribers) {
+        const kind = kindLabel(s.info.deviceKind);
+        ack.observe(`${ev}\0${kind}`, () => ({ event: ev, device_kind: kind }), Math.max(0, s.ackUs) / 1e6);
+      }
     },
   });
   app.addHook('onClose', async () => unobserve());

@@ -2,7 +2,8 @@
  * A client process for bench:channel and devmirror bench --clients. Modes:
  *   clients URL TOKEN PID START LENGTH COUNT : COUNT DeviceClient connections, each with one interval
  *                                             subscription, acknowledging every start at once;
- *   echo URL                                 : one bare `ws` connection echoing every frame back.
+ *   echo URL [COUNT]                         : COUNT (default 1) bare `ws` connections, each echoing
+ *                                             every frame back.
  * Prints "ready" when set up; exits when stdin closes.
  */
 import WebSocket from 'ws';
@@ -13,9 +14,15 @@ process.stdin.on('end', () => process.exit(0));
 process.stdin.resume();
 
 if (mode === 'echo') {
-  const ws = new WebSocket(url, { perMessageDeflate: false });
-  ws.on('message', (d: Buffer) => ws.send(d));
-  ws.on('open', () => process.stdout.write('ready\n'));
+  const count = Number(rest[0] ?? 1);
+  let open = 0;
+  for (let i = 0; i < count; i++) {
+    const ws = new WebSocket(url, { perMessageDeflate: false });
+    ws.on('message', (d: Buffer) => ws.send(d));
+    ws.on('open', () => {
+      if (++open === count) process.stdout.write('ready\n');
+    });
+  }
 } else {
   const [token, pid, start, length, count] = rest.map((x, i) => (i === 0 ? x : Number(x))) as [string, number, number, number, number];
   const clients: DeviceClient[] = [];

@@ -39,6 +39,56 @@ export function stopClientProcesses(children: ChildProcess[]): void {
   for (const c of children) c.stdin?.end();
 }
 
+/**
+ * The fan-out floor: a frame of `size` bytes sent to `n` bare `ws` connections spread over at most
+ * `maxProcs` processes (the same layout as the devmirror clients), each echoing it back; a round
+ * ends when every echo is in. One write and one read per connection and round on each side, no
+ * codec, no kernel: what the loopback, the scheduler and `ws` cost on this machine.
+ */
+export async function wsFanoutFloor(size: number, n: number, rounds: number, maxProcs = 4): Promise<Percentiles> {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false, backlog: 2048 });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  const port = (wss.address() as { port: number }).port;
+  const conns: WebSocket[] = [];
+  let pending = 0;
+  let done: (() => void) | null = null;
+  wss.on('connection', (ws) => {
+    conns.push(ws);
+    ws.on('message', () => {
+      if (--pending === 0) done?.();
+    });
+  });
+  const procs = Math.min(maxProcs, n);
+  const children: ChildProcess[] = [];
+  const frame = new Uint8Array(size).fill(7);
+  const once = (): Promise<number> => {
+    const t = process.hrtime.bigint();
+    return new Promise<number>((resolve) => {
+      pending = conns.length;
+      done = () => resolve(usSince(t));
+      for (const ws of conns) ws.send(frame);
+    });
+  };
+  try {
+    for (let i = 0; i < procs; i++) {
+      const count = Math.floor(n / procs) + (i < n % procs ? 1 : 0);
+      children.push(await spawnClients(['echo', `ws://127.0.0.1:${port}`, String(count)]));
+    }
+    if (conns.length !== n) throw new Error(`fan-out floor: expected ${n} connections, have ${conns.length}`);
+    for (let i = 0; i < Math.min(200, rounds / 10); i++) await once();
+    const samples = new Float64Array(rounds);
+    for (let i = 0; i < rounds; i++) {
+      samples[i] = await once();
+      if (i % 64 === 63) await new Promise((r) => setImmediate(r));
+    }
+    return percentiles(samples);
+  } finally {
+    stopClientProcesses(children);
+    for (const ws of conns) ws.terminate();
+    await new Promise<void>((r) => wss.close(() => r()));
+  }
+}
+
 /** The floor: a frame of `size` bytes echoed by a bare ws client in another process, `rounds` times. */
 export async function wsEchoFloor(size: number, rounds: number): Promise<Percentiles> {
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });

@@ -1,0 +1,141 @@
+/**
+ * The hand-written path for the invalidation round's frames (src/channel/hot-frames.ts) against the
+ * generated code it stands in for: same bytes out, same plain frames in, same errors (by declining).
+ */
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  decodeClientFrame,
+  decodeClientFrameGeneric,
+  decodeServerFrame,
+  decodeServerFrameGeneric,
+  encodeClientFrame,
+  encodeClientFrameGeneric,
+  encodeServerFrame,
+  encodeServerFrameGeneric,
+  WIRE_ULONG_MAX,
+} from '../../src/channel/codec.js';
+import { decodeHotClientFrame, decodeHotServerFrame, encodeHotClientFrame, encodeHotServerFrame } from '../../src/channel/hot-frames.js';
+
+// Values that sit on every boundary the fast path checks, and some it must decline.
+const u64 = fc.oneof(fc.constantFrom(0, 1, 127, 128, 2 ** 32 - 1, 2 ** 32, 2 ** 49, 2 ** 53 - 1, 0x7fff_ffff_f000), fc.nat(), fc.maxSafeNat(), fc.constantFrom<unknown>(2n ** 53n, WIRE_ULONG_MAX, 5n, -1, 1.5, null, undefined));
+const u32 = fc.oneof(fc.constantFrom(0, 1, 2 ** 31 - 1, 2 ** 32 - 1), fc.nat(), fc.constantFrom<unknown>(2 ** 32, -3, 0.5, null, undefined));
+const i32 = fc.oneof(fc.constantFrom(0, 1, 7, 99, 2 ** 31 - 1), fc.constantFrom<unknown>(-1, 2 ** 31, null, undefined));
+const bool = fc.oneof(fc.boolean(), fc.constantFrom<unknown>(null, undefined, 1));
+const text = fc.oneof(fc.constantFrom('', 'madvise', 'munmap', 'oom_reaper'), fc.string({ maxLength: 20 }), fc.constantFrom<unknown>('héllo', 'x'.repeat(300), null, undefined));
+const origin = fc.option(fc.record({ operation: text, operationId: u64, detail: text }, { requiredKeys: [] }), { nil: undefined });
+
+const startMsg = fc.record(
+  { invalidationId: u64, subscriptionId: u64, pid: u32, start: u64, end: u64, event: i32, flags: u32, blockable: bool, owner: u32, curSeq: u64, origin },
+  { requiredKeys: [] },
+);
+const endMsg = fc.record({ invalidationId: u64, subscriptionId: u64, pid: u32, start: u64, end: u64, event: i32, flags: u32, owner: u32 }, { requiredKeys: [] });
+const ackMsg = fc.record({ invalidationId: u64, subscriptionId: u64, result: i32 }, { requiredKeys: [] });
+const requestId = fc.constantFrom<unknown>(undefined, undefined, undefined, 0, 7, 2n ** 60n);
+
+const serverFrame = fc.oneof(
+  fc.record({ requestId, invalidateStart: startMsg }),
+  fc.record({ requestId, invalidateEnd: endMsg }),
+  fc.record({ requestId, release: fc.record({ invalidationId: fc.nat(), subscriptionId: fc.nat(), pid: fc.nat() }) }),
+);
+const clientFrame = fc.oneof(fc.record({ requestId, invalidateAck: ackMsg }), fc.record({ requestId, readBegin: fc.record({ subscriptionId: fc.nat() }) }));
+
+/** What a call yields: its value, or the error code it threw. */
+function outcome<T>(fn: () => T): { ok: T } | { code: string } {
+  try {
+    return { ok: fn() };
+  } catch (e) {
+    return { code: (e as { code?: string }).code ?? String(e) };
+  }
+}
+
+describe('hot frames (hand-written wire path)', () => {
+  it('engages for the round\'s common frames, so the properties below test it', () => {
+    const start = { invalidateStart: { invalidationId: 12, subscriptionId: 1_000_001, pid: 100, start: 0x7f0000000000, end: 0x7f0000001000, event: 1, flags: 1, blockable: true, curSeq: 12345, origin: { operation: 'madvise' } } };
+    const bytes = encodeHotServerFrame(start);
+    expect(bytes).not.toBeNull();
+    expect(Buffer.from(bytes!).equals(Buffer.from(encodeServerFrameGeneric(start)))).toBe(true);
+    expect(decodeHotServerFrame(bytes!)).toEqual(decodeServerFrameGeneric(bytes!));
+    const end = { invalidateEnd: { invalidationId: 12, subscriptionId: 3, pid: 100, start: 4096, end: 8192, event: 1, flags: 1 } };
+    expect(decodeHotServerFrame(encodeHotServerFrame(end)!)).toEqual(decodeServerFrameGeneric(encodeServerFrameGeneric(end)));
+    const ack = { invalidateAck: { invalidationId: 12, subscriptionId: 3, result: 0 } };
+    const ab = encodeHotClientFrame(ack);
+    expect(ab).not.toBeNull();
+    expect(decodeHotClientFrame(ab!)).toEqual(decodeClientFrameGeneric(ab!));
+  });
+
+  it('declines what the generic path must decide (bigints, non-ASCII, request ids, other bodies)', () => {
+    expect(encodeHotServerFrame({ invalidateStart: { end: WIRE_ULONG_MAX } })).toBeNull();
+    expect(encodeHotServerFrame({ invalidateStart: { origin: { operation: 'é' } } })).toBeNull();
+    expect(encodeHotServerFrame({ requestId: 3, invalidateEnd: {} })).toBeNull();
+    expect(encodeHotServerFrame({ release: { pid: 1 } })).toBeNull();
+    expect(encodeHotClientFrame({ invalidateAck: { result: -1 } })).toBeNull();
+    expect(decodeHotServerFrame(encodeServerFrameGeneric({ invalidateStart: { end: WIRE_ULONG_MAX } }))).toBeNull();
+    expect(decodeHotServerFrame(new Uint8Array([0x2a, 0x05, 0x08]))).toBeNull(); // truncated
+  });
+
+  it('encodes server frames to the same bytes as the generated encoder, or fails the same way', () => {
+    fc.assert(
+      fc.property(serverFrame, (f) => {
+        const fast = outcome(() => Buffer.from(encodeServerFrame(f as never)).toString('hex'));
+        const generic = outcome(() => Buffer.from(encodeServerFrameGeneric(f as never)).toString('hex'));
+        expect(fast).toEqual(generic);
+      }),
+      { numRuns: 3000, seed: 0x5eed },
+    );
+  });
+
+  it('encodes client frames to the same bytes as the generated encoder, or fails the same way', () => {
+    fc.assert(
+      fc.property(clientFrame, (f) => {
+        const fast = outcome(() => Buffer.from(encodeClientFrame(f as never)).toString('hex'));
+        const generic = outcome(() => Buffer.from(encodeClientFrameGeneric(f as never)).toString('hex'));
+        expect(fast).toEqual(generic);
+      }),
+      { numRuns: 2000, seed: 0x5eed },
+    );
+  });
+
+  it('decodes to the same plain frames as the generated decoder, also for mutated and truncated bytes', () => {
+    const bytes = serverFrame.chain((f) => {
+      let b: Uint8Array;
+      try {
+        b = encodeServerFrameGeneric(f as never);
+      } catch {
+        b = new Uint8Array([0x2a, 0x00]);
+      }
+      return fc.tuple(fc.constant(b), fc.nat({ max: Math.max(0, b.length - 1) }), fc.nat({ max: 255 }), fc.constantFrom('as-is', 'flip', 'truncate'));
+    });
+    fc.assert(
+      fc.property(bytes, ([b, at, byte, how]) => {
+        const buf = new Uint8Array(b);
+        if (how === 'flip' && buf.length > 0) buf[at] = byte;
+        const input = how === 'truncate' ? buf.subarray(0, at) : buf;
+        const fast = outcome(() => decodeServerFrame(input));
+        const generic = outcome(() => decodeServerFrameGeneric(input));
+        expect(fast).toEqual(generic);
+      }),
+      { numRuns: 4000, seed: 0x5eed },
+    );
+  });
+
+  it('decodes client frames to the same plain frames as the generated decoder, also when mutated', () => {
+    const bytes = clientFrame.chain((f) => {
+      let b: Uint8Array;
+      try {
+        b = encodeClientFrameGeneric(f as never);
+      } catch {
+        b = new Uint8Array([0x2a, 0x00]);
+      }
+      return fc.tuple(fc.constant(b), fc.nat({ max: Math.max(0, b.length - 1) }), fc.nat({ max: 255 }), fc.boolean());
+    });
+    fc.assert(
+      fc.property(bytes, ([b, at, byte, flip]) => {
+        const buf = new Uint8Array(b);
+        if (flip && buf.length > 0) buf[at] = byte;
+        expect(outcome(() => decodeClientFrame(buf))).toEqual(outcome(() => decodeClientFrameGeneric(buf)));
+      }),
+      { numRuns: 3000, seed: 0x5eed },
+    );
+  });
+});

@@ -27,6 +27,8 @@ export interface DeviceManagerOptions {
   deadlineMs?: number;
   /** How long a device spins on its doorbell before parking when cores allow (default 50 us). */
   workerSpinUs?: number;
+  /** Longest the kernel thread spins for answers before it parks, when cores allow (default 30 us). */
+  kernelSpinUs?: number;
   /** Cores to plan spinning for (default: os.cpus().length). */
   cores?: number;
   log?: (level: 'debug' | 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>) => void;
@@ -67,7 +69,7 @@ export class DeviceManager {
     this.log = opts.log ?? (() => undefined);
     this.channelUrl = opts.channelUrl;
     this.logger = opts.logger;
-    const spin = new AdaptiveSpin(this.cores, undefined, () => this.liveCount());
+    const spin = new AdaptiveSpin(this.cores, opts.kernelSpinUs, () => this.liveCount());
     this.group = new WorkerAckGroup(undefined, spin);
     // A device belongs to its process as test_hmm's file belongs to the process that opened it:
     // the exit closes it (dmirror_fops_release), after exit_mmap released its mirror. Without

@@ -197,7 +197,7 @@ export function summary(r: BenchReport): string {
   }));
   const b = r.baselines;
   const base = b
-    ? `\nbaselines at ${b.workers} workers (same run): bare Atomics blocking p50 ${fmt(b.atomicsBlocking.p50)}, spin ${fmt(b.atomicsSpin.p50)}, waitAsync ${fmt(b.atomicsWaitAsync.p50)}, postMessage ${fmt(b.postMessage.p50)}${b.wsEcho ? `, ws echo ${fmt(b.wsEcho.p50)}` : ''}; devmirror round p50 ${fmt(r.round.p50)} = ${(r.round.p50 / Math.min(b.atomicsBlocking.p50, b.atomicsSpin.p50)).toFixed(2)}x the better Atomics, ${(r.round.p50 / b.postMessage.p50).toFixed(2)}x postMessage (the round includes the kernel's page-table work)\n`
+    ? `\nbaselines at ${b.workers} workers (same run): bare Atomics blocking p50 ${fmt(b.atomicsBlocking.p50)}, spin ${fmt(b.atomicsSpin.p50)}, waitAsync ${fmt(b.atomicsWaitAsync.p50)}, postMessage ${fmt(b.postMessage.p50)}${b.wsEcho ? `, ws echo ${fmt(b.wsEcho.p50)}` : ''}${b.wsFanout ? `, ws fan-out to ${b.wsFanout.clients} connections p50 ${fmt(b.wsFanout.lat.p50)} / p99 ${fmt(b.wsFanout.lat.p99)}` : ''}; devmirror round p50 ${fmt(r.round.p50)} = ${(r.round.p50 / Math.min(b.atomicsBlocking.p50, b.atomicsSpin.p50)).toFixed(2)}x the better Atomics, ${(r.round.p50 / b.postMessage.p50).toFixed(2)}x postMessage (the round includes the kernel's page-table work)\n`
     : '';
   return `${head}\n\n${table(rows)}\n${base}`;
 }
@@ -227,7 +227,7 @@ export async function benchMain(argv: string[]): Promise<void> {
     if (cli.baselines) {
       const n = Object.values(r.options.devices).reduce((a, b) => a + (b ?? 0), 0);
       process.stderr.write(`bench: measuring baselines at ${n} workers...\n`);
-      r.baselines = await measureBaselines(n, undefined, (r.options.clients ?? 0) > 0);
+      r.baselines = await measureBaselines(n, undefined, r.options.clients ?? 0);
     }
   };
   let out: BenchReport | SweepReport;

@@ -28,6 +28,7 @@ function runSection(r: BenchReport): string {
         ['bare Atomics, publisher in waitAsync', b.atomicsWaitAsync],
         ['postMessage handshake', b.postMessage],
         ...(b.wsEcho ? [['ws echo of 48 bytes (external clients\' floor)', b.wsEcho]] : []),
+        ...(b.wsFanout ? [[`ws fan-out of 48 bytes to ${b.wsFanout.clients} connections (same processes)`, b.wsFanout.lat]] : []),
       ]
         .map(([n, p]) => `<tr><td>${n}</td><td>${fmt((p as { p50: number }).p50)}</td><td>${fmt((p as { p99: number }).p99)}</td><td>${all ? (all.p50 / (p as { p50: number }).p50).toFixed(2) : '-'}</td></tr>`)
         .join('') +

@@ -51,6 +51,13 @@ interface Grant {
   /** Set when revoked (or downgraded: write -> false with `downgradedBy`). */
   revokedBy: Window | null;
   downgradedBy: Window | null;
+  /** An invalidation that started after the reply was computed had already taken it on arrival. */
+  staleOnArrival: boolean;
+  /**
+   * The page had been taken from the device (revoked or downgraded) before this grant; carried over
+   * grants that arrived stale, so that the refault is counted once, when a usable grant comes.
+   */
+  lostBefore: boolean;
 }
 
 interface Window {
@@ -145,7 +152,7 @@ export class Sanitizer {
    * frame generation it read then.
    */
   grant(pid: number, va: number, pfn: number, gen: number, write: boolean, tick: number): void {
-    const g: Grant = { pfn, gen, write, tick, revokedBy: null, downgradedBy: null };
+    const g: Grant = { pfn, gen, write, tick, revokedBy: null, downgradedBy: null, staleOnArrival: false, lostBefore: false };
     // Windows that started after the reply was computed and overlap it take it away at once if
     // they are acknowledged, or at their end if still open (the device may legitimately fetch
     // pfns inside a window; it must then fail readRetry).
@@ -158,9 +165,15 @@ export class Sanitizer {
     const m = this.pidGrants(pid);
     const key = Math.floor(va / PAGE_SIZE);
     // A refault: the kernel hands the device a page an invalidation had taken away from it (or
-    // downgraded) — the cost the event-aware policies try to avoid.
+    // downgraded) — the cost the event-aware policies try to avoid. A grant that an invalidation
+    // already made stale on its way (computed before a window this loop just applied) is one the
+    // device must throw away (its readRetry fails) and ask for again: it is not counted, and the
+    // loss it repairs carries over to the grant that replaces it, so a fault that raced k
+    // invalidations counts one refault, not k + 1, and a first fault that raced one counts none.
     const prev = m.get(key);
-    if (prev && (prev.revokedBy || prev.downgradedBy)) this.stats.refaults++;
+    g.lostBefore = prev !== undefined && (prev.staleOnArrival ? prev.lostBefore : prev.revokedBy !== null || prev.downgradedBy !== null);
+    g.staleOnArrival = g.revokedBy !== null || g.downgradedBy !== null;
+    if (g.lostBefore && !g.staleOnArrival) this.stats.refaults++;
     m.set(key, g);
     this.stats.grants++;
   }

@@ -84,4 +84,38 @@ describe('sanitizer windows', () => {
     expect(s.check(pid, A.start, 40, true)).toBeNull(); // before the range
     expect(s.check(pid, B.start, 41, false)?.kind).toBe('stale');
   });
+
+  it('counts a refault once: not for a reply an invalidation made stale on its way, nor for a first fault that raced one', () => {
+    const { s, gen } = setup();
+    const pid = 100;
+    const inval = (id: number): void => {
+      s.started(id, 1, pid, A.start, A.end, MmuNotifierEvent.CLEAR, 0, s.tick(), A);
+      s.acked(id, 1);
+      s.ended(id, 1, s.tick());
+    };
+    // A first fault whose reply was computed before an invalidation: thrown away, asked again.
+    const t0 = s.tick();
+    inval(1);
+    s.grant(pid, A.start, 50, gen(50), true, t0);
+    s.grant(pid, A.start, 50, gen(50), true, s.tick());
+    expect(s.stats.refaults).toBe(0); // the device never had the page before
+    // The device loses it, faults again, and that reply races two more invalidations.
+    inval(2);
+    const t1 = s.tick();
+    inval(3);
+    s.grant(pid, A.start, 50, gen(50), true, t1);
+    const t2 = s.tick();
+    inval(4);
+    s.grant(pid, A.start, 50, gen(50), true, t2);
+    expect(s.stats.refaults).toBe(0); // both replies were stale on arrival
+    s.grant(pid, A.start, 50, gen(50), true, s.tick());
+    expect(s.stats.refaults).toBe(1); // one loss, one refault
+    // A downgrade (SOFT_DIRTY) then a write fault: one refault; a grant nobody took: none.
+    s.started(5, 1, pid, A.start, A.end, MmuNotifierEvent.SOFT_DIRTY, 0, s.tick(), A);
+    s.acked(5, 1);
+    s.ended(5, 1, s.tick());
+    s.grant(pid, A.start, 50, gen(50), true, s.tick());
+    s.grant(pid, A.start, 50, gen(50), true, s.tick());
+    expect(s.stats.refaults).toBe(2);
+  });
 });

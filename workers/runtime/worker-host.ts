@@ -79,6 +79,8 @@ export class WorkerHost implements DeviceHost {
   private readonly mb: Int32Array;
   private readonly kc: Int32Array;
   private readonly subs = new Map<number, DevSub>();
+  /** curSeq of invalidations taken for a subscription whose insert reply has not arrived yet. */
+  private readonly earlySeq = new Map<number, number>();
   private readonly pending = new Map<number, Pending>();
   private readonly commands = new Map<string, CommandHandler>();
   private nextReq = 1;
@@ -295,7 +297,13 @@ export class WorkerHost implements DeviceHost {
           return { id: x.subscriptionId, seq: x.seq };
         })
       : await this.request<{ id: number; seq: number }>({ t: 'insert', req: this.req(), start, length, label });
-    const sub = new DevSub(r.id, start, length, handler, r.seq);
+    // An invalidation of the new subscription can reach this thread before the insert reply does
+    // (the mailbox is taken as soon as it is rung; the reply waits for the event loop). The
+    // kernel's copy of the seq moved then, so this copy starts from there, or every readRetry on
+    // the subscription fails until its next invalidation (a fault spinning to its 1 s deadline).
+    const early = this.earlySeq.get(r.id);
+    if (early !== undefined) this.earlySeq.delete(r.id);
+    const sub = new DevSub(r.id, start, length, handler, early ?? r.seq);
     this.subs.set(r.id, sub);
     return sub;
   }
@@ -444,6 +452,10 @@ export class WorkerHost implements DeviceHost {
     if (op === CALL_OP.INVALIDATE || op === CALL_OP.MM_START) {
       this.sanitizer.started(range.id, subId, range.pid, range.start, range.end, range.event, range.flags, range.tick, sub, range.owner);
       this.counters.invalidations = (this.counters.invalidations ?? 0) + 1;
+      if (!sub && op === CALL_OP.INVALIDATE) {
+        if (this.earlySeq.size > 1024) this.earlySeq.clear();
+        this.earlySeq.set(subId, curSeq);
+      }
     }
     if (f.hang) return; // never answers: the kernel evicts us after its deadline
     const refuse = f.refuseNonblock && !range.blockable && (op === CALL_OP.INVALIDATE || op === CALL_OP.MM_START);

@@ -57,6 +57,9 @@ interface Cmd {
   faults: number;
 }
 
+/** Mirror changes remembered for changedSince (migrate/exclusive replies racing a zap). */
+const CHANGE_RING = 256;
+
 export class Dmirror extends Device implements IntervalHandler {
   readonly pt = new Map<number, Entry>();
   sub!: DevSub;
@@ -386,19 +389,29 @@ export class Dmirror extends Device implements IntervalHandler {
     }
   }
 
-  /** Ranges zapped or moved out recently (bounded), so a mapping computed before them is not installed after. */
-  private changes: Array<{ gen: number; start: number; end: number }> = [];
+  /**
+   * Ranges zapped or moved out recently, so a mapping computed before them is not installed after:
+   * the last CHANGE_RING mirror changes (zaps and moves), as a ring indexed by change number: every
+   * invalidation adds one, so this is on the handshake's path (an array trimmed from the front
+   * cost about 2 us per invalidation once full).
+   */
+  private readonly changeStarts = new Float64Array(CHANGE_RING);
+  private readonly changeEnds = new Float64Array(CHANGE_RING);
   private changeGen = 0;
 
   private noteChange(start: number, end: number): void {
-    this.changes.push({ gen: ++this.changeGen, start, end });
-    if (this.changes.length > 256) this.changes.splice(0, this.changes.length - 256);
+    const i = ++this.changeGen % CHANGE_RING;
+    this.changeStarts[i] = start;
+    this.changeEnds[i] = end;
   }
 
   private changedSince(gen: number, va: number): boolean {
     // Older changes than the ring holds: assume changed (not mapping only costs a device fault).
-    if (this.changes.length > 0 && this.changes[0].gen > gen + 1) return true;
-    for (const c of this.changes) if (c.gen > gen && va >= c.start && va < c.end) return true;
+    if (this.changeGen - gen > CHANGE_RING) return true;
+    for (let g = gen + 1; g <= this.changeGen; g++) {
+      const i = g % CHANGE_RING;
+      if (va >= this.changeStarts[i] && va < this.changeEnds[i]) return true;
+    }
     return false;
   }
 

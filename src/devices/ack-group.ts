@@ -58,7 +58,7 @@ export class AdaptiveSpin implements SpinPolicy {
   private score = 8;
   constructor(
     private readonly cores = os.cpus().length,
-    private readonly maxUs = 100,
+    private readonly maxUs = 30,
     public activeWorkers = () => 1,
   ) {}
   budget(): number {

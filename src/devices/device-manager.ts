@@ -29,12 +29,12 @@ export interface DeviceManagerOptions {
    * How long a device spins on its doorbell before parking when cores allow (default 200 us). With a
    * core to itself a spinning device costs nothing the kernel needs, and a parked one costs the next
    * round a futex wake (tens of us here). Measured with one dmirror worker, 20,000 back-to-back
-   * rounds, both settings in one run (2 vCPUs): kernel 30 / device 50 us: 33,566 and 47,057
-   * rounds/s, p99 235 and 181 us; kernel 100 / device 200 us: 63,937 and 63,166 rounds/s, p99 122
-   * and 100 us.
+   * rounds per setting, four settings interleaved, four runs (2 vCPUs, 2026-11-27): kernel 30 /
+   * device 50 us: 30,762 to 79,403 rounds/s, p99 136 to 242 us; kernel 30 / device 200 us: 72,651
+   * to 103,180 rounds/s, p99 77 to 119 us; a kernel spin of 100 us did no better with either.
    */
   workerSpinUs?: number;
-  /** Longest the kernel thread spins for answers before it parks, when cores allow (default 100 us; see workerSpinUs). */
+  /** Longest the kernel thread spins for answers before it parks, when cores allow (default 30 us; see workerSpinUs). */
   kernelSpinUs?: number;
   /** Cores to plan spinning for (default: os.cpus().length). */
   cores?: number;

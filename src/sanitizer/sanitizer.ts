@@ -51,11 +51,18 @@ interface Grant {
   /** Set when revoked (or downgraded: write -> false with `downgradedBy`). */
   revokedBy: Window | null;
   downgradedBy: Window | null;
-  /** An invalidation that started after the reply was computed had already taken it on arrival. */
+  /**
+   * An acknowledged invalidation covered the grant: whatever it required (revoke, or only take
+   * write access), the device may have dropped the page then (a blind device zaps on every event),
+   * and a later grant of the page is a refault. A read grant under a downgrade is not revoked, but
+   * it is covered.
+   */
+  covered: boolean;
+  /** An invalidation that started after the reply was computed had already covered it on arrival. */
   staleOnArrival: boolean;
   /**
-   * The page had been taken from the device (revoked or downgraded) before this grant; carried over
-   * grants that arrived stale, so that the refault is counted once, when a usable grant comes.
+   * An invalidation had covered the device's previous grant of the page; carried over grants that
+   * arrived stale, so that the refault is counted once, when a usable grant comes.
    */
   lostBefore: boolean;
 }
@@ -152,7 +159,7 @@ export class Sanitizer {
    * frame generation it read then.
    */
   grant(pid: number, va: number, pfn: number, gen: number, write: boolean, tick: number): void {
-    const g: Grant = { pfn, gen, write, tick, revokedBy: null, downgradedBy: null, staleOnArrival: false, lostBefore: false };
+    const g: Grant = { pfn, gen, write, tick, revokedBy: null, downgradedBy: null, covered: false, staleOnArrival: false, lostBefore: false };
     // Windows that started after the reply was computed and overlap it take it away at once if
     // they are acknowledged, or at their end if still open (the device may legitimately fetch
     // pfns inside a window; it must then fail readRetry).
@@ -171,8 +178,8 @@ export class Sanitizer {
     // loss it repairs carries over to the grant that replaces it, so a fault that raced k
     // invalidations counts one refault, not k + 1, and a first fault that raced one counts none.
     const prev = m.get(key);
-    g.lostBefore = prev !== undefined && (prev.staleOnArrival ? prev.lostBefore : prev.revokedBy !== null || prev.downgradedBy !== null);
-    g.staleOnArrival = g.revokedBy !== null || g.downgradedBy !== null;
+    g.lostBefore = prev !== undefined && (prev.staleOnArrival ? prev.lostBefore : prev.covered);
+    g.staleOnArrival = g.covered;
     if (g.lostBefore && !g.staleOnArrival) this.stats.refaults++;
     m.set(key, g);
     this.stats.grants++;
@@ -184,6 +191,7 @@ export class Sanitizer {
   }
 
   private apply(g: Grant, w: Window): void {
+    g.covered = true;
     if (g.revokedBy) return;
     if (Sanitizer.downgradeOnly(w)) {
       if (g.write) {

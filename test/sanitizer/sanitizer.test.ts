@@ -118,4 +118,18 @@ describe('sanitizer windows', () => {
     s.grant(pid, A.start, 50, gen(50), true, s.tick());
     expect(s.stats.refaults).toBe(2);
   });
+
+  it('counts the refault of a read page a downgrade covered: the device may have dropped it (a blind one does)', () => {
+    const { s, gen } = setup();
+    const pid = 100;
+    s.grant(pid, A.start, 60, gen(60), false, s.tick());
+    s.started(6, 1, pid, A.start, A.end, MmuNotifierEvent.SOFT_DIRTY, 0, s.tick(), A);
+    s.acked(6, 1);
+    s.ended(6, 1, s.tick());
+    expect(s.check(pid, A.start, 60, false)).toBeNull(); // still a valid read translation
+    s.grant(pid, A.start, 60, gen(60), false, s.tick()); // asked again anyway
+    expect(s.stats.refaults).toBe(1);
+    s.grant(pid, A.start + PAGE, 61, gen(61), false, s.tick()); // a first fault
+    expect(s.stats.refaults).toBe(1);
+  });
 });

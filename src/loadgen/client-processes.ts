@@ -89,35 +89,7 @@ export async function wsFanoutFloor(size: number, n: number, rounds: number, max
   }
 }
 
-/** The floor: a frame of `size` bytes echoed by a bare ws client in another process, `rounds` times. */
-export async function wsEchoFloor(size: number, rounds: number): Promise<Percentiles> {
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });
-  await new Promise<void>((r) => wss.once('listening', () => r()));
-  const port = (wss.address() as { port: number }).port;
-  const conn = new Promise<WebSocket>((r) => wss.once('connection', (ws) => r(ws)));
-  const child = await spawnClients(['echo', `ws://127.0.0.1:${port}`]);
-  const ws = await conn;
-  const frame = new Uint8Array(size).fill(7);
-  let waiter: (() => void) | null = null;
-  ws.on('message', () => waiter?.());
-  const once = (): Promise<number> => {
-    const t = process.hrtime.bigint();
-    return new Promise<number>((resolve) => {
-      waiter = () => resolve(usSince(t));
-      ws.send(frame);
-    });
-  };
-  try {
-    for (let i = 0; i < Math.min(200, rounds / 10); i++) await once();
-    const samples = new Float64Array(rounds);
-    for (let i = 0; i < rounds; i++) {
-      samples[i] = await once();
-      if (i % 64 === 63) await new Promise((r) => setImmediate(r));
-    }
-    return percentiles(samples);
-  } finally {
-    child.stdin!.end();
-    ws.terminate();
-    await new Promise<void>((r) => wss.close(() => r()));
-  }
+/** The floor at N = 1: a frame of `size` bytes echoed by a bare ws client in another process, `rounds` times. */
+export function wsEchoFloor(size: number, rounds: number): Promise<Percentiles> {
+  return wsFanoutFloor(size, 1, rounds);
 }

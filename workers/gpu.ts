@@ -2,9 +2,18 @@
  * gpu: a GPU with shared virtual memory after amdgpu's KFD SVM (amdkfd/kfd_svm.c).
  *
  * Mirror: SVM ranges (granularity-aligned windows, 2 MiB by default, clipped to the VMA), each with
- * its own interval subscription and a per-page frame array (dma_addr). A retry fault creates the
- * range if needed and validates it: readBegin, hmm_range_fault over the whole range (for writing
- * when the VMA is writable), the range lock, readRetry, program the GPU PTEs.
+ * its own interval subscription and a per-page frame array (dma_addr). A retry fault
+ * (svm_range_restore_pages) creates the range if needed, takes the range's migrate_mutex (faults on
+ * one range serialize), drops the fault if the range was validated less than
+ * AMDGPU_SVM_RANGE_RETRY_FAULT_PENDING (2 ms) after the fault arrived ("already restored": a fault
+ * that waited behind the restore of its range does not redo it; if its page is still not mapped
+ * for the access, the hardware's replay of the dropped fault is modelled by waiting out the 2 ms),
+ * checks the permission of the VMA at the fault address (a write fault needs VM_WRITE), and
+ * validates the whole range (svm_range_validate_and_map): per VMA inside the range, readBegin,
+ * hmm_range_fault over that part (for writing when that VMA is writable, whatever the fault: a read
+ * fault also maps a writable VMA writable, as KFD does), the range lock, readRetry, program the GPU
+ * PTEs with that VMA's permission. A range spanning a read-only and a writable VMA (mprotect split
+ * the VMA after the range was created) maps each part with its own permission.
  *
  * invalidate (svm_range_cpu_invalidate_pagetables), faithful:
  *  - RELEASE: ignored; the blockable flag is never checked (the range lock is taken anyway);
@@ -17,7 +26,10 @@
  * aware: drops the range on UNMAP, downgrades to read-only on PROTECTION_VMA/PAGE and SOFT_DIRTY, skips its
  * own MIGRATE/EXCLUSIVE. blind: every event is a CLEAR.
  *
- * Counters as KFD's sysfs: faults, page_in (to VRAM), page_out (from VRAM), evicted_ms.
+ * Counters as KFD's sysfs: faults (retry faults resolved: restored or already restored), page_in (to
+ * VRAM), page_out (from VRAM), evicted_ms; and restores (range validations by a fault),
+ * faults_already_restored (dropped within 2 ms of a validation, page mapped), faults_replayed
+ * (dropped within 2 ms, page not mapped: replayed after the window), faults_refused (no permission).
  */
 import { PAGE_SIZE } from '../src/kernel/layout.js';
 import { ERRNO, HMM_PFN } from '../src/kernel/hmm.js';
@@ -25,14 +37,25 @@ import { MmuNotifierEvent } from '../src/notifier/range.js';
 import { Mutex } from '../src/lib/locks.js';
 import type { MirrorSummary } from '../src/devices/protocol.js';
 import { Device, type Action } from './runtime/device.js';
-import type { DevRange, DevSub, DeviceHost, IntervalHandler } from './runtime/host.js';
+import type { DevRange, DevSub, DeviceHost, IntervalHandler, VmaInfo } from './runtime/host.js';
 
 const RESTORE_DELAY_MS = 1;
+/**
+ * AMDGPU_SVM_RANGE_RETRY_FAULT_PENDING: a retry fault that arrives less than this after its range
+ * was validated is dropped as already restored.
+ */
+const RETRY_FAULT_PENDING_MS = 2;
+const now = (): number => performance.now();
 
 class SvmRange {
   readonly pfns: Int32Array;
   readonly write: Uint8Array;
+  /** svm_range_lock (prange->lock): the notifier and the PTE update. */
   readonly lock: Mutex;
+  /** prange->migrate_mutex: serializes faults, restores and prefetches of the range. */
+  readonly migrate: Mutex;
+  /** prange->validate_timestamp (performance.now() ms) of the last successful validation. */
+  validatedAt = -Infinity;
   sub!: DevSub;
   mapped = 0;
   invalid = 0;
@@ -48,6 +71,7 @@ class SvmRange {
     this.pfns = new Int32Array(n).fill(-1);
     this.write = new Uint8Array(n);
     this.lock = new Mutex(`svm[${start.toString(16)}]`);
+    this.migrate = new Mutex(`svm[${start.toString(16)}].migrate`);
   }
   idx(va: number): number {
     return Math.floor((va - this.start) / PAGE_SIZE);
@@ -98,7 +122,7 @@ export class Gpu extends Device implements IntervalHandler {
     super(host);
     this.granularity = Number(host.options.granularityPages ?? 512) * PAGE_SIZE;
     this.xnack = host.options.xnack !== false;
-    for (const c of ['faults', 'page_in', 'page_out', 'evicted_ms']) host.counters[c] = 0;
+    for (const c of ['faults', 'page_in', 'page_out', 'evicted_ms', 'restores', 'faults_already_restored', 'faults_replayed', 'faults_refused']) host.counters[c] = 0;
     host.onCommand('prefetch', (a) => this.prefetch(Number(a.addr), Number(a.length), String(a.location ?? 'vram')));
     host.onCommand('xnack', (a) => {
       this.xnack = Boolean(a.on);
@@ -225,7 +249,14 @@ export class Gpu extends Device implements IntervalHandler {
     this.restoreTimer = null;
     for (const r of [...this.ranges]) {
       if (r.invalid === 0 || r.dead) continue;
-      const ok = await this.validate(r);
+      // If the range is migrating (or a fault validates it), wait for that first.
+      await r.migrate.lock('restore');
+      let ok: boolean | null;
+      try {
+        ok = await this.validate(r);
+      } finally {
+        r.migrate.unlock();
+      }
       if (!ok) {
         this.scheduleRestore();
         return;
@@ -339,53 +370,117 @@ export class Gpu extends Device implements IntervalHandler {
   async fault(va: number, write: boolean): Promise<boolean> {
     if (this.released) return false;
     if (this.queuesStopped) await new Promise<void>((r) => this.resumeWaiters.push(r));
-    for (let tries = 0; tries < 8; tries++) {
+    // The fault's timestamp: taken when it arrives, before it waits for any lock.
+    let arrived = now();
+    for (let tries = 0; tries < 16; tries++) {
       const range = this.find(va) ?? (await this.create(va));
       if (!range) return false;
       if (range.dead) continue;
-      const ok = await this.validate(range, write);
-      if (ok === null) continue; // the range changed under us (split): replay the fault
-      if (ok) this.inc('faults');
-      return ok;
+      await range.migrate.lock('fault');
+      let replayAt = 0;
+      try {
+        // svm_range_skip_recover: removed or split while we waited; replay the fault.
+        if (range.dead) continue;
+        // Skip a duplicate fault: the range was validated less than 2 ms before this fault came.
+        if (arrived < range.validatedAt + RETRY_FAULT_PENDING_MS) {
+          if (this.lookup(va, write) >= 0) {
+            this.inc('faults_already_restored');
+            this.inc('faults');
+            return true;
+          }
+          // Dropped, but the page is still not mapped for this access (invalidated since, or no
+          // write permission): the hardware replays the fault until the window has passed.
+          replayAt = range.validatedAt + RETRY_FAULT_PENDING_MS;
+        } else {
+          // svm_fault_allowed: the VMA at the fault address must allow the access.
+          const vma = await this.host.vma(va);
+          if (!vma) return false;
+          if (!(vma.prot & 1) || (write && !(vma.prot & 2))) {
+            this.inc('faults_refused');
+            return false;
+          }
+          const ok = await this.validate(range);
+          if (ok === null) continue; // the range changed under us (split): replay the fault
+          if (ok) {
+            this.inc('restores');
+            this.inc('faults');
+          }
+          return ok;
+        }
+      } finally {
+        range.migrate.unlock();
+      }
+      this.inc('faults_replayed');
+      // At least a millisecond: a timer, not a spin of immediates.
+      if (replayAt > now()) await this.host.sleepUs(Math.max(1000, Math.ceil((replayAt - now()) * 1000)));
+      if (this.released) return false;
+      if (this.queuesStopped) await new Promise<void>((r) => this.resumeWaiters.push(r));
+      // The replay comes after the window (a timer may fire a little before performance.now() says).
+      arrived = Math.max(now(), replayAt);
     }
     return false;
   }
 
   /**
-   * svm_range_validate_and_map: hmm_range_fault over the whole range (writable if the VMA is),
-   * then program it under the range lock unless readRetry says the pfns are stale.
+   * svm_range_validate_and_map: for each VMA inside the range, hmm_range_fault over that part
+   * (writable if that VMA is, whatever the fault), then program it under the range lock with that
+   * VMA's permission unless readRetry says the pfns are stale. A hole (no VMA) fails, as -EFAULT.
+   * Sets the validate timestamp on success. Call with range.migrate held.
    */
-  private async validate(range: SvmRange, wantWrite = false): Promise<boolean | null> {
-    const vma = await this.host.vma(range.start);
-    if (!vma) return false;
-    const write = (vma.prot & 2) !== 0;
-    if (wantWrite && !write) return false;
+  private async validate(range: SvmRange): Promise<boolean | null> {
     const deadline = Date.now() + 1000;
+    for (let addr = range.start; addr < range.end; ) {
+      if (range.dead) return null;
+      if (Date.now() > deadline) return false;
+      const vma = await this.host.vma(addr);
+      if (!vma) return false;
+      const next = Math.min(vma.end, range.end);
+      const ok = await this.mapPart(range, addr, next, vma, deadline);
+      if (ok === 'again') continue; // the VMA changed between the lookup and the fault: look again
+      if (ok !== true) return ok;
+      addr = next;
+    }
+    range.validatedAt = now();
+    return true;
+  }
+
+  /** One VMA's part [start, end) of the range: fault it in and program it. */
+  private async mapPart(range: SvmRange, start: number, end: number, vma: VmaInfo, deadline: number): Promise<boolean | null | 'again'> {
+    const write = (vma.prot & 2) !== 0;
     for (;;) {
       if (range.dead) return null;
       if (Date.now() > deadline) return false;
       const seq = await this.host.readBegin(range.sub);
-      const r = await this.host.rangeFault(range.sub, seq, range.start, range.end, {
+      const r = await this.host.rangeFault(range.sub, seq, start, end, {
         defaultFlags: HMM_PFN.REQ_FAULT | (write ? HMM_PFN.REQ_WRITE : 0),
         mask: 0,
         ownerSelf: true,
       });
       if (r.ret === ERRNO.EBUSY) continue;
-      if (r.ret < 0) return false;
+      if (r.ret < 0) {
+        // KFD looks the VMA up and faults under one mmap read lock; here the two are separate
+        // requests, and an mprotect or munmap in between makes the fault fail: look again.
+        const v = await this.host.vma(start);
+        if (v && (v.start !== vma.start || v.end !== vma.end || v.prot !== vma.prot)) return 'again';
+        return false;
+      }
       await range.lock.lock('map');
       try {
         if (range.dead) return null;
         if (this.retry(range.sub, seq)) continue;
-        range.mapped = 0;
+        const base = range.idx(start);
         for (let i = 0; i < r.pfns.length; i++) {
           const w = r.pfns[i];
+          const j = base + i;
+          const had = range.pfns[j] >= 0;
           if (w & HMM_PFN.VALID) {
-            range.pfns[i] = w & HMM_PFN.PFN_MASK;
-            range.write[i] = w & HMM_PFN.WRITE ? 1 : 0;
-            range.mapped++;
+            range.pfns[j] = w & HMM_PFN.PFN_MASK;
+            range.write[j] = w & HMM_PFN.WRITE ? 1 : 0;
+            if (!had) range.mapped++;
           } else {
-            range.pfns[i] = -1;
-            range.write[i] = 0;
+            range.pfns[j] = -1;
+            range.write[j] = 0;
+            if (had) range.mapped--;
           }
         }
         return true;
@@ -402,16 +497,21 @@ export class Gpu extends Device implements IntervalHandler {
       const range = this.find(a) ?? (await this.create(a));
       if (!range) break;
       const end = Math.min(range.end, addr + length);
-      if (location === 'vram') {
-        const r = await this.host.migrate('to', Math.max(a, range.start), end);
-        migrated += r.moved;
-        this.inc('page_in', r.moved);
-      } else {
-        const r = await this.host.migrate('from', Math.max(a, range.start), end);
-        migrated += r.moved;
-        this.inc('page_out', r.moved);
+      await range.migrate.lock('prefetch');
+      try {
+        if (location === 'vram') {
+          const r = await this.host.migrate('to', Math.max(a, range.start), end);
+          migrated += r.moved;
+          this.inc('page_in', r.moved);
+        } else {
+          const r = await this.host.migrate('from', Math.max(a, range.start), end);
+          migrated += r.moved;
+          this.inc('page_out', r.moved);
+        }
+        await this.validate(range);
+      } finally {
+        range.migrate.unlock();
       }
-      await this.validate(range);
       a = range.end;
     }
     return { migrated };

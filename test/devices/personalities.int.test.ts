@@ -4,6 +4,10 @@ import { DeviceManager } from '../../src/devices/device-manager.js';
 import type { WorkerDevice } from '../../src/devices/worker-device.js';
 import { OOM_REAPER } from '../../src/kernel/activity/oom.js';
 import { eventually } from '../helpers/eventually.js';
+import type { EventPolicy } from '../../src/devices/protocol.js';
+import { ERRNO, HMM_PFN } from '../../src/kernel/hmm.js';
+import { Gpu } from '../../workers/gpu.js';
+import { DevSub, type DeviceHost, type FaultRequest, type IntervalHandler, type VmaInfo } from '../../workers/runtime/host.js';
 
 const PAGE = 4096;
 const MiB = 1024 * 1024;
@@ -23,6 +27,64 @@ async function setup(memMiB = 64): Promise<{ k: Kernel; pid: number; m: DeviceMa
 
 async function dma(d: WorkerDevice, addr: number, write: boolean): Promise<boolean> {
   return d.command<boolean>('dma-access', { addr, write });
+}
+
+
+/**
+ * A DeviceHost without a kernel, to call the gpu's fault handler directly (the DMA engine only
+ * faults on a page it cannot use): one VMA per entry, every page present (frame = page index),
+ * a write request on a read-only VMA is EPERM, every request answers after a macrotask (a round
+ * trip), and range faults are counted.
+ */
+function fakeHost(vmas: VmaInfo[]): DeviceHost & { rangeFaults: number } {
+  const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+  let ids = 1;
+  const host = {
+    deviceId: 1,
+    pid: 1,
+    kind: 'gpu',
+    name: 'gpu-fake',
+    policy: 'faithful',
+    options: {},
+    counters: {} as Record<string, number>,
+    ramFrames: 1 << 20,
+    rangeFaults: 0,
+    async insertInterval(start: number, length: number, handler: IntervalHandler) {
+      await tick();
+      return new DevSub(ids++, start, length, handler, 0);
+    },
+    async removeInterval() {
+      await tick();
+    },
+    async readBegin(sub: DevSub) {
+      await tick();
+      return sub.seq;
+    },
+    async rangeFault(_sub: DevSub, _seq: number, start: number, end: number, req: FaultRequest) {
+      await tick();
+      host.rangeFaults++;
+      const pfns = new Uint32Array((end - start) / PAGE);
+      for (let i = 0; i < pfns.length; i++) {
+        const va = start + i * PAGE;
+        const v = vmas.find((x) => va >= x.start && va < x.end);
+        if (!v) return { ret: ERRNO.EFAULT, pfns, gens: new Int32Array(pfns.length), tick: 0 };
+        const w = v.prot & PROT.WRITE;
+        if (req.defaultFlags & HMM_PFN.REQ_WRITE && !w) return { ret: ERRNO.EPERM, pfns, gens: new Int32Array(pfns.length), tick: 0 };
+        pfns[i] = (HMM_PFN.VALID | (w ? HMM_PFN.WRITE : 0) | (va / PAGE)) >>> 0;
+      }
+      return { ret: 0, pfns, gens: new Int32Array(pfns.length), tick: 0 };
+    },
+    async vma(va: number) {
+      await tick();
+      return vmas.find((x) => va >= x.start && va < x.end) ?? null;
+    },
+    onCommand() {},
+    log() {},
+    sleepUs: (us: number) => new Promise<void>((r) => setTimeout(r, us / 1000)),
+    holdTimers() {},
+    forget() {},
+  };
+  return host as unknown as DeviceHost & { rangeFaults: number };
 }
 
 describe('gpu (amdgpu SVM)', () => {
@@ -59,6 +121,96 @@ describe('gpu (amdgpu SVM)', () => {
     expect(gpu.counters.evicted_ms).toBeGreaterThanOrEqual(0);
     expect(gpu.sanitizer.findings).toBe(0);
   });
+
+  it('de-duplicates retry faults as svm_range_restore_pages: concurrent faults on a range restore it once, and a fault within 2 ms of the restore does not restore again', async () => {
+    const a = 0x40000000;
+    const host = fakeHost([{ start: a, end: a + 16 * PAGE, prot: RW, shared: false, file: false }]);
+    const gpu = new Gpu(host);
+    // Two faults on one range at once: the second waits for the range's migrate_mutex, then finds
+    // the range validated after it arrived ("already restored").
+    expect(await Promise.all([gpu.fault(a + PAGE, false), gpu.fault(a + 9 * PAGE, true)])).toEqual([true, true]);
+    expect(host.rangeFaults).toBe(1);
+    expect(host.counters).toMatchObject({ faults: 2, restores: 1, faults_already_restored: 1, faults_replayed: 0 });
+    // A fault on an already-valid page right after the restore: dropped, no range fault.
+    expect(await gpu.fault(a + 3 * PAGE, false)).toBe(true);
+    expect(host.rangeFaults).toBe(1);
+    expect(host.counters).toMatchObject({ restores: 1, faults_already_restored: 2 });
+    // After the window a fault restores the range again.
+    await new Promise((r) => setTimeout(r, 5));
+    expect(await gpu.fault(a + 3 * PAGE, false)).toBe(true);
+    expect(host.rangeFaults).toBe(2);
+    expect(host.counters.restores).toBe(2);
+  });
+
+  it('two concurrent DMA faults on one SVM range cause one range restore (one hmm_range_fault in the kernel)', async () => {
+    const { k, pid, m } = await setup();
+    const a = await k.mmap(pid, { length: 16 * PAGE, prot: RW });
+    await k.write(pid, a, new Uint8Array(16 * PAGE).fill(1));
+    const gpu = await m.create({ kind: 'gpu', pid, options: { granularityPages: 16 } });
+    let rangeFaults = 0;
+    const rangeFault = k.rangeFault.bind(k);
+    k.rangeFault = (p, r) => {
+      rangeFaults++;
+      return rangeFault(p, r);
+    };
+    expect(await Promise.all([dma(gpu, a + PAGE, false), dma(gpu, a + 9 * PAGE, true)])).toEqual([true, true]);
+    await gpu.refresh();
+    expect(gpu.mirror.objects).toBe(1);
+    expect(rangeFaults).toBe(1);
+    expect(gpu.counters.restores).toBe(1);
+    expect(gpu.counters.faults_already_restored).toBe(1);
+    expect(gpu.counters.faults).toBe(2);
+    expect(gpu.sanitizer.findings).toBe(0);
+  });
+
+  it('a fault in the read-only part of a range within 2 ms of its restore is dropped, replayed after the window, then refused', async () => {
+    const a = 0x40000000;
+    const vmas = [{ start: a, end: a + 16 * PAGE, prot: RW, shared: false, file: false }];
+    const host = fakeHost(vmas);
+    const gpu = new Gpu(host);
+    expect(await gpu.fault(a, false)).toBe(true); // the range: one VMA, 16 pages, writable
+    expect(gpu.summary()).toMatchObject({ objects: 1, pages: 16, writable: 16 });
+    // mprotect of the tail: the VMA splits, the range does not.
+    vmas.splice(0, 1, { ...vmas[0], end: a + 8 * PAGE }, { start: a + 8 * PAGE, end: a + 16 * PAGE, prot: PROT.READ, shared: false, file: false });
+    await new Promise((r) => setTimeout(r, 5));
+    expect(await Promise.all([gpu.fault(a, true), gpu.fault(a + 12 * PAGE, true)])).toEqual([true, false]);
+    expect(host.rangeFaults).toBe(3); // the first restore, then one per VMA of the range
+    expect(host.counters).toMatchObject({ restores: 2, faults_replayed: 1, faults_refused: 1 });
+    expect(gpu.summary()).toMatchObject({ objects: 1, pages: 16, writable: 8 });
+    expect(await gpu.fault(a + 12 * PAGE, false)).toBe(true); // a read fault there is fine
+  });
+
+  for (const [policy, roHead] of [
+    ['faithful', false],
+    ['faithful', true],
+    ['aware', false],
+    ['blind', true],
+  ] as Array<[EventPolicy, boolean]>) {
+    it(`maps a range spanning a read-only and a writable VMA part by part, each with its own permission (${policy}, read-only ${roHead ? 'head' : 'tail'})`, async () => {
+      const { k, pid, m } = await setup();
+      const a = await k.mmap(pid, { length: 16 * PAGE, prot: RW });
+      await k.write(pid, a, new Uint8Array(16 * PAGE).fill(1));
+      const gpu = await m.create({ kind: 'gpu', pid, policy, options: { granularityPages: 16 } });
+      expect(await dma(gpu, a + 4 * PAGE, false)).toBe(true); // the range: one VMA, 16 pages
+      const ro = roHead ? a : a + 8 * PAGE;
+      const rw = roHead ? a + 8 * PAGE : a;
+      await k.mprotect(pid, ro, 8 * PAGE, PROT.READ); // splits the VMA, not the range
+      await k.madvise(pid, a, 16 * PAGE, 'dontneed'); // CLEAR: every policy drops the whole range
+      for (let i = 0; i < 8; i++) expect(await dma(gpu, rw + i * PAGE, true)).toBe(true);
+      for (let i = 0; i < 8; i++) expect(await dma(gpu, ro + i * PAGE, true)).toBe(false);
+      for (let i = 0; i < 16; i++) expect(await dma(gpu, a + i * PAGE, false)).toBe(true);
+      await gpu.refresh();
+      expect(gpu.mirror.objects).toBe(1);
+      expect(gpu.mirror.pages).toBe(16);
+      expect(gpu.mirror.writable).toBe(8);
+      expect(gpu.counters.faults_refused).toBeGreaterThan(0);
+      expect(gpu.sanitizer.checked).toBeGreaterThan(0);
+      expect(gpu.sanitizer.findings).toBe(0);
+      // Device writes landed in the writable part only (dontneed left zero pages).
+      expect((await k.read(pid, rw, PAGE))[0]).not.toBe(0);
+      expect((await k.read(pid, ro, 8 * PAGE)).every((b) => b === 0)).toBe(true);
+    });
+  }
 });
 
 describe('rdma (mlx5 ODP)', () => {

@@ -160,6 +160,6 @@ channel();
 kernel();
 sweep('range-sweep.json', 'range-sweep.svg', 'munmap storms (one device of each kind): round against range', 'pages per munmap (4 KiB each)');
 sweep('devices-sweep.json', 'devices-sweep.svg', 'madvise of one page: round against the number of dmirror workers', 'device workers');
-policies('policy-sweep.json', 'policy-mprotect.svg', 'mprotect storms (gpu + dmirror, 2 MiB ranges): refaults by event policy');
-policies('replay-boehm-policy.json', 'policy-replay-boehm.svg', 'Replay of Boehm GC in incremental mode (4,582 mprotects): refaults by event policy');
+policies('policy-sweep.json', 'policy-mprotect.svg', 'mprotect storms (gpu + dmirror, 2 MiB ranges): refaults by policy');
+policies('replay-boehm-policy.json', 'policy-replay-boehm.svg', 'Boehm GC replay (4,582 mprotects, 30% device writes): refaults by policy');
 console.log(written.length ? `wrote:\n  ${written.join('\n  ')}` : `no data in ${DATA}`);

@@ -138,6 +138,16 @@ export class Ctx {
     }
   }
 
+  /** Runs a device access until `want` accesses succeed or `ms` pass; the last result. */
+  async untilOk(f: () => Promise<{ ok: number; failed: number; faults: number }>, want: number, ms = 5_000): Promise<{ ok: number; failed: number; faults: number }> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const r = await f();
+      if (r.ok >= want || Date.now() > deadline) return r;
+      await sleep(200);
+    }
+  }
+
   /** After a kernel restart: the helper and the aux mapping belonged to the old kernel. */
   forgetKernel(): void {
     this.helperId = null;
@@ -513,7 +523,10 @@ const reconnectCheck: Check = {
     const ms = Date.now() - t0;
     const m = await c.mark();
     await c.cpuWrite(0, 1, 0x42);
-    const rd = await c.untilAttached(() => c.dma(0, false));
+    // The new personality may still be re-registering its mirror (an rdma MR, a gpu range) when
+    // the first access comes, and fail it; the check is that the mirror works once reattached, so
+    // that first read is retried for a while (a device that never recovers still fails).
+    const rd = await c.untilAttached(() => c.untilOk(() => c.dma(0, false), 1));
     // Once the new personality answers (the bug mode is the personality's, made again).
     await t.reapply();
     await c.madvise(0, 1, 'dontneed');

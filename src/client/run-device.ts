@@ -50,10 +50,19 @@ export async function runExternalDevice(o: ExternalDeviceOptions): Promise<Runni
   const build = async (): Promise<{ host: SocketHost; device: Device }> => {
     const r = o.resolve ? await o.resolve() : { pid: o.pid, options: o.options };
     const host = new SocketHost(client, { pid: r.pid, kind: o.kind, name, policy: o.policy ?? 'faithful', options: { ...o.options, ...r.options }, log });
+    host.holdCommands();
     const device = make(host);
     host.mirrorSummary = () => device.summary();
     host.dmaStop = () => device.dma.stop();
-    await device.attach();
+    try {
+      await device.attach();
+    } catch (e) {
+      // Commands held for this attempt fail as an ended attachment's do (the next attempt follows).
+      host.detach();
+      host.attached(new DevmirrorError('DM_ERR_CONFLICT', `${name}: this attachment ended (attaching failed: ${(e as Error).message})`));
+      throw e;
+    }
+    host.attached();
     return { host, device };
   };
   await client.connect();

@@ -85,7 +85,10 @@ describe('sanitizer', () => {
   it('catches ack-before-quiesce (DMA still in flight when the device answered)', async () => {
     const r = await storm('dmirror', 'ack-before-quiesce', 1500);
     expect(r.findings).toBeGreaterThan(0);
-    expect(r.byKind.stale + r.byKind['lost-write']).toBeGreaterThan(0);
+    // An access still in flight after the answer: stale or a lost write after an unmap, a write
+    // through a read-only translation after a write-protect (which of them comes first depends on
+    // the event the storm was at; a loaded machine once caught only the latter).
+    expect(r.byKind.stale + r.byKind['lost-write'] + r.byKind['write-ro']).toBeGreaterThan(0);
   });
 
   it('catches ignore-event:CLEAR (answering without dropping the pages)', async () => {

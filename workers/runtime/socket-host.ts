@@ -205,9 +205,35 @@ export class SocketHost implements DeviceHost {
     // The server's shadow keeps the grant until an invalidation revokes it (conservative).
   }
 
+  /** While set, commands from the server wait for it (see holdCommands). */
+  private commandGate: Promise<void> | null = null;
+  private openCommandGate: ((e?: Error) => void) | null = null;
+
+  /**
+   * Commands that arrive from now on wait until `attached()`. After a reconnection the server may
+   * send a command (a DMA access) as soon as the new session is welcomed, while the new personality
+   * is still attaching (its subscription, its mirror): run-device holds commands for that time.
+   */
+  holdCommands(): void {
+    this.commandGate = new Promise<void>((resolve, reject) => {
+      this.openCommandGate = (e) => (e ? reject(e) : resolve());
+    });
+    this.commandGate.catch(() => undefined);
+  }
+
+  /** The personality attached (or failed to: held and later commands fail with that error). */
+  attached(err?: Error): void {
+    this.openCommandGate?.(err);
+    this.openCommandGate = null;
+    if (!err) this.commandGate = null;
+  }
+
   onCommand(name: string, fn: CommandHandler): void {
     this.commands.set(name, fn);
-    this.client.onCommand(name, (args) => fn(args));
+    this.client.onCommand(name, async (args) => {
+      if (this.commandGate) await this.commandGate;
+      return fn(args);
+    });
   }
 
   /** Runs a command locally (the CLI and tests drive the personality through this). */

@@ -61,9 +61,14 @@ const ORIGIN_FIELDS = { 1: 'operation', 2: 'operationId', 3: 'detail' } as const
 
 // ---- encoding -------------------------------------------------------------------------------
 
-/** Scratch for one message body; frames are small (an InvalidateStart is about 60 bytes). */
-const scratch = new Uint8Array(1024);
-const originScratch = new Uint8Array(512);
+/**
+ * Scratch for one message body: an InvalidateStart is about 60 bytes, and at most about 600 with
+ * the longest Origin this path takes (two strings of MAX_ASCII bytes, their tags and lengths, an
+ * id). A typed array drops writes past its end silently, so both are sized above those bounds.
+ */
+const MAX_ASCII = 256;
+const scratch = new Uint8Array(2048);
+const originScratch = new Uint8Array(1024);
 
 function varintSize(n: number): number {
   let size = 1;
@@ -109,7 +114,7 @@ function putFields(buf: Uint8Array, pos: number, m: Record<string, unknown>, fie
 
 /** An ASCII string's bytes, written with its tag and length; -1 for anything else. */
 function putAscii(buf: Uint8Array, pos: number, no: number, s: unknown): number {
-  if (typeof s !== 'string' || s.length > 256) return -1;
+  if (typeof s !== 'string' || s.length > MAX_ASCII) return -1;
   buf[pos++] = (no << 3) | LEN;
   pos = putVarint(buf, pos, s.length);
   for (let i = 0; i < s.length; i++) {

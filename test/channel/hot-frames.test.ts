@@ -64,6 +64,14 @@ describe('hot frames (hand-written wire path)', () => {
     expect(decodeHotClientFrame(ab!)).toEqual(decodeClientFrameGeneric(ab!));
   });
 
+  it('writes the longest origin it takes whole (two strings of 256 characters)', () => {
+    const f = { invalidateStart: { invalidationId: 1, curSeq: 2 ** 40, origin: { operation: 'o'.repeat(256), operationId: 2 ** 52, detail: 'd'.repeat(256) } } };
+    const bytes = encodeHotServerFrame(f);
+    expect(bytes).not.toBeNull();
+    expect(Buffer.from(bytes!).equals(Buffer.from(encodeServerFrameGeneric(f)))).toBe(true);
+    expect(decodeHotServerFrame(bytes!)).toEqual(decodeServerFrameGeneric(bytes!));
+  });
+
   it('declines what the generic path must decide (bigints, non-ASCII, request ids, other bodies)', () => {
     expect(encodeHotServerFrame({ invalidateStart: { end: WIRE_ULONG_MAX } })).toBeNull();
     expect(encodeHotServerFrame({ invalidateStart: { origin: { operation: 'é' } } })).toBeNull();

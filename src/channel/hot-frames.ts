@@ -44,14 +44,8 @@ START_FIELDS[7] = ['flags', 'u32', false];
 START_FIELDS[8] = ['blockable', 'bool', false];
 START_FIELDS[9] = ['owner', 'u32', true];
 START_FIELDS[10] = ['curSeq', 'u64', false];
-const END_FIELDS: Array<[string, Kind, boolean] | undefined> = [];
-END_FIELDS[1] = ['invalidationId', 'u64', false];
-END_FIELDS[2] = ['subscriptionId', 'u64', false];
-END_FIELDS[3] = ['pid', 'u32', false];
-END_FIELDS[4] = ['start', 'u64', false];
-END_FIELDS[5] = ['end', 'u64', false];
-END_FIELDS[6] = ['event', 'i32', false];
-END_FIELDS[7] = ['flags', 'u32', false];
+/** InvalidateEnd: InvalidateStart's fields 1 to 7 (same numbers), then owner at 8. */
+const END_FIELDS: Array<[string, Kind, boolean] | undefined> = START_FIELDS.slice(0, 8);
 END_FIELDS[8] = ['owner', 'u32', true];
 const ACK_FIELDS: Array<[string, Kind, boolean] | undefined> = [];
 ACK_FIELDS[1] = ['invalidationId', 'u64', false];

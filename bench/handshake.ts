@@ -15,6 +15,7 @@
  *          --dma-total=16000 (device accesses/s in all, split evenly over the N devices, while DMA
  *          runs: the same traffic at every N, so N does not also scale the load) --mprotect-rounds=40
  *          --only=handshake|mprotect --json=path
+ *          --warm=3000 (rounds before each measurement: every device handler must be optimized first)
  *          --trace=on (the trace recorder attached to the kernel, as the service has it by default;
  *          docs/trace.md: compare with a run without it)
  */
@@ -41,6 +42,8 @@ const TRACE = args.get('trace') === 'on';
 /** The kernel thread yields to its event loop every YIELD_EVERY rounds (it serves HTTP, faults). */
 const YIELD_EVERY = 32;
 const WINDOW_PAGES = 64;
+/** Rounds run before each measurement, at least (--warm). */
+const WARM_ROUNDS = Number(args.get('warm') ?? 3000);
 
 const roundsAt = (n: number): number => Math.max(1000, Math.floor(ROUNDS / n));
 const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
@@ -92,7 +95,11 @@ function threadTimes(): { main: number; vol: number; invol: number } {
 }
 
 async function measure(variant: string, n: number, rounds: number, round: () => number | Promise<number>): Promise<Result> {
-  const warm = Math.max(100, Math.floor(rounds / 10));
+  // Every device thread must reach steady state (its handlers optimized) before the clock starts:
+  // each device sees every round, so the warm-up is a count of rounds, not a share of them. With
+  // 250 warm rounds at N = 8 the p50 was 177 to 187 us and the CPU per round 406 to 410 us, with
+  // 2,500 it was 137 to 140 us and 213 to 214 us (the JIT still compiling device code, 11-27).
+  const warm = Math.max(WARM_ROUNDS, Math.floor(rounds / 10));
   for (let i = 0; i < warm; i++) {
     await round();
     if (i % YIELD_EVERY === 0) await tick();

@@ -32,9 +32,10 @@ export interface DeviceManagerOptions {
    * rounds per setting, four settings interleaved, four runs (2 vCPUs, 2026-11-27): kernel 30 /
    * device 50 us: 30,762 to 79,403 rounds/s, p99 136 to 242 us; kernel 30 / device 200 us: 72,651
    * to 103,180 rounds/s, p99 77 to 119 us; a kernel spin of 100 us did no better with either.
+   * Devices never spin when they and the kernel thread outnumber the cores.
    */
   workerSpinUs?: number;
-  /** Longest the kernel thread spins for answers before it parks, when cores allow (default 30 us; see workerSpinUs). */
+  /** Longest the kernel thread spins for answers before it parks (default 100 us; see AdaptiveSpin). */
   kernelSpinUs?: number;
   /** Cores to plan spinning for (default: os.cpus().length). */
   cores?: number;
@@ -76,7 +77,7 @@ export class DeviceManager {
     this.log = opts.log ?? (() => undefined);
     this.channelUrl = opts.channelUrl;
     this.logger = opts.logger;
-    const spin = new AdaptiveSpin(this.cores, opts.kernelSpinUs, () => this.liveCount());
+    const spin = new AdaptiveSpin(this.cores, opts.kernelSpinUs);
     this.group = new WorkerAckGroup(undefined, spin);
     // A device belongs to its process as test_hmm's file belongs to the process that opened it:
     // the exit closes it (dmirror_fops_release), after exit_mmap released its mirror. Without

@@ -9,8 +9,10 @@
  *    Against the floor at the same N, same run: a bare `ws` fan-out of a frame of the same size to
  *    N connections over the same number of processes, each echoing it (one write and one read per
  *    connection and round on each side, as a round needs at least).
+ * The floor and devmirror are both set up at once and measured in alternating blocks (--blocks).
  *
  * Options: --ns=1,10,100,1000 --rounds=2000 (at N = 1; fewer at larger N) --json=path
+ *          --warm=R (rounds before each measurement; default 3,000 at N = 1, 30,000 / N, at least 200)
  */
 import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
@@ -20,7 +22,7 @@ import { PROT } from '../src/kernel/kernel.js';
 import { MmuNotifierEvent } from '../src/notifier/range.js';
 import { encodeServerFrame } from '../src/channel/codec.js';
 import { fmt, machine, percentiles, table, usSince, type Percentiles } from './lib/stats.js';
-import { startClientProcesses, wsEchoFloor, wsFanoutFloor } from '../src/loadgen/client-processes.js';
+import { openFanoutFloor, startClientProcesses } from '../src/loadgen/client-processes.js';
 
 const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, '').split('=') as [string, string]));
 const NS = (args.get('ns') ?? '1,10,100,1000').split(',').map(Number);
@@ -38,26 +40,54 @@ interface Row {
   perSec: number;
 }
 
-async function measure(rounds: number, round: () => Promise<number>): Promise<{ lat: Percentiles; perSec: number }> {
-  for (let i = 0; i < Math.min(200, rounds / 10); i++) await round();
-  const samples = new Float64Array(rounds);
-  const t0 = process.hrtime.bigint();
-  for (let i = 0; i < rounds; i++) {
-    samples[i] = await round();
-    if (i % 64 === 63) await tick();
+/**
+ * Rounds before the clock starts: every frame handler on both sides must be optimized first. The
+ * kernel and each client process see at least n frames per round, so fewer rounds warm a wider
+ * fan-out (200 rounds at N = 1 left the start of the measurement in unoptimized code).
+ */
+const warmRounds = (n: number): number => Number(args.get('warm') ?? Math.max(200, Math.min(3000, Math.ceil(30_000 / n))));
+/**
+ * The floor and devmirror run in alternating blocks (floor, devmirror, devmirror, floor, ...), both
+ * set up the whole time, so a change in the shared machine's load hits both alike. Measured one
+ * after the other, the N = 1 echo floor's p50 moved between 32 and 100 us from run to run here.
+ */
+const BLOCKS = Number(args.get('blocks') ?? 10);
+
+interface Subject {
+  round(): Promise<number>;
+}
+
+/** Runs `rounds` rounds of each subject in BLOCKS alternating blocks; the event loop turns every 64 rounds. */
+async function interleaved(rounds: number, subjects: readonly Subject[]): Promise<Array<{ lat: Percentiles; perSec: number }>> {
+  const samples = subjects.map(() => new Float64Array(rounds));
+  const filled = subjects.map(() => 0);
+  const seconds = subjects.map(() => 0);
+  const per = Math.ceil(rounds / BLOCKS);
+  for (let b = 0; b < BLOCKS; b++) {
+    // ABBA order: neither subject always runs first after the other.
+    const order = subjects.map((_, i) => i);
+    if (b % 2 === 1) order.reverse();
+    for (const i of order) {
+      const t0 = process.hrtime.bigint();
+      const stop = Math.min(rounds, filled[i] + per);
+      for (let j = 0; filled[i] < stop; j++) {
+        samples[i][filled[i]++] = await subjects[i].round();
+        if (j % 64 === 63) await tick();
+      }
+      seconds[i] += usSince(t0) / 1e6;
+    }
   }
-  const secs = usSince(t0) / 1e6;
-  return { lat: percentiles(samples), perSec: Math.round(rounds / secs) };
+  return samples.map((x, i) => ({ lat: percentiles(x), perSec: Math.round(rounds / seconds[i]) }));
 }
 
-/** The floor: a frame of `size` bytes echoed by a bare ws client in another process. */
-async function echoFloor(size: number, rounds: number): Promise<Row> {
-  const lat = await wsEchoFloor(size, rounds);
-  // Round trips are sequential: the rate is the inverse of the mean.
-  return { n: 1, variant: `ws echo of ${size} B (floor)`, rounds, lat, perSec: Math.round(1e6 / lat.mean) };
+interface System extends Subject {
+  procs: number;
+  extra(): Record<string, unknown>;
+  close(): Promise<void>;
 }
 
-async function fanout(n: number, rounds: number): Promise<Row & { extra: Record<string, unknown> }> {
+/** The service with n external clients over at most four processes, each subscribed to the window. */
+async function openSystem(n: number): Promise<System> {
   const svc = new Service({ kernel: { memoryBytes: 64 * 1024 * 1024 }, channel: { maxSubscriptions: 4096 }, deadlineMs: 60_000 });
   const app = await buildServer(svc, { logger: false });
   await app.listen({ host: '127.0.0.1', port: 0 });
@@ -65,29 +95,68 @@ async function fanout(n: number, rounds: number): Promise<Row & { extra: Record<
   const k = svc.kernel;
   const p = k.createProcess('bench');
   const a = await k.mmap(p.pid, { length: 16 * PAGE, prot: PROT.READ | PROT.WRITE });
-  const procs = Math.min(4, n);
   const children: ChildProcess[] = [];
+  const close = async (): Promise<void> => {
+    for (const c of children) c.stdin!.end();
+    await svc.stop();
+    await app.close();
+  };
   try {
     children.push(...(await startClientProcesses(`ws://127.0.0.1:${port}/v1/notifier/ws`, 'devmirror-local', p.pid, a, 16 * PAGE, n)));
     const live = svc.channel.list().filter((d) => d.alive && d.subs.size > 0).length;
     if (live !== n) throw new Error(`expected ${n} subscribed clients, have ${live}`);
-    const m = await measure(rounds, async () => {
+  } catch (e) {
+    await close();
+    throw e;
+  }
+  return {
+    procs: children.length,
+    round: async () => {
       const t = process.hrtime.bigint();
       const r = await k.notify(p.mm, MmuNotifierEvent.CLEAR, a, a + PAGE, 'madvise');
       k.notifyEnd(p.mm, r);
       return usSince(t);
-    });
-    let acks = 0;
-    let evictions = 0;
-    for (const d of svc.channel.list()) {
-      acks += d.handshake.acks;
-      evictions += d.handshake.evictions;
+    },
+    extra: () => {
+      let acks = 0;
+      let evictions = 0;
+      for (const d of svc.channel.list()) {
+        acks += d.handshake.acks;
+        evictions += d.handshake.evictions;
+      }
+      return { acks, evictions };
+    },
+    close,
+  };
+}
+
+/** Devmirror's fan-out to n clients and the bare ws fan-out floor to n connections, interleaved. */
+async function fanout(n: number, rounds: number, frameSize: number): Promise<{ floor: Row; sys: Row & { extra: Record<string, unknown> } }> {
+  const floor = await openFanoutFloor(frameSize, n);
+  try {
+    const sys = await openSystem(n);
+    try {
+      for (let i = 0; i < warmRounds(n); i++) {
+        await floor.round();
+        await sys.round();
+      }
+      const [f, d] = await interleaved(rounds, [floor, sys]);
+      const procs = Math.min(4, n);
+      const floorRow: Row = {
+        n,
+        variant: n === 1 ? `ws echo of ${frameSize} B (floor)` : `ws fan-out of ${frameSize} B, ${n} connections / ${procs} processes (floor)`,
+        rounds,
+        ...f,
+      };
+      return {
+        floor: floorRow,
+        sys: { n, variant: `devmirror, ${n} client${n > 1 ? 's' : ''} / ${sys.procs} process${sys.procs > 1 ? 'es' : ''}`, rounds, ...d, floor: floorRow, extra: sys.extra() },
+      };
+    } finally {
+      await sys.close();
     }
-    return { n, variant: `devmirror, ${n} client${n > 1 ? 's' : ''} / ${procs} process${procs > 1 ? 'es' : ''}`, rounds, ...m, extra: { acks, evictions } };
   } finally {
-    for (const c of children) c.stdin!.end();
-    await svc.stop();
-    await app.close();
+    await floor.close();
   }
 }
 
@@ -108,22 +177,13 @@ async function main(): Promise<void> {
     invalidateStart: { invalidationId: 123456, subscriptionId: 1_000_001, pid: 100, start: 0x7f0000000000, end: 0x7f0000001000, event: 1, flags: 1, blockable: true, curSeq: 12345, origin: { operation: 'madvise' } },
   });
   const rows: Row[] = [];
-  const floor = await echoFloor(startFrame.length, ROUNDS);
-  rows.push(floor);
   const extras: Record<number, unknown> = {};
   for (const n of NS) {
     const rounds = n === 1 ? ROUNDS : n <= 10 ? Math.ceil(ROUNDS / 2) : n <= 100 ? Math.ceil(ROUNDS / 8) : Math.ceil(ROUNDS / 20);
-    let nFloor = floor;
-    if (n > 1) {
-      const procs = Math.min(4, n);
-      nFloor = { n, variant: `ws fan-out of ${startFrame.length} B, ${n} connections / ${procs} processes (floor)`, rounds, lat: await wsFanoutFloor(startFrame.length, n, rounds), perSec: 0 };
-      nFloor.perSec = Math.round(1e6 / nFloor.lat.mean);
-      rows.push(nFloor);
-    }
-    const r = await fanout(n, rounds);
-    extras[n] = r.extra;
-    rows.push({ ...r, floor: nFloor });
-    console.log(`  N=${n}: ${JSON.stringify(r.extra)}`);
+    const r = await fanout(n, rounds, startFrame.length);
+    extras[n] = r.sys.extra;
+    rows.push(r.floor, r.sys);
+    console.log(`  N=${n}: ${JSON.stringify(r.sys.extra)}`);
   }
   const out = rows.map((r) => ({
     N: r.n,
@@ -143,7 +203,7 @@ async function main(): Promise<void> {
   const n1 = rows.find((r) => r.n === 1 && r.floor !== undefined);
   const n1000 = rows.find((r) => r.n === 1000 && r.floor !== undefined);
   console.log('\ngoals:');
-  if (n1) console.log(`  N=1 p50 within 1.3x of the ws echo floor: ${(n1.lat.p50 / floor.lat.p50).toFixed(2)}x -> ${n1.lat.p50 <= 1.3 * floor.lat.p50 ? 'met' : 'NOT met'}`);
+  if (n1) console.log(`  N=1 p50 within 1.3x of the ws echo floor: ${(n1.lat.p50 / n1.floor!.lat.p50).toFixed(2)}x -> ${n1.lat.p50 <= 1.3 * n1.floor!.lat.p50 ? 'met' : 'NOT met'}`);
   if (n1000) {
     console.log(`  N=1000 p99 under 50 ms: ${fmt(n1000.lat.p99)} -> ${n1000.lat.p99 < 50_000 ? 'met' : 'NOT met'}`);
     const f = n1000.floor!;

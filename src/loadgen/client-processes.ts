@@ -39,13 +39,21 @@ export function stopClientProcesses(children: ChildProcess[]): void {
   for (const c of children) c.stdin?.end();
 }
 
+/** An open fan-out floor: `round()` sends one frame to every connection and resolves with microseconds once every echo is in. */
+export interface FanoutFloor {
+  readonly connections: number;
+  round(): Promise<number>;
+  close(): Promise<void>;
+}
+
 /**
  * The fan-out floor: a frame of `size` bytes sent to `n` bare `ws` connections spread over at most
  * `maxProcs` processes (the same layout as the devmirror clients), each echoing it back; a round
  * ends when every echo is in. One write and one read per connection and round on each side, no
- * codec, no kernel: what the loopback, the scheduler and `ws` cost on this machine.
+ * codec, no kernel: what the loopback, the scheduler and `ws` cost on this machine. Kept open so a
+ * bench can interleave its rounds with the system's, block by block, on the same machine state.
  */
-export async function wsFanoutFloor(size: number, n: number, rounds: number, maxProcs = 4): Promise<Percentiles> {
+export async function openFanoutFloor(size: number, n: number, maxProcs = 4): Promise<FanoutFloor> {
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false, backlog: 2048 });
   await new Promise<void>((r) => wss.once('listening', () => r()));
   const port = (wss.address() as { port: number }).port;
@@ -61,13 +69,10 @@ export async function wsFanoutFloor(size: number, n: number, rounds: number, max
   const procs = Math.min(maxProcs, n);
   const children: ChildProcess[] = [];
   const frame = new Uint8Array(size).fill(7);
-  const once = (): Promise<number> => {
-    const t = process.hrtime.bigint();
-    return new Promise<number>((resolve) => {
-      pending = conns.length;
-      done = () => resolve(usSince(t));
-      for (const ws of conns) ws.send(frame);
-    });
+  const close = async (): Promise<void> => {
+    stopClientProcesses(children);
+    for (const ws of conns) ws.terminate();
+    await new Promise<void>((r) => wss.close(() => r()));
   };
   try {
     for (let i = 0; i < procs; i++) {
@@ -75,21 +80,41 @@ export async function wsFanoutFloor(size: number, n: number, rounds: number, max
       children.push(await spawnClients(['echo', `ws://127.0.0.1:${port}`, String(count)]));
     }
     if (conns.length !== n) throw new Error(`fan-out floor: expected ${n} connections, have ${conns.length}`);
-    for (let i = 0; i < Math.min(200, rounds / 10); i++) await once();
+  } catch (e) {
+    await close();
+    throw e;
+  }
+  return {
+    connections: n,
+    round: () => {
+      const t = process.hrtime.bigint();
+      return new Promise<number>((resolve) => {
+        pending = conns.length;
+        done = () => resolve(usSince(t));
+        for (const ws of conns) ws.send(frame);
+      });
+    },
+    close,
+  };
+}
+
+/** The floor measured on its own: `warm` rounds, then `rounds` measured (the event loop turns every 64). */
+export async function wsFanoutFloor(size: number, n: number, rounds: number, maxProcs = 4, warm = Math.min(200, rounds / 10)): Promise<Percentiles> {
+  const floor = await openFanoutFloor(size, n, maxProcs);
+  try {
+    for (let i = 0; i < warm; i++) await floor.round();
     const samples = new Float64Array(rounds);
     for (let i = 0; i < rounds; i++) {
-      samples[i] = await once();
+      samples[i] = await floor.round();
       if (i % 64 === 63) await new Promise((r) => setImmediate(r));
     }
     return percentiles(samples);
   } finally {
-    stopClientProcesses(children);
-    for (const ws of conns) ws.terminate();
-    await new Promise<void>((r) => wss.close(() => r()));
+    await floor.close();
   }
 }
 
 /** The floor at N = 1: a frame of `size` bytes echoed by a bare ws client in another process, `rounds` times. */
-export function wsEchoFloor(size: number, rounds: number): Promise<Percentiles> {
-  return wsFanoutFloor(size, 1, rounds);
+export function wsEchoFloor(size: number, rounds: number, warm?: number): Promise<Percentiles> {
+  return wsFanoutFloor(size, 1, rounds, 1, warm);
 }

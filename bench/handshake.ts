@@ -6,8 +6,10 @@
  *    one-page CLEAR, the subscription list, the worker mailboxes, the dmirror personality with the
  *    sanitizer on, for N = 1, 2, 4, ..., 64 device workers. Measured with the DMA engines idle and
  *    with them running on the invalidated window.
- * 2. In the same run, at each N, three references doing the same fan-out with nothing else in the
- *    way (bench/lib/references.ts): blocking Atomics, spin-then-park Atomics, postMessage.
+ * 2. In the same run, at each N, references doing the same fan-out with nothing else in the way
+ *    (bench/lib/references.ts): blocking Atomics, spin-then-park Atomics, the same carrying a range
+ *    in a call slot (spin-range: the real round's line transfers without its code), the publisher
+ *    in waitAsync, postMessage.
  * 3. An mprotect-heavy workload (mprotect RO, device read sweep, mprotect RW, device write sweep)
  *    on gpu and dmirror devices with each event policy: refaults and invalidation work.
  *
@@ -242,7 +244,7 @@ async function mprotectWorkload(kind: 'gpu' | 'dmirror', policy: EventPolicy): P
   }
 }
 
-function latRow(r: Result, best: number, pm: number, wa: number): Record<string, string | number> {
+function latRow(r: Result, best: number, pm: number, wa: number, range: number): Record<string, string | number> {
   return {
     N: r.n,
     variant: r.variant,
@@ -258,6 +260,7 @@ function latRow(r: Result, best: number, pm: number, wa: number): Record<string,
     'vol/invol sw': `${r.switches.voluntary.toFixed(1)}/${r.switches.involuntary.toFixed(1)}`,
     'p50/best-atomics': (r.lat.p50 / best).toFixed(2),
     'p50/waitAsync': (r.lat.p50 / wa).toFixed(2),
+    'p50/spin-range': (r.lat.p50 / range).toFixed(2),
     'postMessage/p50': (pm / r.lat.p50).toFixed(1),
   };
 }
@@ -283,17 +286,17 @@ async function main(): Promise<void> {
     const results: Result[] = [];
     for (const n of NS) {
       const refs: Record<string, Result> = {};
-      for (const mode of ['blocking', 'spin', 'waitAsync', 'postMessage'] as RefMode[]) refs[mode] = await reference(mode, n);
+      for (const mode of ['blocking', 'spin', 'spin-range', 'waitAsync', 'postMessage'] as RefMode[]) refs[mode] = await reference(mode, n);
       const idle = await devmirror(n, false);
       const busy = await devmirror(n, true);
       const best = Math.min(refs.blocking.lat.p50, refs.spin.lat.p50);
       const pm = refs.postMessage.lat.p50;
       const wa = refs.waitAsync.lat.p50;
-      for (const r of [refs.blocking, refs.spin, refs.waitAsync, refs.postMessage, idle, busy]) {
-        rows.push(latRow(r, best, pm, wa));
+      for (const r of [refs.blocking, refs.spin, refs['spin-range'], refs.waitAsync, refs.postMessage, idle, busy]) {
+        rows.push(latRow(r, best, pm, wa, refs['spin-range'].lat.p50));
         results.push(r);
       }
-      console.log(table(rows.slice(-6)));
+      console.log(table(rows.slice(-7)));
       console.log(`  idle: ${JSON.stringify(idle.extra)}\n  dma:  ${JSON.stringify(busy.extra)}\n`);
     }
     console.log('\nAll N (latencies per round, microseconds):\n' + table(rows));

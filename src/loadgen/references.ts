@@ -11,6 +11,12 @@
  *   waitAsync:       publisher Atomics.waitAsync(ACKS) (an event-loop wake, the only park a thread
  *                    that serves sockets may use); worker Atomics.wait(DOORBELL)
  *   postMessage:     worker.postMessage start / reply / end, no shared memory
+ *   spin-range:      spin-then-park, but each start carries a range the way the real mailbox does:
+ *                    the publisher writes a 16-word call slot (14 words, the id last) on its own
+ *                    64-byte line, then the doorbell on another; the worker reads the slot and
+ *                    answers in it; the publisher polls the answer words (as the kernel does), then
+ *                    parks on ACKS. What moving a NotifierRange across cores costs with no code
+ *                    around it: the line transfers of the real round, none of its work.
  *
  * blocking and spin run in the bench's main thread and block it: the product's kernel thread never
  * does; waitAsync is the floor for a publisher that keeps its event loop.
@@ -22,7 +28,10 @@ import { usSince } from '../lib/stats.js';
 export const REF = { VERSION: 0, ACKS: 1, STOP: 2, SPIN: 3, DOORBELLS: 4 } as const;
 const REF_VERSION = 1;
 
-export type RefMode = 'blocking' | 'spin' | 'waitAsync' | 'postMessage';
+export type RefMode = 'blocking' | 'spin' | 'waitAsync' | 'postMessage' | 'spin-range';
+
+/** spin-range: per worker, a doorbell line and a call-slot line after the 16-word header line. */
+export const RANGE = { BASE: 16, STRIDE: 32, SLOT: 16, SLOT_WORDS: 16, ANSWER: 14 } as const;
 
 // The worker is plain JavaScript so the reference measures Atomics and postMessage, not a loader.
 const WORKER_SRC = `
@@ -30,7 +39,27 @@ const { parentPort, workerData } = require('node:worker_threads');
 const { sab, index, mode } = workerData;
 const w = new Int32Array(sab);
 const ACKS = ${REF.ACKS}, STOP = ${REF.STOP}, SPIN = ${REF.SPIN}, DB = ${REF.DOORBELLS} + index;
-if (mode === 'postMessage') {
+if (mode === 'spin-range') {
+  const base = ${RANGE.BASE} + index * ${RANGE.STRIDE}, slot = base + ${RANGE.SLOT};
+  let seen = 0, sink = 0;
+  for (;;) {
+    let v = Atomics.load(w, base);
+    for (let i = Atomics.load(w, SPIN); v === seen && i > 0; i--) v = Atomics.load(w, base);
+    if (v === seen) { Atomics.wait(w, base, seen); v = Atomics.load(w, base); }
+    if (Atomics.load(w, STOP)) break;
+    if (v === seen) continue;
+    seen = v;
+    if (v & 1) {
+      // The id first (the publisher stores it last), then the range words, then the answer.
+      sink += Atomics.load(w, slot);
+      for (let k = 1; k < ${RANGE.ANSWER}; k++) sink += w[slot + k];
+      Atomics.store(w, slot + ${RANGE.ANSWER}, 1);
+      Atomics.add(w, ACKS, 1);
+      Atomics.notify(w, ACKS);
+    }
+  }
+  if (sink === 0.5) console.log(sink); // keeps the reads
+} else if (mode === 'postMessage') {
   parentPort.on('message', (m) => {
     if (m.t === 'start') parentPort.postMessage({ t: 'ack', seq: m.seq });
     else if (m.t === 'stop') process.exit(0);
@@ -64,7 +93,7 @@ export class ReferenceFanout {
     readonly n: number,
     readonly spin = 2000,
   ) {
-    const sab = new SharedArrayBuffer((REF.DOORBELLS + n) * 4);
+    const sab = new SharedArrayBuffer(Math.max(REF.DOORBELLS + n, RANGE.BASE + n * RANGE.STRIDE) * 4);
     this.words = new Int32Array(sab);
     Atomics.store(this.words, REF.VERSION, REF_VERSION);
     Atomics.store(this.words, REF.SPIN, spin);
@@ -85,6 +114,7 @@ export class ReferenceFanout {
   round(): number | Promise<number> {
     if (this.mode === 'postMessage') return this.roundMessage();
     if (this.mode === 'waitAsync') return this.roundAsync();
+    if (this.mode === 'spin-range') return this.roundRange();
     return this.roundAtomics();
   }
 
@@ -136,6 +166,41 @@ export class ReferenceFanout {
     return usSince(t);
   }
 
+  private roundRange(): number {
+    const w = this.words;
+    const t = process.hrtime.bigint();
+    this.seq++;
+    this.acksTarget += this.n;
+    for (let i = 0; i < this.n; i++) {
+      const base = RANGE.BASE + i * RANGE.STRIDE;
+      const slot = base + RANGE.SLOT;
+      // A range's words (start, end, event, flags, owner, seq, pid, tick, origin...), the answer
+      // cleared, the id last: the worker loads the id first.
+      for (let k = 1; k < RANGE.ANSWER; k++) w[slot + k] = this.seq + k;
+      Atomics.store(w, slot + RANGE.ANSWER, 0);
+      Atomics.store(w, slot, this.seq);
+      Atomics.store(w, base, 2 * this.seq - 1);
+      Atomics.notify(w, base, 1);
+    }
+    // Poll the answer words, as the kernel does; then park on ACKS.
+    let first = 0;
+    for (let i = this.spin; first < this.n && i > 0; i--) {
+      while (first < this.n && Atomics.load(w, RANGE.BASE + first * RANGE.STRIDE + RANGE.SLOT + RANGE.ANSWER) !== 0) first++;
+    }
+    // Every answer seen: done (a worker's ACKS add may still be on its way; a later park counts it).
+    let v = first < this.n ? Atomics.load(w, REF.ACKS) : this.acksTarget;
+    while (v < this.acksTarget) {
+      Atomics.wait(w, REF.ACKS, v);
+      v = Atomics.load(w, REF.ACKS);
+    }
+    for (let i = 0; i < this.n; i++) {
+      const base = RANGE.BASE + i * RANGE.STRIDE;
+      Atomics.store(w, base, 2 * this.seq);
+      Atomics.notify(w, base, 1);
+    }
+    return usSince(t);
+  }
+
   private roundMessage(): Promise<number> {
     const t = process.hrtime.bigint();
     const seq = ++this.seq;
@@ -157,8 +222,9 @@ export class ReferenceFanout {
   async close(): Promise<void> {
     Atomics.store(this.words, REF.STOP, 1);
     for (let i = 0; i < this.n; i++) {
-      Atomics.add(this.words, REF.DOORBELLS + i, 2);
-      Atomics.notify(this.words, REF.DOORBELLS + i);
+      const db = this.mode === 'spin-range' ? RANGE.BASE + i * RANGE.STRIDE : REF.DOORBELLS + i;
+      Atomics.add(this.words, db, 2);
+      Atomics.notify(this.words, db);
     }
     if (this.mode === 'postMessage') for (const w of this.workers) w.postMessage({ t: 'stop' });
     await Promise.all(this.workers.map((w) => w.terminate()));

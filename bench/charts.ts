@@ -50,6 +50,7 @@ function handshake(): void {
     { name: 'devmirror, DMA running', ys: ns.map((n) => at('devmirror (DMA running)', n)), color: '#6b46c1' },
     { name: 'bare Atomics, blocking', ys: ns.map((n) => at('ref:blocking', n)), color: '#2f855a', dashed: true },
     { name: 'bare Atomics, spin then park', ys: ns.map((n) => at('ref:spin', n)), color: '#b7791f', dashed: true },
+    ...(d.handshake.some((r) => r.variant === 'ref:spin-range') ? [{ name: 'the same, carrying a range in a call slot', ys: ns.map((n) => at('ref:spin-range', n)), color: '#975a16', dashed: true }] : []),
     { name: 'bare Atomics, waitAsync', ys: ns.map((n) => at('ref:waitAsync', n)), color: '#319795', dashed: true },
     { name: 'postMessage handshake', ys: ns.map((n) => at('ref:postMessage', n)), color: '#c05621', dashed: true },
   ];
@@ -162,4 +163,5 @@ sweep('range-sweep.json', 'range-sweep.svg', 'munmap storms (one device of each 
 sweep('devices-sweep.json', 'devices-sweep.svg', 'madvise of one page: round against the number of dmirror workers', 'device workers');
 policies('policy-sweep.json', 'policy-mprotect.svg', 'mprotect storms (gpu + dmirror, 2 MiB ranges): refaults by policy');
 policies('replay-boehm-policy.json', 'policy-replay-boehm.svg', 'Boehm GC replay (4,582 mprotects, 30% device writes): refaults by policy');
+policies('replay-boehm-policy-write-mix-0.json', 'policy-replay-boehm-read-only.svg', 'Boehm GC replay (4,582 mprotects, devices only read): refaults by policy');
 console.log(written.length ? `wrote:\n  ${written.join('\n  ')}` : `no data in ${DATA}`);

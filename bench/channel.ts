@@ -13,6 +13,7 @@
  *
  * Options: --ns=1,10,100,1000 --rounds=2000 (at N = 1; fewer at larger N) --json=path
  *          --warm=R (rounds before each measurement; default 3,000 at N = 1, 30,000 / N, at least 200)
+ *          --blocks=10 (alternating blocks of floor and devmirror rounds)
  */
 import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';

@@ -107,12 +107,6 @@ export class DeviceManager {
     return this.nextId++;
   }
 
-  liveCount(): number {
-    let n = 0;
-    for (const d of this.devices.values()) if (d.alive) n++;
-    return n;
-  }
-
   /** Set at shutdown: no new device. */
   closed = false;
 

@@ -31,7 +31,7 @@ const REF_VERSION = 1;
 export type RefMode = 'blocking' | 'spin' | 'waitAsync' | 'postMessage' | 'spin-range';
 
 /** spin-range: per worker, a doorbell line and a call-slot line after the 16-word header line. */
-export const RANGE = { BASE: 16, STRIDE: 32, SLOT: 16, SLOT_WORDS: 16, ANSWER: 14 } as const;
+export const RANGE = { BASE: 16, STRIDE: 32, SLOT: 16, ANSWER: 14 } as const;
 
 // The worker is plain JavaScript so the reference measures Atomics and postMessage, not a loader.
 const WORKER_SRC = `

@@ -37,7 +37,9 @@ export function audit(k: Kernel, maxProblems = 20): AuditReport {
   for (const p of k.liveProcesses()) {
     const mm = p.mm;
     if (mm.dead) continue;
-    for (const t of mm.pt.tablePages()) {
+    const corrupt = (table: number, index: number, e: number): void =>
+      report(`pid ${p.pid}: table page ${table} entry ${index} holds 0x${(e >>> 0).toString(16)}, a table outside memory (a stray write into a table page)`);
+    for (const t of mm.pt.tablePages(corrupt)) {
       refs[t]++;
       pageTablePages++;
       if (!mem.hasFlag(t, FF.PGTABLE)) report(`table page ${t} of pid ${p.pid} lacks PGTABLE`);

@@ -53,12 +53,21 @@ export class PageTable {
   /** Level of the entry returned by the last `leafIndex` call. */
   lastLevel = 0;
 
+  /**
+   * Frames of physical memory. Table pages live in the same memory as data, so a device that keeps
+   * writing after it acknowledged an invalidation (the bug the sanitizer exists to catch) can land
+   * a stray write in a frame that was freed and reused as a table page. The walkers that must
+   * survive that (teardown, audit) do not follow an entry that points outside memory.
+   */
+  private readonly frames: number;
+
   constructor(
     private readonly mem: PhysicalMemory,
     readonly pgd: number,
     private readonly mmSlot: number,
   ) {
     this.words = mem.dataWords;
+    this.frames = this.words.length / WORDS_PER_PAGE;
   }
 
   static tableIdx(tablePfn: number, va: number, level: number): number {
@@ -163,7 +172,7 @@ export class PageTable {
       if (level === LEVEL.PTE) {
         if (e !== 0 || visitNone) visit(va, idx, LEVEL.PTE, e);
       } else if (e & PTE.TABLE) {
-        this.walkLevel(ptePfn(e), level - 1, va, start, end, visit, visitNone);
+        if (ptePfn(e) < this.frames) this.walkLevel(ptePfn(e), level - 1, va, start, end, visit, visitNone);
       } else if (level === LEVEL.PMD && e !== 0) {
         visit(va, idx, LEVEL.PMD, e);
       }
@@ -225,7 +234,7 @@ export class PageTable {
     for (let i = first; i <= last; i++) {
       const idx = table * WORDS_PER_PAGE + i;
       const e = Atomics.load(this.words, idx);
-      if (level === LEVEL.PTE || !(e & PTE.TABLE)) continue;
+      if (level === LEVEL.PTE || !(e & PTE.TABLE) || ptePfn(e) >= this.frames) continue;
       const va = base + i * size;
       const child = ptePfn(e);
       const childEmpty = this.pruneLevel(child, level - 1, va, start, end, floor, ceiling, freed);
@@ -243,14 +252,18 @@ export class PageTable {
     return true;
   }
 
-  /** Every table page of this mm, for accounting and teardown. */
-  tablePages(): number[] {
+  /**
+   * Every table page of this mm, for accounting and teardown. An entry that points outside memory
+   * (a stray write into a table page) is not followed: `onCorrupt` hears of it.
+   */
+  tablePages(onCorrupt?: (table: number, index: number, entry: Pte) => void): number[] {
     const out: number[] = [this.pgd];
     const rec = (table: number, level: number): void => {
       if (level === LEVEL.PTE) return;
       for (let i = 0; i < PTRS_PER_TABLE; i++) {
         const e = Atomics.load(this.words, table * WORDS_PER_PAGE + i);
-        if (e & PTE.TABLE) {
+        if (e & PTE.TABLE && ptePfn(e) >= this.frames) onCorrupt?.(table, i, e);
+        else if (e & PTE.TABLE) {
           out.push(ptePfn(e));
           rec(ptePfn(e), level - 1);
         }

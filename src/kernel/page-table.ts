@@ -70,6 +70,12 @@ export class PageTable {
     this.frames = this.words.length / WORDS_PER_PAGE;
   }
 
+  /** The table an upper-level entry points to, or -1 if it points outside memory (not followed). */
+  private child(e: Pte): number {
+    const pfn = ptePfn(e);
+    return pfn < this.frames ? pfn : -1;
+  }
+
   static tableIdx(tablePfn: number, va: number, level: number): number {
     return tablePfn * WORDS_PER_PAGE + entryOffset(va, level);
   }
@@ -172,7 +178,8 @@ export class PageTable {
       if (level === LEVEL.PTE) {
         if (e !== 0 || visitNone) visit(va, idx, LEVEL.PTE, e);
       } else if (e & PTE.TABLE) {
-        if (ptePfn(e) < this.frames) this.walkLevel(ptePfn(e), level - 1, va, start, end, visit, visitNone);
+        const child = this.child(e);
+        if (child >= 0) this.walkLevel(child, level - 1, va, start, end, visit, visitNone);
       } else if (level === LEVEL.PMD && e !== 0) {
         visit(va, idx, LEVEL.PMD, e);
       }
@@ -234,9 +241,10 @@ export class PageTable {
     for (let i = first; i <= last; i++) {
       const idx = table * WORDS_PER_PAGE + i;
       const e = Atomics.load(this.words, idx);
-      if (level === LEVEL.PTE || !(e & PTE.TABLE) || ptePfn(e) >= this.frames) continue;
+      if (level === LEVEL.PTE || !(e & PTE.TABLE)) continue;
+      const child = this.child(e);
+      if (child < 0) continue;
       const va = base + i * size;
-      const child = ptePfn(e);
       const childEmpty = this.pruneLevel(child, level - 1, va, start, end, floor, ceiling, freed);
       if (childEmpty && va >= floor && va + size <= ceiling) {
         Atomics.store(this.words, idx, 0);
@@ -262,11 +270,14 @@ export class PageTable {
       if (level === LEVEL.PTE) return;
       for (let i = 0; i < PTRS_PER_TABLE; i++) {
         const e = Atomics.load(this.words, table * WORDS_PER_PAGE + i);
-        if (e & PTE.TABLE && ptePfn(e) >= this.frames) onCorrupt?.(table, i, e);
-        else if (e & PTE.TABLE) {
-          out.push(ptePfn(e));
-          rec(ptePfn(e), level - 1);
+        if (!(e & PTE.TABLE)) continue;
+        const child = this.child(e);
+        if (child < 0) {
+          onCorrupt?.(table, i, e);
+          continue;
         }
+        out.push(child);
+        rec(child, level - 1);
       }
     };
     rec(this.pgd, LEVEL.PGD);

@@ -118,15 +118,31 @@ export class ReferenceFanout {
     return this.roundAtomics();
   }
 
+  /** Worker i's doorbell word (spin-range keeps each on its own line, before its call slot). */
+  private doorbell(i: number): number {
+    return this.mode === 'spin-range' ? RANGE.BASE + i * RANGE.STRIDE : REF.DOORBELLS + i;
+  }
+
   /**
    * Rings every worker's doorbell with `value` (odd: a start, even: the end of round `seq`). The
-   * value is the whole message; the notify wakes a parked worker.
+   * value is the whole message (spin-range's starts also fill the call slot first: `fill`); the
+   * notify wakes a parked worker.
    */
-  private publish(value: number): void {
+  private publish(value: number, fill?: (i: number) => void): void {
     const w = this.words;
     for (let i = 0; i < this.n; i++) {
-      Atomics.store(w, REF.DOORBELLS + i, value);
-      Atomics.notify(w, REF.DOORBELLS + i, 1);
+      fill?.(i);
+      Atomics.store(w, this.doorbell(i), value);
+      Atomics.notify(w, this.doorbell(i), 1);
+    }
+  }
+
+  /** Blocks until ACKS reaches the round's target, from the value `v` last seen. */
+  private parkForAcks(v: number): void {
+    // ACKS only grows; waiting on the value last seen never misses an ack (it changes the word).
+    while (v < this.acksTarget) {
+      Atomics.wait(this.words, REF.ACKS, v);
+      v = Atomics.load(this.words, REF.ACKS);
     }
   }
 
@@ -157,11 +173,7 @@ export class ReferenceFanout {
     this.publish(2 * this.seq - 1);
     let v = Atomics.load(w, REF.ACKS);
     if (this.mode === 'spin') for (let i = this.spin; v < this.acksTarget && i > 0; i--) v = Atomics.load(w, REF.ACKS);
-    // ACKS only grows; waiting on the value last seen never misses an ack (it changes the word).
-    while (v < this.acksTarget) {
-      Atomics.wait(w, REF.ACKS, v);
-      v = Atomics.load(w, REF.ACKS);
-    }
+    this.parkForAcks(v);
     this.publish(2 * this.seq); // the end is one-way
     return usSince(t);
   }
@@ -171,33 +183,23 @@ export class ReferenceFanout {
     const t = process.hrtime.bigint();
     this.seq++;
     this.acksTarget += this.n;
-    for (let i = 0; i < this.n; i++) {
-      const base = RANGE.BASE + i * RANGE.STRIDE;
-      const slot = base + RANGE.SLOT;
-      // A range's words (start, end, event, flags, owner, seq, pid, tick, origin...), the answer
-      // cleared, the id last: the worker loads the id first.
-      for (let k = 1; k < RANGE.ANSWER; k++) w[slot + k] = this.seq + k;
+    const seq = this.seq;
+    // A range's words (start, end, event, flags, owner, seq, pid, tick, origin...), the answer
+    // cleared, the id last: the worker loads the id first.
+    this.publish(2 * seq - 1, (i) => {
+      const slot = RANGE.BASE + i * RANGE.STRIDE + RANGE.SLOT;
+      for (let k = 1; k < RANGE.ANSWER; k++) w[slot + k] = seq + k;
       Atomics.store(w, slot + RANGE.ANSWER, 0);
-      Atomics.store(w, slot, this.seq);
-      Atomics.store(w, base, 2 * this.seq - 1);
-      Atomics.notify(w, base, 1);
-    }
+      Atomics.store(w, slot, seq);
+    });
     // Poll the answer words, as the kernel does; then park on ACKS.
     let first = 0;
     for (let i = this.spin; first < this.n && i > 0; i--) {
       while (first < this.n && Atomics.load(w, RANGE.BASE + first * RANGE.STRIDE + RANGE.SLOT + RANGE.ANSWER) !== 0) first++;
     }
     // Every answer seen: done (a worker's ACKS add may still be on its way; a later park counts it).
-    let v = first < this.n ? Atomics.load(w, REF.ACKS) : this.acksTarget;
-    while (v < this.acksTarget) {
-      Atomics.wait(w, REF.ACKS, v);
-      v = Atomics.load(w, REF.ACKS);
-    }
-    for (let i = 0; i < this.n; i++) {
-      const base = RANGE.BASE + i * RANGE.STRIDE;
-      Atomics.store(w, base, 2 * this.seq);
-      Atomics.notify(w, base, 1);
-    }
+    if (first < this.n) this.parkForAcks(Atomics.load(w, REF.ACKS));
+    this.publish(2 * seq);
     return usSince(t);
   }
 
@@ -222,9 +224,8 @@ export class ReferenceFanout {
   async close(): Promise<void> {
     Atomics.store(this.words, REF.STOP, 1);
     for (let i = 0; i < this.n; i++) {
-      const db = this.mode === 'spin-range' ? RANGE.BASE + i * RANGE.STRIDE : REF.DOORBELLS + i;
-      Atomics.add(this.words, db, 2);
-      Atomics.notify(this.words, db);
+      Atomics.add(this.words, this.doorbell(i), 2);
+      Atomics.notify(this.words, this.doorbell(i));
     }
     if (this.mode === 'postMessage') for (const w of this.workers) w.postMessage({ t: 'stop' });
     await Promise.all(this.workers.map((w) => w.terminate()));

@@ -1,11 +1,11 @@
 /**
  * Waiting for device workers' answers without blocking the kernel thread.
  *
- * Every worker answers in its own mailbox slot and then bumps one shared word, KC.ACK_DOORBELL.
- * The kernel (the thread that also serves HTTP and WebSocket, so it never calls Atomics.wait)
- * first spins on the answer words for a short, adaptive budget: an answer from a worker running on
- * another core arrives in a fraction of a microsecond. Only if the budget runs out does it park
- * with Atomics.waitAsync on the doorbell, re-checking every slot on each wake.
+ * Every worker answers in its own mailbox slot; while the kernel is parked it also bumps one shared
+ * word, KC.ACK_DOORBELL. The kernel (the thread that also serves HTTP and WebSocket, so it never
+ * calls Atomics.wait) first spins on the answer words for a short, adaptive budget: an answer from
+ * a worker running on another core arrives in a fraction of a microsecond. Only if the budget runs
+ * out does it park with Atomics.waitAsync on the doorbell, re-checking every slot on each wake.
  *
  *   kernel (publish, then wait)                  device worker (MB = its mailbox)
  *   ---------------------------------            ----------------------------------------
@@ -15,23 +15,28 @@
  *     add MB.DOORBELL; load MB.PARKED  ------->  store MB.PARKED=0
  *     notify only if PARKED                      read CALL_HEAD, slot ID (Atomics), slot words
  *   spin: load slot ANSWER (budget)              stop using the range, drain its DMA, setSeq
- *     all answered? -> done, synchronously       store slot ANSWER (Atomics); add MB.ANSWERS
- *   else park:                                   v = add KC.ACK_DOORBELL + 1
- *     seen = load ACK_DOORBELL; recheck slots    notify only if KC.KERNEL_PARKED and
- *     store WAKE_AT = seen + fewest pending         v >= KC.WAKE_AT
- *     store KERNEL_PARKED=1           <--------
- *     waitAsync(ACK_DOORBELL, seen, 50 ms)
- *   wake: KERNEL_PARKED=0; re-poll every slot
+ *     all answered? -> done, synchronously       store slot ANSWER (Atomics)
+ *   else park:                                   load KC.KERNEL_PARKED; if 1:
+ *     store KERNEL_PARKED=1                        v = add KC.ACK_DOORBELL + 1
+ *     seen = load ACK_DOORBELL; recheck slots      notify only if v >= KC.WAKE_AT
+ *     store WAKE_AT = seen + fewest pending
+ *     waitAsync(ACK_DOORBELL, seen, 50 ms) <----
+ *   wake: re-poll every slot (loop); none parked: store KERNEL_PARKED=0
  *   change the PTEs; write END slot; deferRing ->  pump ends (one-way; END_TAIL frees the slot)
  *
  * Two Dekker pairs make the conditional notifies safe (all Atomics are sequentially consistent):
  * the kernel adds DOORBELL then loads PARKED, the device stores PARKED then waits on the old
  * DOORBELL value, so either the device's wait sees the new value or the kernel sees PARKED and
- * notifies. Symmetrically the kernel stores WAKE_AT and KERNEL_PARKED, then waits on the
- * ACK_DOORBELL value it read *before* its last poll; a device adds ACK_DOORBELL then loads
- * KERNEL_PARKED/WAKE_AT: either the waitAsync returns at once ("not-equal") or the device sees it
- * parked. WAKE_AT only delays notifies until enough answers arrived for the closest parked set;
- * the 50 ms timeout bounds any wake that is lost anyway (never relied on for correctness of state).
+ * notifies. Symmetrically the kernel stores KERNEL_PARKED, reads ACK_DOORBELL (`seen`), re-polls
+ * the answers, stores WAKE_AT and waits on `seen`; a device stores its ANSWER and then loads
+ * KERNEL_PARKED. A device that saw 0 answered before the re-poll, which sees it. One that saw 1
+ * adds to ACK_DOORBELL: before `seen` was read, its answer is in the re-poll too; after, the
+ * doorbell differs from `seen` and the waitAsync returns at once ("not-equal"), or, if the wait
+ * had begun, the device reads the WAKE_AT stored before it and notifies when it is due. So a
+ * spinning kernel costs a device one store and one load per answer, no read-modify-write on the
+ * word every device shares. WAKE_AT only delays notifies until enough answers arrived for the
+ * closest parked set; the 50 ms timeout bounds any wake that is lost anyway (never relied on for
+ * correctness of state).
  */
 import os from 'node:os';
 import { KC, KC_WORDS } from '../kernel/layout.js';
@@ -232,24 +237,33 @@ export class WorkerAckGroup implements AckGroup {
     this.waiting = true;
     // A pending waitAsync does not keep the event loop alive: hold a ref'd timer while parked.
     this.keepAlive ??= setInterval(() => undefined, 1 << 30);
+    const kc = this.kc;
     try {
       while (this.parked.length > 0) {
-        const seen = Atomics.load(this.kc, KC.ACK_DOORBELL);
+        // Dekker pair 2, kernel half: KERNEL_PARKED is stored before the re-poll of the answer
+        // words (recheck); a device stores its ANSWER before it loads KERNEL_PARKED. A device that
+        // saw 0 (and so did not bump the doorbell) answered before this store: the re-poll sees it.
+        Atomics.store(kc, KC.KERNEL_PARKED, 1);
+        // Read before the re-poll: a device that answers after the re-poll saw KERNEL_PARKED and
+        // bumps the doorbell, so the wait below on `seen` returns at once or is notified.
+        const seen = Atomics.load(kc, KC.ACK_DOORBELL);
         const fewest = this.recheck();
         if (this.parked.length === 0) break;
         // Wake me when the doorbell has moved by as many answers as the closest parked set still
         // needs: no set can complete earlier, so no device needs to notify before that (each wake
         // of this thread is an event-loop turn; with N devices it would otherwise be N per round).
         // Answers of other rounds also move the doorbell: then the wake is early, never late.
-        // Answers between `seen` and the recheck count twice: early again, never late.
-        Atomics.store(this.kc, KC.WAKE_AT, (seen + fewest) | 0);
-        Atomics.store(this.kc, KC.KERNEL_PARKED, 1);
-        const r = Atomics.waitAsync(this.kc, KC.ACK_DOORBELL, seen, 50);
+        // Answers between `seen` and the recheck count twice: early again, never late. WAKE_AT
+        // is stored before the wait: a device that bumps the doorbell after the wait began loads
+        // this value; one that bumped it before makes the wait return "not-equal".
+        Atomics.store(kc, KC.WAKE_AT, (seen + fewest) | 0);
+        const r = Atomics.waitAsync(kc, KC.ACK_DOORBELL, seen, 50);
         if (r.async) await r.value;
-        Atomics.store(this.kc, KC.KERNEL_PARKED, 0);
         this.wakes++;
       }
     } finally {
+      // No longer parked: devices stop bumping the doorbell (the spin polls answer words).
+      Atomics.store(kc, KC.KERNEL_PARKED, 0);
       this.waiting = false;
       if (this.keepAlive) clearInterval(this.keepAlive);
       this.keepAlive = null;

@@ -195,10 +195,11 @@ export function tableEntryIndex(pfn: number, idx: number): number {
 /**
  * One mailbox SharedArrayBuffer per device worker (Int32Array). The kernel posts calls (invalidate
  * start, young queries, release) into the CALL ring and one-way ends into the END ring, then bumps
- * DOORBELL. The device answers each call in its slot (CS.ANSWER) and bumps the global
- * KC.ACK_DOORBELL so the kernel, which waits for many devices at once, wakes once.
+ * DOORBELL. The device answers each call in its slot (CS.ANSWER); while the kernel is parked it
+ * also bumps the global KC.ACK_DOORBELL so the kernel, which waits for many devices at once, wakes
+ * once.
  */
-export const MAILBOX_VERSION = 3;
+export const MAILBOX_VERSION = 4;
 export const MB = {
   // ---- line 0 (words 0..15): written by the kernel only ----
   /** Must equal MAILBOX_VERSION. */
@@ -230,9 +231,11 @@ export const MB = {
    * always sees the other (sequentially consistent Atomics, Dekker's pattern).
    */
   PARKED: 18,
-  /** Device: answers written (monotonic), for statistics. */
-  ANSWERS: 19,
-  /** Device: heartbeat counter, bumped every loop turn (hang detection, dashboards). */
+  /**
+   * Device: heartbeat counter, bumped on every event-loop turn and park (hang detection). Not
+   * on every pump: a store into this line per round would pull it away from the kernel, which
+   * loads PARKED from it on every ring.
+   */
   HEARTBEAT: 20,
 } as const;
 /** Two 64-byte lines: the kernel's and the device's (a SharedArrayBuffer starts line aligned). */
@@ -303,17 +306,21 @@ export const MB_WORDS = MB_ENDS_OFFSET + END_SLOTS * END_SLOT_WORDS;
 /** The kernel's control buffer shared with every device worker (Int32Array). */
 export const KC = {
   VERSION: 0,
-  /** Devices -> kernel: bumped after every answer; the kernel parks on it with waitAsync. */
+  /**
+   * Devices -> kernel: bumped after an answer stored while the kernel is parked (KERNEL_PARKED);
+   * the kernel parks on it with waitAsync. A spinning kernel polls the answer words instead.
+   */
   ACK_DOORBELL: 1,
   /**
-   * Kernel: 1 while parked on ACK_DOORBELL with waitAsync. A device notifies only then (same
-   * Dekker pairing as MB.PARKED: it adds to ACK_DOORBELL before it loads KERNEL_PARKED).
+   * Kernel: 1 while parked (or about to park) on ACK_DOORBELL. Dekker pairing with the answer: the
+   * kernel stores it before it re-polls the answer words, a device stores its ANSWER before it
+   * loads this word, so a device that sees 0 has answered in time for the re-poll.
    */
   KERNEL_PARKED: 16,
   /**
-   * Kernel: while parked, the ACK_DOORBELL value at which a device must notify (stored before
-   * KERNEL_PARKED). A device whose add brings the doorbell to it or past it notifies; the others
-   * do not, so N answers wake the kernel once, not N times.
+   * Kernel: while parked, the ACK_DOORBELL value at which a device must notify (stored before the
+   * waitAsync begins). A device whose add brings the doorbell to it or past it notifies; the
+   * others do not, so N answers wake the kernel once, not N times.
    */
   WAKE_AT: 17,
 } as const;

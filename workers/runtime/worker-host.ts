@@ -8,7 +8,8 @@
  *   wait: spin on MB.DOORBELL (MB.SPIN_US), turn the event loop, then park (Atomics.wait)
  *   take: while CALL_TAIL < CALL_HEAD: read slot ID (Atomics), then its words; CALL_TAIL++
  *   handle: sanitizer.started; personality stops using the range (drains DMA), setSeq
- *   answer: sanitizer.acked; store ANSWER (Atomics); add KC.ACK_DOORBELL; notify if parked
+ *   answer: sanitizer.acked; store ANSWER (Atomics); if KC.KERNEL_PARKED: add KC.ACK_DOORBELL,
+ *           notify if it reached KC.WAKE_AT
  *   ends: while END_TAIL < END_HEAD: sanitizer.ended; personality end/windowClosed; END_TAIL++
  *
  * The sanitizer revokes grants *before* the answer is stored, so any access this thread makes
@@ -425,19 +426,18 @@ export class WorkerHost implements DeviceHost {
 
   private answer(slot: number, ok: boolean): void {
     const base = MB_CALLS_OFFSET + slot * CALL_SLOT_WORDS;
-    // ANSWER is stored before the shared doorbell moves: a kernel woken by the doorbell (or
-    // spinning on it) then re-polls and sees it.
+    // Dekker pair 2, device half: store ANSWER, then load KERNEL_PARKED. The kernel stores
+    // KERNEL_PARKED before it re-polls the answers, so either its re-poll sees this answer or this
+    // load sees it parked. Only then is ACK_DOORBELL bumped: a spinning kernel polls the answer
+    // words themselves, so the fast path is one store and one load, no read-modify-write on a line
+    // every device shares (each such RMW waits for the line to cross cores).
     Atomics.store(this.mb, base + CS.ANSWER, ok ? ANSWER.OK : ANSWER.REFUSED);
-    Atomics.add(this.mb, MB.ANSWERS, 1);
-    // Add first, then load KERNEL_PARKED (the kernel stores it before its waitAsync on the old
-    // value): a spinning kernel sees the new value, a parked one gets the notify. No futex call
-    // while the kernel spins.
-    // With the kernel parked, only the answer that reaches KC.WAKE_AT notifies (it is the earliest
-    // point a parked set can be complete); the comparison is wrap-safe.
+    if (Atomics.load(this.kc, KC.KERNEL_PARKED) === 0) return;
+    // Parked: the add moves the doorbell away from the value the kernel waits on (its waitAsync
+    // then returns at once), and WAKE_AT, stored before the wait began, says whether this answer
+    // is the earliest that can complete a parked set (then it notifies; wrap-safe compare).
     const v = Atomics.add(this.kc, KC.ACK_DOORBELL, 1) + 1;
-    if (Atomics.load(this.kc, KC.KERNEL_PARKED) !== 0 && ((v - Atomics.load(this.kc, KC.WAKE_AT)) | 0) >= 0) {
-      Atomics.notify(this.kc, KC.ACK_DOORBELL);
-    }
+    if (((v - Atomics.load(this.kc, KC.WAKE_AT)) | 0) >= 0) Atomics.notify(this.kc, KC.ACK_DOORBELL);
   }
 
   private finish(slot: number, op: number, subId: number, range: DevRange, ok: boolean): void {
@@ -565,6 +565,8 @@ export class WorkerHost implements DeviceHost {
     let lastTurn = performance.now();
     const turn = (): Promise<void> => {
       lastTurn = performance.now();
+      // Nobody waits on HEARTBEAT; plain add, for hang detection from outside.
+      Atomics.add(mb, MB.HEARTBEAT, 1);
       return immediate();
     };
     try {
@@ -572,7 +574,6 @@ export class WorkerHost implements DeviceHost {
         // Read before pumping: anything posted after this moves DOORBELL away from `seen`.
         const seen = Atomics.load(mb, MB.DOORBELL);
         this.pump();
-        Atomics.add(mb, MB.HEARTBEAT, 1);
         const m = Atomics.load(mb, MB.MESSAGES);
         if (m !== messages || ++busyTurns >= 64) {
           // A postMessage is waiting (or we have pumped for a while): let the event loop deliver it.
@@ -604,6 +605,7 @@ export class WorkerHost implements DeviceHost {
           continue;
         }
         // Store PARKED before the wait re-checks DOORBELL == seen (see MB.PARKED for the pairing).
+        Atomics.add(mb, MB.HEARTBEAT, 1);
         Atomics.store(mb, MB.PARKED, 1);
         const r = Atomics.wait(mb, MB.DOORBELL, seen, block);
         Atomics.store(mb, MB.PARKED, 0);
@@ -617,15 +619,23 @@ export class WorkerHost implements DeviceHost {
     }
   }
 
-  /** Spins until DOORBELL leaves `seen` or MB.SPIN_US passes; true if it moved. */
+  /**
+   * Spins until DOORBELL leaves `seen` or an end is published, or MB.SPIN_US passes; true if
+   * either moved. Ends are not rung for, but a spinning device takes them at once: END_HEAD sits
+   * on the line it is already polling, and an end taken now is off the next call's path (the
+   * kernel is still finishing its round when the device handles it).
+   */
   private spinOn(seen: number): boolean {
     const mb = this.mb;
+    const endTail = this.endTail;
     const us = Atomics.load(mb, MB.SPIN_US);
     if (us <= 0) return Atomics.load(mb, MB.DOORBELL) !== seen;
     const until = performance.now() + us / 1000;
     for (;;) {
-      // The clock is read once per 128 loads: a load is a few nanoseconds, now() far more.
-      for (let i = 0; i < 128; i++) if (Atomics.load(mb, MB.DOORBELL) !== seen) return true;
+      // The clock is read once per 128 polls: a load is a few nanoseconds, now() far more.
+      for (let i = 0; i < 128; i++) {
+        if (Atomics.load(mb, MB.DOORBELL) !== seen || Atomics.load(mb, MB.END_HEAD) !== endTail) return true;
+      }
       if (performance.now() >= until) return false;
     }
   }

@@ -9,25 +9,25 @@
  *
  *   kernel (publish, then wait)                  device worker (MB = its mailbox)
  *   ---------------------------------            ----------------------------------------
- *   write slot words, slot ID last               spin on MB.DOORBELL for MB.SPIN_US, then
- *   store MB.CALL_HEAD                             store MB.PARKED=1; Atomics.wait(DOORBELL, seen)
- *   deferRing: batch, then                       (a) sees DOORBELL moved, or (b) woken
- *     add MB.DOORBELL; load MB.PARKED  ------->  store MB.PARKED=0
- *     notify only if PARKED                      read CALL_HEAD, slot ID (Atomics), slot words
- *   spin: load slot ANSWER (budget)              stop using the range, drain its DMA, setSeq
- *     all answered? -> done, synchronously       store slot ANSWER (Atomics)
- *   else park:                                   load KC.KERNEL_PARKED; if 1:
- *     store KERNEL_PARKED=1                        v = add KC.ACK_DOORBELL + 1
- *     seen = load ACK_DOORBELL; recheck slots      notify only if v >= KC.WAKE_AT
- *     store WAKE_AT = seen + fewest pending
+ *   write slot words, slot SEQ last  ---------> spin on the next call's SEQ, the next end's
+ *   deferRing: batch, then                         SEQ and MB.MESSAGES for MB.SPIN_US, then
+ *     load MB.PARKED; only if 1:                   store MB.PARKED=1; re-check them;
+ *     add MB.DOORBELL; notify  -------------->     Atomics.wait(DOORBELL, seen); PARKED=0
+ *   spin: load slot ANSWER (budget)              take the ends before it, read the slot
+ *     all answered? -> done, synchronously       stop using the range, drain its DMA, setSeq
+ *   else park:                                   store slot ANSWER (Atomics)
+ *     store KERNEL_PARKED=1                      load KC.KERNEL_PARKED; if 1:
+ *     seen = load ACK_DOORBELL; recheck slots      v = add KC.ACK_DOORBELL + 1
+ *     store WAKE_AT = seen + fewest pending        notify only if v >= KC.WAKE_AT
  *     waitAsync(ACK_DOORBELL, seen, 50 ms) <----
  *   wake: re-poll every slot (loop); none parked: store KERNEL_PARKED=0
- *   change the PTEs; write END slot; deferRing ->  pump ends (one-way; END_TAIL frees the slot)
+ *   change the PTEs; write END slot, SEQ last -> a spinning device takes it at once (one-way;
+ *     (a parked device is rung for it later)     END_TAIL frees the slot)
  *
- * Two Dekker pairs make the conditional notifies safe (all Atomics are sequentially consistent):
- * the kernel adds DOORBELL then loads PARKED, the device stores PARKED then waits on the old
- * DOORBELL value, so either the device's wait sees the new value or the kernel sees PARKED and
- * notifies. Symmetrically the kernel stores KERNEL_PARKED, reads ACK_DOORBELL (`seen`), re-polls
+ * Two Dekker pairs make the conditional wakes safe (all Atomics are sequentially consistent):
+ * the kernel stores a SEQ (or MESSAGES) then loads PARKED, the device stores PARKED then re-checks
+ * those words before it waits on the old DOORBELL value, so either the device sees the new word or
+ * the kernel sees PARKED and rings (WorkerDevice.ring has the interleavings). Symmetrically the kernel stores KERNEL_PARKED, reads ACK_DOORBELL (`seen`), re-polls
  * the answers, stores WAKE_AT and waits on `seen`; a device stores its ANSWER and then loads
  * KERNEL_PARKED. A device that saw 0 answered before the re-poll, which sees it. One that saw 1
  * adds to ACK_DOORBELL: before `seen` was read, its answer is in the re-poll too; after, the
@@ -98,6 +98,17 @@ export class WorkerAckGroup implements AckGroup {
   wakes = 0;
   /** Futex wakes of parked devices done by the kernel thread (ideally one per device per round). */
   deviceWakes = 0;
+  /**
+   * Parked sets found complete only after the wait timed out: their last answer came without
+   * a wake. A lost wake-up, or a device thread stalled between its answer and its notify for the
+   * whole timeout; zero in a correct run.
+   */
+  lateWakes = 0;
+  /**
+   * Tests only: busy-wait this long between the re-poll of the answers and the wait, widening
+   * the window in which an answer can land after the re-poll (its doorbell add must wake us).
+   */
+  parkRaceUs = 0;
 
   constructor(
     readonly kcSab: SharedArrayBuffer = new SharedArrayBuffer(KC_WORDS * 4),
@@ -238,6 +249,7 @@ export class WorkerAckGroup implements AckGroup {
     // A pending waitAsync does not keep the event loop alive: hold a ref'd timer while parked.
     this.keepAlive ??= setInterval(() => undefined, 1 << 30);
     const kc = this.kc;
+    let timedOut = false;
     try {
       while (this.parked.length > 0) {
         // Dekker pair 2, kernel half: KERNEL_PARKED is stored before the re-poll of the answer
@@ -247,7 +259,9 @@ export class WorkerAckGroup implements AckGroup {
         // Read before the re-poll: a device that answers after the re-poll saw KERNEL_PARKED and
         // bumps the doorbell, so the wait below on `seen` returns at once or is notified.
         const seen = Atomics.load(kc, KC.ACK_DOORBELL);
+        const before = this.parked.length;
         const fewest = this.recheck();
+        if (timedOut && this.parked.length < before) this.lateWakes++;
         if (this.parked.length === 0) break;
         // Wake me when the doorbell has moved by as many answers as the closest parked set still
         // needs: no set can complete earlier, so no device needs to notify before that (each wake
@@ -256,9 +270,13 @@ export class WorkerAckGroup implements AckGroup {
         // Answers between `seen` and the recheck count twice: early again, never late. WAKE_AT
         // is stored before the wait: a device that bumps the doorbell after the wait began loads
         // this value; one that bumped it before makes the wait return "not-equal".
+        if (this.parkRaceUs > 0) {
+          const until = performance.now() + this.parkRaceUs / 1000;
+          while (performance.now() < until);
+        }
         Atomics.store(kc, KC.WAKE_AT, (seen + fewest) | 0);
         const r = Atomics.waitAsync(kc, KC.ACK_DOORBELL, seen, 50);
-        if (r.async) await r.value;
+        timedOut = (r.async ? await r.value : r.value) === 'timed-out';
         this.wakes++;
       }
     } finally {

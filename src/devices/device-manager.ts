@@ -39,6 +39,11 @@ export interface DeviceManagerOptions {
   kernelSpinUs?: number;
   /** Cores to plan spinning for (default: os.cpus().length). */
   cores?: number;
+  /**
+   * First ring position of every device's calls and ends (default 0). Positions are int32 and
+   * wrap; tests start near the wrap to cross it within a few rounds.
+   */
+  ringStart?: number;
   log?: (level: 'debug' | 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>) => void;
   /** The notifier channel's URL once the server listens (workers then subscribe through it). */
   channelUrl?: () => string | null;
@@ -61,6 +66,7 @@ export class DeviceManager {
   readonly deadlineMs: number;
   readonly workerSpinUs: number;
   readonly cores: number;
+  private readonly ringStart: number;
   private readonly log: NonNullable<DeviceManagerOptions['log']>;
   channelUrl: DeviceManagerOptions['channelUrl'];
   private readonly logger: Logger | undefined;
@@ -74,6 +80,7 @@ export class DeviceManager {
     this.deadlineMs = opts.deadlineMs ?? 1000;
     this.workerSpinUs = opts.workerSpinUs ?? 200;
     this.cores = opts.cores ?? os.cpus().length;
+    this.ringStart = (opts.ringStart ?? 0) | 0;
     this.log = opts.log ?? (() => undefined);
     this.channelUrl = opts.channelUrl;
     this.logger = opts.logger;
@@ -132,6 +139,7 @@ export class DeviceManager {
       options: req.options ?? {},
       deadlineMs: req.deadlineMs ?? this.deadlineMs,
       channelUrl: this.channelUrl?.() ?? null,
+      ringStart: this.ringStart,
     });
     const child = this.logger?.child({ device: name, deviceId: id, kind: req.kind, transport: 'worker' });
     dev.log = child ? (level, msg, data) => child[level](data ?? {}, msg) : (level, msg, data) => this.log(level, msg, { device: name, deviceId: id, ...data });

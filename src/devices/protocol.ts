@@ -56,6 +56,12 @@ export interface FaultInjection {
   refuseNonblock?: boolean;
   /** Drop the connection (external clients only). */
   disconnect?: boolean;
+  /**
+   * Worker devices, tests only (not on the HTTP API): busy-wait this long just before storing
+   * MB.PARKED, widening the window in which a call can arrive after the device's last check.
+   * The re-check after the store must catch every such call (test/devices/handshake.int.test.ts).
+   */
+  parkRaceUs?: number;
   bug?: BugMode | null;
 }
 
@@ -71,6 +77,8 @@ export interface DeviceInit {
   meta: SharedArrayBuffer;
   data: SharedArrayBuffer;
   bootId: number;
+  /** First ring position of calls and ends (int32, wraps; the kernel's heads start there too). */
+  ringStart?: number;
   /**
    * When the kernel serves the notifier channel: the worker subscribes through it (a WebSocket to
    * `url`, authenticated as this worker by `token`); its handshake stays on the mailbox.

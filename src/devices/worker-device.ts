@@ -26,6 +26,8 @@ import {
   PAGE_SIZE,
   addrHi,
   addrLo,
+  callSeqWord,
+  endSeqWord,
 } from '../kernel/layout.js';
 import type { Kernel, Process } from '../kernel/kernel.js';
 import { pteMapsFrame, ptePfn } from '../kernel/pte.js';
@@ -61,6 +63,8 @@ export interface DeviceOptions {
   deadlineMs: number;
   /** The notifier channel's URL, when the kernel serves one: the worker subscribes through it. */
   channelUrl?: string | null;
+  /** First ring position of calls and ends (int32; see DeviceManagerOptions.ringStart). */
+  ringStart?: number;
 }
 
 /** A posted call waiting for its answer. */
@@ -130,6 +134,7 @@ export class WorkerDevice implements ProgressSource {
 
   private worker: Worker | null = null;
   private readonly slots: Array<CallAck | null> = new Array(CALL_SLOTS).fill(null);
+  /** Calls and ends posted (int32, wrapping like the device's tails; slots are `& (SLOTS - 1)`). */
   private callHead = 0;
   private endHead = 0;
   /** Last END_TAIL read (the device only moves it forward). */
@@ -165,6 +170,15 @@ export class WorkerDevice implements ProgressSource {
     this.mailboxSab = new SharedArrayBuffer(MB_WORDS * 4);
     this.mailbox = new Int32Array(this.mailboxSab);
     this.mailbox[MB.SPIN_US] = 0;
+    const start = (opts.ringStart ?? 0) | 0;
+    this.callHead = this.endHead = this.endTailSeen = start;
+    this.mailbox[MB.CALL_TAIL] = this.mailbox[MB.END_TAIL] = start;
+    // Every SEQ starts at `start`: the device expects `p + 1` in the slot of position p, which is
+    // `start` only for position start - 1, 2^32 positions away. (Zero would be expected for
+    // position -1, a start within one ring of the wrap would read an unwritten slot.)
+    for (let t = 0; t < CALL_SLOTS; t++) this.mailbox[callSeqWord(t)] = start;
+    for (let t = 0; t < END_SLOTS; t++) this.mailbox[endSeqWord(t)] = start;
+    // VERSION last: the worker starts after this constructor, but every word is in place first.
     Atomics.store(this.mailbox, MB.VERSION, MAILBOX_VERSION);
   }
 
@@ -186,6 +200,7 @@ export class WorkerDevice implements ProgressSource {
       meta: this.k.mem.handles.meta,
       data: this.k.mem.handles.data,
       bootId: this.k.bootId,
+      ringStart: (this.opts.ringStart ?? 0) | 0,
       ...(this.opts.channelUrl ? { channel: { url: this.opts.channelUrl, token: this.channelToken } } : {}),
     };
     const w = entry.tsBootstrap
@@ -256,7 +271,7 @@ export class WorkerDevice implements ProgressSource {
 
   /** Publishes a call into the mailbox; returns its pending answer, or null if the ring is full. */
   private post(op: number, subId: number, c: CallFields): CallAck | null {
-    const slot = this.callHead % CALL_SLOTS;
+    const slot = this.callHead & (CALL_SLOTS - 1);
     if (this.slots[slot]) return null;
     const base = MB_CALLS_OFFSET + slot * CALL_SLOT_WORDS;
     const mb = this.mailbox;
@@ -273,13 +288,14 @@ export class WorkerDevice implements ProgressSource {
     mb[base + CS.CUR_SEQ] = c.curSeq;
     mb[base + CS.PID] = this.pid;
     mb[base + CS.ORIGIN] = c.origin;
-    Atomics.store(mb, base + CS.ANSWER, ANSWER.PENDING);
+    mb[base + CS.ANSWER] = ANSWER.PENDING;
     mb[base + CS.TICK] = this.k.mem.tick();
-    // ID last: the device reads it first (Atomics), so every word above is visible when it
-    // sees the new id; CALL_HEAD then tells it there is something to read.
-    Atomics.store(mb, base + CS.ID, id);
-    this.callHead++;
-    Atomics.store(mb, MB.CALL_HEAD, this.callHead);
+    mb[base + CS.ID] = id;
+    // SEQ last (Atomics): the device loads it first, so every word above is visible once it sees
+    // the call's position there. A spinning device polls this very word: the call reaches it in
+    // one transfer of this line, with no header line in between.
+    this.callHead = (this.callHead + 1) | 0;
+    Atomics.store(mb, base + CS.SEQ, this.callHead);
     const ack = new CallAck(this, slot, id, this.group);
     this.slots[slot] = ack;
     this.handshake.calls++;
@@ -354,8 +370,8 @@ export class WorkerDevice implements ProgressSource {
   private endRoom(): boolean {
     // END_TAIL sits on the device's line: read it only when our cached copy says the ring may be
     // full (each read pulls the line across cores).
-    if (this.endHead - this.endTailSeen >= END_SLOTS) this.endTailSeen = Atomics.load(this.mailbox, MB.END_TAIL);
-    return this.endHead - this.endTailSeen < END_SLOTS;
+    if (((this.endHead - this.endTailSeen) | 0) >= END_SLOTS) this.endTailSeen = Atomics.load(this.mailbox, MB.END_TAIL);
+    return ((this.endHead - this.endTailSeen) | 0) < END_SLOTS;
   }
 
   /** Moves waiting ends into the ring as the device frees slots; retries every millisecond. */
@@ -380,7 +396,7 @@ export class WorkerDevice implements ProgressSource {
 
   private writeEnd(subId: number, range: NotifierRange, tick: number): void {
     const mb = this.mailbox;
-    const slot = this.endHead % END_SLOTS;
+    const slot = this.endHead & (END_SLOTS - 1);
     const base = MB_ENDS_OFFSET + slot * END_SLOT_WORDS;
     mb[base + ES.SUB] = subId;
     mb[base + ES.START_LO] = addrLo(range.start);
@@ -391,21 +407,25 @@ export class WorkerDevice implements ProgressSource {
     mb[base + ES.FLAGS] = range.flags;
     mb[base + ES.PID] = this.pid;
     mb[base + ES.TICK] = tick;
-    Atomics.store(mb, base + ES.ID, (range.id & 0x7fffffff) || 1);
-    this.endHead++;
-    Atomics.store(mb, MB.END_HEAD, this.endHead);
+    mb[base + ES.ID] = (range.id & 0x7fffffff) || 1;
+    // SEQ last (Atomics), as for a call: a spinning device takes the end as soon as it sees it.
+    this.endHead = (this.endHead + 1) | 0;
+    Atomics.store(mb, base + ES.SEQ, this.endHead);
     // One-way, and lazy: the kernel never waits for an end, so a parked device is not woken for
     // one. It takes its ends before anything else on its next wake (the next call, a message, a
     // timer; at most IDLE_BLOCK_MS later), which halves the wakes of an invalidation round. The
     // ring is rung when half the end slots are in use, so ends are never dropped for lack of room.
-    if (this.endHead - this.endTailSeen >= END_SLOTS / 2) {
+    if (((this.endHead - this.endTailSeen) | 0) >= END_SLOTS / 2) {
       this.endTailSeen = Atomics.load(mb, MB.END_TAIL);
-      if (this.endHead - this.endTailSeen >= END_SLOTS / 2) {
+      if (((this.endHead - this.endTailSeen) | 0) >= END_SLOTS / 2) {
         this.group.deferRing(this);
         return;
       }
     }
-    // If no call comes to carry it within END_RING_DELAY_MS, the group rings for it then.
+    // Dekker pair 1 (see ring): the SEQ store above precedes this load. A device not parked now
+    // re-checks every SEQ after it stores PARKED and before it waits, so it will take this end.
+    if (Atomics.load(mb, MB.PARKED) === 0) return;
+    // Parked: if no call comes to carry the end within END_RING_DELAY_MS, the group rings then.
     this.group.lateRing(this);
   }
 
@@ -428,17 +448,30 @@ export class WorkerDevice implements ProgressSource {
   /** @internal set while this device is in the group's deferred-ring batch. */
   ringPending = false;
 
-  /** @internal rings the doorbell now (the group's batch flush, messages, teardown). */
+  /**
+   * @internal wakes the device if it is parked (the group's batch flush, messages, teardown).
+   *
+   * Dekker pair 1, kernel half: everything rung for (a slot's SEQ, MESSAGES) was stored (Atomics)
+   * before this load of PARKED; the device stores PARKED before it re-checks those words and then
+   * waits on the DOORBELL value it read before. So either its re-check sees the new word and it
+   * does not sleep, or this load sees PARKED and the add moves DOORBELL (its wait returns at once,
+   * or the notify wakes it). A device that spins or runs costs the kernel one load of a line it
+   * does not write: no read-modify-write, no futex call, no transfer of the line it polls.
+   *
+   *   kernel                               device
+   *   store slot SEQ (or add MESSAGES)     seen = load DOORBELL; pump; spin on the SEQs ...
+   *   load PARKED ----------------+        store PARKED = 1
+   *     0: done (the device will  |        re-check next call SEQ, next end SEQ, MESSAGES
+   *        see the SEQ itself)    +------>   something new: PARKED = 0, take it
+   *     1: add DOORBELL; notify  -------->  Atomics.wait(DOORBELL, seen): returns at once
+   *                                          ("not-equal") or is woken; PARKED = 0
+   */
   ring(): void {
     this.ringPending = false;
-    // Add first, load PARKED second (the device stores PARKED, then waits on the old value): either
-    // the device sees the new DOORBELL value and does not sleep, or we see PARKED and wake it.
-    // Skipping the notify when nobody sleeps keeps a futex call off the fast path.
+    if (Atomics.load(this.mailbox, MB.PARKED) === 0) return;
     Atomics.add(this.mailbox, MB.DOORBELL, 1);
-    if (Atomics.load(this.mailbox, MB.PARKED) !== 0) {
-      Atomics.notify(this.mailbox, MB.DOORBELL);
-      this.group.deviceWakes++;
-    }
+    Atomics.notify(this.mailbox, MB.DOORBELL);
+    this.group.deviceWakes++;
   }
 
   private checkDeadlines(): void {

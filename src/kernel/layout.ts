@@ -194,52 +194,52 @@ export function tableEntryIndex(pfn: number, idx: number): number {
 
 /**
  * One mailbox SharedArrayBuffer per device worker (Int32Array). The kernel posts calls (invalidate
- * start, young queries, release) into the CALL ring and one-way ends into the END ring, then bumps
- * DOORBELL. The device answers each call in its slot (CS.ANSWER); while the kernel is parked it
- * also bumps the global KC.ACK_DOORBELL so the kernel, which waits for many devices at once, wakes
- * once.
+ * start, young queries, release) into the CALL ring and one-way ends into the END ring; each slot
+ * is published by its SEQ word, stored last. A spinning device polls the next slot's SEQ itself,
+ * so a call reaches it in one cache-line transfer; DOORBELL is rung only for a parked device. The
+ * device answers each call in its slot (CS.ANSWER); while the kernel is parked it also bumps the
+ * global KC.ACK_DOORBELL so the kernel, which waits for many devices at once, wakes once.
  */
-export const MAILBOX_VERSION = 4;
+export const MAILBOX_VERSION = 5;
 export const MB = {
   // ---- line 0 (words 0..15): written by the kernel only ----
   /** Must equal MAILBOX_VERSION. */
   VERSION: 0,
-  /** Kernel -> device: bumped (Atomics.add) after every post; the device waits on it. */
+  /** Kernel -> device: bumped (Atomics.add) to wake a parked device; it waits on this word. */
   DOORBELL: 1,
   /** 0 running, 1 stop requested (the device exits its loop). */
   STATE: 2,
-  /** Calls published by the kernel (monotonic); slot = n % CALL_SLOTS. */
-  CALL_HEAD: 3,
-  END_HEAD: 4,
-  /** Kernel -> device: microseconds to spin on DOORBELL before parking (0 when cores are short). */
+  /** Kernel -> device: microseconds to spin before parking (0 when cores are short). */
   SPIN_US: 5,
   /**
    * Kernel -> device: postMessages sent to the device (monotonic), bumped after each send, before
-   * DOORBELL is rung: a device blocked in Atomics.wait wakes and turns its event loop to receive.
+   * the ring: a device spinning or about to park sees it and turns its event loop to receive.
    */
   MESSAGES: 6,
   // ---- line 1 (words 16..31): written by the device only. Kept off the kernel's line: a word
   // the other side writes in the same 64-byte line would bounce it between cores on every store
   // (false sharing), and the fast path is a handful of line transfers.
-  /** Calls the device has taken (monotonic). */
+  /** Calls the device has taken (int32, wraps), published once per pump (statistics). */
   CALL_TAIL: 16,
+  /** Ends the device has taken (int32, wraps): the kernel reuses an end slot only behind it. */
   END_TAIL: 17,
   /**
-   * Device -> kernel: 1 while the device is parked (Atomics.wait or waitAsync) on DOORBELL. The
-   * kernel calls Atomics.notify only then: it adds to DOORBELL first and loads PARKED second, the
-   * device stores PARKED first and waits on the DOORBELL value it read before, so one of the two
-   * always sees the other (sequentially consistent Atomics, Dekker's pattern).
-   */
-  PARKED: 18,
-  /**
-   * Device: heartbeat counter, bumped on every event-loop turn and park (hang detection). Not
-   * on every pump: a store into this line per round would pull it away from the kernel, which
-   * loads PARKED from it on every ring.
+   * Device: heartbeat counter, bumped on every event-loop turn and park (hang detection). Not on
+   * every pump: nothing on the fast path should write more than it must.
    */
   HEARTBEAT: 20,
+  // ---- line 2 (words 32..47): written by the device only when it parks or wakes ----
+  /**
+   * Device -> kernel: 1 while the device is parked (Atomics.wait) on DOORBELL. The kernel loads it
+   * on every ring, after it stored the SEQ (or MESSAGES) it rings for; the device stores it
+   * before it re-checks every SEQ and MESSAGES and then waits on the DOORBELL value it read
+   * before, so one of the two always sees the other (sequentially consistent Atomics, Dekker's
+   * pattern). Alone on its line: the kernel's load hits in its cache unless the device parked.
+   */
+  PARKED: 32,
 } as const;
-/** Two 64-byte lines: the kernel's and the device's (a SharedArrayBuffer starts line aligned). */
-export const MB_HEADER_WORDS = 32;
+/** Three 64-byte lines: the kernel's, the device's and PARKED's (a SharedArrayBuffer starts line aligned). */
+export const MB_HEADER_WORDS = 48;
 export const CALL_SLOTS = 64;
 export const END_SLOTS = 64;
 
@@ -255,7 +255,7 @@ export const CALL_OP = {
 
 /** Words of a call slot. Addresses are split into low and high 32-bit halves. */
 export const CS = {
-  /** Round id (invalidation id) low 31 bits; written last by the kernel, read first by the device. */
+  /** Round id (invalidation id) low 31 bits. */
   ID: 0,
   OP: 1,
   SUB: 2,
@@ -275,15 +275,18 @@ export const CS = {
   ORIGIN: 13,
   /** 0 pending; 1 ok / true; 2 refused (would block) / false. Written by the device, last. */
   ANSWER: 14,
-  /** Unused (keeps a slot at 16 words, one 64-byte line). */
-  RESERVED: 15,
+  /**
+   * The call's ring position + 1 (int32, wraps), stored last by the kernel (Atomics) and loaded
+   * first by the device: slot `t & (CALL_SLOTS - 1)` holds call t once its SEQ is `(t + 1) | 0`.
+   */
+  SEQ: 15,
 } as const;
 export const CALL_SLOT_WORDS = 16;
 export const ANSWER = { PENDING: 0, OK: 1, REFUSED: 2 } as const;
 
 /** Words of an end slot (one-way). */
 export const ES = {
-  /** Written last by the kernel. */
+  /** Round id (invalidation id) low 31 bits. */
   ID: 0,
   SUB: 1,
   START_LO: 2,
@@ -295,6 +298,8 @@ export const ES = {
   PID: 8,
   /** Global clock tick when the end was published (after the PTEs changed). */
   TICK: 9,
+  /** The end's ring position + 1 (int32, wraps), stored last by the kernel, as CS.SEQ. */
+  SEQ: 10,
 } as const;
 /** 16 words: every slot is one 64-byte line, never two. */
 export const END_SLOT_WORDS = 16;
@@ -304,6 +309,15 @@ export const MB_ENDS_OFFSET = MB_CALLS_OFFSET + CALL_SLOTS * CALL_SLOT_WORDS;
 export const MB_WORDS = MB_ENDS_OFFSET + END_SLOTS * END_SLOT_WORDS;
 
 /** The kernel's control buffer shared with every device worker (Int32Array). */
+/** Word index of the SEQ of call `t` (call slots are a power-of-two ring, so `&` wraps with int32). */
+export function callSeqWord(t: number): number {
+  return MB_CALLS_OFFSET + (t & (CALL_SLOTS - 1)) * CALL_SLOT_WORDS + CS.SEQ;
+}
+/** Word index of the SEQ of end `t`. */
+export function endSeqWord(t: number): number {
+  return MB_ENDS_OFFSET + (t & (END_SLOTS - 1)) * END_SLOT_WORDS + ES.SEQ;
+}
+
 export const KC = {
   VERSION: 0,
   /**

@@ -5,12 +5,14 @@
  *
  * Handshake, device side (see src/devices/ack-group.ts for the kernel side):
  *
- *   wait: spin on MB.DOORBELL (MB.SPIN_US), turn the event loop, then park (Atomics.wait)
- *   take: while CALL_TAIL < CALL_HEAD: read slot ID (Atomics), then its words; CALL_TAIL++
+ *   wait: spin on the next call's and end's SEQ and MB.MESSAGES (MB.SPIN_US), turn the event
+ *         loop, then park (store MB.PARKED, re-check them, Atomics.wait on MB.DOORBELL)
+ *   take: while the next call slot's SEQ is its position + 1 (Atomics): take the ends published
+ *         before it, read its words, handle it
  *   handle: sanitizer.started; personality stops using the range (drains DMA), setSeq
  *   answer: sanitizer.acked; store ANSWER (Atomics); if KC.KERNEL_PARKED: add KC.ACK_DOORBELL,
  *           notify if it reached KC.WAKE_AT
- *   ends: while END_TAIL < END_HEAD: sanitizer.ended; personality end/windowClosed; END_TAIL++
+ *   ends: while the next end slot's SEQ is its position + 1: sanitizer.ended; personality end
  *
  * The sanitizer revokes grants *before* the answer is stored, so any access this thread makes
  * after answering is checked against the revoked grant.
@@ -31,6 +33,8 @@ import {
   MB_CALLS_OFFSET,
   MB_ENDS_OFFSET,
   PAGE_SIZE,
+  callSeqWord,
+  endSeqWord,
   joinAddr,
 } from '../../src/kernel/layout.js';
 import { HMM_PFN } from '../../src/kernel/hmm.js';
@@ -112,6 +116,7 @@ export class WorkerHost implements DeviceHost {
     this.kind = init.kind;
     this.name = init.name;
     this.policy = init.policy;
+    this.callTail = this.endTail = (init.ringStart ?? 0) | 0;
     this.options = init.options ?? {};
     this.mb = new Int32Array(init.mailbox);
     this.kc = new Int32Array(init.kc);
@@ -401,8 +406,9 @@ export class WorkerHost implements DeviceHost {
   private readCall(slot: number): { op: number; sub: number; range: DevRange; curSeq: number } {
     const base = MB_CALLS_OFFSET + slot * CALL_SLOT_WORDS;
     const mb = this.mb;
-    // The kernel stores ID last (Atomics); loading it first orders the other loads after it.
-    const id = Atomics.load(mb, base + CS.ID);
+    // The caller loaded the slot's SEQ (Atomics), which the kernel stores last: every word below
+    // was written before it.
+    const id = mb[base + CS.ID];
     const flags = mb[base + CS.FLAGS];
     const owner = mb[base + CS.OWNER];
     return {
@@ -481,7 +487,8 @@ export class WorkerHost implements DeviceHost {
   private handleEnd(slot: number): void {
     const base = MB_ENDS_OFFSET + slot * END_SLOT_WORDS;
     const mb = this.mb;
-    const id = Atomics.load(mb, base + ES.ID);
+    // Read after the slot's SEQ (Atomics), which the kernel stores last.
+    const id = mb[base + ES.ID];
     const flags = mb[base + ES.FLAGS];
     const range: DevRange = {
       id,
@@ -500,37 +507,47 @@ export class WorkerHost implements DeviceHost {
     invokeEnd(this.subs.get(subId), range);
   }
 
+  /** The next call is published (its slot's SEQ is its position + 1; int32, wrap-safe). */
+  private callReady(): boolean {
+    return Atomics.load(this.mb, callSeqWord(this.callTail)) === ((this.callTail + 1) | 0);
+  }
+
+  private endReady(): boolean {
+    return Atomics.load(this.mb, endSeqWord(this.endTail)) === ((this.endTail + 1) | 0);
+  }
+
+  /** Takes every end published so far, in order. */
+  private takeEnds(): void {
+    while (this.endReady()) {
+      this.handleEnd(this.endTail & (END_SLOTS - 1));
+      this.endTail = (this.endTail + 1) | 0;
+    }
+  }
+
   /** Takes every posted call and end. */
   pump(): void {
     const mb = this.mb;
-    // This thread is the only writer of the tails: it keeps them in fields and publishes each once
-    // per batch (the kernel reads END_TAIL only when the end ring looks full; CALL_TAIL is for
-    // dashboards).
+    const calls0 = this.callTail;
+    const ends0 = this.endTail;
     // Ends first, in kernel order: the kernel publishes an end only after this device answered
-    // the call it closes, so every end in the ring belongs to a call already taken, and it came
-    // before any call still waiting (ends are not rung for: they wait for the next wake).
-    let etail = this.endTail;
-    let ehead = Atomics.load(mb, MB.END_HEAD);
-    if (etail < ehead) {
-      do {
-        this.handleEnd(etail % END_SLOTS);
-        etail++;
-        if (etail === ehead) ehead = Atomics.load(mb, MB.END_HEAD);
-      } while (etail < ehead);
-      this.endTail = etail;
-      Atomics.store(mb, MB.END_TAIL, etail);
+    // the call it closes. Before each call, the ends are taken again: every end the kernel stored
+    // before that call's SEQ is visible once the SEQ is (sequentially consistent Atomics), so no
+    // call overtakes an end that preceded it.
+    this.takeEnds();
+    while (this.callReady()) {
+      this.takeEnds();
+      this.handleCall(this.callTail & (CALL_SLOTS - 1));
+      this.callTail = (this.callTail + 1) | 0;
     }
-    let tail = this.callTail;
-    let head = Atomics.load(mb, MB.CALL_HEAD);
-    if (tail < head) {
-      do {
-        this.handleCall(tail % CALL_SLOTS);
-        tail++;
-        if (tail === head) head = Atomics.load(mb, MB.CALL_HEAD);
-      } while (tail < head);
-      this.callTail = tail;
-      Atomics.store(mb, MB.CALL_TAIL, tail);
-    }
+    // This thread is the only writer of the tails; each is published once per batch (the kernel
+    // reads END_TAIL only when the end ring looks full; CALL_TAIL is for statistics).
+    if (this.endTail !== ends0) Atomics.store(mb, MB.END_TAIL, this.endTail);
+    if (this.callTail !== calls0) Atomics.store(mb, MB.CALL_TAIL, this.callTail);
+  }
+
+  /** Anything to take: a call, an end, a message, or a ring since `seen` was read. */
+  private hasWork(seen: number, messages: number): boolean {
+    return this.callReady() || this.endReady() || Atomics.load(this.mb, MB.MESSAGES) !== messages || Atomics.load(this.mb, MB.DOORBELL) !== seen;
   }
 
   /**
@@ -538,15 +555,17 @@ export class WorkerHost implements DeviceHost {
    * initial mirror) runs once the loop answers the handshake; then the kernel hears 'ready'.
    *
    * Waiting, in order of cost:
-   *   1. spin on DOORBELL for MB.SPIN_US (the kernel sets 0 when there are more busy threads than
-   *      cores: a spinner then steals the core the answer needs);
+   *   1. spin on the next call's and end's SEQ words and MESSAGES for MB.SPIN_US (the kernel sets
+   *      0 when there are more busy threads than cores: a spinner then steals the core the answer
+   *      needs);
    *   2. turn the event loop once (replies, commands, timers, promise continuations all run);
    *   3. park: Atomics.wait on DOORBELL (a futex: the cheapest wake there is), bounded by the
    *      next timer that must fire on time (a DMA tick, a simulated latency, a restore delay; at
    *      most IDLE_BLOCK_MS, so the stats timer runs too); the loop turns after every timeout.
    *      While a sub-millisecond sleep is pending it does not block at all.
-   * Everything the kernel sends rings DOORBELL (calls, ends, and MESSAGES for postMessages), so a
-   * parked device never sleeps through anything addressed to it.
+   * The kernel rings DOORBELL for a parked device (calls, postMessages, a full end ring; ends alone
+   * after END_RING_DELAY_MS), and a device re-checks every word after it stores PARKED, so a parked
+   * device never sleeps through anything addressed to it (see WorkerDevice.ring).
    */
   async run(attach: () => Promise<void>): Promise<void> {
     // A pending waitAsync does not keep a worker alive: the stats timer does.
@@ -571,19 +590,27 @@ export class WorkerHost implements DeviceHost {
     };
     try {
       while (!this.stopped && Atomics.load(mb, MB.STATE) === 0) {
-        // Read before pumping: anything posted after this moves DOORBELL away from `seen`.
+        // Read before pumping: a ring after this moves DOORBELL away from `seen`.
         const seen = Atomics.load(mb, MB.DOORBELL);
         this.pump();
         const m = Atomics.load(mb, MB.MESSAGES);
-        if (m !== messages || ++busyTurns >= 64) {
-          // A postMessage is waiting (or we have pumped for a while): let the event loop deliver it.
+        if (m !== messages) {
+          // A postMessage is waiting: let the event loop deliver it.
           messages = m;
           busyTurns = 0;
           await turn();
           continue;
         }
+        if (++busyTurns >= 64) {
+          // Pumped for a while without parking: give timers and continuations a turn now and then.
+          busyTurns = 0;
+          if (performance.now() - lastTurn >= BUSY_TURN_MS) {
+            await turn();
+            continue;
+          }
+        }
         // Spinning only helps if the answer does not wait on this thread's own event loop.
-        if (this.asyncPending === 0 && this.spinOn(seen)) continue;
+        if (this.asyncPending === 0 && this.spinOn(seen, messages)) continue;
         busyTurns = 0;
         // Before parking, let the promise continuations of what we just handled run (a few levels:
         // device work soon waits on a kernel reply, which rings). A whole event-loop turn costs
@@ -591,7 +618,7 @@ export class WorkerHost implements DeviceHost {
         // still unanswered, on timer work, on messages, and after every timed-out park.
         for (let i = 0; i < MICROTASK_DRAIN; i++) await null;
         if (this.asyncPending > 0) await turn();
-        if (Atomics.load(mb, MB.DOORBELL) !== seen || Atomics.load(mb, MB.MESSAGES) !== messages) continue;
+        if (this.hasWork(seen, messages)) continue;
         if (this.immediateWork > 0) {
           // A sub-millisecond sleep is pending: keep the loop turning instead of blocking.
           await turn();
@@ -604,11 +631,24 @@ export class WorkerHost implements DeviceHost {
           await turn();
           continue;
         }
-        // Store PARKED before the wait re-checks DOORBELL == seen (see MB.PARKED for the pairing).
         Atomics.add(mb, MB.HEARTBEAT, 1);
+        if (this.faults.parkRaceUs) busyWaitUs(this.faults.parkRaceUs);
+        // Dekker pair 1, device half (diagram at WorkerDevice.ring): PARKED is stored before the
+        // re-check of every word the kernel publishes; the kernel stores those before it loads
+        // PARKED. Either this re-check sees the new word, or the kernel saw PARKED and moves
+        // DOORBELL away from `seen` (the wait returns at once, or its notify wakes us).
         Atomics.store(mb, MB.PARKED, 1);
+        if (this.hasWork(seen, messages)) {
+          Atomics.store(mb, MB.PARKED, 0);
+          continue;
+        }
         const r = Atomics.wait(mb, MB.DOORBELL, seen, block);
         Atomics.store(mb, MB.PARKED, 0);
+        // A call or a message that was there when the park timed out came without its ring: a
+        // lost wake-up (ends alone are rung late on purpose, so they do not count).
+        if (r === 'timed-out' && (this.callReady() || Atomics.load(mb, MB.MESSAGES) !== messages)) {
+          this.counters.late_wakes = (this.counters.late_wakes ?? 0) + 1;
+        }
         // A timer is due (or nothing came for a while): let the event loop run it.
         if (r === 'timed-out' || this.sleepDue()) {
           await turn();
@@ -620,21 +660,27 @@ export class WorkerHost implements DeviceHost {
   }
 
   /**
-   * Spins until DOORBELL leaves `seen` or an end is published, or MB.SPIN_US passes; true if
-   * either moved. Ends are not rung for, but a spinning device takes them at once: END_HEAD sits
-   * on the line it is already polling, and an end taken now is off the next call's path (the
-   * kernel is still finishing its round when the device handles it).
+   * Spins until a call or an end is published, a message is posted or DOORBELL leaves `seen`, or
+   * MB.SPIN_US passes; true if something came. The next call's SEQ is polled first: it sits in
+   * the slot line the kernel writes, so the call arrives with one line transfer and is read from
+   * the line just fetched. Ends are taken as soon as they come, while the kernel still finishes
+   * its round, instead of on the next call's path.
    */
-  private spinOn(seen: number): boolean {
+  private spinOn(seen: number, messages: number): boolean {
     const mb = this.mb;
-    const endTail = this.endTail;
     const us = Atomics.load(mb, MB.SPIN_US);
-    if (us <= 0) return Atomics.load(mb, MB.DOORBELL) !== seen;
+    if (us <= 0) return this.hasWork(seen, messages);
+    const callWord = callSeqWord(this.callTail);
+    const callSeq = (this.callTail + 1) | 0;
+    const endWord = endSeqWord(this.endTail);
+    const endSeq = (this.endTail + 1) | 0;
     const until = performance.now() + us / 1000;
     for (;;) {
       // The clock is read once per 128 polls: a load is a few nanoseconds, now() far more.
       for (let i = 0; i < 128; i++) {
-        if (Atomics.load(mb, MB.DOORBELL) !== seen || Atomics.load(mb, MB.END_HEAD) !== endTail) return true;
+        // Acquire loads of words the kernel stores last (SEQ) or bumps (MESSAGES, DOORBELL).
+        if (Atomics.load(mb, callWord) === callSeq || Atomics.load(mb, endWord) === endSeq) return true;
+        if (Atomics.load(mb, MB.MESSAGES) !== messages || Atomics.load(mb, MB.DOORBELL) !== seen) return true;
       }
       if (performance.now() >= until) return false;
     }
@@ -648,8 +694,14 @@ export class WorkerHost implements DeviceHost {
  * cost a measurable share of the cores.
  */
 const IDLE_BLOCK_MS = 100;
+/** A device that keeps finding work turns its event loop after this many ms (checked every 64 pumps). */
+const BUSY_TURN_MS = 0.25;
 /** Microtask checkpoints before parking (continuations this many promises deep run at once). */
 const MICROTASK_DRAIN = 4;
 const immediate = (): Promise<void> => new Promise((r) => setImmediate(r));
+const busyWaitUs = (us: number): void => {
+  const until = performance.now() + us / 1000;
+  while (performance.now() < until);
+};
 
 export { CALL_SLOTS, END_SLOTS };

@@ -447,8 +447,12 @@ export class WorkerHost implements DeviceHost {
   }
 
   private finish(slot: number, op: number, subId: number, range: DevRange, ok: boolean): void {
-    if ((op === CALL_OP.INVALIDATE || op === CALL_OP.MM_START) && ok) this.sanitizer.acked(range.id, subId);
+    // The answer first, the sanitizer's revocation right after, in the same synchronous step: this
+    // thread makes no device access in between (its DMA runs on its own event loop, later), so
+    // every access after the answer is still checked against the revoked grants, and the
+    // bookkeeping is off the kernel's wait.
     this.answer(slot, ok);
+    if ((op === CALL_OP.INVALIDATE || op === CALL_OP.MM_START) && ok) this.sanitizer.acked(range.id, subId);
   }
 
   private handleCall(slot: number): void {

@@ -74,9 +74,10 @@ export class MM {
 
   /** Mirrors the notifier's sequence state into shared memory for workers. */
   publishSeq(seq: number, active: number): void {
-    // Order: active first, then seq. A worker that sees the new (odd) seq also sees the count
-    // that made it odd.
-    this.slotStore(MS.ACTIVE_RANGES, active);
+    // Order: active first (a plain store), then seq (Atomics, a release): a worker that loads
+    // the new (odd) seq with Atomics also sees the count that made it odd. One sequentially
+    // consistent store per publish instead of two: this runs at every start and end.
+    this.mem.meta[this.slotIndex(MS.ACTIVE_RANGES)] = active;
     this.slotStore(MS.INVALIDATE_SEQ, seq);
   }
 

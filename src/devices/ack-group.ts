@@ -216,7 +216,31 @@ export class WorkerAckGroup implements AckGroup {
     return new Promise<void>((resolve) => {
       this.parked.push({ acks, resolve });
       if (!this.waiting) void this.waitLoop();
+      else this.lowerWakeAt(acks);
     });
+  }
+
+  /**
+   * A set parked while the loop already waits: the loop's WAKE_AT was computed for the sets parked
+   * before, and may be further away than this set's last answer (two slow devices pending there,
+   * one fast one here). Without this, that answer would not notify and the set would wait for the
+   * loop's 50 ms timeout.
+   *
+   * KERNEL_PARKED is 1 for as long as the loop waits, so every answer from here on bumps the
+   * doorbell. `seen` is read before the poll: answers between the two count twice (early, never
+   * late). A device that bumped the doorbell before the WAKE_AT store below compared it with the
+   * old value and may not have notified: the re-read after the store catches that case, and this
+   * thread then notifies its own waitAsync (the loop re-polls every set when it wakes).
+   */
+  private lowerWakeAt(acks: readonly PendingAck[]): void {
+    const kc = this.kc;
+    const seen = Atomics.load(kc, KC.ACK_DOORBELL);
+    let pending = 0;
+    for (let i = 0; i < acks.length; i++) if (acks[i].poll() === ACK_PENDING) pending++;
+    const at = (seen + pending) | 0;
+    if (pending > 0 && ((at - Atomics.load(kc, KC.WAKE_AT)) | 0) >= 0) return; // the loop wakes no later
+    if (pending > 0) Atomics.store(kc, KC.WAKE_AT, at);
+    if (((Atomics.load(kc, KC.ACK_DOORBELL) - at) | 0) >= 0) Atomics.notify(kc, KC.ACK_DOORBELL);
   }
 
   /** Wakes parked waiters whose acks are all answered (also called after an eviction). */

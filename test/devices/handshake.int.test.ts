@@ -81,6 +81,49 @@ describe('mailbox handshake wake-ups', () => {
     }
   }, 120_000);
 
+  it('wakes the kernel for a set parked while an earlier set still waits', async () => {
+    // Set A waits for two slow devices; set B, parked later, needs one answer from a fast device.
+    // B's answer must wake the kernel although A's wake point (WAKE_AT: two answers away) was set
+    // for A.
+    const k = new Kernel({ memoryBytes: 32 * 1024 * 1024 });
+    mgr = new DeviceManager(k, { deadlineMs: 30_000, kernelSpinUs: 0 });
+    const sides = [];
+    for (const [name, n] of [['slow', 2], ['fast', 1]] as const) {
+      const p = k.createProcess(name);
+      const a = await k.mmap(p.pid, { length: WINDOW * PAGE, prot: PROT.READ | PROT.WRITE });
+      await k.write(p.pid, a, new Uint8Array(WINDOW * PAGE).fill(1));
+      const ds = [];
+      for (let i = 0; i < n; i++) {
+        const d = await mgr.create({ kind: 'dmirror', pid: p.pid });
+        await d.command('read', { addr: a, npages: WINDOW });
+        ds.push(d);
+      }
+      sides.push({ p, a, ds });
+    }
+    const [slow, fast] = sides;
+    for (const d of slow.ds) await d.command('inject', { ackDelayUs: 400_000 });
+    // The fast device answers after 2 ms, so every B round parks (the kernel does not spin here).
+    await fast.ds[0].command('inject', { ackDelayUs: 2_000 });
+    const order: string[] = [];
+    const a = (async () => {
+      const r = await k.notify(slow.p.mm, MmuNotifierEvent.CLEAR, slow.a, slow.a + PAGE, 'madvise');
+      order.push('A');
+      k.notifyEnd(slow.p.mm, r);
+    })();
+    await new Promise((r) => setTimeout(r, 20)); // A is parked
+    for (let i = 0; i < 5; i++) {
+      const r = await k.notify(fast.p.mm, MmuNotifierEvent.CLEAR, fast.a + i * PAGE, fast.a + (i + 1) * PAGE, 'madvise');
+      order.push(`B${i}`);
+      k.notifyEnd(fast.p.mm, r);
+    }
+    await a;
+    // Every B round completed while A waited, each woken by the fast device's answer, not by the
+    // kernel's 50 ms timeout.
+    expect(order).toEqual(['B0', 'B1', 'B2', 'B3', 'B4', 'A']);
+    expect(mgr.group.parks).toBe(6);
+    expect(mgr.group.lateWakes).toBe(0);
+  }, 60_000);
+
   it('takes the ends of a parked device that gets no further call', async () => {
     const { k, p, a, devs } = await setup(1, { workerSpinUs: 0 });
     for (let i = 0; i < 5; i++) await round(k, p, a, i);

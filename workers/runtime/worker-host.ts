@@ -10,12 +10,12 @@
  *   take: while the next call slot's SEQ is its position + 1 (Atomics): take the ends published
  *         before it, read its words, handle it
  *   handle: sanitizer.started; personality stops using the range (drains DMA), setSeq
- *   answer: sanitizer.acked; store ANSWER (Atomics); if KC.KERNEL_PARKED: add KC.ACK_DOORBELL,
- *           notify if it reached KC.WAKE_AT
+ *   answer: store ANSWER (Atomics); if KC.KERNEL_PARKED: add KC.ACK_DOORBELL, notify if it
+ *           reached KC.WAKE_AT; then sanitizer.acked
  *   ends: while the next end slot's SEQ is its position + 1: sanitizer.ended; personality end
  *
- * The sanitizer revokes grants *before* the answer is stored, so any access this thread makes
- * after answering is checked against the revoked grant.
+ * The sanitizer revokes grants in the same synchronous step as the answer, before this thread can
+ * make any other access, so every access after answering is checked against the revoked grant.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import {
@@ -549,7 +549,11 @@ export class WorkerHost implements DeviceHost {
     if (this.callTail !== calls0) Atomics.store(mb, MB.CALL_TAIL, this.callTail);
   }
 
-  /** Anything to take: a call, an end, a message, or a ring since `seen` was read. */
+  /**
+   * Anything to take: a call, an end, a message, or a ring since `seen` was read. Every load is an
+   * Atomics load of a word the kernel stores last (SEQ) or bumps after its post (MESSAGES,
+   * DOORBELL); before a park this is the device half of Dekker pair 1.
+   */
   private hasWork(seen: number, messages: number): boolean {
     return this.callReady() || this.endReady() || Atomics.load(this.mb, MB.MESSAGES) !== messages || Atomics.load(this.mb, MB.DOORBELL) !== seen;
   }
@@ -588,7 +592,7 @@ export class WorkerHost implements DeviceHost {
     let lastTurn = performance.now();
     const turn = (): Promise<void> => {
       lastTurn = performance.now();
-      // Nobody waits on HEARTBEAT; plain add, for hang detection from outside.
+      // Nobody waits on HEARTBEAT: it only counts turns, for hang detection from outside.
       Atomics.add(mb, MB.HEARTBEAT, 1);
       return immediate();
     };

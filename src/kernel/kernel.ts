@@ -121,6 +121,8 @@ export interface KernelStats {
   invalidationsRefused: number;
   subscriberBugs: number;
   enomem: number;
+  /** Page-table entries pointing outside memory that a fault found and cleared (pmd_clear_bad). */
+  badTableEntries: number;
 }
 
 const MAX_PID = 4 * 1024 * 1024;
@@ -161,6 +163,7 @@ export class Kernel {
     invalidations: 0,
     invalidationsRefused: 0,
     subscriberBugs: 0,
+    badTableEntries: 0,
     enomem: 0,
   };
   /** Memory-pressure hooks installed by the activity modules (reclaim, OOM). */
@@ -248,6 +251,7 @@ export class Kernel {
     if (this.nextPid > MAX_PID) this.nextPid = 100;
     const mm = new MM(pid, slot, this.mem, pgd);
     this.attachNotifier(mm.notifier, mm);
+    mm.pt.onBadEntry = () => this.stats.badTableEntries++;
     const p: Process = { pid, name: name ?? `proc${pid}`, mm, parent, state: 'running', oomKilled: false };
     if (name === undefined && this.names.has(p.name)) p.name = `proc${pid}-${slot}`;
     this.processes.set(pid, p);

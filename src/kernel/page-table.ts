@@ -52,6 +52,11 @@ export class PageTable {
   readonly words: Int32Array;
   /** Level of the entry returned by the last `leafIndex` call. */
   lastLevel = 0;
+  /**
+   * Table entries found pointing outside memory on the fault path and cleared (the kernel's
+   * pmd_clear_bad: "bad pmd", then the entry is cleared and a fresh table allocated).
+   */
+  badEntries = 0;
 
   /**
    * Frames of physical memory. Table pages live in the same memory as data, so a device that keeps
@@ -60,6 +65,8 @@ export class PageTable {
    * survive that (teardown, audit) do not follow an entry that points outside memory.
    */
   private readonly frames: number;
+  /** Called for each bad entry the fault path clears (the kernel logs them). */
+  onBadEntry: ((va: number, level: number, e: Pte) => void) | null = null;
 
   constructor(
     private readonly mem: PhysicalMemory,
@@ -90,7 +97,8 @@ export class PageTable {
 
   /**
    * Word index of the lowest existing entry for `va`: a PTE if the PTE table exists, a PMD entry if
-   * the PMD is a huge leaf or none (lastLevel says which), or -1 if an upper table is missing.
+   * the PMD is a huge leaf or none (lastLevel says which), or -1 if an upper table is missing (or
+   * its entry points outside memory: a stray write, not followed; the fault path replaces it).
    */
   leafIndex(va: number): number {
     let table = this.pgd;
@@ -101,7 +109,11 @@ export class PageTable {
         this.lastLevel = level;
         return level === LEVEL.PMD ? idx : -1;
       }
-      table = ptePfn(e);
+      table = this.child(e);
+      if (table < 0) {
+        this.lastLevel = level;
+        return -1;
+      }
     }
     this.lastLevel = LEVEL.PTE;
     return PageTable.tableIdx(table, va, LEVEL.PTE);
@@ -113,13 +125,14 @@ export class PageTable {
     return idx < 0 ? 0 : this.load(idx);
   }
 
-  /** Word index of the PMD entry for va, or -1 if the PMD table is missing. */
+  /** Word index of the PMD entry for va, or -1 if the PMD table is missing (or not followed). */
   pmdIndex(va: number): number {
     let table = this.pgd;
     for (let level: number = LEVEL.PGD; level > LEVEL.PMD; level--) {
       const e = Atomics.load(this.words, PageTable.tableIdx(table, va, level));
       if ((e & PTE.TABLE) === 0) return -1;
-      table = ptePfn(e);
+      table = this.child(e);
+      if (table < 0) return -1;
     }
     return PageTable.tableIdx(table, va, LEVEL.PMD);
   }
@@ -135,6 +148,14 @@ export class PageTable {
     for (let l: number = LEVEL.PGD; l > level; l--) {
       const idx = PageTable.tableIdx(table, va, l);
       let e = Atomics.load(this.words, idx);
+      if ((e & PTE.TABLE) !== 0 && this.child(e) < 0) {
+        // A stray write into this table page (pmd_bad): report it, clear the entry and go on as if
+        // it were none. Whatever it pointed to is not memory, so nothing leaks.
+        this.badEntries++;
+        this.onBadEntry?.(va, l, e);
+        Atomics.store(this.words, idx, 0);
+        e = 0;
+      }
       if (e === 0) {
         const pfn = alloc();
         if (pfn < 0) return -1;

@@ -424,7 +424,10 @@ describe('concurrency: no operation is ever seen half applied', () => {
       let stop = false;
       const writer = async (w: number): Promise<void> => {
         const r = new Rng(100 + w);
-        for (let i = 0; !stop && i < 400; i++) {
+        // Until a write has started after mprotect resolved (`stop`); the bound only keeps a broken
+        // mprotect from spinning the test forever. A fixed 400 writes per writer ran out before a
+        // slow mprotect resolved once in CI (private-file, 2026-11-27), leaving nothing to check.
+        for (let i = 0; !stop && i < 50_000; i++) {
           const va = r.pick(pages);
           const rec: (typeof writes)[number] = { va, start: ++clock, end: 0, ok: false };
           writes.push(rec);

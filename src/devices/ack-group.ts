@@ -27,15 +27,16 @@
  * Two Dekker pairs make the conditional wakes safe (all Atomics are sequentially consistent):
  * the kernel stores a SEQ (or MESSAGES) then loads PARKED, the device stores PARKED then re-checks
  * those words before it waits on the old DOORBELL value, so either the device sees the new word or
- * the kernel sees PARKED and rings (WorkerDevice.ring has the interleavings). Symmetrically the kernel stores KERNEL_PARKED, reads ACK_DOORBELL (`seen`), re-polls
- * the answers, stores WAKE_AT and waits on `seen`; a device stores its ANSWER and then loads
- * KERNEL_PARKED. A device that saw 0 answered before the re-poll, which sees it. One that saw 1
- * adds to ACK_DOORBELL: before `seen` was read, its answer is in the re-poll too; after, the
- * doorbell differs from `seen` and the waitAsync returns at once ("not-equal"), or, if the wait
- * had begun, the device reads the WAKE_AT stored before it and notifies when it is due. So a
- * spinning kernel costs a device one store and one load per answer, no read-modify-write on the
- * word every device shares. WAKE_AT only delays notifies until enough answers arrived for the
- * closest parked set; the 50 ms timeout bounds any wake that is lost anyway (never relied on for
+ * the kernel sees PARKED and rings (WorkerDevice.ring has the interleavings). Symmetrically the
+ * kernel stores KERNEL_PARKED, reads ACK_DOORBELL (`seen`), re-polls the answers, stores WAKE_AT
+ * and waits on `seen`; a device stores its ANSWER and then loads KERNEL_PARKED. A device that saw
+ * 0 answered before the re-poll, which sees it. One that saw 1 adds to ACK_DOORBELL: before `seen`
+ * was read, its answer is in the re-poll too; after, the doorbell differs from `seen` and the
+ * waitAsync returns at once ("not-equal"), or, if the wait had begun, the device reads the WAKE_AT
+ * stored before it and notifies when it is due. So a spinning kernel costs a device one store and
+ * one load per answer, no read-modify-write on the word every device shares. WAKE_AT only delays
+ * notifies until enough answers arrived for the closest parked set (a set parked later lowers it:
+ * lowerWakeAt); the 50 ms timeout bounds any wake that is lost anyway (never relied on for
  * correctness of state).
  */
 import os from 'node:os';

@@ -216,7 +216,7 @@ export class ExternalDevice implements ProgressSource {
     if (!this.alive) return null;
     const tick = this.sanitizer.tick();
     const sub = this.subs.get(subId);
-    this.sanitizer.started(range.id, subId, pid, range.start, range.end, range.event, range.flags, tick, sub?.kind === 'interval' ? sub : undefined, range.owner);
+    this.sanitizer.started(range.id, subId, pid, range.start, range.end, range.event, range.flags, tick, sub?.kind === 'interval' ? sub : undefined, range.owner, range.origin);
     const ack = new SocketAck(this.group, range.id, subId, (range.flags & RANGE_BLOCKABLE) !== 0);
     this.acks.set(`${range.id}:${subId}`, ack);
     this.handshake.starts++;

@@ -124,6 +124,8 @@ export interface SanitizerSnapshot {
   findings: number;
   /** Device refaults: grants of pages an invalidation had taken away before. */
   refaults?: number;
+  /** Refaults by cause, `EVENT:origin` of the invalidation that took the page (Sanitizer). */
+  refaultCauses?: Record<string, number>;
   byKind: Record<string, number>;
   recent: import('../sanitizer/sanitizer.js').Finding[];
 }

@@ -199,7 +199,11 @@ export function summary(r: BenchReport): string {
   const base = b
     ? `\nbaselines at ${b.workers} workers (same run): bare Atomics blocking p50 ${fmt(b.atomicsBlocking.p50)}, spin ${fmt(b.atomicsSpin.p50)}, waitAsync ${fmt(b.atomicsWaitAsync.p50)}, postMessage ${fmt(b.postMessage.p50)}${b.wsEcho ? `, ws echo ${fmt(b.wsEcho.p50)}` : ''}${b.wsFanout ? `, ws fan-out to ${b.wsFanout.clients} connections p50 ${fmt(b.wsFanout.lat.p50)} / p99 ${fmt(b.wsFanout.lat.p99)}` : ''}; devmirror round p50 ${fmt(r.round.p50)} = ${(r.round.p50 / Math.min(b.atomicsBlocking.p50, b.atomicsSpin.p50)).toFixed(2)}x the better Atomics, ${(r.round.p50 / b.postMessage.p50).toFixed(2)}x postMessage (the round includes the kernel's page-table work)\n`
     : '';
-  return `${head}\n\n${table(rows)}\n${base}`;
+  const causes = r.devices
+    .filter((d) => d.refaults > 0)
+    .map((d) => `${d.name} ${d.refaults} (${Object.entries(d.refaultCauses ?? {}).sort((x, y) => y[1] - x[1]).map(([c, n]) => `${c} ${n}`).join(', ')})`);
+  const why = causes.length > 0 ? `refaulted pages by the invalidation that took them (EVENT:origin): ${causes.join('; ')}\n` : '';
+  return `${head}\n${why}\n${table(rows)}\n${base}`;
 }
 
 export async function benchMain(argv: string[]): Promise<void> {

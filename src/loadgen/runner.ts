@@ -93,7 +93,8 @@ export interface BenchReport {
   baselines?: Baselines;
   /** Per event and device kind: rounds that reached that kind, and its acknowledgements. */
   byEventAndKind: EventKindRow[];
-  devices: Array<{ name: string; kind: string; state: string; stateReason?: string; faults: number; refaults: number; invalidations: number; checked: number; findings: number }>;
+  /** refaultCauses: refaulted pages by the `EVENT:origin` of the invalidation that took them. */
+  devices: Array<{ name: string; kind: string; state: string; stateReason?: string; faults: number; refaults: number; refaultCauses: Record<string, number>; invalidations: number; checked: number; findings: number }>;
   /** With --replay: what was replayed. */
   replay?: Omit<ReplayStats, 'writableRanges'> & { file: string; events: number; tasks: number };
   totals: { deviceFaults: number; refaults: number; checked: number; findings: number; evictions: number };
@@ -285,6 +286,7 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
         ...(d.stateReason ? { stateReason: d.stateReason } : {}),
         faults: (c.faults ?? 0) + (c.page_faults ?? 0) + (c.pf_taken ?? 0),
         refaults: d.sanitizer?.refaults ?? 0,
+        refaultCauses: { ...(d.sanitizer?.refaultCauses ?? {}) },
         invalidations: c.invalidations ?? 0,
         checked: d.sanitizer?.checked ?? 0,
         findings: d.sanitizer?.findings ?? 0,
@@ -297,6 +299,7 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
         state: d.state,
         faults: 0,
         refaults: d.sanitizer.stats.refaults,
+        refaultCauses: { ...d.sanitizer.stats.refaultCauses },
         invalidations: d.handshake.starts,
         checked: d.sanitizer.stats.checked,
         findings: d.sanitizer.stats.findings,

@@ -65,6 +65,10 @@ interface Grant {
    * arrived stale, so that the refault is counted once, when a usable grant comes.
    */
   lostBefore: boolean;
+  /** The first acknowledged invalidation that covered this grant (the cause of its refault). */
+  coveredBy: Window | null;
+  /** With lostBefore: the invalidation that took the device's previous usable grant. */
+  lostTo: Window | null;
 }
 
 interface Window {
@@ -81,6 +85,8 @@ interface Window {
   end: number;
   event: number;
   flags: number;
+  /** Why the kernel invalidated (the range's origin: 'mprotect', 'cow', 'thp_split', ...), if known. */
+  origin: string | null;
   startTick: number;
   /** Clock tick when the end was published (after the PTEs changed); Infinity while open. */
   endTick: number;
@@ -99,6 +105,12 @@ export interface SanitizerStats {
   grants: number;
   /** Grants of pages an invalidation had revoked or downgraded before (device refaults). */
   refaults: number;
+  /**
+   * Refaults by what caused them: `EVENT:origin` of the invalidation that took the page (e.g.
+   * `CLEAR:thp_split`, `CLEAR:cow`, `PROTECTION_VMA:mprotect`), `unknown` when no window did (the
+   * frame's generation moved on).
+   */
+  refaultCauses: Record<string, number>;
 }
 
 export class Sanitizer {
@@ -115,6 +127,7 @@ export class Sanitizer {
     byKind: { stale: 0, 'lost-write': 0, 'write-ro': 0, unmapped: 0, 'wrong-pfn': 0 },
     grants: 0,
     refaults: 0,
+    refaultCauses: {},
   };
   /** Called for every new finding (to report it to the kernel). */
   onFinding: ((f: Finding) => void) | null = null;
@@ -159,7 +172,7 @@ export class Sanitizer {
    * frame generation it read then.
    */
   grant(pid: number, va: number, pfn: number, gen: number, write: boolean, tick: number): void {
-    const g: Grant = { pfn, gen, write, tick, revokedBy: null, downgradedBy: null, covered: false, staleOnArrival: false, lostBefore: false };
+    const g: Grant = { pfn, gen, write, tick, revokedBy: null, downgradedBy: null, covered: false, staleOnArrival: false, lostBefore: false, coveredBy: null, lostTo: null };
     // Windows that started after the reply was computed and overlap it take it away at once if
     // they are acknowledged, or at their end if still open (the device may legitimately fetch
     // pfns inside a window; it must then fail readRetry).
@@ -179,8 +192,14 @@ export class Sanitizer {
     // invalidations counts one refault, not k + 1, and a first fault that raced one counts none.
     const prev = m.get(key);
     g.lostBefore = prev !== undefined && (prev.staleOnArrival ? prev.lostBefore : prev.covered);
+    if (g.lostBefore && prev) g.lostTo = prev.staleOnArrival ? prev.lostTo : prev.coveredBy;
     g.staleOnArrival = g.covered;
-    if (g.lostBefore && !g.staleOnArrival) this.stats.refaults++;
+    if (g.lostBefore && !g.staleOnArrival) {
+      this.stats.refaults++;
+      const w = g.lostTo;
+      const cause = w ? `${eventName(w.event as MmuNotifierEvent)}:${w.origin ?? '?'}` : 'unknown';
+      this.stats.refaultCauses[cause] = (this.stats.refaultCauses[cause] ?? 0) + 1;
+    }
     m.set(key, g);
     this.stats.grants++;
   }
@@ -192,6 +211,7 @@ export class Sanitizer {
 
   private apply(g: Grant, w: Window): void {
     g.covered = true;
+    g.coveredBy ??= w;
     if (g.revokedBy) return;
     if (Sanitizer.downgradeOnly(w)) {
       if (g.write) {
@@ -208,7 +228,19 @@ export class Sanitizer {
    * the subscription's interval (none for a whole-mm subscription): the window covers only the part
    * of [start, end) the subscription covers.
    */
-  started(id: number, sub: number, pid: number, start: number, end: number, event: number, flags: number, tick: number, within?: { start: number; end: number }, owner: number | null = null): void {
+  started(
+    id: number,
+    sub: number,
+    pid: number,
+    start: number,
+    end: number,
+    event: number,
+    flags: number,
+    tick: number,
+    within?: { start: number; end: number },
+    owner: number | null = null,
+    origin: string | null = null,
+  ): void {
     // The device's own migration or exclusive access: the owner may skip it (test_hmm and the
     // drivers do) because it updates its mirror from the operation's reply. A page that did not
     // move keeps its frame, and the device may go on using it; a page that moved freed its frame,
@@ -216,7 +248,7 @@ export class Sanitizer {
     if (owner !== null && owner === this.deviceId && (event === MmuNotifierEvent.MIGRATE || event === MmuNotifierEvent.EXCLUSIVE)) return;
     const s = within ? Math.max(start, within.start) : start;
     const e = within ? Math.min(end, within.end) : end;
-    this.open.push({ id, sub, pid, start: s, end: e, event, flags, startTick: tick, endTick: Infinity, acked: false, ended: false });
+    this.open.push({ id, sub, pid, start: s, end: e, event, flags, origin, startTick: tick, endTick: Infinity, acked: false, ended: false });
   }
 
   private openWindow(id: number, sub: number): Window | undefined {

@@ -27,6 +27,13 @@ describe('devmirror bench', () => {
     expect(r.totals.evictions).toBe(0);
     expect(r.machine).toHaveProperty('cpus');
     expect(summary(r)).toContain('accesses checked');
+    // Every refaulted page is attributed to the invalidation that took it (EVENT:origin).
+    expect(r.totals.refaults).toBeGreaterThan(0);
+    for (const d of r.devices) {
+      expect(Object.values(d.refaultCauses).reduce((a, n) => a + n, 0), d.name).toBe(d.refaults);
+      for (const cause of Object.keys(d.refaultCauses)) expect(cause).toMatch(/^(unknown|[A-Z_]+:[a-z_?]+)$/);
+    }
+    expect(summary(r)).toContain('refaulted pages by the invalidation that took them');
   });
 
   it('runs the OOM reaper against a refusing rdma device from a YAML scenario: refused starts are reported', async () => {

@@ -132,4 +132,31 @@ describe('sanitizer windows', () => {
     s.grant(pid, A.start + PAGE, 61, gen(61), false, s.tick()); // a first fault
     expect(s.stats.refaults).toBe(1);
   });
+
+  it('attributes each refault to the invalidation that took the page (event and origin), across stale replies', () => {
+    const { s, gen } = setup();
+    const pid = 100;
+    const inval = (id: number, event: MmuNotifierEvent, origin: string | null): void => {
+      s.started(id, 1, pid, A.start, A.end, event, 0, s.tick(), A, null, origin);
+      s.acked(id, 1);
+      s.ended(id, 1, s.tick());
+    };
+    s.grant(pid, A.start, 70, gen(70), true, s.tick());
+    s.grant(pid, A.start + PAGE, 71, gen(71), true, s.tick());
+    inval(1, MmuNotifierEvent.CLEAR, 'thp_split');
+    // Page 0: the next reply raced a PROTECTION_VMA and came stale; the refault that follows is
+    // still the thp_split's (the page was lost to it, and the mprotect found nothing to take).
+    const t = s.tick();
+    inval(2, MmuNotifierEvent.PROTECTION_VMA, 'mprotect');
+    s.grant(pid, A.start, 70, gen(70), true, t);
+    s.grant(pid, A.start, 70, gen(70), true, s.tick());
+    // Page 1: refaulted after the same CLEAR, with no race.
+    s.grant(pid, A.start + PAGE, 71, gen(71), true, s.tick());
+    expect(s.stats.refaults).toBe(2);
+    expect(s.stats.refaultCauses).toEqual({ 'CLEAR:thp_split': 2 });
+    // A downgrade with no origin recorded, then a write fault.
+    inval(3, MmuNotifierEvent.SOFT_DIRTY, null);
+    s.grant(pid, A.start, 70, gen(70), true, s.tick());
+    expect(s.stats.refaultCauses).toEqual({ 'CLEAR:thp_split': 2, 'SOFT_DIRTY:?': 1 });
+  });
 });

@@ -38,7 +38,7 @@ import {
   joinAddr,
 } from '../../src/kernel/layout.js';
 import { HMM_PFN } from '../../src/kernel/hmm.js';
-import { RANGE_BLOCKABLE } from '../../src/notifier/range.js';
+import { RANGE_BLOCKABLE, originOf } from '../../src/notifier/range.js';
 import { Sanitizer } from '../../src/sanitizer/sanitizer.js';
 import { DeviceClient } from '../../src/client/device-client.js';
 import type {
@@ -262,9 +262,9 @@ export class WorkerHost implements DeviceHost {
     return { counters: { ...this.counters }, sanitizer: this.sanitizerSnapshot(), mirror: this.mirrorSummary() };
   }
 
-  private sanitizerSnapshot(): { checked: number; findings: number; refaults: number; byKind: Record<string, number>; recent: Sanitizer['findings'] } {
+  private sanitizerSnapshot(): { checked: number; findings: number; refaults: number; refaultCauses: Record<string, number>; byKind: Record<string, number>; recent: Sanitizer['findings'] } {
     const s = this.sanitizer.stats;
-    return { checked: s.checked, findings: s.findings, refaults: s.refaults, byKind: { ...s.byKind }, recent: this.sanitizer.findings.slice(-20) };
+    return { checked: s.checked, findings: s.findings, refaults: s.refaults, refaultCauses: { ...s.refaultCauses }, byKind: { ...s.byKind }, recent: this.sanitizer.findings.slice(-20) };
   }
 
   private lastStats = '';
@@ -460,7 +460,7 @@ export class WorkerHost implements DeviceHost {
     const sub = this.subs.get(subId);
     const f = this.faults;
     if (op === CALL_OP.INVALIDATE || op === CALL_OP.MM_START) {
-      this.sanitizer.started(range.id, subId, range.pid, range.start, range.end, range.event, range.flags, range.tick, sub, range.owner);
+      this.sanitizer.started(range.id, subId, range.pid, range.start, range.end, range.event, range.flags, range.tick, sub, range.owner, originOf(range.origin));
       this.counters.invalidations = (this.counters.invalidations ?? 0) + 1;
       if (!sub && op === CALL_OP.INVALIDATE) {
         if (this.earlySeq.size > 1024) this.earlySeq.clear();

@@ -85,7 +85,7 @@ interface Window {
   end: number;
   event: number;
   flags: number;
-  /** Why the kernel invalidated (the range's origin: 'mprotect', 'cow', 'thp_split', ...), if known. */
+  /** Why the kernel invalidated (the range's origin: 'mprotect', 'cow_fault', 'thp_split', ...), if known. */
   origin: string | null;
   startTick: number;
   /** Clock tick when the end was published (after the PTEs changed); Infinity while open. */
@@ -106,9 +106,9 @@ export interface SanitizerStats {
   /** Grants of pages an invalidation had revoked or downgraded before (device refaults). */
   refaults: number;
   /**
-   * Refaults by what caused them: `EVENT:origin` of the invalidation that took the page (e.g.
-   * `CLEAR:thp_split`, `CLEAR:cow`, `PROTECTION_VMA:mprotect`), `unknown` when no window did (the
-   * frame's generation moved on).
+   * Refaults by what caused them: `EVENT:origin` of the first acknowledged invalidation that
+   * covered the page (e.g. `CLEAR:thp_split`, `CLEAR:cow_fault`, `PROTECTION_VMA:mprotect`; `?`
+   * for an origin the transport did not carry). Sums to `refaults`.
    */
   refaultCauses: Record<string, number>;
 }
@@ -197,6 +197,7 @@ export class Sanitizer {
     if (g.lostBefore && !g.staleOnArrival) {
       this.stats.refaults++;
       const w = g.lostTo;
+      // A covered grant always has its window; `unknown` only guards the invariant.
       const cause = w ? `${eventName(w.event as MmuNotifierEvent)}:${w.origin ?? '?'}` : 'unknown';
       this.stats.refaultCauses[cause] = (this.stats.refaultCauses[cause] ?? 0) + 1;
     }

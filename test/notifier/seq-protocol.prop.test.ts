@@ -182,6 +182,9 @@ describe('interval sequence protocol under random interleavings', () => {
   });
 
   it('catches a driver that skips readRetry (the property can fail)', async () => {
-    await expect(fc.assert(property(true), { numRuns: 300 })).rejects.toThrow(/Property failed/);
+    // A fixed seed: with a random one, 300 runs found no counterexample once in a fresh-clone run
+    // (2026-11-27), and this test must show that the property can fail, every time. Up to 1,000
+    // runs: fast-check stops at the first failure, so a seed that fails early costs nothing more.
+    await expect(fc.assert(property(true), { numRuns: 1000, seed: 20261127 })).rejects.toThrow(/Property failed/);
   });
 });

@@ -41,6 +41,7 @@
  */
 import os from 'node:os';
 import { KC, KC_WORDS } from '../kernel/layout.js';
+import { busyWaitUs } from '../lib/busy-wait.js';
 import { ACK_PENDING, type AckGroup, type PendingAck } from '../notifier/pending-ack.js';
 
 const now = (): number => performance.now() * 1000;
@@ -295,10 +296,7 @@ export class WorkerAckGroup implements AckGroup {
         // Answers between `seen` and the recheck count twice: early again, never late. WAKE_AT
         // is stored before the wait: a device that bumps the doorbell after the wait began loads
         // this value; one that bumped it before makes the wait return "not-equal".
-        if (this.parkRaceUs > 0) {
-          const until = performance.now() + this.parkRaceUs / 1000;
-          while (performance.now() < until);
-        }
+        if (this.parkRaceUs > 0) busyWaitUs(this.parkRaceUs);
         Atomics.store(kc, KC.WAKE_AT, (seen + fewest) | 0);
         const r = Atomics.waitAsync(kc, KC.ACK_DOORBELL, seen, 50);
         timedOut = (r.async ? await r.value : r.value) === 'timed-out';

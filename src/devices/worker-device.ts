@@ -172,7 +172,7 @@ export class WorkerDevice implements ProgressSource {
     this.mailbox[MB.SPIN_US] = 0;
     const start = (opts.ringStart ?? 0) | 0;
     this.callHead = this.endHead = this.endTailSeen = start;
-    this.mailbox[MB.CALL_TAIL] = this.mailbox[MB.END_TAIL] = start;
+    this.mailbox[MB.END_TAIL] = start;
     // Every SEQ starts at `start`: the device expects `p + 1` in the slot of position p, which is
     // `start` only for position start - 1, 2^32 positions away. (Zero would be expected for
     // position -1, a start within one ring of the wrap would read an unwritten slot.)

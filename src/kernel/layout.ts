@@ -200,7 +200,7 @@ export function tableEntryIndex(pfn: number, idx: number): number {
  * device answers each call in its slot (CS.ANSWER); while the kernel is parked it also bumps the
  * global KC.ACK_DOORBELL so the kernel, which waits for many devices at once, wakes once.
  */
-export const MAILBOX_VERSION = 5;
+export const MAILBOX_VERSION = 6;
 export const MB = {
   // ---- line 0 (words 0..15): written by the kernel only ----
   /** Must equal MAILBOX_VERSION. */
@@ -219,8 +219,6 @@ export const MB = {
   // ---- line 1 (words 16..31): written by the device only. Kept off the kernel's line: a word
   // the other side writes in the same 64-byte line would bounce it between cores on every store
   // (false sharing), and the fast path is a handful of line transfers.
-  /** Calls the device has taken (int32, wraps), published once per pump (statistics). */
-  CALL_TAIL: 16,
   /** Ends the device has taken (int32, wraps): the kernel reuses an end slot only behind it. */
   END_TAIL: 17,
   /**
@@ -308,7 +306,6 @@ export const MB_CALLS_OFFSET = MB_HEADER_WORDS;
 export const MB_ENDS_OFFSET = MB_CALLS_OFFSET + CALL_SLOTS * CALL_SLOT_WORDS;
 export const MB_WORDS = MB_ENDS_OFFSET + END_SLOTS * END_SLOT_WORDS;
 
-/** The kernel's control buffer shared with every device worker (Int32Array). */
 /** Word index of the SEQ of call `t` (call slots are a power-of-two ring, so `&` wraps with int32). */
 export function callSeqWord(t: number): number {
   return MB_CALLS_OFFSET + (t & (CALL_SLOTS - 1)) * CALL_SLOT_WORDS + CS.SEQ;
@@ -318,6 +315,7 @@ export function endSeqWord(t: number): number {
   return MB_ENDS_OFFSET + (t & (END_SLOTS - 1)) * END_SLOT_WORDS + ES.SEQ;
 }
 
+/** The kernel's control buffer shared with every device worker (Int32Array). */
 export const KC = {
   VERSION: 0,
   /**

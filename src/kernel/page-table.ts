@@ -52,11 +52,6 @@ export class PageTable {
   readonly words: Int32Array;
   /** Level of the entry returned by the last `leafIndex` call. */
   lastLevel = 0;
-  /**
-   * Table entries found pointing outside memory on the fault path and cleared (the kernel's
-   * pmd_clear_bad: "bad pmd", then the entry is cleared and a fresh table allocated).
-   */
-  badEntries = 0;
 
   /**
    * Frames of physical memory. Table pages live in the same memory as data, so a device that keeps
@@ -65,8 +60,12 @@ export class PageTable {
    * survive that (teardown, audit) do not follow an entry that points outside memory.
    */
   private readonly frames: number;
-  /** Called for each bad entry the fault path clears (the kernel logs them). */
-  onBadEntry: ((va: number, level: number, e: Pte) => void) | null = null;
+  /**
+   * Called for each entry pointing outside memory that the fault path clears (the kernel's
+   * pmd_clear_bad: "bad pmd", then the entry is cleared and a fresh table allocated); the kernel
+   * counts them (stats.badTableEntries).
+   */
+  onBadEntry: (() => void) | null = null;
 
   constructor(
     private readonly mem: PhysicalMemory,
@@ -151,8 +150,7 @@ export class PageTable {
       if ((e & PTE.TABLE) !== 0 && this.child(e) < 0) {
         // A stray write into this table page (pmd_bad): report it, clear the entry and go on as if
         // it were none. Whatever it pointed to is not memory, so nothing leaks.
-        this.badEntries++;
-        this.onBadEntry?.(va, l, e);
+        this.onBadEntry?.();
         Atomics.store(this.words, idx, 0);
         e = 0;
       }

@@ -38,6 +38,7 @@ import {
   joinAddr,
 } from '../../src/kernel/layout.js';
 import { HMM_PFN } from '../../src/kernel/hmm.js';
+import { busyWaitUs } from '../../src/lib/busy-wait.js';
 import { RANGE_BLOCKABLE, originOf } from '../../src/notifier/range.js';
 import { Sanitizer } from '../../src/sanitizer/sanitizer.js';
 import { DeviceClient } from '../../src/client/device-client.js';
@@ -531,7 +532,6 @@ export class WorkerHost implements DeviceHost {
   /** Takes every posted call and end. */
   pump(): void {
     const mb = this.mb;
-    const calls0 = this.callTail;
     const ends0 = this.endTail;
     // Ends first, in kernel order: the kernel publishes an end only after this device answered
     // the call it closes. Before each call, the ends are taken again: every end the kernel stored
@@ -543,10 +543,10 @@ export class WorkerHost implements DeviceHost {
       this.handleCall(this.callTail & (CALL_SLOTS - 1));
       this.callTail = (this.callTail + 1) | 0;
     }
-    // This thread is the only writer of the tails; each is published once per batch (the kernel
-    // reads END_TAIL only when the end ring looks full; CALL_TAIL is for statistics).
+    // This thread is the only writer of END_TAIL; it is published once per batch (the kernel reads
+    // it only when the end ring looks full). The call tail is not published: the slots' SEQ and
+    // ANSWER words tell the kernel all it needs.
     if (this.endTail !== ends0) Atomics.store(mb, MB.END_TAIL, this.endTail);
-    if (this.callTail !== calls0) Atomics.store(mb, MB.CALL_TAIL, this.callTail);
   }
 
   /**
@@ -707,9 +707,6 @@ const BUSY_TURN_MS = 0.25;
 /** Microtask checkpoints before parking (continuations this many promises deep run at once). */
 const MICROTASK_DRAIN = 4;
 const immediate = (): Promise<void> => new Promise((r) => setImmediate(r));
-const busyWaitUs = (us: number): void => {
-  const until = performance.now() + us / 1000;
-  while (performance.now() < until);
-};
+
 
 export { CALL_SLOTS, END_SLOTS };

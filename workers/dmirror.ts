@@ -69,10 +69,7 @@ export class Dmirror extends Device implements IntervalHandler {
 
   constructor(host: DeviceHost) {
     super(host);
-    this.counters = host.counters as Dmirror['counters'];
-    this.counters.invalidations_zapped = 0;
-    this.counters.inv_pages_unmapped = 0;
-    this.counters.inv_pages_downgraded = 0;
+    this.counters = host.hotCounters({ invalidations_zapped: 0, inv_pages_unmapped: 0, inv_pages_downgraded: 0 });
     const cmd = (name: string, fn: (c: Cmd, args: Record<string, unknown>) => Promise<Uint8Array | void>): void =>
       host.onCommand(name, async (args) => {
         const c: Cmd = { addr: Number(args.addr), npages: Number(args.npages ?? 0), cpages: 0, faults: 0 };
@@ -128,12 +125,14 @@ export class Dmirror extends Device implements IntervalHandler {
       return true;
     }
     const locked = this.lock.lock('invalidate');
-    const go = (): boolean | Promise<boolean> => {
-      this.zap(sub, r, curSeq, action);
-      const q = this.quiesce(r.start, Math.min(r.end, 2 ** 53));
-      return q ? q.then(() => true) : true;
-    };
-    return locked ? locked.then(go) : go();
+    // No closure unless the lock is contended: this is the handshake's path.
+    return locked ? locked.then(() => this.zapAndQuiesce(sub, r, curSeq, action)) : this.zapAndQuiesce(sub, r, curSeq, action);
+  }
+
+  private zapAndQuiesce(sub: DevSub, r: DevRange, curSeq: number, action: 'zap' | 'drop' | 'downgrade'): boolean | Promise<boolean> {
+    this.zap(sub, r, curSeq, action);
+    const q = this.quiesce(r.start, Math.min(r.end, 2 ** 53));
+    return q ? q.then(() => true) : true;
   }
 
   private zap(sub: DevSub, r: DevRange, curSeq: number, action: 'zap' | 'drop' | 'downgrade'): void {
@@ -176,7 +175,7 @@ export class Dmirror extends Device implements IntervalHandler {
           }
         }
       }
-      // Named counters (created in the constructor): a keyed store on the hot path costs more.
+      // Fixed-shape counters (host.hotCounters): a keyed store on the hot path costs more.
       const c = this.counters;
       c.invalidations_zapped++;
       c.inv_pages_unmapped += unmapped;

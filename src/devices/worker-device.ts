@@ -299,9 +299,12 @@ export class WorkerDevice implements ProgressSource {
     const ack = new CallAck(this, slot, id, this.group);
     this.slots[slot] = ack;
     this.handshake.calls++;
-    // Rung when the kernel starts waiting (or at the next microtask): the core publishes to every
-    // subscriber first, so no woken device takes the core before the last call is written.
-    this.group.deferRing(this);
+    // Dekker pair 1 (see ring): the SEQ store above precedes this load. A device that is not
+    // parked now re-checks every SEQ after it stores PARKED, before it waits: it takes this call
+    // without a ring, and the kernel queues nothing (no microtask on the fast path). A parked one
+    // is rung when the kernel starts waiting (or at the next microtask): the core publishes to
+    // every subscriber first, so no woken device takes the core before the last call is written.
+    if (Atomics.load(mb, MB.PARKED) !== 0) this.group.deferRing(this);
     return ack;
   }
 

@@ -23,6 +23,7 @@ import {
   type InvalidationRecord,
   type MmuNotifierSubscriptions,
   type SubscriberInfo,
+  type RecordTiming,
 } from '../notifier/subscriptions.js';
 import { makeRange, type MmuNotifierEvent, type NotifierRange, type Origin } from '../notifier/range.js';
 import * as sys from './syscalls.js';
@@ -145,6 +146,12 @@ export class Kernel {
   readonly lru = { active: new Set<number>(), inactive: new Set<number>() };
   readonly pagemaps = new Map<number, DevicePagemap>();
   private readonly observers = new Set<KernelObserver>();
+  /**
+   * Shared by every mm's notifier: invalidation records are timed only while an observer takes
+   * them (onInvalidation: metrics, the event log, tracing, the load generator). See RecordTiming.
+   */
+  readonly recordTiming: RecordTiming = { on: false };
+  private recordReaders = 0;
   readonly stats: KernelStats = {
     faults: 0,
     cowFaults: 0,
@@ -213,8 +220,16 @@ export class Kernel {
   // ---- observers -------------------------------------------------------------------------------
 
   observe(o: KernelObserver): () => void {
+    if (this.observers.has(o)) return () => this.unobserve(o);
     this.observers.add(o);
-    return () => this.observers.delete(o);
+    if (o.onInvalidation) this.recordTiming.on = ++this.recordReaders > 0;
+    return () => this.unobserve(o);
+  }
+
+  private unobserve(o: KernelObserver): boolean {
+    if (!this.observers.delete(o)) return false;
+    if (o.onInvalidation) this.recordTiming.on = --this.recordReaders > 0;
+    return true;
   }
 
   emit<K extends keyof KernelObserver>(name: K, ...args: Parameters<NonNullable<KernelObserver[K]>>): void {
@@ -260,6 +275,7 @@ export class Kernel {
   }
 
   private attachNotifier(n: MmuNotifierSubscriptions, mm: MM): void {
+    n.timing = this.recordTiming;
     n.observer = {
       onSeqChange: (seq, active) => mm.publishSeq(seq, active),
       onInvalidationStart: (range) => {
@@ -268,7 +284,7 @@ export class Kernel {
       },
       onInvalidationEnd: (rec) => {
         if (rec.result !== 'ok') this.stats.invalidationsRefused++;
-        this.emit('onInvalidation', rec);
+        if (this.recordReaders > 0) this.emit('onInvalidation', rec);
       },
       onSubscriberBug: (info, msg, range) => {
         this.stats.subscriberBugs++;

@@ -126,7 +126,8 @@ export const MS = {
   /**
    * The interval notifier sequence (mmu_notifier_subscriptions->invalidate_seq): even when idle,
    * odd while an invalidation that hit an interval subscription is open. Written only by the
-   * kernel thread; workers read it to decide whether a readBegin must wait.
+   * kernel thread, with plain stores (MM.publishSeq): a word to inspect, which no thread orders
+   * itself on (a worker's readBegin asks the kernel; each call carries its curSeq).
    */
   INVALIDATE_SEQ: 3,
   ACTIVE_RANGES: 4,

@@ -15,16 +15,17 @@ export interface PendingAck {
   /** ACK_PENDING, ACK_OK or ACK_REFUSED; cheap, called in spin loops. */
   poll(): number;
   readonly group: AckGroup;
-  /** performance.now() in microseconds when the group first saw the answer, if it tracks it. */
+  /** performance.now() in microseconds when the group first saw the answer, if it was timed. */
   answeredAtUs?: number;
 }
 
 export interface AckGroup {
   /**
    * Spins until every ack is answered or the spin budget is spent. Returns true if all are
-   * answered. Never blocks (the caller may be the thread that serves I/O).
+   * answered. Never blocks (the caller may be the thread that serves I/O). With `timed` false
+   * the answers need no time stamp (the caller keeps no record of them).
    */
-  spin(acks: readonly PendingAck[]): boolean;
+  spin(acks: readonly PendingAck[], timed?: boolean): boolean;
   /** Resolves when every ack is answered (or given up by eviction: then they poll as answered). */
   park(acks: readonly PendingAck[]): Promise<void>;
 }
@@ -34,12 +35,12 @@ export function isPendingAck(x: unknown): x is PendingAck {
 }
 
 /** Waits for a set of PendingAcks, grouped by their AckGroup. */
-export function waitAcks(acks: readonly PendingAck[]): Promise<void> | null {
+export function waitAcks(acks: readonly PendingAck[], timed = true): Promise<void> | null {
   if (acks.length === 0) return null;
   const g0 = acks[0].group;
   let one = true;
   for (let i = 1; i < acks.length && one; i++) one = acks[i].group === g0;
-  if (one) return g0.spin(acks) ? null : g0.park(acks);
+  if (one) return g0.spin(acks, timed) ? null : g0.park(acks);
   const groups = new Map<AckGroup, PendingAck[]>();
   for (const a of acks) {
     const list = groups.get(a.group);
@@ -47,7 +48,7 @@ export function waitAcks(acks: readonly PendingAck[]): Promise<void> | null {
     else groups.set(a.group, [a]);
   }
   const parked: Promise<void>[] = [];
-  for (const [g, list] of groups) if (!g.spin(list)) parked.push(g.park(list));
+  for (const [g, list] of groups) if (!g.spin(list, timed)) parked.push(g.park(list));
   if (parked.length === 0) return null;
   return parked.length === 1 ? parked[0] : Promise.all(parked).then(() => undefined);
 }

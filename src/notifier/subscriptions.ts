@@ -171,7 +171,10 @@ export interface InvalidationRecord {
   range: NotifierRange;
   result: 'ok' | 'EAGAIN';
   subscribers: SubscriberOutcome[];
-  /** performance.now() in microseconds. */
+  /**
+   * performance.now() in microseconds. Every time of a record (and each subscriber's ackUs) is 0
+   * when it was not timed: see MmuNotifierSubscriptions.timing.
+   */
   startedUs: number;
   /**
    * All acknowledgements in (the PTEs may change). When every subscriber answered synchronously
@@ -195,6 +198,8 @@ export interface NotifierObserver {
 
 interface OpenRange {
   record: InvalidationRecord;
+  /** Position in MmuNotifierSubscriptions.openList (swap-removed at the end). */
+  index: number;
   /** Interval subscriptions that were called (for windowClosed). */
   intervals: MmuIntervalNotifier[];
   /** hlist subscribers whose start succeeded: they, and only they, get end. */
@@ -209,6 +214,8 @@ interface Deferred {
 }
 
 let nextInvalidationId = 1;
+/** Length of the recent-ranges ring (a power of two). */
+const RECENT = 16;
 
 /**
  * Restarts the process-wide id counters (invalidation ids, interval keys). Only for the
@@ -221,6 +228,26 @@ export function resetNotifierIds(): void {
 }
 
 const now = (): number => performance.now() * 1000;
+
+/**
+ * A started range's OpenRange, on the range itself: the end finds it without a lookup (a Map keyed
+ * by id cost the round about 40 ns, 11-27). A symbol key: JSON, structured clones and the wire
+ * never see it.
+ */
+const OPEN: unique symbol = Symbol('devmirror.openRange');
+/** In the list results: a whole-mm subscriber with an end but no start (still owed the end). */
+const NO_START: unique symbol = Symbol('devmirror.noStart');
+type OpenedRange = NotifierRange & { [OPEN]?: OpenRange | null };
+
+/**
+ * Whether invalidation records are timed. A clock read costs about 40 ns here (performance.now,
+ * 11-27), a third of the kernel's own share of an in-process round, and only observers of the
+ * records (metrics, the event log, tracing, the load generator) read the times: the kernel shares
+ * one switch among its mms and keeps it on exactly while such an observer is attached.
+ */
+export interface RecordTiming {
+  on: boolean;
+}
 
 /**
  * mmu_notifier_subscriptions: one per mm, created with the mm (the kernel allocates it lazily; an
@@ -236,9 +263,12 @@ export class MmuNotifierSubscriptions {
   activeInvalidateRanges = 0;
   private deferred: Deferred[] = [];
   private seqWaiters: Array<{ seq: number; resolve: () => void }> = [];
-  private open = new Map<number, OpenRange>();
+  /** Ranges started and not yet ended (unordered; each knows its index). */
+  private openList: OpenRange[] = [];
+  /** Timing of the records; standalone subscriptions time everything (the kernel shares its switch). */
+  timing: RecordTiming = { on: true };
   /** The last ranges started (a ring): what moved the seq under a fault that keeps retrying. */
-  private readonly recent: Array<NotifierRange | undefined> = new Array(16);
+  private readonly recent: Array<NotifierRange | undefined> = new Array(RECENT);
   private recentNext = 0;
   /** False once the mm is gone (mm_users == 0): inserts fail with EINVAL. */
   alive = true;
@@ -512,35 +542,61 @@ export class MmuNotifierSubscriptions {
     if (blockable) range.flags |= RANGE_BLOCKABLE;
     else range.flags &= ~RANGE_BLOCKABLE;
     range.id = nextInvalidationId++;
-    const rec: InvalidationRecord = {
-      range,
-      result: 'ok',
-      subscribers: [],
-      startedUs: now(),
-      ackedUs: 0,
-      endedUs: 0,
-    };
-    const open: OpenRange = { record: rec, intervals: [], started: [], treeCounted: false };
-    this.open.set(range.id, open);
-    this.recent[this.recentNext++ % this.recent.length] = range;
-    this.observer?.onInvalidationStart?.(range);
-    if (!blockable) return this.startNonBlockable(range, open);
+    const startedUs = this.timing.on ? now() : 0;
+    if (!blockable) return this.startNonBlockable(range, this.opened(range, startedUs));
 
+    // Publish first, book-keep after: a subscriber in another thread (a device worker) handles
+    // the call while this thread writes the record below, so that work costs the round nothing.
+    // No subscriber can see the order: a worker sees only its mailbox, and one in this thread runs
+    // inside the loop below, before anything else here. (The non-blockable path records first:
+    // it waits for each subscriber in turn anyway.)
+    let hits: MmuIntervalNotifier[] | null = null;
+    let treeResults: Array<boolean | Promise<boolean> | PendingAck> | null = null;
+    if (this.hasItree) {
+      hits = [];
+      const curSeq = this.itreeStart(range, hits);
+      if (hits.length > 0) {
+        treeResults = new Array(hits.length);
+        for (let i = 0; i < hits.length; i++) treeResults[i] = this.callInterval(hits[i], range, curSeq);
+      }
+    }
+    let listSubs: MmuNotifier[] | null = null;
+    let listResults: Array<number | Promise<number> | PendingAck | typeof NO_START> | null = null;
+    if (this.list.length > 0) {
+      listSubs = [];
+      listResults = [];
+      for (const sub of this.list) {
+        if (!sub.ops.invalidateRangeStart) {
+          if (sub.ops.invalidateRangeEnd) {
+            listSubs.push(sub);
+            listResults.push(NO_START);
+          }
+          continue;
+        }
+        listSubs.push(sub);
+        listResults.push(this.callStart(sub, range));
+      }
+    }
+
+    const open = this.opened(range, startedUs);
+    const rec = open.record;
+    if (hits !== null) {
+      open.treeCounted = true;
+      open.intervals = hits;
+    }
     // Allocated only when needed: most invalidations have one or two synchronous or shared-memory
     // subscribers, and this is the kernel's hottest path.
     let pending: Promise<unknown>[] | null = null;
-    // Shared-memory answers are collected and waited for together after the publish loop; for
-    // each, who answered (an interval or an mm subscription) and its outcome record.
+    // Shared-memory answers are collected and waited for together; for each, who answered (an
+    // interval or an mm subscription) and its outcome record.
     let acks: PendingAck[] | null = null;
     let ackSubs: Array<MmuIntervalNotifier | MmuNotifier> | null = null;
     let ackOutcomes: SubscriberOutcome[] | null = null;
-    if (this.hasItree) {
-      const hits: MmuIntervalNotifier[] = [];
-      const curSeq = this.itreeStart(range, hits);
-      open.treeCounted = true;
-      open.intervals = hits;
-      for (const sub of hits) {
-        const r = this.callInterval(sub, range, curSeq);
+    if (treeResults !== null) {
+      const subs = hits as MmuIntervalNotifier[];
+      for (let i = 0; i < subs.length; i++) {
+        const sub = subs[i];
+        const r = treeResults[i];
         const outcome: SubscriberOutcome = { info: sub.info, kind: 'interval', result: 'ok', ackUs: 0 };
         rec.subscribers.push(outcome);
         if (typeof r === 'boolean') {
@@ -552,79 +608,117 @@ export class MmuNotifierSubscriptions {
         } else {
           (pending ??= []).push(
             r.then((ok) => {
-              outcome.ackUs = now() - rec.startedUs;
+              outcome.ackUs = this.sinceStart(rec);
               if (!ok) this.blockableRefused(sub.info, outcome, range);
             }),
           );
         }
       }
     }
-    for (const sub of this.list) {
-      if (!sub.ops.invalidateRangeStart) {
-        if (sub.ops.invalidateRangeEnd) open.started.push(sub);
-        continue;
-      }
-      const r = this.callStart(sub, range);
-      open.started.push(sub);
-      const outcome: SubscriberOutcome = { info: sub.info, kind: 'mm', result: 'ok', ackUs: 0 };
-      rec.subscribers.push(outcome);
-      if (typeof r === 'number') {
-        if (r !== 0) this.blockableRefused(sub.info, outcome, range);
-      } else if (isPendingAck(r)) {
-        (acks ??= []).push(r);
-        (ackSubs ??= []).push(sub);
-        (ackOutcomes ??= []).push(outcome);
-      } else {
-        (pending ??= []).push(
-          r.then((v) => {
-            outcome.ackUs = now() - rec.startedUs;
-            if (v !== 0) this.blockableRefused(sub.info, outcome, range);
-          }),
-        );
+    if (listSubs !== null) {
+      const results = listResults as Array<number | Promise<number> | PendingAck | typeof NO_START>;
+      for (let i = 0; i < listSubs.length; i++) {
+        const sub = listSubs[i];
+        const r = results[i];
+        open.started.push(sub);
+        if (r === NO_START) continue;
+        const outcome: SubscriberOutcome = { info: sub.info, kind: 'mm', result: 'ok', ackUs: 0 };
+        rec.subscribers.push(outcome);
+        if (typeof r === 'number') {
+          if (r !== 0) this.blockableRefused(sub.info, outcome, range);
+        } else if (isPendingAck(r)) {
+          (acks ??= []).push(r);
+          (ackSubs ??= []).push(sub);
+          (ackOutcomes ??= []).push(outcome);
+        } else {
+          (pending ??= []).push(
+            r.then((v) => {
+              outcome.ackUs = this.sinceStart(rec);
+              if (v !== 0) this.blockableRefused(sub.info, outcome, range);
+            }),
+          );
+        }
       }
     }
     if (acks !== null) {
       const ackList = acks;
       const subs = ackSubs as Array<MmuIntervalNotifier | MmuNotifier>;
       const outcomes = ackOutcomes as SubscriberOutcome[];
-      const settleAll = (): void => {
-        for (let i = 0; i < ackList.length; i++) {
-          const sub = subs[i];
-          const outcome = outcomes[i];
-          const a = ackList[i];
-          // The core reads the answer: only now is the callback over (inFlight / exit).
-          if (sub instanceof MmuIntervalNotifier) sub.inFlight--;
-          else sub.exit();
-          outcome.ackUs = (a.answeredAtUs ?? now()) - rec.startedUs;
-          if (a.poll() !== ACK_OK) this.blockableRefused(sub.info, outcome, range);
-        }
-      };
-      const w = waitAcks(ackList);
+      const w = waitAcks(ackList, rec.startedUs !== 0);
       if (w === null) {
-        settleAll();
+        this.settleAcks(rec, ackList, subs, outcomes);
         if (pending === null) {
           // All answered inside the spin: the last answer's stamp is the acknowledgement time.
           let t = rec.startedUs;
-          for (let i = 0; i < ackList.length; i++) t = Math.max(t, ackList[i].answeredAtUs ?? t);
+          if (t !== 0) for (let i = 0; i < ackList.length; i++) t = Math.max(t, ackList[i].answeredAtUs ?? t);
           rec.ackedUs = t;
           return 0;
         }
-      } else (pending ??= []).push(w.then(settleAll));
+      } else (pending ??= []).push(w.then(() => this.settleAcks(rec, ackList, subs, outcomes)));
     }
     if (pending === null) {
       rec.ackedUs = rec.startedUs;
       return 0;
     }
     return Promise.all(pending).then(() => {
-      rec.ackedUs = now();
+      rec.ackedUs = this.stampIfTimed(rec);
       return 0;
     });
+  }
+
+  /** Reads the shared-memory answers (no closure on the fast path: a method, not a lambda). */
+  private settleAcks(rec: InvalidationRecord, acks: readonly PendingAck[], subs: ReadonlyArray<MmuIntervalNotifier | MmuNotifier>, outcomes: readonly SubscriberOutcome[]): void {
+    for (let i = 0; i < acks.length; i++) {
+      const sub = subs[i];
+      const outcome = outcomes[i];
+      const a = acks[i];
+      // The core reads the answer: only now is the callback over (inFlight / exit).
+      if (sub instanceof MmuIntervalNotifier) sub.inFlight--;
+      else sub.exit();
+      outcome.ackUs = rec.startedUs === 0 ? 0 : (a.answeredAtUs ?? now()) - rec.startedUs;
+      if (a.poll() !== ACK_OK) this.blockableRefused(sub.info, outcome, rec.range);
+    }
+  }
+
+  /** A started range's record, open set entry, recent-ring entry and start observer. */
+  private opened(range: NotifierRange, startedUs: number): OpenRange {
+    const record: InvalidationRecord = { range, result: 'ok', subscribers: [], startedUs, ackedUs: 0, endedUs: 0 };
+    const open: OpenRange = { record, index: this.openList.length, intervals: [], started: [], treeCounted: false };
+    this.openList.push(open);
+    (range as OpenedRange)[OPEN] = open;
+    this.recent[this.recentNext++ & (RECENT - 1)] = range;
+    this.observer?.onInvalidationStart?.(range);
+    return open;
   }
 
   private blockableRefused(info: SubscriberInfo, outcome: SubscriberOutcome, range: NotifierRange): void {
     // The kernel WARNs and carries on: a blockable invalidation cannot fail.
     outcome.result = 'bug';
     this.bug(info, 'refused a blockable invalidation', range);
+  }
+
+  /** Microseconds since the record started, or 0 if it is not timed. */
+  private sinceStart(rec: InvalidationRecord): number {
+    return rec.startedUs === 0 ? 0 : now() - rec.startedUs;
+  }
+
+  /** The clock, for a record that is timed (0 otherwise). */
+  private stampIfTimed(rec: InvalidationRecord): number {
+    return rec.startedUs === 0 ? 0 : now();
+  }
+
+  /** Removes a range from the open set; undefined if it is not open here. */
+  private openTake(range: NotifierRange): OpenRange | undefined {
+    const open = (range as OpenedRange)[OPEN];
+    const list = this.openList;
+    if (!open || list[open.index] !== open) return undefined;
+    const last = list.pop() as OpenRange;
+    if (last !== open) {
+      list[open.index] = last;
+      last.index = open.index;
+    }
+    (range as OpenedRange)[OPEN] = null;
+    return open;
   }
 
   private async startNonBlockable(range: NotifierRange, open: OpenRange): Promise<number> {
@@ -642,7 +736,7 @@ export class MmuNotifierSubscriptions {
           info: sub.info,
           kind: 'interval',
           result: ok ? 'ok' : 'would-block',
-          ackUs: now() - rec.startedUs,
+          ackUs: this.sinceStart(rec),
         };
         rec.subscribers.push(outcome);
         if (!ok) {
@@ -664,7 +758,7 @@ export class MmuNotifierSubscriptions {
       const r = await this.answer(raw, 0, EAGAIN);
       if (isPendingAck(raw)) sub.exit();
       const ok = r === 0;
-      rec.subscribers.push({ info: sub.info, kind: 'mm', result: ok ? 'ok' : 'would-block', ackUs: now() - rec.startedUs });
+      rec.subscribers.push({ info: sub.info, kind: 'mm', result: ok ? 'ok' : 'would-block', ackUs: this.sinceStart(rec) });
       if (ok) open.started.push(sub);
       else {
         if (r !== EAGAIN) this.bug(sub.info, `invalidate_range_start returned ${r}, not -EAGAIN`, range);
@@ -672,7 +766,7 @@ export class MmuNotifierSubscriptions {
       }
     }
     if (!failed) {
-      rec.ackedUs = now();
+      rec.ackedUs = this.stampIfTimed(rec);
       return 0;
     }
     // Unwind both parts: end to every list subscriber that started (the kernel calls end on all
@@ -688,8 +782,8 @@ export class MmuNotifierSubscriptions {
     const rec = open.record;
     this.closeWindows(open.intervals, range);
     rec.result = 'EAGAIN';
-    rec.ackedUs = rec.endedUs = now();
-    this.open.delete(range.id);
+    rec.ackedUs = rec.endedUs = this.stampIfTimed(rec);
+    this.openTake(range);
     this.observer?.onInvalidationEnd?.(rec);
     return EAGAIN;
   }
@@ -718,15 +812,19 @@ export class MmuNotifierSubscriptions {
     }
   }
 
-  /** mmu_notifier_invalidate_range_end: tree bookkeeping first, then the list's ends. */
+  /**
+   * mmu_notifier_invalidate_range_end: tree bookkeeping first, then the list's ends. The interval
+   * subscribers' window ends (devmirror's, not the kernel's) are published before both: a device
+   * worker takes its end while this thread does the rest. It cannot tell the difference: its next
+   * request to the kernel (readBegin, a fault) is served by this thread, after all of it.
+   */
   invalidateRangeEnd(range: NotifierRange): void {
-    const open = this.open.get(range.id);
+    const open = this.openTake(range);
     if (!open) invariant(false, `invalidate_range_end for range ${range.id} that is not open`);
-    this.open.delete(range.id);
-    if (open.treeCounted) this.itreeEnd();
     this.closeWindows(open.intervals, range);
-    for (const sub of open.started) this.callEnd(sub, range);
-    open.record.endedUs = now();
+    if (open.treeCounted) this.itreeEnd();
+    for (let i = 0; i < open.started.length; i++) this.callEnd(open.started[i], range);
+    open.record.endedUs = this.stampIfTimed(open.record);
     this.observer?.onInvalidationEnd?.(open.record);
   }
 
@@ -734,7 +832,7 @@ export class MmuNotifierSubscriptions {
   recentOrigins(start: number, end: number): string[] {
     const out: string[] = [];
     for (let i = 1; i <= this.recent.length; i++) {
-      const r = this.recent[(this.recentNext - i + this.recent.length * 2) % this.recent.length];
+      const r = this.recent[(this.recentNext - i) & (RECENT - 1)];
       if (r && r.start < end && r.end > start && !out.includes(r.origin)) out.push(r.origin);
     }
     return out;
@@ -742,7 +840,7 @@ export class MmuNotifierSubscriptions {
 
   /** Ranges started and not yet ended. */
   openRanges(): NotifierRange[] {
-    return [...this.open.values()].map((o) => o.record.range);
+    return this.openList.map((o) => o.record.range).sort((a, b) => a.id - b.id);
   }
 
   // ---- young -----------------------------------------------------------------------------------

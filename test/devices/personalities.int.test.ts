@@ -47,6 +47,12 @@ function fakeHost(vmas: VmaInfo[]): DeviceHost & { rangeFaults: number } {
     policy: 'faithful',
     options: {},
     counters: {} as Record<string, number>,
+    hotCounters<T extends Record<string, number>>(init: T): T {
+      return init;
+    },
+    counterSnapshot() {
+      return { ...this.counters };
+    },
     ramFrames: 1 << 20,
     rangeFaults: 0,
     async insertInterval(start: number, length: number, handler: IntervalHandler) {

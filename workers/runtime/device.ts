@@ -60,7 +60,7 @@ export abstract class Device implements DmaTarget {
       this.bug = (args.bug as BugMode | null) ?? null;
       return this.bug;
     });
-    host.onCommand('counters', () => ({ ...host.counters }));
+    host.onCommand('counters', () => host.counterSnapshot());
     // What the device maps in [addr, addr + npages pages): the frame per page, or -1 (dashboards).
     host.onCommand('mirror-map', (args) => {
       const addr = Number(args.addr);

@@ -225,6 +225,7 @@ export class DmaEngine {
 
   /** True if an access to [start, end) is in flight (a synchronous fast-path check). */
   busyIn(start: number, end: number): boolean {
+    if (this.inflight.size === 0) return false; // no iterator on the invalidation path
     for (const op of this.inflight) if (op.va >= start && op.va < end) return true;
     return false;
   }

@@ -96,7 +96,12 @@ export interface DeviceHost {
   readonly name: string;
   readonly policy: EventPolicy;
   readonly options: Record<string, unknown>;
+  /** Named counters, created as they are first bumped (not for hot paths: see hotCounters). */
   readonly counters: Record<string, number>;
+  /** Registers counters of fixed shape for a hot path (see HotCounters); reports include them. */
+  hotCounters<T extends Record<string, number>>(init: T): T;
+  /** Every counter: the named ones and the hot groups. */
+  counterSnapshot(): Record<string, number>;
   /** Frames of RAM; frame numbers at or above are device memory. */
   readonly ramFrames: number;
 

@@ -14,6 +14,7 @@ import { DevmirrorError } from '../../src/errors.js';
 import { CALL_OP, PAGE_SIZE } from '../../src/kernel/layout.js';
 import type { DeviceClient, InvalidateStartEvent } from '../../src/client/device-client.js';
 import type { DeviceKind, EventPolicy, ExclusiveReply, FaultInjection, FaultReply, GupReply, MigrateReply, MirrorSummary } from '../../src/devices/protocol.js';
+import { HotCounters } from './hot-counters.js';
 import { DevSub, invokeCall, invokeEnd, type CommandHandler, type DevRange, type DeviceHost, type FaultRequest, type IntervalHandler, type MmHandler, type VmaInfo } from './host.js';
 
 export interface SocketHostOptions {
@@ -34,6 +35,9 @@ export class SocketHost implements DeviceHost {
   readonly policy: EventPolicy;
   readonly options: Record<string, unknown>;
   readonly counters: Record<string, number> = {};
+  private readonly hot = new HotCounters();
+  /** Bumped per call and per access: fixed shape (see HotCounters). */
+  private readonly loopCounters = this.hot.add({ invalidations: 0, dma_bytes: 0 });
   readonly subs = new Map<number, DevSub>();
   faults: FaultInjection = {};
   mirrorSummary: () => MirrorSummary = () => ({ pages: 0, writable: 0, devicePages: 0, objects: 0 });
@@ -90,7 +94,7 @@ export class SocketHost implements DeviceHost {
       this.faults = { ...this.faults, ...(args as FaultInjection) };
       return true;
     });
-    this.onCommand('stats', () => ({ counters: { ...this.counters }, mirror: this.mirrorSummary() }));
+    this.onCommand('stats', () => ({ counters: this.counterSnapshot(), mirror: this.mirrorSummary() }));
   }
 
   get deviceId(): number {
@@ -108,7 +112,7 @@ export class SocketHost implements DeviceHost {
   private onStart(e: InvalidateStartEvent): boolean | Promise<boolean> {
     const sub = this.subs.get(e.subscriptionId);
     const range: DevRange = { ...e, id: e.invalidationId, origin: 0, tick: 0 };
-    this.counters.invalidations = (this.counters.invalidations ?? 0) + 1;
+    this.loopCounters.invalidations++;
     const f = this.faults;
     if (f.hang) return new Promise<boolean>(() => undefined);
     const op = sub && 'invalidate' in sub.handler ? CALL_OP.INVALIDATE : CALL_OP.MM_START;
@@ -198,7 +202,7 @@ export class SocketHost implements DeviceHost {
       if (r.finding) this.findings++;
       buf.set(r.data.subarray(0, len), bufOff);
     }
-    this.counters.dma_bytes = (this.counters.dma_bytes ?? 0) + len;
+    this.loopCounters.dma_bytes += len;
   }
 
   forget(): void {
@@ -226,6 +230,14 @@ export class SocketHost implements DeviceHost {
     this.openCommandGate?.(err);
     this.openCommandGate = null;
     if (!err) this.commandGate = null;
+  }
+
+  hotCounters<T extends Record<string, number>>(init: T): T {
+    return this.hot.add(init);
+  }
+
+  counterSnapshot(): Record<string, number> {
+    return this.hot.merge(this.counters);
   }
 
   onCommand(name: string, fn: CommandHandler): void {
@@ -258,6 +270,6 @@ export class SocketHost implements DeviceHost {
   /** Sends the counters and mirror summary to the server (dashboard, /metrics). */
   reportStats(): void {
     const m = this.mirrorSummary();
-    this.client.sendStats(this.counters, { pages: m.pages, writable: m.writable, objects: m.objects });
+    this.client.sendStats(this.counterSnapshot(), { pages: m.pages, writable: m.writable, objects: m.objects });
   }
 }

@@ -214,7 +214,7 @@ export class ExternalDevice implements ProgressSource {
   /** Sends the start; null when the device is gone (nothing to wait for). */
   private start(subId: number, pid: number, range: NotifierRange, curSeq: number): PendingAck | null {
     if (!this.alive) return null;
-    const tick = this.sanitizer.tick();
+    const tick = this.k.mem.tick();
     const sub = this.subs.get(subId);
     this.sanitizer.started(range.id, subId, pid, range.start, range.end, range.event, range.flags, tick, sub?.kind === 'interval' ? sub : undefined, range.owner, range.origin);
     const ack = new SocketAck(this.group, range.id, subId, (range.flags & RANGE_BLOCKABLE) !== 0);
@@ -237,7 +237,7 @@ export class ExternalDevice implements ProgressSource {
 
   private end(subId: number, pid: number, range: NotifierRange): void {
     if (!this.alive) return;
-    this.sanitizer.ended(range.id, subId, this.sanitizer.tick());
+    this.sanitizer.ended(range.id, subId, this.k.mem.tick());
     this.handshake.ends++;
     this.port.invalidateEnd({ invalidationId: range.id, subscriptionId: subId, pid, start: range.start, end: range.end, event: range.event, flags: range.flags, owner: range.owner });
   }

@@ -42,6 +42,7 @@
 import os from 'node:os';
 import { KC, KC_WORDS } from '../kernel/layout.js';
 import { busyWaitUs } from '../lib/busy-wait.js';
+import { alignedSab } from '../lib/aligned-sab.js';
 import { ACK_PENDING, type AckGroup, type PendingAck } from '../notifier/pending-ack.js';
 
 const now = (): number => performance.now() * 1000;
@@ -113,10 +114,10 @@ export class WorkerAckGroup implements AckGroup {
   parkRaceUs = 0;
 
   constructor(
-    readonly kcSab: SharedArrayBuffer = new SharedArrayBuffer(KC_WORDS * 4),
+    readonly kcSab: SharedArrayBuffer = alignedSab(KC_WORDS * 4),
     readonly policy: SpinPolicy = new AdaptiveSpin(),
   ) {
-    this.kc = new Int32Array(kcSab);
+    this.kc = new Int32Array(kcSab, 0, KC_WORDS);
   }
 
   private toRing: Array<{ ringPending: boolean; ring(): void }> = [];

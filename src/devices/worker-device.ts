@@ -33,6 +33,7 @@ import type { Kernel, Process } from '../kernel/kernel.js';
 import { pteMapsFrame, ptePfn } from '../kernel/pte.js';
 import { MmuIntervalNotifier, MmuNotifier } from '../notifier/subscriptions.js';
 import { DeviceServices } from './device-services.js';
+import { alignedSab } from '../lib/aligned-sab.js';
 import { ERRNO } from '../kernel/hmm.js';
 import { ProgressCounters, type ProgressSource } from '../progress/counters.js';
 import { ACK_OK, ACK_PENDING, ACK_REFUSED, waitAcks, type PendingAck } from '../notifier/pending-ack.js';
@@ -88,26 +89,19 @@ class CallAck implements PendingAck {
     if (this.forced) return this.forced;
     const a = Atomics.load(this.dev.mailbox, MB_CALLS_OFFSET + this.slot * CALL_SLOT_WORDS + CS.ANSWER);
     if (a === ANSWER.PENDING) return ACK_PENDING;
-    this.dev.consume(this);
+    this.dev.consume(this, a);
     return a === ANSWER.OK ? ACK_OK : ACK_REFUSED;
   }
 }
 
 let nextSubId = 1;
 
-interface CallFields {
-  id: number;
-  start: number;
-  end: number;
-  event: number;
-  flags: number;
-  owner: number | null;
-  curSeq: number;
-  origin: number;
-}
+/** What a call slot carries of a range: a NotifierRange itself (no copy on the invalidation path), or the fields of a young or release call. */
+type CallFields = Pick<NotifierRange, 'id' | 'start' | 'end' | 'flags' | 'owner'> & { event: number; origin: NotifierRange['origin'] | null };
 
-function rangeFields(r: NotifierRange, curSeq: number): CallFields {
-  return { id: r.id, start: r.start, end: r.end, event: r.event, flags: r.flags, owner: r.owner, curSeq, origin: ORIGIN_CODES[r.origin] ?? 0 };
+/** The fields of a call that carries no invalidation (young tests, release). */
+function plainCall(start: number, end: number): CallFields {
+  return { id: 0, start, end, event: -1, flags: 0, owner: null, origin: null };
 }
 
 export class WorkerDevice implements ProgressSource {
@@ -167,8 +161,9 @@ export class WorkerDevice implements ProgressSource {
     this.deadlineMs = opts.deadlineMs;
     this.services = new DeviceServices(k, id);
     this.channelToken = `worker:${id}:${randomBytes(16).toString('hex')}`;
-    this.mailboxSab = new SharedArrayBuffer(MB_WORDS * 4);
-    this.mailbox = new Int32Array(this.mailboxSab);
+    // Line-aligned: every slot is one cache line (see alignedSab).
+    this.mailboxSab = alignedSab(MB_WORDS * 4);
+    this.mailbox = new Int32Array(this.mailboxSab, 0, MB_WORDS);
     this.mailbox[MB.SPIN_US] = 0;
     const start = (opts.ringStart ?? 0) | 0;
     this.callHead = this.endHead = this.endTailSeen = start;
@@ -270,12 +265,16 @@ export class WorkerDevice implements ProgressSource {
   }
 
   /** Publishes a call into the mailbox; returns its pending answer, or null if the ring is full. */
-  private post(op: number, subId: number, c: CallFields): CallAck | null {
+  private post(op: number, subId: number, c: CallFields, curSeq: number): CallAck | null {
     const slot = this.callHead & (CALL_SLOTS - 1);
     if (this.slots[slot]) return null;
     const base = MB_CALLS_OFFSET + slot * CALL_SLOT_WORDS;
     const mb = this.mailbox;
     const id = (c.id & 0x7fffffff) || ((this.callHead + 1) & 0x7fffffff) || 1;
+    // The clock first: its Atomics.add is a full barrier, which in the middle of the slot's stores
+    // would wait for the slot line to be fetched from the polling device, and the SEQ store below
+    // would then likely fetch it a second time (the device's next poll takes it back).
+    const tick = this.k.mem.tick();
     mb[base + CS.OP] = op;
     mb[base + CS.SUB] = subId;
     mb[base + CS.START_LO] = addrLo(c.start);
@@ -285,11 +284,11 @@ export class WorkerDevice implements ProgressSource {
     mb[base + CS.EVENT] = c.event;
     mb[base + CS.FLAGS] = c.flags;
     mb[base + CS.OWNER] = c.owner ?? -1;
-    mb[base + CS.CUR_SEQ] = c.curSeq;
+    mb[base + CS.CUR_SEQ] = curSeq;
     mb[base + CS.PID] = this.pid;
-    mb[base + CS.ORIGIN] = c.origin;
+    mb[base + CS.ORIGIN] = c.origin === null ? 0 : (ORIGIN_CODES[c.origin] ?? 0);
     mb[base + CS.ANSWER] = ANSWER.PENDING;
-    mb[base + CS.TICK] = this.k.mem.tick();
+    mb[base + CS.TICK] = tick;
     mb[base + CS.ID] = id;
     // SEQ last (Atomics): the device loads it first, so every word above is visible once it sees
     // the call's position there. A spinning device polls this very word: the call reaches it in
@@ -309,15 +308,15 @@ export class WorkerDevice implements ProgressSource {
   }
 
   /** Publishes and, if the ring is full, waits for a slot first. */
-  private call(op: number, subId: number, c: CallFields): PendingAck | Promise<boolean> {
+  private call(op: number, subId: number, c: CallFields, curSeq: number): PendingAck | Promise<boolean> {
     if (!this.alive) return { poll: () => ACK_OK, group: this.group };
-    const ack = this.post(op, subId, c);
+    const ack = this.post(op, subId, c, curSeq);
     if (ack) return ack;
     return (async () => {
       for (;;) {
         await new Promise<void>((r) => this.slotWaiters.push(r));
         if (!this.alive) return true;
-        const a = this.post(op, subId, c);
+        const a = this.post(op, subId, c, curSeq);
         if (a) {
           await waitAcks([a]);
           return a.poll() === ACK_OK;
@@ -327,17 +326,16 @@ export class WorkerDevice implements ProgressSource {
   }
 
   private async callAndWait(op: number, subId: number, c: CallFields): Promise<boolean> {
-    const r = this.call(op, subId, c);
+    const r = this.call(op, subId, c, 0);
     if (r instanceof Promise) return r;
     await waitAcks([r]);
     return r.poll() === ACK_OK;
   }
 
   /** @internal the kernel read the answer: free the slot (a second read is a protocol error). */
-  consume(ack: CallAck): void {
+  consume(ack: CallAck, a: number): void {
     if (this.slots[ack.slot] !== ack) return;
     this.slots[ack.slot] = null;
-    const a = Atomics.load(this.mailbox, MB_CALLS_OFFSET + ack.slot * CALL_SLOT_WORDS + CS.ANSWER);
     if (a === ANSWER.OK) this.handshake.answered++;
     else this.handshake.refused++;
     const w = this.slotWaiters.shift();
@@ -508,7 +506,7 @@ export class WorkerDevice implements ProgressSource {
         invalidate: (s, range, curSeq) => {
           // Mirror the device's setSeq: the device sets its own copy when it handles the call.
           s.setSeq(curSeq);
-          return this.call(CALL_OP.INVALIDATE, id, rangeFields(range, curSeq));
+          return this.call(CALL_OP.INVALIDATE, id, range, curSeq);
         },
         windowClosed: (_s, range) => this.postEnd(id, range),
       },
@@ -522,17 +520,17 @@ export class WorkerDevice implements ProgressSource {
   private registerMm(label: string): number {
     const id = nextSubId++;
     const young = (op: number, start: number, end: number): Promise<boolean> =>
-      this.alive ? this.callAndWait(op, id, { id: 0, start, end, event: -1, flags: 0, owner: null, curSeq: 0, origin: 0 }) : Promise.resolve(false);
+      this.alive ? this.callAndWait(op, id, plainCall(start, end)) : Promise.resolve(false);
     const sub = new MmuNotifier(
       {
         invalidateRangeStart: (_s, range) => {
-          const r = this.call(CALL_OP.MM_START, id, rangeFields(range, 0));
+          const r = this.call(CALL_OP.MM_START, id, range, 0);
           if (r instanceof Promise) return r.then((ok) => (ok ? 0 : -11));
           return r;
         },
         invalidateRangeEnd: (_s, range) => this.postEnd(id, range),
         release: async () => {
-          if (this.alive) await this.callAndWait(CALL_OP.RELEASE, id, { id: 0, start: 0, end: 2 ** 64, event: -1, flags: 0, owner: null, curSeq: 0, origin: 0 });
+          if (this.alive) await this.callAndWait(CALL_OP.RELEASE, id, plainCall(0, 2 ** 64));
         },
         clearFlushYoung: (_s, start, end) => young(CALL_OP.CLEAR_FLUSH_YOUNG, start, end),
         clearYoung: (_s, start, end) => young(CALL_OP.CLEAR_YOUNG, start, end),

@@ -103,6 +103,9 @@ export interface KernelObserver {
   onOomKill?(p: Process, reason: string): void;
 }
 
+/** Every hook of KernelObserver (the per-hook observer lists are built from it). */
+const OBSERVER_HOOKS = ['onInvalidation', 'onInvalidationStart', 'onSubscriberBug', 'onProcessExit', 'onOomKill'] as const satisfies ReadonlyArray<keyof KernelObserver>;
+
 export interface KernelStats {
   faults: number;
   cowFaults: number;
@@ -146,6 +149,8 @@ export class Kernel {
   readonly lru = { active: new Set<number>(), inactive: new Set<number>() };
   readonly pagemaps = new Map<number, DevicePagemap>();
   private readonly observers = new Set<KernelObserver>();
+  /** The observers that have each hook (see emit). */
+  private readonly hooks: { [K in keyof KernelObserver]?: KernelObserver[] } = {};
   /**
    * Shared by every mm's notifier: invalidation records are timed only while an observer takes
    * them (onInvalidation: metrics, the event log, tracing, the load generator). See RecordTiming.
@@ -222,26 +227,39 @@ export class Kernel {
   observe(o: KernelObserver): () => void {
     if (this.observers.has(o)) return () => this.unobserve(o);
     this.observers.add(o);
+    for (const h of OBSERVER_HOOKS) if (typeof o[h] === 'function') (this.hooks[h] ??= []).push(o);
     if (o.onInvalidation) this.recordTiming.on = ++this.recordReaders > 0;
     return () => this.unobserve(o);
   }
 
   private unobserve(o: KernelObserver): boolean {
     if (!this.observers.delete(o)) return false;
+    for (const h of OBSERVER_HOOKS) {
+      const list = this.hooks[h];
+      const i = list ? list.indexOf(o) : -1;
+      if (i < 0) continue;
+      (list as KernelObserver[]).splice(i, 1);
+      if ((list as KernelObserver[]).length === 0) this.hooks[h] = undefined;
+    }
     if (o.onInvalidation) this.recordTiming.on = --this.recordReaders > 0;
     return true;
   }
 
-  emit<K extends keyof KernelObserver>(name: K, ...args: Parameters<NonNullable<KernelObserver[K]>>): void {
-    if (this.observers.size === 0) return;
-    for (const o of this.observers) {
-      const fn = o[name] as ((...a: unknown[]) => void) | undefined;
-      if (fn) {
-        try {
-          fn.apply(o, args);
-        } catch {
-          // An observer (metrics, UI) must never break the kernel.
-        }
+  /**
+   * Calls every observer that has hook `name`. The observers of each hook are listed when they
+   * subscribe: an invalidation emits on its start and end, and walking every observer (a Set
+   * iterator, a rest-argument array) for hooks most do not have cost the round measurably.
+   */
+  emit<K extends keyof KernelObserver>(name: K, ...args: Parameters<NonNullable<KernelObserver[K]>>): void;
+  emit(name: keyof KernelObserver, a?: unknown, b?: unknown, c?: unknown): void {
+    const list = this.hooks[name];
+    if (list === undefined) return;
+    for (let i = 0; i < list.length; i++) {
+      const o = list[i];
+      try {
+        (o[name] as (a: unknown, b: unknown, c: unknown) => void).call(o, a, b, c);
+      } catch {
+        // An observer (metrics, UI) must never break the kernel.
       }
     }
   }

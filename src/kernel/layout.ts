@@ -54,8 +54,9 @@ export const HDR = {
   /** Word index where the mm table starts. */
   MM_TABLE_OFFSET: 9,
   /**
-   * Global event clock: Atomics.add by any thread gives a total order over device accesses,
-   * acknowledgements and kernel PTE changes (the sanitizer compares ticks).
+   * Global event clock: a total order over what the kernel hands out (fault replies, invalidation
+   * starts and ends), which the sanitizer compares. Advanced only by the kernel thread
+   * (PhysicalMemory.tick, plain stores); other threads read it.
    */
   CLOCK: 10,
   SWAP_SLOTS: 11,
@@ -237,7 +238,7 @@ export const MB = {
    */
   PARKED: 32,
 } as const;
-/** Three 64-byte lines: the kernel's, the device's and PARKED's (a SharedArrayBuffer starts line aligned). */
+/** Three 64-byte lines: the kernel's, the device's and PARKED's (the mailbox is allocated line-aligned: src/lib/aligned-sab.ts). */
 export const MB_HEADER_WORDS = 48;
 export const CALL_SLOTS = 64;
 export const END_SLOTS = 64;

@@ -46,6 +46,10 @@ export class MM {
   /** Where NUMA balancing scanning resumes (task_numa_work's scan offset). */
   numaScanOffset = 0;
 
+  /** Indices of MS.INVALIDATE_SEQ and MS.ACTIVE_RANGES in the meta words (written every invalidation). */
+  private readonly seqWord: number;
+  private readonly activeWord: number;
+
   constructor(
     readonly pid: number,
     readonly slot: number,
@@ -53,6 +57,8 @@ export class MM {
     pgdPfn: number,
   ) {
     this.mmapLock = new RwLock(`mmap_lock[${pid}]`);
+    this.seqWord = mmSlotIndex(mem.mmBase, slot, MS.INVALIDATE_SEQ);
+    this.activeWord = mmSlotIndex(mem.mmBase, slot, MS.ACTIVE_RANGES);
     this.pt = new PageTable(mem, pgdPfn, slot);
     this.notifier = new MmuNotifierSubscriptions(pid);
     this.slotStore(MS.PID, pid);
@@ -82,8 +88,8 @@ export class MM {
    */
   publishSeq(seq: number, active: number): void {
     const meta = this.mem.meta;
-    meta[this.slotIndex(MS.ACTIVE_RANGES)] = active;
-    meta[this.slotIndex(MS.INVALIDATE_SEQ)] = seq;
+    meta[this.activeWord] = active;
+    meta[this.seqWord] = seq;
   }
 
   addRss(delta: number): void {

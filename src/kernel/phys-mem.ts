@@ -10,6 +10,7 @@
  * generation after touching a frame and finds it equal to the one it was granted knows the frame
  * was not recycled in between.
  */
+import { alignedSab } from '../lib/aligned-sab.js';
 import { DevmirrorError, invariant } from '../errors.js';
 import {
   FF,
@@ -93,11 +94,13 @@ export class PhysicalMemory {
     this.framesPerNode = Math.floor(blocks / numaNodes) * PMD_PAGES;
     this.maxMm = maxMm;
     this.mmBase = HDR_WORDS + this.totalFrames * FRAME_META_WORDS;
-    const metaSab = new SharedArrayBuffer((this.mmBase + maxMm * MM_SLOT_WORDS) * 4);
+    // Line-aligned (src/lib/aligned-sab.ts): the header's words are grouped by who writes them.
+    const metaWords = this.mmBase + maxMm * MM_SLOT_WORDS;
+    const metaSab = alignedSab(metaWords * 4);
     const dataSab = new SharedArrayBuffer(this.totalFrames * PAGE_SIZE);
     const swapSab = new SharedArrayBuffer(Math.max(1, cfg.swapSlots) * PAGE_SIZE);
     this.handles = { meta: metaSab, data: dataSab, swap: swapSab };
-    this.meta = new Int32Array(metaSab);
+    this.meta = new Int32Array(metaSab, 0, metaWords);
     this.data = new Uint8Array(dataSab);
     this.dataWords = new Int32Array(dataSab);
     this.next = new Int32Array(this.totalFrames).fill(-1);
@@ -457,9 +460,17 @@ export class PhysicalMemory {
     return true;
   }
 
-  /** Global event clock tick (see HDR.CLOCK). */
+  /**
+   * Global event clock tick (see HDR.CLOCK). Only the kernel thread advances the clock (devices'
+   * sanitizers only read it), so this is a plain read and store of its own last value: an
+   * Atomics.add here was a locked instruction, a full barrier, twice per invalidation round. The
+   * ticks reach other threads inside what the kernel publishes after them (a call or end slot
+   * before its SEQ, a postMessage reply), which orders them.
+   */
   tick(): number {
-    return Atomics.add(this.meta, HDR.CLOCK, 1) + 1;
+    const v = (this.meta[HDR.CLOCK] + 1) | 0;
+    this.meta[HDR.CLOCK] = v;
+    return v;
   }
 
   /** Consistency of the allocator's own books; throws on the first problem. */

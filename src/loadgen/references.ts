@@ -23,6 +23,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import { usSince } from '../lib/stats.js';
+import { alignedSab } from '../lib/aligned-sab.js';
 
 /** Shared words of the references (a tiny layout: word 0 is its version, as in src/kernel/layout). */
 export const REF = { VERSION: 0, ACKS: 1, STOP: 2, SPIN: 3, DOORBELLS: 4 } as const;
@@ -93,7 +94,9 @@ export class ReferenceFanout {
     readonly n: number,
     readonly spin = 2000,
   ) {
-    const sab = new SharedArrayBuffer(Math.max(REF.DOORBELLS + n, RANGE.BASE + n * RANGE.STRIDE) * 4);
+    // Line-aligned, as the product's mailboxes are (see alignedSab): a reference whose words
+    // straddle a line boundary would be slower than it should.
+    const sab = alignedSab(Math.max(REF.DOORBELLS + n, RANGE.BASE + n * RANGE.STRIDE) * 4);
     this.words = new Int32Array(sab);
     Atomics.store(this.words, REF.VERSION, REF_VERSION);
     Atomics.store(this.words, REF.SPIN, spin);

@@ -125,14 +125,7 @@ export class IntervalTree<T extends IntervalNode> {
 
   /** Every node overlapping [start, last], in (start, key) order. */
   overlapping(start: number, last: number, out: T[] = []): T[] {
-    const visit = (t: IntervalNode | null | undefined): void => {
-      if (!t || (t._max as number) < start) return;
-      visit(t._left);
-      if (t.start > last) return;
-      if (t.last >= start) out.push(t as T);
-      visit(t._right);
-    };
-    visit(this.root);
+    collectOverlapping(this.root, start, last, out as IntervalNode[]);
     return out;
   }
 
@@ -178,4 +171,13 @@ export class IntervalTree<T extends IntervalNode> {
     };
     check(this.root, null, null);
   }
+}
+
+/** In-order walk of the subtrees that can overlap [start, last] (a function, not a per-call closure). */
+function collectOverlapping(t: IntervalNode | null | undefined, start: number, last: number, out: IntervalNode[]): void {
+  if (!t || (t._max as number) < start) return;
+  collectOverlapping(t._left, start, last, out);
+  if (t.start > last) return;
+  if (t.last >= start) out.push(t);
+  collectOverlapping(t._right, start, last, out);
 }

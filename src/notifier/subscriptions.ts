@@ -202,8 +202,8 @@ interface OpenRange {
   index: number;
   /** Interval subscriptions that were called (for windowClosed). */
   intervals: MmuIntervalNotifier[];
-  /** hlist subscribers whose start succeeded: they, and only they, get end. */
-  started: MmuNotifier[];
+  /** hlist subscribers whose start succeeded: they, and only they, get end (null: none). */
+  started: MmuNotifier[] | null;
   /** Did this range take part in the tree window (active counted)? */
   treeCounted: boolean;
 }
@@ -235,6 +235,16 @@ const now = (): number => performance.now() * 1000;
  * never see it.
  */
 const OPEN: unique symbol = Symbol('devmirror.openRange');
+/** The intervals of a range that hit none (never pushed to: the blockable path's own). */
+const NO_HITS: MmuIntervalNotifier[] = [];
+
+/** `list` with `x` appended; a new list is a one-element literal (one grown from [] holds 17 slots). */
+function add<T>(list: T[] | null, x: T): T[] {
+  if (list === null) return [x];
+  list.push(x);
+  return list;
+}
+
 /** In the list results: a whole-mm subscriber with an end but no start (still owed the end). */
 const NO_START: unique symbol = Symbol('devmirror.noStart');
 type OpenedRange = NotifierRange & { [OPEN]?: OpenRange | null };
@@ -265,6 +275,8 @@ export class MmuNotifierSubscriptions {
   private seqWaiters: Array<{ seq: number; resolve: () => void }> = [];
   /** Ranges started and not yet ended (unordered; each knows its index). */
   private openList: OpenRange[] = [];
+  /** The tree search's output, reused (see invalidateRangeStart). */
+  private readonly hitScratch: MmuIntervalNotifier[] = [];
   /** Timing of the records; standalone subscriptions time everything (the kernel shares its switch). */
   timing: RecordTiming = { on: true };
   /** The last ranges started (a ring): what moved the seq under a fault that keeps retrying. */
@@ -543,7 +555,7 @@ export class MmuNotifierSubscriptions {
     else range.flags &= ~RANGE_BLOCKABLE;
     range.id = nextInvalidationId++;
     const startedUs = this.timing.on ? now() : 0;
-    if (!blockable) return this.startNonBlockable(range, this.opened(range, startedUs));
+    if (!blockable) return this.startNonBlockable(range, this.opened(range, startedUs, [], []));
 
     // Publish first, book-keep after: a subscriber in another thread (a device worker) handles
     // the call while this thread writes the record below, so that work costs the round nothing.
@@ -553,8 +565,13 @@ export class MmuNotifierSubscriptions {
     let hits: MmuIntervalNotifier[] | null = null;
     let treeResults: Array<boolean | Promise<boolean> | PendingAck> | null = null;
     if (this.hasItree) {
-      hits = [];
-      const curSeq = this.itreeStart(range, hits);
+      // The tree search fills a scratch list; the range keeps an exact copy (a list grown by push
+      // holds 17 slots, and this path allocates on every invalidation). Copied before any
+      // subscriber runs: one in this thread may start a nested invalidation.
+      const scratch = this.hitScratch;
+      const curSeq = this.itreeStart(range, scratch);
+      hits = scratch.length === 0 ? NO_HITS : scratch.slice();
+      while (scratch.length > 0) scratch.pop(); // `length = 0` is a runtime call, pop is inlined
       if (hits.length > 0) {
         treeResults = new Array(hits.length);
         for (let i = 0; i < hits.length; i++) treeResults[i] = this.callInterval(hits[i], range, curSeq);
@@ -578,12 +595,11 @@ export class MmuNotifierSubscriptions {
       }
     }
 
-    const open = this.opened(range, startedUs);
+    const open = this.opened(range, startedUs, hits ?? NO_HITS, null);
     const rec = open.record;
-    if (hits !== null) {
-      open.treeCounted = true;
-      open.intervals = hits;
-    }
+    open.treeCounted = hits !== null;
+    // Built with a literal for the first element: a list grown by push from empty holds 17 slots.
+    let outcomes: SubscriberOutcome[] | null = null;
     // Allocated only when needed: most invalidations have one or two synchronous or shared-memory
     // subscribers, and this is the kernel's hottest path.
     let pending: Promise<unknown>[] | null = null;
@@ -598,13 +614,13 @@ export class MmuNotifierSubscriptions {
         const sub = subs[i];
         const r = treeResults[i];
         const outcome: SubscriberOutcome = { info: sub.info, kind: 'interval', result: 'ok', ackUs: 0 };
-        rec.subscribers.push(outcome);
+        outcomes = add(outcomes, outcome);
         if (typeof r === 'boolean') {
           if (!r) this.blockableRefused(sub.info, outcome, range);
         } else if (isPendingAck(r)) {
-          (acks ??= []).push(r);
-          (ackSubs ??= []).push(sub);
-          (ackOutcomes ??= []).push(outcome);
+          acks = add(acks, r);
+          ackSubs = add(ackSubs, sub);
+          ackOutcomes = add(ackOutcomes, outcome);
         } else {
           (pending ??= []).push(
             r.then((ok) => {
@@ -620,16 +636,16 @@ export class MmuNotifierSubscriptions {
       for (let i = 0; i < listSubs.length; i++) {
         const sub = listSubs[i];
         const r = results[i];
-        open.started.push(sub);
+        open.started = add(open.started, sub);
         if (r === NO_START) continue;
         const outcome: SubscriberOutcome = { info: sub.info, kind: 'mm', result: 'ok', ackUs: 0 };
-        rec.subscribers.push(outcome);
+        outcomes = add(outcomes, outcome);
         if (typeof r === 'number') {
           if (r !== 0) this.blockableRefused(sub.info, outcome, range);
         } else if (isPendingAck(r)) {
-          (acks ??= []).push(r);
-          (ackSubs ??= []).push(sub);
-          (ackOutcomes ??= []).push(outcome);
+          acks = add(acks, r);
+          ackSubs = add(ackSubs, sub);
+          ackOutcomes = add(ackOutcomes, outcome);
         } else {
           (pending ??= []).push(
             r.then((v) => {
@@ -640,6 +656,7 @@ export class MmuNotifierSubscriptions {
         }
       }
     }
+    if (outcomes !== null) rec.subscribers = outcomes;
     if (acks !== null) {
       const ackList = acks;
       const subs = ackSubs as Array<MmuIntervalNotifier | MmuNotifier>;
@@ -681,9 +698,9 @@ export class MmuNotifierSubscriptions {
   }
 
   /** A started range's record, open set entry, recent-ring entry and start observer. */
-  private opened(range: NotifierRange, startedUs: number): OpenRange {
-    const record: InvalidationRecord = { range, result: 'ok', subscribers: [], startedUs, ackedUs: 0, endedUs: 0 };
-    const open: OpenRange = { record, index: this.openList.length, intervals: [], started: [], treeCounted: false };
+  private opened(range: NotifierRange, startedUs: number, intervals: MmuIntervalNotifier[], subscribers: SubscriberOutcome[] | null): OpenRange {
+    const record: InvalidationRecord = { range, result: 'ok', subscribers: subscribers ?? [], startedUs, ackedUs: 0, endedUs: 0 };
+    const open: OpenRange = { record, index: this.openList.length, intervals, started: null, treeCounted: false };
     this.openList.push(open);
     (range as OpenedRange)[OPEN] = open;
     this.recent[this.recentNext++ & (RECENT - 1)] = range;
@@ -751,7 +768,7 @@ export class MmuNotifierSubscriptions {
     let failed = false;
     for (const sub of [...this.list]) {
       if (!sub.ops.invalidateRangeStart) {
-        if (sub.ops.invalidateRangeEnd) open.started.push(sub);
+        if (sub.ops.invalidateRangeEnd) open.started = add(open.started, sub);
         continue;
       }
       const raw = this.callStart(sub, range);
@@ -759,7 +776,7 @@ export class MmuNotifierSubscriptions {
       if (isPendingAck(raw)) sub.exit();
       const ok = r === 0;
       rec.subscribers.push({ info: sub.info, kind: 'mm', result: ok ? 'ok' : 'would-block', ackUs: this.sinceStart(rec) });
-      if (ok) open.started.push(sub);
+      if (ok) open.started = add(open.started, sub);
       else {
         if (r !== EAGAIN) this.bug(sub.info, `invalidate_range_start returned ${r}, not -EAGAIN`, range);
         failed = true;
@@ -772,7 +789,7 @@ export class MmuNotifierSubscriptions {
     // Unwind both parts: end to every list subscriber that started (the kernel calls end on all
     // that implement it, which by its rule are exactly those), and close the tree window the
     // kernel would leave open here.
-    for (const sub of open.started) this.callEnd(sub, range);
+    if (open.started !== null) for (const sub of open.started) this.callEnd(sub, range);
     if (open.treeCounted) this.itreeEnd();
     open.treeCounted = false;
     return this.failStart(range, open);
@@ -823,7 +840,8 @@ export class MmuNotifierSubscriptions {
     if (!open) invariant(false, `invalidate_range_end for range ${range.id} that is not open`);
     this.closeWindows(open.intervals, range);
     if (open.treeCounted) this.itreeEnd();
-    for (let i = 0; i < open.started.length; i++) this.callEnd(open.started[i], range);
+    const started = open.started;
+    if (started !== null) for (let i = 0; i < started.length; i++) this.callEnd(started[i], range);
     open.record.endedUs = this.stampIfTimed(open.record);
     this.observer?.onInvalidationEnd?.(open.record);
   }

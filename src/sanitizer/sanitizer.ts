@@ -34,7 +34,7 @@ export interface Finding {
   va: number;
   pfn: number;
   write: boolean;
-  /** Clock tick of the access. */
+  /** The clock when the access was checked (read, not advanced: several findings may share it). */
   tick: number;
   /** The grant it was checked against, if any. */
   grant: { pfn: number; gen: number; write: boolean; tick: number } | null;
@@ -141,8 +141,17 @@ export class Sanitizer {
     this.metaBase = this.meta[HDR.FRAME_META_OFFSET];
   }
 
+  /**
+   * Advances the clock: for a sanitizer that runs without a kernel (unit tests). Inside devmirror
+   * only the kernel thread advances it (PhysicalMemory.tick); a device's sanitizer only reads it.
+   */
   tick(): number {
     return Atomics.add(this.meta, HDR.CLOCK, 1) + 1;
+  }
+
+  /** The clock now, without advancing it (when a finding was made). */
+  clockNow(): number {
+    return Atomics.load(this.meta, HDR.CLOCK);
   }
 
   generation(pfn: number): number {
@@ -378,7 +387,7 @@ export class Sanitizer {
       va,
       pfn,
       write,
-      tick: this.tick(),
+      tick: this.clockNow(),
       grant: g ? { pfn: g.pfn, gen: g.gen, write: g.write, tick: g.tick } : null,
       revokedBy: w ? { id: w.id, event: eventName(w.event as MmuNotifierEvent), start: w.start, end: w.end, startTick: w.startTick } : null,
       message,

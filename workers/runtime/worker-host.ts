@@ -29,7 +29,9 @@ import {
   ES,
   HDR,
   KC,
+  KC_WORDS,
   MB,
+  MB_WORDS,
   MB_CALLS_OFFSET,
   MB_ENDS_OFFSET,
   PAGE_SIZE,
@@ -123,8 +125,9 @@ export class WorkerHost implements DeviceHost {
     this.policy = init.policy;
     this.callTail = this.endTail = (init.ringStart ?? 0) | 0;
     this.options = init.options ?? {};
-    this.mb = new Int32Array(init.mailbox);
-    this.kc = new Int32Array(init.kc);
+    // Views of the kernel's lengths (the buffers are whole WebAssembly pages: src/lib/aligned-sab.ts).
+    this.mb = new Int32Array(init.mailbox, 0, MB_WORDS);
+    this.kc = new Int32Array(init.kc, 0, KC_WORDS);
     this.data = new Uint8Array(init.data);
     this.ramFrames = new Int32Array(init.meta)[HDR.RAM_FRAMES];
     this.sanitizer = new Sanitizer(init.meta, init.deviceId);
@@ -416,30 +419,25 @@ export class WorkerHost implements DeviceHost {
 
   // ---- the mailbox loop --------------------------------------------------------------------------
 
-  private readCall(slot: number): { op: number; sub: number; range: DevRange; curSeq: number } {
+  private readRange(slot: number): DevRange {
     const base = MB_CALLS_OFFSET + slot * CALL_SLOT_WORDS;
     const mb = this.mb;
     // The caller loaded the slot's SEQ (Atomics), which the kernel stores last: every word below
-    // was written before it.
-    const id = mb[base + CS.ID];
+    // was written before it. (The op, subscription and curSeq are read by the caller: no wrapper
+    // object on the path to the answer.)
     const flags = mb[base + CS.FLAGS];
     const owner = mb[base + CS.OWNER];
     return {
-      op: mb[base + CS.OP],
-      sub: mb[base + CS.SUB],
-      curSeq: mb[base + CS.CUR_SEQ],
-      range: {
-        id,
-        pid: mb[base + CS.PID],
-        start: joinAddr(mb[base + CS.START_LO], mb[base + CS.START_HI]),
-        end: joinAddr(mb[base + CS.END_LO], mb[base + CS.END_HI]),
-        event: mb[base + CS.EVENT],
-        flags,
-        owner: owner === -1 ? null : owner,
-        blockable: (flags & RANGE_BLOCKABLE) !== 0,
-        origin: mb[base + CS.ORIGIN],
-        tick: mb[base + CS.TICK],
-      },
+      id: mb[base + CS.ID],
+      pid: mb[base + CS.PID],
+      start: joinAddr(mb[base + CS.START_LO], mb[base + CS.START_HI]),
+      end: joinAddr(mb[base + CS.END_LO], mb[base + CS.END_HI]),
+      event: mb[base + CS.EVENT],
+      flags,
+      owner: owner === -1 ? null : owner,
+      blockable: (flags & RANGE_BLOCKABLE) !== 0,
+      origin: mb[base + CS.ORIGIN],
+      tick: mb[base + CS.TICK],
     };
   }
 
@@ -480,7 +478,11 @@ export class WorkerHost implements DeviceHost {
   }
 
   private handleCall(slot: number): void {
-    const { op, sub: subId, range, curSeq } = this.readCall(slot);
+    const base = MB_CALLS_OFFSET + slot * CALL_SLOT_WORDS;
+    const op = this.mb[base + CS.OP];
+    const subId = this.mb[base + CS.SUB];
+    const curSeq = this.mb[base + CS.CUR_SEQ];
+    const range = this.readRange(slot);
     const sub = this.subs.get(subId);
     const f = this.faults;
     if (!sub && op === CALL_OP.INVALIDATE) {

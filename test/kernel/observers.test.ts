@@ -1,0 +1,62 @@
+import { describe, expect, it } from 'vitest';
+import { Kernel, PROT } from '../../src/kernel/kernel.js';
+import { MmuIntervalNotifier, type InvalidationRecord } from '../../src/notifier/subscriptions.js';
+import { MmuNotifierEvent } from '../../src/notifier/range.js';
+
+const PAGE = 4096;
+
+async function setup(): Promise<{ k: Kernel; round: () => Promise<void> }> {
+  const k = new Kernel({ memoryBytes: 8 << 20 });
+  const p = k.createProcess('obs');
+  const a = await k.mmap(p.pid, { length: 4 * PAGE, prot: PROT.READ | PROT.WRITE });
+  const sub = new MmuIntervalNotifier({ invalidate: (s, _r, seq) => (s.setSeq(seq), true) }, { label: 'sub' });
+  p.mm.notifier.insertInterval(sub, a, 4 * PAGE);
+  const round = async (): Promise<void> => {
+    const r = await k.notify(p.mm, MmuNotifierEvent.CLEAR, a, a + PAGE, 'madvise');
+    k.notifyEnd(p.mm, r);
+  };
+  return { k, round };
+}
+
+describe('kernel observers', () => {
+  it('times invalidation records exactly while an observer takes them', async () => {
+    const { k, round } = await setup();
+    expect(k.recordTiming.on).toBe(false);
+    const seen: InvalidationRecord[] = [];
+    const other = k.observe({ onProcessExit: () => undefined });
+    expect(k.recordTiming.on).toBe(false); // an observer without onInvalidation reads no record
+    const stop = k.observe({ onInvalidation: (rec) => seen.push(rec) });
+    expect(k.recordTiming.on).toBe(true);
+    await round();
+    expect(seen).toHaveLength(1);
+    expect(seen[0].startedUs).toBeGreaterThan(0);
+    expect(seen[0].endedUs).toBeGreaterThanOrEqual(seen[0].startedUs);
+    expect(seen[0].subscribers).toHaveLength(1);
+    stop();
+    expect(k.recordTiming.on).toBe(false);
+    await round();
+    expect(seen).toHaveLength(1); // unsubscribed: not called again
+    other();
+  });
+
+  it('calls each hook only on the observers that have it, in subscription order, and survives a throwing one', async () => {
+    const { k, round } = await setup();
+    const calls: string[] = [];
+    k.observe({
+      onInvalidationStart: () => {
+        calls.push('a');
+        throw new Error('observer bug');
+      },
+    });
+    const stopB = k.observe({ onInvalidationStart: () => calls.push('b'), onInvalidation: () => calls.push('b-end') });
+    k.observe({ onProcessExit: () => calls.push('exit') });
+    await round();
+    expect(calls).toEqual(['a', 'b', 'b-end']);
+    stopB();
+    stopB(); // twice: no effect
+    calls.length = 0;
+    await round();
+    expect(calls).toEqual(['a']);
+    expect(k.recordTiming.on).toBe(false);
+  });
+});

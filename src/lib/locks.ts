@@ -156,7 +156,8 @@ export class Mutex {
 
   unlock(): void {
     if (!this.locked) throw new Error(`${this.name}: unlock without lock`);
-    const next = this.queue.shift();
+    // Uncontended (every invalidation of an idle device): no shift call on an empty queue.
+    const next = this.queue.length > 0 ? this.queue.shift() : undefined;
     if (next) next();
     else {
       this.locked = false;

@@ -156,7 +156,6 @@ export class Kernel {
    * them (onInvalidation: metrics, the event log, tracing, the load generator). See RecordTiming.
    */
   readonly recordTiming: RecordTiming = { on: false };
-  private recordReaders = 0;
   readonly stats: KernelStats = {
     faults: 0,
     cowFaults: 0,
@@ -227,21 +226,19 @@ export class Kernel {
   observe(o: KernelObserver): () => void {
     if (this.observers.has(o)) return () => this.unobserve(o);
     this.observers.add(o);
-    for (const h of OBSERVER_HOOKS) if (typeof o[h] === 'function') (this.hooks[h] ??= []).push(o);
-    if (o.onInvalidation) this.recordTiming.on = ++this.recordReaders > 0;
+    // Copy on write: an emit walking a list is not disturbed by (un)subscribing from an observer.
+    for (const h of OBSERVER_HOOKS) if (typeof o[h] === 'function') this.hooks[h] = [...(this.hooks[h] ?? []), o];
+    this.recordTiming.on = this.hooks.onInvalidation !== undefined;
     return () => this.unobserve(o);
   }
 
   private unobserve(o: KernelObserver): boolean {
     if (!this.observers.delete(o)) return false;
     for (const h of OBSERVER_HOOKS) {
-      const list = this.hooks[h];
-      const i = list ? list.indexOf(o) : -1;
-      if (i < 0) continue;
-      (list as KernelObserver[]).splice(i, 1);
-      if ((list as KernelObserver[]).length === 0) this.hooks[h] = undefined;
+      const list = this.hooks[h]?.filter((x) => x !== o);
+      this.hooks[h] = list && list.length > 0 ? list : undefined;
     }
-    if (o.onInvalidation) this.recordTiming.on = --this.recordReaders > 0;
+    this.recordTiming.on = this.hooks.onInvalidation !== undefined;
     return true;
   }
 
@@ -302,7 +299,7 @@ export class Kernel {
       },
       onInvalidationEnd: (rec) => {
         if (rec.result !== 'ok') this.stats.invalidationsRefused++;
-        if (this.recordReaders > 0) this.emit('onInvalidation', rec);
+        if (this.recordTiming.on) this.emit('onInvalidation', rec);
       },
       onSubscriberBug: (info, msg, range) => {
         this.stats.subscriberBugs++;

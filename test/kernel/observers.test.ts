@@ -59,4 +59,20 @@ describe('kernel observers', () => {
     expect(calls).toEqual(['a']);
     expect(k.recordTiming.on).toBe(false);
   });
+
+  it('an observer that unsubscribes inside its hook does not make the next one miss the event', async () => {
+    const { k, round } = await setup();
+    const calls: string[] = [];
+    const stopA: () => void = k.observe({
+      onInvalidation: () => {
+        calls.push('a');
+        stopA();
+      },
+    });
+    k.observe({ onInvalidation: () => calls.push('b') });
+    await round();
+    await round();
+    expect(calls).toEqual(['a', 'b', 'b']);
+    expect(k.recordTiming.on).toBe(true);
+  });
 });

@@ -245,7 +245,8 @@ export class Kernel {
   /**
    * Calls every observer that has hook `name`. The observers of each hook are listed when they
    * subscribe: an invalidation emits on its start and end, and walking every observer (a Set
-   * iterator, a rest-argument array) for hooks most do not have cost the round measurably.
+   * iterator, a rest-argument array) for hooks most do not have cost the round measurably. Hooks
+   * take at most three arguments (the implementation passes a, b, c).
    */
   emit<K extends keyof KernelObserver>(name: K, ...args: Parameters<NonNullable<KernelObserver[K]>>): void;
   emit(name: keyof KernelObserver, a?: unknown, b?: unknown, c?: unknown): void {

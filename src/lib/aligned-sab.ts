@@ -17,8 +17,6 @@ const WASM_PAGE = 65536;
 /** WebAssembly memories are indexed by 32 bits: at most 65,536 pages. */
 const MAX_PAGES = 65536;
 
-export const CACHE_LINE = 64;
-
 /** The part of the WebAssembly API used here (this project's TypeScript libs do not declare it). */
 interface SharedWasmMemory {
   readonly buffer: SharedArrayBuffer;

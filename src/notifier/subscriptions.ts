@@ -245,8 +245,6 @@ function add<T>(list: T[] | null, x: T): T[] {
   return list;
 }
 
-/** In the list results: a whole-mm subscriber with an end but no start (still owed the end). */
-const NO_START: unique symbol = Symbol('devmirror.noStart');
 type OpenedRange = NotifierRange & { [OPEN]?: OpenRange | null };
 
 /**
@@ -563,7 +561,11 @@ export class MmuNotifierSubscriptions {
     // inside the loop below, before anything else here. (The non-blockable path records first:
     // it waits for each subscriber in turn anyway.)
     let hits: MmuIntervalNotifier[] | null = null;
-    let treeResults: Array<boolean | Promise<boolean> | PendingAck> | null = null;
+    // Who was called, in order (the tree's hits, then the list's), and what each returned: true or
+    // false for a synchronous answer (a list subscriber's 0 or errno is mapped at the call), a
+    // PendingAck, or a promise of one of those.
+    let called: Array<MmuIntervalNotifier | MmuNotifier> | null = null;
+    let results: Array<boolean | Promise<boolean> | PendingAck> | null = null;
     if (this.hasItree) {
       // The tree search fills a scratch list; the range keeps an exact copy (a list grown by push
       // holds 17 slots, and this path allocates on every invalidation). Copied before any
@@ -573,31 +575,28 @@ export class MmuNotifierSubscriptions {
       hits = scratch.length === 0 ? NO_HITS : scratch.slice();
       while (scratch.length > 0) scratch.pop(); // `length = 0` is a runtime call, pop is inlined
       if (hits.length > 0) {
-        treeResults = new Array(hits.length);
-        for (let i = 0; i < hits.length; i++) treeResults[i] = this.callInterval(hits[i], range, curSeq);
+        results = new Array(hits.length);
+        for (let i = 0; i < hits.length; i++) results[i] = this.callInterval(hits[i], range, curSeq);
+        called = hits;
       }
     }
-    let listSubs: MmuNotifier[] | null = null;
-    let listResults: Array<number | Promise<number> | PendingAck | typeof NO_START> | null = null;
-    if (this.list.length > 0) {
-      listSubs = [];
-      listResults = [];
-      for (const sub of this.list) {
-        if (!sub.ops.invalidateRangeStart) {
-          if (sub.ops.invalidateRangeEnd) {
-            listSubs.push(sub);
-            listResults.push(NO_START);
-          }
-          continue;
-        }
-        listSubs.push(sub);
-        listResults.push(this.callStart(sub, range));
+    let started: MmuNotifier[] | null = null;
+    for (const sub of this.list) {
+      if (!sub.ops.invalidateRangeStart) {
+        if (sub.ops.invalidateRangeEnd) started = add(started, sub);
+        continue;
       }
+      const r = this.callStart(sub, range);
+      started = add(started, sub);
+      // `called` may still be `hits`, which the open range keeps as its intervals: copy, not push.
+      called = called === hits ? [...(called ?? []), sub] : add(called, sub);
+      results = add(results, typeof r === 'number' ? r === 0 : isPendingAck(r) ? r : r.then((v) => v === 0));
     }
 
     const open = this.opened(range, startedUs, hits ?? NO_HITS, null);
     const rec = open.record;
     open.treeCounted = hits !== null;
+    open.started = started;
     // Built with a literal for the first element: a list grown by push from empty holds 17 slots.
     let outcomes: SubscriberOutcome[] | null = null;
     // Allocated only when needed: most invalidations have one or two synchronous or shared-memory
@@ -608,12 +607,13 @@ export class MmuNotifierSubscriptions {
     let acks: PendingAck[] | null = null;
     let ackSubs: Array<MmuIntervalNotifier | MmuNotifier> | null = null;
     let ackOutcomes: SubscriberOutcome[] | null = null;
-    if (treeResults !== null) {
-      const subs = hits as MmuIntervalNotifier[];
-      for (let i = 0; i < subs.length; i++) {
-        const sub = subs[i];
-        const r = treeResults[i];
-        const outcome: SubscriberOutcome = { info: sub.info, kind: 'interval', result: 'ok', ackUs: 0 };
+    if (called !== null) {
+      const all = results as Array<boolean | Promise<boolean> | PendingAck>;
+      for (let i = 0; i < called.length; i++) {
+        const sub = called[i];
+        const r = all[i];
+        const kind = sub instanceof MmuIntervalNotifier ? 'interval' : 'mm';
+        const outcome: SubscriberOutcome = { info: sub.info, kind, result: 'ok', ackUs: 0 };
         outcomes = add(outcomes, outcome);
         if (typeof r === 'boolean') {
           if (!r) this.blockableRefused(sub.info, outcome, range);
@@ -626,31 +626,6 @@ export class MmuNotifierSubscriptions {
             r.then((ok) => {
               outcome.ackUs = this.sinceStart(rec);
               if (!ok) this.blockableRefused(sub.info, outcome, range);
-            }),
-          );
-        }
-      }
-    }
-    if (listSubs !== null) {
-      const results = listResults as Array<number | Promise<number> | PendingAck | typeof NO_START>;
-      for (let i = 0; i < listSubs.length; i++) {
-        const sub = listSubs[i];
-        const r = results[i];
-        open.started = add(open.started, sub);
-        if (r === NO_START) continue;
-        const outcome: SubscriberOutcome = { info: sub.info, kind: 'mm', result: 'ok', ackUs: 0 };
-        outcomes = add(outcomes, outcome);
-        if (typeof r === 'number') {
-          if (r !== 0) this.blockableRefused(sub.info, outcome, range);
-        } else if (isPendingAck(r)) {
-          acks = add(acks, r);
-          ackSubs = add(ackSubs, sub);
-          ackOutcomes = add(ackOutcomes, outcome);
-        } else {
-          (pending ??= []).push(
-            r.then((v) => {
-              outcome.ackUs = this.sinceStart(rec);
-              if (v !== 0) this.blockableRefused(sub.info, outcome, range);
             }),
           );
         }

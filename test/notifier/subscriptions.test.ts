@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { MmuIntervalNotifier, MmuNotifier, MmuNotifierSubscriptions, EAGAIN } from '../../src/notifier/subscriptions.js';
+import { MmuIntervalNotifier, MmuNotifier, MmuNotifierSubscriptions, EAGAIN, type InvalidationRecord } from '../../src/notifier/subscriptions.js';
 import { makeRange, MmuNotifierEvent, rangeBlockable, type NotifierRange } from '../../src/notifier/range.js';
 import { recordingInterval, recordingMm } from '../helpers/recorder.js';
 
@@ -233,6 +233,36 @@ describe('non-blockable ranges and unwinding', () => {
     expect(await subs.invalidateRangeStart(r, true)).toBe(0);
     subs.invalidateRangeEnd(r);
     expect(bugs).toEqual(['bad: refused a blockable invalidation']);
+  });
+
+  it('reports whole-mm subscribers that fail a blockable range, synchronously or not, and still ends every one that started', async () => {
+    const subs = new MmuNotifierSubscriptions(1);
+    const bugs: string[] = [];
+    const records: InvalidationRecord[] = [];
+    subs.observer = { onSubscriberBug: (info, msg) => bugs.push(`${info.label}: ${msg}`), onInvalidationEnd: (rec) => records.push(rec) };
+    const ends: string[] = [];
+    const mm = (label: string, start?: () => number | Promise<number>): MmuNotifier =>
+      new MmuNotifier({ ...(start ? { invalidateRangeStart: start } : {}), invalidateRangeEnd: () => void ends.push(label) }, { label });
+    subs.insertInterval(new MmuIntervalNotifier({ invalidate: (s, _r, seq) => (s.setSeq(seq), true) }, { label: 'iv' }), 0x10000, PAGE);
+    subs.register(mm('sync-bad', () => -11));
+    subs.register(mm('async-bad', () => Promise.resolve(-11)));
+    subs.register(mm('good', () => 0));
+    subs.register(mm('end-only'));
+    const r = range(MmuNotifierEvent.CLEAR, 0x10000, 0x11000);
+    expect(await subs.invalidateRangeStart(r, true)).toBe(0);
+    subs.invalidateRangeEnd(r);
+    expect(bugs.sort()).toEqual(['async-bad: refused a blockable invalidation', 'sync-bad: refused a blockable invalidation']);
+    // Newest first (hlist_add_head); the end-only subscriber gets its end too.
+    expect(ends).toEqual(['end-only', 'good', 'async-bad', 'sync-bad']);
+    expect(records).toHaveLength(1);
+    expect(records[0].subscribers.map((o) => [o.info.label, o.kind, o.result])).toEqual([
+      ['iv', 'interval', 'ok'],
+      ['good', 'mm', 'ok'],
+      ['async-bad', 'mm', 'bug'],
+      ['sync-bad', 'mm', 'bug'],
+    ]);
+    expect(subs.isInvalidating()).toBe(false);
+    expect(subs.openRanges()).toEqual([]);
   });
 });
 

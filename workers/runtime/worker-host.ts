@@ -419,8 +419,7 @@ export class WorkerHost implements DeviceHost {
 
   // ---- the mailbox loop --------------------------------------------------------------------------
 
-  private readRange(slot: number): DevRange {
-    const base = MB_CALLS_OFFSET + slot * CALL_SLOT_WORDS;
+  private readRange(base: number): DevRange {
     const mb = this.mb;
     // The caller loaded the slot's SEQ (Atomics), which the kernel stores last: every word below
     // was written before it. (The op, subscription and curSeq are read by the caller: no wrapper
@@ -482,7 +481,7 @@ export class WorkerHost implements DeviceHost {
     const op = this.mb[base + CS.OP];
     const subId = this.mb[base + CS.SUB];
     const curSeq = this.mb[base + CS.CUR_SEQ];
-    const range = this.readRange(slot);
+    const range = this.readRange(base);
     const sub = this.subs.get(subId);
     const f = this.faults;
     if (!sub && op === CALL_OP.INVALIDATE) {

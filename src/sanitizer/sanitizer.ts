@@ -55,7 +55,7 @@ interface Grant {
    * An acknowledged invalidation covered the grant: whatever it required (revoke, or only take
    * write access), the device may have dropped the page then (a blind device zaps on every event),
    * and a later grant of the page is a refault. A read grant under a downgrade is not revoked, but
-   * it is covered.
+   * it is covered, unless the device said it kept its reads through that downgrade (Window.kept).
    */
   covered: boolean;
   /** An invalidation that started after the reply was computed had already covered it on arrival. */
@@ -67,6 +67,12 @@ interface Grant {
   lostBefore: boolean;
   /** The first acknowledged invalidation that covered this grant (the cause of its refault). */
   coveredBy: Window | null;
+  /**
+   * A downgrade the device said it kept its read mappings through took write access from this
+   * grant: a later write grant of the page is a refault (a read grant is not: the device still had
+   * the page).
+   */
+  writeLostTo: Window | null;
   /** With lostBefore: the invalidation that took the device's previous usable grant. */
   lostTo: Window | null;
 }
@@ -92,6 +98,12 @@ interface Window {
   endTick: number;
   acked: boolean;
   ended: boolean;
+  /**
+   * The device said, when it acknowledged, that it downgraded instead of dropping: it kept its
+   * read mappings in the range. Only refault accounting uses it, and only for an event that takes
+   * write access only (a device cannot keep what a CLEAR takes): a read grant it covers is not lost.
+   */
+  kept: boolean;
 }
 
 const MAX_FINDINGS = 200;
@@ -181,15 +193,24 @@ export class Sanitizer {
    * frame generation it read then.
    */
   grant(pid: number, va: number, pfn: number, gen: number, write: boolean, tick: number): void {
-    const g: Grant = { pfn, gen, write, tick, revokedBy: null, downgradedBy: null, covered: false, staleOnArrival: false, lostBefore: false, coveredBy: null, lostTo: null };
+    const g: Grant = { pfn, gen, write, tick, revokedBy: null, downgradedBy: null, covered: false, staleOnArrival: false, lostBefore: false, coveredBy: null, lostTo: null, writeLostTo: null };
     // Windows that started after the reply was computed and overlap it take it away at once if
     // they are acknowledged, or at their end if still open (the device may legitimately fetch
     // pfns inside a window; it must then fail readRetry).
     // A closed window revokes every grant computed before it ended (before it started: the ack
     // took it; inside it: the end did).
-    for (const w of this.closed) if (w.pid === pid && tick < w.endTick && va >= w.start && va < w.end) this.apply(g, w);
+    let stale = false;
+    for (const w of this.closed) {
+      if (w.pid === pid && tick < w.endTick && va >= w.start && va < w.end) {
+        this.apply(g, w);
+        stale = true;
+      }
+    }
     for (const w of this.open) {
-      if (w.pid === pid && w.acked && w.startTick > tick && va >= w.start && va < w.end) this.apply(g, w);
+      if (w.pid === pid && w.acked && w.startTick > tick && va >= w.start && va < w.end) {
+        this.apply(g, w);
+        stale = true;
+      }
     }
     const m = this.pidGrants(pid);
     const key = Math.floor(va / PAGE_SIZE);
@@ -199,10 +220,25 @@ export class Sanitizer {
     // device must throw away (its readRetry fails) and ask for again: it is not counted, and the
     // loss it repairs carries over to the grant that replaces it, so a fault that raced k
     // invalidations counts one refault, not k + 1, and a first fault that raced one counts none.
+    // A page the device kept through a downgrade it reported (see Window.kept) is lost only for
+    // writing: granting it again for reading (a gpu re-mapping its whole range after losing some
+    // other page of it) is no refault.
     const prev = m.get(key);
-    g.lostBefore = prev !== undefined && (prev.staleOnArrival ? prev.lostBefore : prev.covered);
-    if (g.lostBefore && prev) g.lostTo = prev.staleOnArrival ? prev.lostTo : prev.coveredBy;
-    g.staleOnArrival = g.covered;
+    if (prev !== undefined) {
+      if (prev.staleOnArrival) {
+        g.lostBefore = prev.lostBefore;
+        g.lostTo = prev.lostTo;
+      } else if (prev.covered) {
+        g.lostBefore = true;
+        g.lostTo = prev.coveredBy;
+      } else if (prev.writeLostTo) {
+        if (write) {
+          g.lostBefore = true;
+          g.lostTo = prev.writeLostTo;
+        } else g.writeLostTo ??= prev.writeLostTo; // still without the write access it lost
+      }
+    }
+    g.staleOnArrival = stale;
     if (g.lostBefore && !g.staleOnArrival) {
       this.stats.refaults++;
       const w = g.lostTo;
@@ -220,17 +256,19 @@ export class Sanitizer {
   }
 
   private apply(g: Grant, w: Window): void {
-    g.covered = true;
-    g.coveredBy ??= w;
-    if (g.revokedBy) return;
+    if (g.revokedBy) return; // covered by the revocation already
     if (Sanitizer.downgradeOnly(w)) {
       if (g.write) {
         g.write = false;
         g.downgradedBy = w;
+        if (w.kept) g.writeLostTo ??= w;
       }
+      if (w.kept) return; // the device kept the page for reading: not lost
     } else {
       g.revokedBy = w;
     }
+    g.covered = true;
+    g.coveredBy ??= w;
   }
 
   /**
@@ -258,7 +296,7 @@ export class Sanitizer {
     if (owner !== null && owner === this.deviceId && (event === MmuNotifierEvent.MIGRATE || event === MmuNotifierEvent.EXCLUSIVE)) return;
     const s = within ? Math.max(start, within.start) : start;
     const e = within ? Math.min(end, within.end) : end;
-    this.open.push({ id, sub, pid, start: s, end: e, event, flags, origin, startTick: tick, endTick: Infinity, acked: false, ended: false });
+    this.open.push({ id, sub, pid, start: s, end: e, event, flags, origin, startTick: tick, endTick: Infinity, acked: false, ended: false, kept: false });
   }
 
   private openWindow(id: number, sub: number): Window | undefined {
@@ -285,12 +323,14 @@ export class Sanitizer {
 
   /**
    * The device acknowledged it: every grant in range computed before the window opened is gone
-   * (or downgraded). The device's own MIGRATE/EXCLUSIVE opens no window (see started).
+   * (or downgraded). The device's own MIGRATE/EXCLUSIVE opens no window (see started). `kept`: the
+   * device downgraded instead of dropping (refault accounting only, see Window.kept).
    */
-  acked(id: number, sub: number): void {
+  acked(id: number, sub: number, kept = false): void {
     const w = this.openWindow(id, sub);
     if (!w) return;
     w.acked = true;
+    w.kept = kept;
     this.applyInRange(w, -Infinity, w.startTick);
   }
 

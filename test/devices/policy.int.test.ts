@@ -46,6 +46,20 @@ describe('event policies', () => {
     for (const d of devs) expect((await d.refresh()).sanitizer.findings).toBe(0);
   });
 
+  it('refaults count pages a device lost, not pages an aware gpu kept and re-mapped with its range', async () => {
+    const { k, pid, a, devs } = await setup(['aware', 'blind']);
+    for (const d of devs) await readAll(d, a);
+    await k.mprotect(pid, a, PAGES * PAGE, PROT.READ); // aware: downgrade, keeps every page
+    await k.madvise(pid, a, PAGE, 'dontneed'); // CLEAR of page 0: both lose it
+    for (const d of devs) await readAll(d, a); // the gpu faults page 0 in with its whole range
+    const [aware, blind] = await Promise.all(devs.map((d) => d.refresh()));
+    expect(aware.sanitizer.refaults).toBe(1);
+    expect(aware.sanitizer.refaultCauses).toEqual({ 'CLEAR:madvise': 1 });
+    expect(blind.sanitizer.refaults).toBe(PAGES);
+    expect(blind.sanitizer.refaultCauses).toEqual({ 'PROTECTION_VMA:mprotect': PAGES });
+    for (const d of [aware, blind]) expect(d.sanitizer.findings).toBe(0);
+  });
+
   it('UNMAP drops the tracking structure, CLEAR keeps it', async () => {
     const { k, pid, a, devs } = await setup(['aware']);
     const [gpu] = devs;

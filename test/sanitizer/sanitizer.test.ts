@@ -7,7 +7,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Kernel } from '../../src/kernel/kernel.js';
-import { MmuNotifierEvent } from '../../src/notifier/range.js';
+import { MmuNotifierEvent, RANGE_UPDATE_TO_READ_ONLY } from '../../src/notifier/range.js';
 import { Sanitizer } from '../../src/sanitizer/sanitizer.js';
 
 const PAGE = 4096;
@@ -131,6 +131,38 @@ describe('sanitizer windows', () => {
     expect(s.stats.refaults).toBe(1);
     s.grant(pid, A.start + PAGE, 61, gen(61), false, s.tick()); // a first fault
     expect(s.stats.refaults).toBe(1);
+  });
+
+  it('a downgrade the device kept its reads through loses only write access: a read grant again is no refault, a write grant is', () => {
+    const { s, gen } = setup();
+    const pid = 100;
+    const downgrade = (id: number, kept: boolean): void => {
+      s.started(id, 1, pid, A.start, A.end, MmuNotifierEvent.PROTECTION_VMA, RANGE_UPDATE_TO_READ_ONLY, s.tick(), A, null, 'mprotect');
+      s.acked(id, 1, kept);
+      s.ended(id, 1, s.tick());
+    };
+    s.grant(pid, A.start, 80, gen(80), false, s.tick()); // read
+    s.grant(pid, A.start + PAGE, 81, gen(81), true, s.tick()); // write
+    downgrade(1, true);
+    expect(s.check(pid, A.start + PAGE, 81, true)?.kind).toBe('write-ro'); // kept or not, write is gone
+    // A gpu re-mapping its whole range hands both pages again, for reading: the device had them.
+    s.grant(pid, A.start, 80, gen(80), false, s.tick());
+    s.grant(pid, A.start + PAGE, 81, gen(81), false, s.tick());
+    expect(s.stats.refaults).toBe(0);
+    // The write access page 1 lost is still lost: taking it back is a refault, caused by the downgrade.
+    s.grant(pid, A.start + PAGE, 81, gen(81), true, s.tick());
+    expect(s.stats.refaultCauses).toEqual({ 'PROTECTION_VMA:mprotect': 1 });
+    // Without the device's word the record stays conservative: a read grant again counts.
+    downgrade(2, false);
+    s.grant(pid, A.start, 80, gen(80), false, s.tick());
+    expect(s.stats.refaults).toBe(2);
+    // A device cannot keep what a CLEAR takes: kept is ignored there.
+    s.started(3, 1, pid, A.start, A.end, MmuNotifierEvent.CLEAR, 0, s.tick(), A, null, 'madvise');
+    s.acked(3, 1, true);
+    s.ended(3, 1, s.tick());
+    expect(s.check(pid, A.start, 80, false)?.kind).toBe('stale');
+    s.grant(pid, A.start, 80, gen(80), false, s.tick());
+    expect(s.stats.refaultCauses).toEqual({ 'PROTECTION_VMA:mprotect': 2, 'CLEAR:madvise': 1 });
   });
 
   it('attributes each refault to the invalidation that took the page (event and origin), across stale replies', () => {

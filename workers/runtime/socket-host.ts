@@ -81,7 +81,7 @@ export class SocketHost implements DeviceHost {
     this.logFn = o.log ?? (() => undefined);
     client.onInvalidateStart((e) => this.onStart(e));
     client.onInvalidateEnd((e) =>
-      invokeEnd(this.subs.get(e.subscriptionId), { ...e, id: e.invalidationId, blockable: (e.flags & 1) !== 0, origin: 0, tick: 0 }),
+      invokeEnd(this.subs.get(e.subscriptionId), { ...e, id: e.invalidationId, blockable: (e.flags & 1) !== 0, origin: 0, tick: 0, kept: false }),
     );
     client.onRelease(async (subId) => {
       await invokeCall(this.subs.get(subId), CALL_OP.RELEASE, this.blank(), 0);
@@ -106,12 +106,14 @@ export class SocketHost implements DeviceHost {
   }
 
   private blank(): DevRange {
-    return { id: 0, pid: this.pid, start: 0, end: 2 ** 64, event: -1, flags: 0, owner: null, blockable: true, origin: 0, tick: 0 };
+    return { id: 0, pid: this.pid, start: 0, end: 2 ** 64, event: -1, flags: 0, owner: null, blockable: true, origin: 0, tick: 0, kept: false };
   }
 
   private onStart(e: InvalidateStartEvent): boolean | Promise<boolean> {
     const sub = this.subs.get(e.subscriptionId);
-    const range: DevRange = { ...e, id: e.invalidationId, origin: 0, tick: 0 };
+    // kept is not reported over the channel: the server's record counts a downgraded page's next
+    // grant as a refault, conservatively (see Sanitizer.acked).
+    const range: DevRange = { ...e, id: e.invalidationId, origin: 0, tick: 0, kept: false };
     this.loopCounters.invalidations++;
     const f = this.faults;
     if (f.hang) return new Promise<boolean>(() => undefined);

@@ -437,6 +437,7 @@ export class WorkerHost implements DeviceHost {
       blockable: (flags & RANGE_BLOCKABLE) !== 0,
       origin: mb[base + CS.ORIGIN],
       tick: mb[base + CS.TICK],
+      kept: false,
     };
   }
 
@@ -468,7 +469,7 @@ export class WorkerHost implements DeviceHost {
     this.answer(slot, ok);
     if (op !== CALL_OP.INVALIDATE && op !== CALL_OP.MM_START) return;
     this.openWindow(sub, subId, range);
-    if (ok) this.sanitizer.acked(range.id, subId);
+    if (ok) this.sanitizer.acked(range.id, subId, range.kept);
   }
 
   private openWindow(sub: DevSub | undefined, subId: number, range: DevRange): void {
@@ -532,6 +533,7 @@ export class WorkerHost implements DeviceHost {
       blockable: (flags & RANGE_BLOCKABLE) !== 0,
       origin: 0,
       tick: mb[base + ES.TICK],
+      kept: false,
     };
     const subId = mb[base + ES.SUB];
     this.sanitizer.ended(id, subId, range.tick);

@@ -177,6 +177,11 @@ export class WorkerDevice implements ProgressSource {
     Atomics.store(this.mailbox, MB.VERSION, MAILBOX_VERSION);
   }
 
+  /** The options the device was created with (what its personality received). */
+  get options(): Readonly<Record<string, unknown>> {
+    return this.opts.options;
+  }
+
   get alive(): boolean {
     return this.state === 'starting' || this.state === 'running' || this.state === 'stopping';
   }

@@ -19,13 +19,14 @@ import { parseSweep, runSweep, type SweepDimension, type SweepReport } from './s
 import { REMOTE_WORKLOADS, remoteSummary, renderRemoteHtml, runRemote, type RemoteOptions, type RemoteWorkload } from './remote.js';
 
 /** Keys a scenario file may hold: the BenchOptions plus `description`, `sweep` and `baselines`. */
-const SCENARIO_KEYS = new Set([...Object.keys(DEFAULT_BENCH), 'clients', 'ops', 'durationMs', 'replay', 'writeMix', 'description', 'sweep', 'baselines']);
+const SCENARIO_KEYS = new Set([...Object.keys(DEFAULT_BENCH), 'clients', 'ops', 'durationMs', 'replay', 'writeMix', 'deviceOptions', 'description', 'sweep', 'baselines']);
 
 export const BENCH_USAGE = `devmirror bench [--scenario FILE.json|FILE.yaml] [--workload munmap|mprotect|madvise|soft-dirty|fork|migrate|compact|numa|oom-reaper|mixed]
                 [--devices gpu=1,rdma=1,kvm=1,dmirror=1 | --devices N] [--policy faithful|aware|blind]
                 [--clients M (external clients over <= 4 processes)] [--dma-rate N] [--write-mix 0.3] [--duration 10s | --ops N] [--area-pages N] [--range-pages N]
                 [--pattern random|sequential|hotset] [--seed N] [--json FILE]
                 [--replay FILE.strace [--time-scale 0|1|...] [--density 0.05]]   (strace -f -tt -e trace=memory,openat,close)
+                [--device-option KIND.KEY=VALUE ...]   (gpu.granularityPages=16, gpu.xnack=false, rdma.implicit=true, rdma.write=false)
                 [--sweep devices=1,2,4,8 | range=1,16,512 | policy=blind,faithful,aware | clients=1,10,100] [--baselines] [--html FILE.html]
 devmirror bench --target http://HOST:PORT --process NAME [--window MAPPING] [--workload madvise|mprotect|munmap|soft-dirty|mixed]
                 [--duration 10s | --ops N] [--range-pages N] [--area-pages N] [--concurrency N] [--json FILE] [--html FILE]
@@ -83,6 +84,7 @@ export function parseBenchArgs(argv: string[]): BenchCli {
       process: { type: 'string' },
       window: { type: 'string' },
       concurrency: { type: 'string' },
+      'device-option': { type: 'string', multiple: true },
     },
     strict: true,
   });
@@ -139,6 +141,15 @@ export function parseBenchArgs(argv: string[]): BenchCli {
   if (values.pattern) o.pattern = values.pattern as Pattern;
   if (values.seed) o.seed = int('seed', values.seed);
   if (values.clients) o.clients = int('clients', values.clients);
+  for (const spec of values['device-option'] ?? []) {
+    // KIND.KEY=VALUE, e.g. gpu.granularityPages=16; validateBench checks kind, key and value.
+    const m = /^([a-z]+)\.([A-Za-z]+)=(.+)$/.exec(spec);
+    if (!m) throw new DevmirrorError('DM_ERR_VALIDATION', `--device-option ${spec}: expected KIND.KEY=VALUE (e.g. gpu.granularityPages=16)`);
+    const [, kind, key, raw] = m;
+    const value = raw === 'true' ? true : raw === 'false' ? false : /^\d+$/.test(raw) ? Number(raw) : raw;
+    const all = (o.deviceOptions = { ...o.deviceOptions });
+    all[kind as DeviceKind] = { ...all[kind as DeviceKind], [key]: value as number | boolean };
+  }
   if (values.replay) {
     const ts = values['time-scale'] !== undefined ? Number(values['time-scale']) : 0;
     const density = values.density !== undefined ? Number(values.density) : undefined;
@@ -158,7 +169,7 @@ export function parseBenchArgs(argv: string[]): BenchCli {
     if (!/^https?:$/.test(url.protocol)) throw new DevmirrorError('DM_ERR_VALIDATION', '--target must be an http(s):// URL');
     if (!values.process) throw new DevmirrorError('DM_ERR_VALIDATION', '--target needs --process NAME');
     if (!REMOTE_WORKLOADS.includes(o.workload as RemoteWorkload)) throw new DevmirrorError('DM_ERR_VALIDATION', `--target runs the workloads ${REMOTE_WORKLOADS.join(', ')}`);
-    if (values.sweep || values.replay || values.clients || values.baselines) throw new DevmirrorError('DM_ERR_VALIDATION', '--target does not take --sweep, --replay, --clients or --baselines');
+    if (values.sweep || values.replay || values.clients || values.baselines || values['device-option']) throw new DevmirrorError('DM_ERR_VALIDATION', '--target does not take --sweep, --replay, --clients, --baselines or --device-option');
     remote = {
       target: url.origin,
       process: values.process,

@@ -51,7 +51,19 @@ export interface BenchOptions {
   deadlineMs: number;
   /** Replay a real program's strace instead of the workload (see replay.ts for the model). */
   replay?: { file: string; timeScale?: number; density?: number; maxTouchPages?: number };
+  /**
+   * Device options per kind, given to every device of that kind (the scalar options of
+   * `POST /v1/devices`): gpu { granularityPages, xnack }, rdma { implicit, write }. They override
+   * what the run would choose itself.
+   */
+  deviceOptions?: Partial<Record<DeviceKind, Record<string, number | boolean>>>;
 }
+
+/** The device options a bench run takes, per kind, with their checks (as in POST /v1/devices). */
+export const BENCH_DEVICE_OPTIONS: Partial<Record<DeviceKind, Record<string, (v: unknown) => boolean>>> = {
+  gpu: { granularityPages: (v) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 1 << 18, xnack: (v) => typeof v === 'boolean' },
+  rdma: { implicit: (v) => typeof v === 'boolean', write: (v) => typeof v === 'boolean' },
+};
 
 export const DEFAULT_BENCH: BenchOptions = {
   devices: { gpu: 1, rdma: 1, kvm: 1, dmirror: 1 },
@@ -94,7 +106,8 @@ export interface BenchReport {
   /** Per event and device kind: rounds that reached that kind, and its acknowledgements. */
   byEventAndKind: EventKindRow[];
   /** refaultCauses: refaulted pages by the `EVENT:origin` of the invalidation that took them. */
-  devices: Array<{ name: string; kind: string; state: string; stateReason?: string; faults: number; refaults: number; refaultCauses: Record<string, number>; invalidations: number; checked: number; findings: number }>;
+  /** options: what a worker device was created with (its personality's options). */
+  devices: Array<{ name: string; kind: string; state: string; stateReason?: string; options?: Record<string, unknown>; faults: number; refaults: number; refaultCauses: Record<string, number>; invalidations: number; checked: number; findings: number }>;
   /** With --replay: what was replayed. */
   replay?: Omit<ReplayStats, 'writableRanges'> & { file: string; events: number; tasks: number };
   totals: { deviceFaults: number; refaults: number; checked: number; findings: number; evictions: number };
@@ -120,6 +133,19 @@ export function validateBench(o: BenchOptions): void {
     if (typeof r !== 'object' || r === null || typeof r.file !== 'string') bad('replay must be { file, timeScale?, density? }');
     if (r!.timeScale !== undefined && !isNum(r!.timeScale)) bad('replay time scale must be a number');
     if (r!.density !== undefined && (!isNum(r!.density) || r!.density < 0 || r!.density > 1)) bad('replay density must be between 0 and 1');
+  }
+  if (o.deviceOptions !== undefined) {
+    const d = o.deviceOptions as unknown;
+    if (typeof d !== 'object' || d === null || Array.isArray(d)) bad('deviceOptions must map device kinds to options');
+    for (const [kind, opts] of Object.entries(d as Record<string, unknown>)) {
+      const known = BENCH_DEVICE_OPTIONS[kind as DeviceKind];
+      if (!known) bad(`deviceOptions: no options for device kind ${kind} (${Object.keys(BENCH_DEVICE_OPTIONS).join(', ')} take some)`);
+      if (typeof opts !== 'object' || opts === null || Array.isArray(opts)) bad(`deviceOptions.${kind} must be an object`);
+      for (const [key, v] of Object.entries(opts as Record<string, unknown>)) {
+        if (!known![key]) bad(`deviceOptions.${kind}: unknown option ${key} (${Object.keys(known!).join(', ')})`);
+        if (!known![key](v)) bad(`deviceOptions.${kind}.${key}: bad value ${JSON.stringify(v)}`);
+      }
+    }
   }
   for (const [k, n] of Object.entries(o.devices)) {
     if (!DEVICE_KINDS.includes(k as DeviceKind)) bad(`unknown device kind ${k}`);
@@ -209,6 +235,7 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
             : kind === 'kvm'
               ? { memslots: [{ id: 0, baseGfn: 0x100000, npages: o.areaPages, hva: addr }] }
               : {};
+        Object.assign(options, o.deviceOptions?.[kind]);
         const dev = await mgr.create({ kind, pid: p.pid, policy: o.policy, options, name: `${kind}${i}` });
         if (o.dmaRate > 0 && !trace) await dev.command('dma', { rate: o.dmaRate, pattern: 'random', writeMix: o.writeMix ?? 0.3, start: addr, end: addr + areaBytes });
       }
@@ -284,6 +311,7 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
         kind: d.kind,
         state: d.state,
         ...(d.stateReason ? { stateReason: d.stateReason } : {}),
+        options: { ...d.options },
         faults: (c.faults ?? 0) + (c.page_faults ?? 0) + (c.pf_taken ?? 0),
         refaults: d.sanitizer?.refaults ?? 0,
         refaultCauses: { ...(d.sanitizer?.refaultCauses ?? {}) },

@@ -3,7 +3,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { runBench, DEFAULT_BENCH } from '../../src/loadgen/runner.js';
+import { runBench, DEFAULT_BENCH, validateBench } from '../../src/loadgen/runner.js';
 import { parseBenchArgs, summary } from '../../src/loadgen/cli.js';
 
 describe('devmirror bench', () => {
@@ -55,6 +55,23 @@ describe('devmirror bench', () => {
     expect(() => parseBenchArgs(['--duration', 'soon'])).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
     expect(() => parseBenchArgs(['--policy', 'lazy'])).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
     expect(() => parseBenchArgs(['--bogus'])).toThrow();
+  });
+
+  it('takes device options per kind from the command line and scenario files, checked as POST /v1/devices checks them', async () => {
+    const a = parseBenchArgs(['--device-option', 'gpu.granularityPages=16', '--device-option', 'gpu.xnack=false', '--device-option', 'rdma.implicit=true', '--ops', '4']);
+    expect(a.options.deviceOptions).toEqual({ gpu: { granularityPages: 16, xnack: false }, rdma: { implicit: true } });
+    for (const bad of [['gpu.granularity=16'], ['gpu.granularityPages=0'], ['gpu.xnack=maybe'], ['kvm.memslots=1'], ['granularityPages=16']]) {
+      expect(() => validateBench(parseBenchArgs(['--device-option', bad[0], '--ops', '1']).options), bad[0]).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
+    }
+    expect(() => parseBenchArgs(['--target', 'http://h:1', '--process', 'p', '--device-option', 'gpu.xnack=true'])).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
+    // The option reaches the device the run creates (and the report says what each device had).
+    const dir = mkdtempSync(join(tmpdir(), 'devmirror-scenario-'));
+    const file = join(dir, 'gran.json');
+    writeFileSync(file, JSON.stringify({ workload: 'madvise', devices: { gpu: 1 }, deviceOptions: { gpu: { granularityPages: 16 } }, ops: 1, areaPages: 32, rangePages: 32, dmaRate: 0 }));
+    const { options } = parseBenchArgs(['--scenario', file]);
+    expect(options.deviceOptions).toEqual({ gpu: { granularityPages: 16 } });
+    const r = await runBench(options);
+    expect(r.devices[0]).toMatchObject({ kind: 'gpu', options: { granularityPages: 16 }, findings: 0 });
   });
 
   it('takes a scenario file\'s sweep, baselines and operation count, and refuses unknown keys', () => {

@@ -82,6 +82,18 @@ function checkOptions(cli: BenchCli, what: string): void {
         (o.replay.density === undefined || (num(o.replay.density) && o.replay.density >= 0 && o.replay.density <= 1))),
     'replay',
   );
+  ok(
+    o.deviceOptions === undefined ||
+      (typeof o.deviceOptions === 'object' &&
+        o.deviceOptions !== null &&
+        Object.entries(o.deviceOptions).every(
+          ([kind, opts]) =>
+            (kind === 'gpu' &&
+              Object.entries(opts ?? {}).every(([k, v]) => (k === 'granularityPages' && int(v) && (v as number) >= 1 && (v as number) <= 1 << 18) || (k === 'xnack' && typeof v === 'boolean'))) ||
+            (kind === 'rdma' && Object.entries(opts ?? {}).every(([k, v]) => ['implicit', 'write'].includes(k) && typeof v === 'boolean')),
+        )),
+    'deviceOptions',
+  );
   if (cli.sweep) expect(cli.sweep.values.length, what).toBeGreaterThan(0);
 }
 
@@ -109,6 +121,14 @@ const VALUES: Record<string, fc.Arbitrary<unknown>> = {
   replay: fc.oneof(
     fc.record({ file: fc.constantFrom('bench/fixtures/strace/python-list.strace', 'nope.strace'), timeScale: fc.oneof(fc.constantFrom(0, 1, -1)), density: fc.oneof(fc.double({ min: 0, max: 1, noNaN: true }), fc.constant(2)) }, { requiredKeys: ['file'] }),
     fc.constantFrom(null, 'file.strace', 5),
+  ),
+  deviceOptions: fc.oneof(
+    fc.dictionary(
+      fc.constantFrom('gpu', 'rdma', 'kvm', 'fpga'),
+      fc.dictionary(fc.constantFrom('granularityPages', 'xnack', 'implicit', 'write', 'speed'), fc.oneof(fc.integer({ min: 0, max: 1 << 19 }), fc.boolean(), fc.constantFrom(1.5, '16', null)), { maxKeys: 3 }),
+      { maxKeys: 3 },
+    ),
+    fc.constantFrom(null, [], 'gpu.granularityPages=16', 16),
   ),
   description: fc.string({ maxLength: 40 }),
   sweep: fc.oneof(fc.constantFrom('devices=1,2', 'range=1,16', 'policy=blind,aware', 'clients=1', 'nope=1', 'range=', 'range=0'), fc.string({ maxLength: 12 })),

@@ -164,4 +164,5 @@ sweep('devices-sweep.json', 'devices-sweep.svg', 'madvise of one page: round aga
 policies('policy-sweep.json', 'policy-mprotect.svg', 'mprotect storms (gpu + dmirror, 2 MiB ranges): refaults by policy');
 policies('replay-boehm-policy.json', 'policy-replay-boehm.svg', 'Boehm GC replay (4,582 mprotects, 30% device writes): refaults by policy');
 policies('replay-boehm-policy-write-mix-0.json', 'policy-replay-boehm-read-only.svg', 'Boehm GC replay (4,582 mprotects, devices only read): refaults by policy');
+policies('replay-boehm-g16-w0-d0.05.json', 'policy-replay-boehm-gpu-64k.svg', 'Boehm GC replay, devices only read, 64 KiB gpu: refaults');
 console.log(written.length ? `wrote:\n  ${written.join('\n  ')}` : `no data in ${DATA}`);

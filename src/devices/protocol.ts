@@ -26,6 +26,12 @@ export interface DmaConfig {
   /** Address window the engine works on (defaults to the device's mapped areas). */
   start?: number;
   end?: number;
+  /**
+   * Only these pages (addresses, rounded down to the page) of that window, when set and not empty
+   * (an empty list lifts the restriction): a device working on the buffers a program wrote, not
+   * on memory it never touched (the replay aims engines this way).
+   */
+  pages?: number[];
   /** Simulated transfer time of one access, microseconds (the in-flight window). */
   transferUs: number;
   /** Bytes touched per access. */

@@ -25,7 +25,7 @@ export const BENCH_USAGE = `devmirror bench [--scenario FILE.json|FILE.yaml] [--
                 [--devices gpu=1,rdma=1,kvm=1,dmirror=1 | --devices N] [--policy faithful|aware|blind]
                 [--clients M (external clients over <= 4 processes)] [--dma-rate N] [--write-mix 0.3] [--duration 10s | --ops N] [--area-pages N] [--range-pages N]
                 [--pattern random|sequential|hotset] [--seed N] [--json FILE]
-                [--replay FILE.strace [--time-scale 0|1|...] [--density 0.05]]   (strace -f -tt -e trace=memory,openat,close)
+                [--replay FILE.strace [--time-scale 0|1|...] [--density 0.05] [--dma-target written|window]]   (strace -f -tt -e trace=memory,openat,close)
                 [--device-option KIND.KEY=VALUE ...]   (gpu.granularityPages=16, gpu.xnack=false, rdma.implicit=true, rdma.write=false)
                 [--sweep devices=1,2,4,8 | range=1,16,512 | policy=blind,faithful,aware | clients=1,10,100] [--baselines] [--html FILE.html]
 devmirror bench --target http://HOST:PORT --process NAME [--window MAPPING] [--workload madvise|mprotect|munmap|soft-dirty|mixed]
@@ -79,6 +79,7 @@ export function parseBenchArgs(argv: string[]): BenchCli {
       html: { type: 'string' },
       'time-scale': { type: 'string' },
       density: { type: 'string' },
+      'dma-target': { type: 'string' },
       target: { type: 'string' },
       token: { type: 'string' },
       process: { type: 'string' },
@@ -156,6 +157,12 @@ export function parseBenchArgs(argv: string[]): BenchCli {
     if (!Number.isFinite(ts) || ts < 0) throw new DevmirrorError('DM_ERR_VALIDATION', '--time-scale must be a number >= 0');
     if (density !== undefined && !(density >= 0 && density <= 1)) throw new DevmirrorError('DM_ERR_VALIDATION', '--density must be between 0 and 1');
     o.replay = { file: values.replay, timeScale: ts, ...(density !== undefined ? { density } : {}) };
+  }
+  const dmaTarget = values['dma-target'];
+  if (dmaTarget !== undefined) {
+    if (dmaTarget !== 'written' && dmaTarget !== 'window') throw new DevmirrorError('DM_ERR_VALIDATION', '--dma-target must be written or window');
+    if (!o.replay) throw new DevmirrorError('DM_ERR_VALIDATION', '--dma-target goes with a replay (--replay, or replay in the scenario)');
+    o.replay = { ...o.replay, dmaTarget };
   }
   if (!['faithful', 'aware', 'blind'].includes(o.policy)) throw new DevmirrorError('DM_ERR_VALIDATION', '--policy must be faithful, aware or blind');
   let remote: RemoteOptions | undefined;

@@ -12,7 +12,8 @@
  * - strace records no page touches, so the replay touches pages by a model: in every new writable
  *   mapping, heap growth and range made writable by mprotect, the first and the last page and
  *   `density` of the others, at most `maxTouchPages` per range; a readable file mapping gets its
- *   first page read.
+ *   first page read. The pages written are remembered (until unmapped, moved or discarded) so that
+ *   devices can work on the program's data (`written`), not on memory it never touched.
  * - Every traced task replays into one emulated process (threads share an address space; this
  *   filter does not trace clone, so processes and threads cannot be told apart).
  * - `timeScale` 0 replays as fast as possible; 1 keeps the recorded gaps between calls.
@@ -62,7 +63,7 @@ export async function replayTrace(
   p: Process,
   trace: ParsedTrace,
   o: ReplayOptions = DEFAULT_REPLAY,
-  afterEach?: (i: number, stats: ReplayStats, writable: () => Array<[number, number]>, lastTouched: number) => Promise<void> | void,
+  afterEach?: (i: number, stats: ReplayStats, writable: () => Array<[number, number]>, lastTouched: number, written: (start: number, end: number, max: number) => number[]) => Promise<void> | void,
 ): Promise<ReplayStats> {
   const stats: ReplayStats = { calls: trace.events.length, replayed: 0, refused: {}, mappings: 0, fileMappingsAsAnon: 0, touchedPages: 0, writableRanges: [] };
   const fds = new Map<number, string>();
@@ -78,6 +79,24 @@ export async function replayTrace(
   };
   /** The first page the program last touched: where it works now. */
   let lastTouched = -1;
+  /** Pages the replay wrote and the program still has (what its devices work on). */
+  const wrote = new Set<number>();
+  const forget = (start: number, end: number): void => {
+    if (wrote.size === 0) return;
+    if ((end - start) / PAGE_SIZE < wrote.size) for (let a = start; a < end; a += PAGE_SIZE) wrote.delete(a);
+    else for (const a of wrote) if (a >= start && a < end) wrote.delete(a);
+  };
+  /** The written pages in [start, end), in address order, at most `max`. */
+  const written = (start: number, end: number, max: number): number[] => {
+    const out: number[] = [];
+    if ((end - start) / PAGE_SIZE < wrote.size) {
+      for (let a = start; a < end && out.length < max; a += PAGE_SIZE) if (wrote.has(a)) out.push(a);
+    } else {
+      for (const a of wrote) if (a >= start && a < end) out.push(a);
+      out.sort((x, y) => x - y).splice(max);
+    }
+    return out;
+  };
   const touch = async (addr: number, length: number, write: boolean): Promise<void> => {
     const pages = length / PAGE_SIZE;
     if (pages <= 0) return;
@@ -90,8 +109,10 @@ export async function replayTrace(
     }
     for (const i of want) {
       const a = addr + i * PAGE_SIZE;
-      if (write) await k.write(p.pid, a, new Uint8Array(8).fill(0x5a));
-      else await k.read(p.pid, a, 8);
+      if (write) {
+        await k.write(p.pid, a, new Uint8Array(8).fill(0x5a));
+        wrote.add(a);
+      } else await k.read(p.pid, a, 8);
       stats.touchedPages++;
     }
   };
@@ -130,6 +151,7 @@ export async function replayTrace(
             else stats.fileMappingsAsAnon++;
           }
           await k.mmap(p.pid, { addr: op.result, fixed: true, length, prot: op.prot, shared: shared && file !== undefined, ...(file ? { file } : {}) });
+          forget(op.result, op.result + length); // a fixed mapping replaces what was there
           stats.mappings++;
           if (!(op.prot & PROT.WRITE)) writable.remove(op.result, op.result + length);
           if (op.prot & PROT.WRITE) {
@@ -141,6 +163,7 @@ export async function replayTrace(
         case 'munmap':
           await k.munmap(p.pid, pageDown(op.addr), pageUp(op.length));
           writable.remove(pageDown(op.addr), pageDown(op.addr) + pageUp(op.length));
+          forget(pageDown(op.addr), pageDown(op.addr) + pageUp(op.length));
           break;
         case 'mremap': {
           const moved = op.result !== op.addr;
@@ -148,6 +171,12 @@ export async function replayTrace(
           // The writable part of the old range moves with it (growth of a writable mapping is writable).
           const was = writable.covers(op.addr, op.addr + PAGE_SIZE);
           writable.remove(op.addr, op.addr + pageUp(op.oldLength));
+          // The data moves with the mapping.
+          if (moved) {
+            const old = written(op.addr, op.addr + pageUp(op.oldLength), Infinity);
+            forget(op.addr, op.addr + pageUp(op.oldLength));
+            for (const a of old) wrote.add(op.result + (a - op.addr));
+          } else if (op.newLength < op.oldLength) forget(op.addr + pageUp(op.newLength), op.addr + pageUp(op.oldLength));
           if (was) writable.add(op.result, op.result + pageUp(op.newLength));
           break;
         }
@@ -172,6 +201,8 @@ export async function replayTrace(
             continue;
           }
           await k.madvise(p.pid, pageDown(op.addr), pageUp(op.length), advice as never);
+          // DONTNEED discards the data; FREE says the program no longer needs it.
+          if (advice === 'dontneed' || advice === 'free') forget(pageDown(op.addr), pageDown(op.addr) + pageUp(op.length));
           break;
         }
         case 'brk': {
@@ -189,6 +220,7 @@ export async function replayTrace(
           } else if (next < cur) {
             await k.munmap(p.pid, next, cur - next);
             writable.remove(next, cur);
+            forget(next, cur);
           }
           brkCur = op.result;
           break;
@@ -198,7 +230,7 @@ export async function replayTrace(
     } catch (e) {
       refuse(op.kind, e);
     }
-    if (afterEach) await afterEach(i, stats, () => writable.ranges(), lastTouched);
+    if (afterEach) await afterEach(i, stats, () => writable.ranges(), lastTouched, written);
   }
   stats.writableRanges = writable.ranges();
   return stats;

@@ -50,7 +50,18 @@ export interface BenchOptions {
   /** Acknowledgement deadline (ms): long, so a busy machine never evicts a healthy device. */
   deadlineMs: number;
   /** Replay a real program's strace instead of the workload (see replay.ts for the model). */
-  replay?: { file: string; timeScale?: number; density?: number; maxTouchPages?: number };
+  replay?: {
+    file: string;
+    timeScale?: number;
+    density?: number;
+    maxTouchPages?: number;
+    /**
+     * Where the DMA engines work: `written` (default), the pages the replay wrote in the window
+     * around the program's last touch; `window`, every page of that window (the model before
+     * 2026-11-27 13:30, which also reads memory the program never wrote: the zero page).
+     */
+    dmaTarget?: 'written' | 'window';
+  };
   /**
    * Device options per kind, given to every device of that kind (the scalar options of
    * `POST /v1/devices`): gpu { granularityPages, xnack }, rdma { implicit, write }. They override
@@ -133,6 +144,7 @@ export function validateBench(o: BenchOptions): void {
     if (typeof r !== 'object' || r === null || typeof r.file !== 'string') bad('replay must be { file, timeScale?, density? }');
     if (r!.timeScale !== undefined && !isNum(r!.timeScale)) bad('replay time scale must be a number');
     if (r!.density !== undefined && (!isNum(r!.density) || r!.density < 0 || r!.density > 1)) bad('replay density must be between 0 and 1');
+    if (r!.dmaTarget !== undefined && r!.dmaTarget !== 'written' && r!.dmaTarget !== 'window') bad('replay dmaTarget must be written or window');
   }
   if (o.deviceOptions !== undefined) {
     const d = o.deviceOptions as unknown;
@@ -261,11 +273,13 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
     if (trace) {
       const rng = mulberry(o.seed);
       const ro = { ...DEFAULT_REPLAY, ...o.replay };
-      const st = await replayTrace(k, p, trace, ro, async (i, stats, writable, lastTouched) => {
+      const st = await replayTrace(k, p, trace, ro, async (i, stats, writable, lastTouched, written) => {
         ctx.op = stats.replayed;
         // Every 50 calls, point each device's DMA engine at a window of at most 256 pages of the
         // writable memory the program works in now: around the page it last touched (a device
-        // works on the buffers the program is using), else at a random live writable range.
+        // works on the buffers the program is using), else at a random live writable range; and
+        // (dmaTarget written) at the pages of that window the program wrote: its data, not memory
+        // it never touched, whose reads map the zero page.
         if (o.dmaRate > 0 && i % 50 === 0) {
           const w = writable();
           if (w.length > 0) {
@@ -276,7 +290,9 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
               const len = Math.min(pages, 256);
               const centre = hot ? Math.floor((lastTouched - s0) / PAGE_SIZE) - len / 2 : rng() * (pages - len + 1);
               const at = s0 + Math.max(0, Math.min(pages - len, Math.floor(centre))) * PAGE_SIZE;
-              await d.command('dma', { rate: o.dmaRate, pattern: 'random', writeMix: o.writeMix ?? 0.3, start: at, end: at + len * PAGE_SIZE }).catch(() => undefined);
+              // An empty list lifts the restriction: a window the program wrote nothing in yet.
+              const only = (o.replay?.dmaTarget ?? 'written') === 'written' ? written(at, at + len * PAGE_SIZE, 256) : [];
+              await d.command('dma', { rate: o.dmaRate, pattern: 'random', writeMix: o.writeMix ?? 0.3, start: at, end: at + len * PAGE_SIZE, pages: only }).catch(() => undefined);
             }
           }
         }

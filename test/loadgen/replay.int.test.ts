@@ -38,6 +38,34 @@ describe('strace replay', () => {
     });
   }
 
+  it('remembers the pages it wrote, as the program keeps, moves and discards them (what devices work on)', async () => {
+    const A = 0x7f0000000000;
+    const B = 0x7f0000100000;
+    const trace = parseStrace(
+      [
+        `1 10:00:00.000001 mmap(NULL, 65536, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = ${'0x' + A.toString(16)}`,
+        `1 10:00:00.000002 madvise(${'0x' + (A + 0xf000).toString(16)}, 4096, MADV_DONTNEED) = 0`,
+        `1 10:00:00.000003 mmap(NULL, 32768, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = ${'0x' + B.toString(16)}`,
+        `1 10:00:00.000004 mprotect(${'0x' + (B + 0x2000).toString(16)}, 4096, PROT_READ|PROT_WRITE) = 0`,
+        `1 10:00:00.000005 mremap(${'0x' + A.toString(16)}, 65536, 65536, MREMAP_MAYMOVE|MREMAP_FIXED, ${'0x' + (A + 0x200000).toString(16)}) = ${'0x' + (A + 0x200000).toString(16)}`,
+      ].join('\n'),
+    );
+    const k = new Kernel({ memoryBytes: 64 << 20 });
+    const p = k.createProcess('w');
+    const seen: number[][] = [];
+    const st = await replayTrace(k, p, trace, { timeScale: 0, density: 0, maxTouchPages: 256 }, (_i, _s, _w, _last, written) => {
+      seen.push(written(0, 2 ** 47, 1000));
+    });
+    expect(st.replayed).toBe(5);
+    const pg = (base: number, ...i: number[]): number[] => i.map((n) => base + n * 4096);
+    expect(seen[0]).toEqual(pg(A, 0, 15)); // density 0: the first and the last page of a new writable mapping
+    expect(seen[1]).toEqual(pg(A, 0)); // DONTNEED discarded the last one
+    expect(seen[2]).toEqual(pg(A, 0)); // a read-only mapping writes nothing
+    expect(seen[3]).toEqual([...pg(A, 0), ...pg(B, 2)]); // a page made writable is written
+    expect(seen[4]).toEqual([...pg(B, 2), ...pg(A + 0x200000, 0)]); // the data moved with the mapping
+    expect(k.audit().problems).toEqual([]);
+  });
+
   it.skipIf(!hasStrace)('captures a program live with strace and replays it', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'devmirror-strace-'));
     const out = join(dir, 'live.strace');

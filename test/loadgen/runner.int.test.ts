@@ -64,6 +64,11 @@ describe('devmirror bench', () => {
       expect(() => validateBench(parseBenchArgs(['--device-option', bad[0], '--ops', '1']).options), bad[0]).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
     }
     expect(() => parseBenchArgs(['--target', 'http://h:1', '--process', 'p', '--device-option', 'gpu.xnack=true'])).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
+    // The replay's DMA target: on the command line, or over a scenario's replay; nothing to aim without one.
+    expect(parseBenchArgs(['--replay', 'x.strace', '--dma-target', 'window']).options.replay).toMatchObject({ file: 'x.strace', dmaTarget: 'window' });
+    expect(parseBenchArgs(['--scenario', 'bench/scenarios/replay-boehm-read-only.json', '--dma-target', 'window']).options.replay).toMatchObject({ timeScale: 10, dmaTarget: 'window' });
+    expect(() => parseBenchArgs(['--dma-target', 'window'])).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
+    expect(() => parseBenchArgs(['--replay', 'x.strace', '--dma-target', 'near'])).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
     // The option reaches the device the run creates (and the report says what each device had).
     const dir = mkdtempSync(join(tmpdir(), 'devmirror-scenario-'));
     const file = join(dir, 'gran.json');

@@ -84,12 +84,26 @@ export class DmaEngine {
     return this.inflight.size;
   }
 
-  /** The windows the engine may touch now: the device's mapped areas clipped to [start, end). */
+  /**
+   * The windows the engine may touch now: the device's mapped areas clipped to [start, end), or,
+   * with `pages`, those of the listed pages that lie in them.
+   */
   private windows(): { pages: Array<[number, number]>; total: number } {
     const c = this.config;
     const pages: Array<[number, number]> = [];
     let total = 0;
-    for (const [s, e] of this.target.areas()) {
+    const areas = this.target.areas();
+    if (c.pages && c.pages.length > 0) {
+      for (const p of c.pages) {
+        const va = p - (p % PAGE_SIZE);
+        if ((c.start !== undefined && va < c.start) || (c.end !== undefined && va >= c.end)) continue;
+        if (!areas.some(([s, e]) => va >= s && va < e)) continue;
+        pages.push([va, va + PAGE_SIZE]);
+        total++;
+      }
+      return { pages, total };
+    }
+    for (const [s, e] of areas) {
       const lo = Math.max(s, c.start ?? s);
       const hi = Math.min(e, c.end ?? e);
       if (hi > lo) {

@@ -32,6 +32,7 @@ const DmaOptions = Type.Object(
     writeMix: Type.Optional(Type.Number({ minimum: 0, maximum: 1 })),
     start: Type.Optional(Address),
     end: Type.Optional(Address),
+    pages: Type.Optional(Type.Array(Address, { maxItems: 4096, description: 'only these pages of the window (addresses, rounded down to the page); [] lifts the restriction' })),
     transferUs: Type.Optional(Type.Integer({ minimum: 0, maximum: 10_000_000 })),
     bytes: Type.Optional(Type.Integer({ minimum: 1, maximum: PAGE_SIZE })),
   },

@@ -58,7 +58,7 @@ export interface BenchOptions {
     /**
      * Where the DMA engines work: `written` (default), the pages the replay wrote in the window
      * around the program's last touch; `window`, every page of that window (the model before
-     * 2026-11-27 13:30, which also reads memory the program never wrote: the zero page).
+     * 2026-11-27 13:17, which also reads memory the program never wrote: the zero page).
      */
     dmaTarget?: 'written' | 'window';
   };

@@ -269,7 +269,7 @@ export class ExternalDevice implements ProgressSource {
   // ---- frames from the client ------------------------------------------------------------------
 
   /** An InvalidateAck (or a release acknowledgement). Throws DM_ERR_CHANNEL_PROTOCOL if it matches nothing pending. */
-  onAck(invalidationId: number, subscriptionId: number, ok: boolean): void {
+  onAck(invalidationId: number, subscriptionId: number, ok: boolean, keptReads = false): void {
     // A release is matched on its (id, subscription) pair alone, not on the subscription still
     // being in `subs`: unsubscribe removes the subscription from `subs` before it unregisters the
     // notifier, and mmu_notifier_unregister calls release, so the client's answer to that release
@@ -304,7 +304,7 @@ export class ExternalDevice implements ProgressSource {
       }
       this.handshake.refused++;
     } else {
-      this.sanitizer.acked(invalidationId, subscriptionId);
+      this.sanitizer.acked(invalidationId, subscriptionId, keptReads);
       this.handshake.acks++;
     }
     ack.settle(ok);

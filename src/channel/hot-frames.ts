@@ -51,6 +51,7 @@ const ACK_FIELDS: Array<[string, Kind, boolean] | undefined> = [];
 ACK_FIELDS[1] = ['invalidationId', 'u64', false];
 ACK_FIELDS[2] = ['subscriptionId', 'u64', false];
 ACK_FIELDS[3] = ['result', 'i32', false];
+ACK_FIELDS[4] = ['keptReads', 'bool', false];
 const ORIGIN_FIELDS = { 1: 'operation', 2: 'operationId', 3: 'detail' } as const;
 
 // ---- encoding -------------------------------------------------------------------------------

@@ -309,7 +309,7 @@ export class Session implements ExternalPort {
         throw new DevmirrorError('DM_ERR_CHANNEL_PROTOCOL', 'a second Hello');
       case 'invalidateAck':
         // A late, duplicate or foreign acknowledgement throws DM_ERR_CHANNEL_PROTOCOL.
-        return dev.onAck(num(f.invalidateAck.invalidationId), num(f.invalidateAck.subscriptionId), f.invalidateAck.result === 0);
+        return dev.onAck(num(f.invalidateAck.invalidationId), num(f.invalidateAck.subscriptionId), f.invalidateAck.result === 0, f.invalidateAck.keptReads === true);
       case 'youngReply':
         return dev.onYoungReply(num(f.youngReply.queryId), f.youngReply.young);
       case 'stats': {

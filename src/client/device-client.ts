@@ -71,9 +71,15 @@ export interface InvalidateStartEvent {
   owner: number | null;
   curSeq: number;
   origin: string;
+  /**
+   * Set it (before the handler returns or resolves) when the device downgraded its mappings in the
+   * range instead of dropping them: the acknowledgement then carries `kept_reads`, and the server
+   * counts no refault when such a page is granted again for reading.
+   */
+  keptReads?: boolean;
 }
 
-export type InvalidateEndEvent = Omit<InvalidateStartEvent, 'blockable' | 'curSeq' | 'origin'>;
+export type InvalidateEndEvent = Omit<InvalidateStartEvent, 'blockable' | 'curSeq' | 'origin' | 'keptReads'>;
 
 export interface YoungQueryEvent {
   subscriptionId: number;
@@ -298,7 +304,9 @@ export class DeviceClient extends EventEmitter {
         };
         const ack = (ok: boolean): void => {
           if (!this.connected) return;
-          this.sendFrame({ invalidateAck: { invalidationId: e.invalidationId, subscriptionId: e.subscriptionId, result: ok ? AckResult.OK : AckResult.WOULD_BLOCK } });
+          // kept_reads only when set (an unset bool is not sent: the frame stays as short as before).
+          const body = { invalidationId: e.invalidationId, subscriptionId: e.subscriptionId, result: ok ? AckResult.OK : AckResult.WOULD_BLOCK };
+          this.sendFrame({ invalidateAck: ok && e.keptReads === true ? { ...body, keptReads: true } : body });
         };
         if (!this.startHandler) return ack(true);
         let r: boolean | Promise<boolean>;

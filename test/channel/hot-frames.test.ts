@@ -30,7 +30,7 @@ const startMsg = fc.record(
   { requiredKeys: [] },
 );
 const endMsg = fc.record({ invalidationId: u64, subscriptionId: u64, pid: u32, start: u64, end: u64, event: i32, flags: u32, owner: u32 }, { requiredKeys: [] });
-const ackMsg = fc.record({ invalidationId: u64, subscriptionId: u64, result: i32 }, { requiredKeys: [] });
+const ackMsg = fc.record({ invalidationId: u64, subscriptionId: u64, result: i32, keptReads: bool }, { requiredKeys: [] });
 const requestId = fc.constantFrom<unknown>(undefined, undefined, undefined, 0, 7, 2n ** 60n);
 
 const serverFrame = fc.oneof(
@@ -62,6 +62,11 @@ describe('hot frames (hand-written wire path)', () => {
     const ab = encodeHotClientFrame(ack);
     expect(ab).not.toBeNull();
     expect(decodeHotClientFrame(ab!)).toEqual(decodeClientFrameGeneric(ab!));
+    const kept = { invalidateAck: { invalidationId: 12, subscriptionId: 3, result: 0, keptReads: true } };
+    const kb = encodeHotClientFrame(kept);
+    expect(Buffer.from(kb!).equals(Buffer.from(encodeClientFrameGeneric(kept)))).toBe(true);
+    expect(decodeHotClientFrame(kb!)).toEqual(expect.objectContaining({ invalidateAck: expect.objectContaining({ keptReads: true }) }));
+    expect(decodeHotClientFrame(ab!)).toEqual(expect.objectContaining({ invalidateAck: expect.objectContaining({ keptReads: false }) }));
   });
 
   it('writes the longest origin it takes whole (two strings of 256 characters)', () => {

@@ -111,8 +111,6 @@ export class SocketHost implements DeviceHost {
 
   private onStart(e: InvalidateStartEvent): boolean | Promise<boolean> {
     const sub = this.subs.get(e.subscriptionId);
-    // kept is not reported over the channel: the server's record counts a downgraded page's next
-    // grant as a refault, conservatively (see Sanitizer.acked).
     const range: DevRange = { ...e, id: e.invalidationId, origin: 0, tick: 0, kept: false };
     this.loopCounters.invalidations++;
     const f = this.faults;
@@ -121,6 +119,8 @@ export class SocketHost implements DeviceHost {
     const refuse = f.refuseNonblock === true && !e.blockable;
     const finish = (v: boolean | void): boolean | Promise<boolean> => {
       const ok = refuse ? false : v !== false;
+      // The personality downgraded instead of dropping: the acknowledgement says so.
+      if (range.kept) e.keptReads = true;
       if (f.ackDelayUs && f.ackDelayUs > 0) return this.sleepUs(f.ackDelayUs).then(() => ok);
       return ok;
     };

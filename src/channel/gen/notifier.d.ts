@@ -639,6 +639,9 @@ export namespace devmirror {
 
             /** InvalidateAck result */
             result?: (devmirror.v1.AckResult|null);
+
+            /** InvalidateAck keptReads */
+            keptReads?: (boolean|null);
         }
 
         /** Represents an InvalidateAck. */
@@ -658,6 +661,9 @@ export namespace devmirror {
 
             /** InvalidateAck result. */
             public result: devmirror.v1.AckResult;
+
+            /** InvalidateAck keptReads. */
+            public keptReads: boolean;
 
             /**
              * Creates a new InvalidateAck instance using the specified properties.

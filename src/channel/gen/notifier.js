@@ -1679,6 +1679,7 @@ export const devmirror = $root.devmirror = (() => {
              * @property {Long|null} [invalidationId] InvalidateAck invalidationId
              * @property {Long|null} [subscriptionId] InvalidateAck subscriptionId
              * @property {devmirror.v1.AckResult|null} [result] InvalidateAck result
+             * @property {boolean|null} [keptReads] InvalidateAck keptReads
              */
 
             /**
@@ -1721,6 +1722,14 @@ export const devmirror = $root.devmirror = (() => {
             InvalidateAck.prototype.result = 0;
 
             /**
+             * InvalidateAck keptReads.
+             * @member {boolean} keptReads
+             * @memberof devmirror.v1.InvalidateAck
+             * @instance
+             */
+            InvalidateAck.prototype.keptReads = false;
+
+            /**
              * Creates a new InvalidateAck instance using the specified properties.
              * @function create
              * @memberof devmirror.v1.InvalidateAck
@@ -1754,6 +1763,8 @@ export const devmirror = $root.devmirror = (() => {
                     writer.uint32(/* id 2, wireType 0 =*/16).uint64(message.subscriptionId);
                 if (message.result != null && Object.hasOwnProperty.call(message, "result"))
                     writer.uint32(/* id 3, wireType 0 =*/24).int32(message.result);
+                if (message.keptReads != null && Object.hasOwnProperty.call(message, "keptReads"))
+                    writer.uint32(/* id 4, wireType 0 =*/32).bool(message.keptReads);
                 return writer;
             };
 
@@ -1801,6 +1812,10 @@ export const devmirror = $root.devmirror = (() => {
                         }
                     case 3: {
                             message.result = reader.int32();
+                            break;
+                        }
+                    case 4: {
+                            message.keptReads = reader.bool();
                             break;
                         }
                     default:

@@ -119,7 +119,6 @@ export class Dmirror extends Device implements IntervalHandler {
     if (this.ignores(r)) return true;
     const action = this.policy === 'aware' ? this.awareAction(r) : 'zap';
     if (action === 'skip') return true;
-    r.kept = action === 'downgrade';
     if (!r.blockable) {
       if (!this.lock.tryLock('invalidate')) return false;
       this.zap(sub, r, curSeq, action);

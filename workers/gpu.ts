@@ -209,7 +209,6 @@ export class Gpu extends Device implements IntervalHandler {
           this.defer(range, r.start, r.end);
         } else if (action === 'downgrade') {
           this.inc('inv_pages_downgraded', range.downgrade(r.start, r.end));
-          r.kept = true;
           if (this.seen(r).event === MmuNotifierEvent.PROTECTION_PAGE) range.reread = true;
         } else if (this.xnack) {
           this.inc('inv_pages_unmapped', range.unmap(r.start, r.end, this.host));

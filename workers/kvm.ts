@@ -128,7 +128,6 @@ export class Kvm extends Device implements MmHandler {
     if (ranges.length === 0) return true; // only take mmu_lock on a memslot hit
     const action = this.policy === 'aware' ? this.awareAction(r) : 'zap';
     if (action === 'skip') return true;
-    r.kept = action === 'downgrade';
     // kvm_mmu_invalidate_begin + range_add, under mmu_lock (held synchronously here).
     if (this.inProgress === 0) {
       this.rangeStart = Infinity;

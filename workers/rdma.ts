@@ -126,7 +126,6 @@ export class Rdma extends Device implements IntervalHandler {
     if (!mr || this.ignores(r)) return true;
     const action = this.policy === 'aware' ? this.awareAction(r) : 'zap';
     if (action === 'skip') return true;
-    r.kept = action === 'downgrade';
     const go = (): boolean | Promise<boolean> => {
       let zapped = 0;
       try {

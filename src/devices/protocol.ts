@@ -12,6 +12,8 @@ export const DEVICE_KINDS: readonly DeviceKind[] = ['gpu', 'rdma', 'kvm', 'dmirr
 /** How a device uses the event context. */
 export type EventPolicy = 'faithful' | 'aware' | 'blind';
 export const EVENT_POLICIES: readonly EventPolicy[] = ['faithful', 'aware', 'blind'];
+/** The largest gpu SVM granule a device may be given (`options.granularityPages`; 1 GiB, as amdgpu's cap). */
+export const MAX_GRANULARITY_PAGES = 1 << 18;
 
 /** Deliberate bugs, to prove the sanitizer and the tools catch them. */
 /** lock-across-fault: dmirror only (its fault path), for the progress oracle's deadlock. */

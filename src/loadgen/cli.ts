@@ -147,9 +147,10 @@ export function parseBenchArgs(argv: string[]): BenchCli {
     const m = /^([a-z]+)\.([A-Za-z]+)=(.+)$/.exec(spec);
     if (!m) throw new DevmirrorError('DM_ERR_VALIDATION', `--device-option ${spec}: expected KIND.KEY=VALUE (e.g. gpu.granularityPages=16)`);
     const [, kind, key, raw] = m;
-    const value = raw === 'true' ? true : raw === 'false' ? false : /^\d+$/.test(raw) ? Number(raw) : raw;
+    if (!/^(true|false|\d+)$/.test(raw)) throw new DevmirrorError('DM_ERR_VALIDATION', `--device-option ${spec}: VALUE must be true, false or an integer`);
+    const value = raw === 'true' ? true : raw === 'false' ? false : Number(raw);
     const all = (o.deviceOptions = { ...o.deviceOptions });
-    all[kind as DeviceKind] = { ...all[kind as DeviceKind], [key]: value as number | boolean };
+    all[kind as DeviceKind] = { ...all[kind as DeviceKind], [key]: value };
   }
   if (values.replay) {
     const ts = values['time-scale'] !== undefined ? Number(values['time-scale']) : 0;

@@ -96,12 +96,12 @@ export class ReferenceFanout {
   ) {
     // Line-aligned, as the product's mailboxes are (see alignedSab): a reference whose words
     // straddle a line boundary would be slower than it should.
-    const sab = alignedSab(Math.max(REF.DOORBELLS + n, RANGE.BASE + n * RANGE.STRIDE) * 4);
-    this.words = new Int32Array(sab);
+    const words = Math.max(REF.DOORBELLS + n, RANGE.BASE + n * RANGE.STRIDE);
+    this.words = new Int32Array(alignedSab(words * 4), 0, words);
     Atomics.store(this.words, REF.VERSION, REF_VERSION);
     Atomics.store(this.words, REF.SPIN, spin);
     for (let i = 0; i < n; i++) {
-      const w = new Worker(WORKER_SRC, { eval: true, workerData: { sab, index: i, mode } });
+      const w = new Worker(WORKER_SRC, { eval: true, workerData: { sab: this.words.buffer, index: i, mode } });
       this.online.push(new Promise((r) => w.once('online', r)));
       this.workers.push(w);
     }

@@ -10,7 +10,7 @@ import { PROT } from '../kernel/vma.js';
 import { PAGE_SIZE } from '../kernel/layout.js';
 import { EVENT_NAMES } from '../notifier/range.js';
 import { DeviceManager } from '../devices/device-manager.js';
-import { DEVICE_KINDS, type DeviceKind, type EventPolicy } from '../devices/protocol.js';
+import { DEVICE_KINDS, MAX_GRANULARITY_PAGES, type DeviceKind, type EventPolicy } from '../devices/protocol.js';
 import { DevmirrorError } from '../errors.js';
 import { log2Histogram, machine, percentiles, type Percentiles } from '../lib/stats.js';
 import { mulberry } from '../lib/random.js';
@@ -72,7 +72,7 @@ export interface BenchOptions {
 
 /** The device options a bench run takes, per kind, with their checks (as in POST /v1/devices). */
 export const BENCH_DEVICE_OPTIONS: Partial<Record<DeviceKind, Record<string, (v: unknown) => boolean>>> = {
-  gpu: { granularityPages: (v) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 1 << 18, xnack: (v) => typeof v === 'boolean' },
+  gpu: { granularityPages: (v) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= MAX_GRANULARITY_PAGES, xnack: (v) => typeof v === 'boolean' },
   rdma: { implicit: (v) => typeof v === 'boolean', write: (v) => typeof v === 'boolean' },
 };
 

@@ -122,8 +122,18 @@ export abstract class Device implements DmaTarget {
     return (s.event === MmuNotifierEvent.MIGRATE || s.event === MmuNotifierEvent.EXCLUSIVE) && s.owner === this.host.deviceId;
   }
 
-  /** The event-aware choice (the seed series' intent). */
+  /**
+   * The event-aware choice (the seed series' intent). A downgrade is marked on the range
+   * (`DevRange.kept`): every personality acts on the choice it gets here, and its host reports
+   * the mark with the acknowledgement (refault accounting).
+   */
   awareAction(r: DevRange): Action {
+    const action = this.awareChoice(r);
+    r.kept = action === 'downgrade';
+    return action;
+  }
+
+  private awareChoice(r: DevRange): Action {
     const { event } = this.seen(r);
     if (this.ownEvent(r)) {
       this.inc('own_events_skipped');

@@ -25,8 +25,8 @@ export interface DevRange {
   /** Clock tick when the kernel published it. */
   tick: number;
   /**
-   * Set by the invalidate/start handler when it downgraded its mappings instead of dropping them
-   * (it keeps serving reads): the host reports it with the acknowledgement, and the sanitizer then
+   * Set when the invalidate/start handler chose to downgrade its mappings instead of dropping them
+   * (Device.awareAction; it keeps serving reads): the host reports it with the acknowledgement, and the sanitizer then
    * does not count a later read grant of such a page as a refault. Refault accounting only; the
    * sanitizer ignores it for an event that does not leave the page mapped read-only.
    */

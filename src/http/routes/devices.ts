@@ -8,7 +8,7 @@ import { Value } from '@sinclair/typebox/value';
 import type { FastifyInstance } from 'fastify';
 import type { Service } from '../../service.js';
 import { DevmirrorError } from '../../errors.js';
-import { DEVICE_KINDS, EVENT_POLICIES, type DeviceKind, type EventPolicy, type FaultInjection } from '../../devices/protocol.js';
+import { DEVICE_KINDS, EVENT_POLICIES, MAX_GRANULARITY_PAGES, type DeviceKind, type EventPolicy, type FaultInjection } from '../../devices/protocol.js';
 import type { WorkerDevice } from '../../devices/worker-device.js';
 import type { ExternalDevice } from '../../channel/external-device.js';
 import { CLOSE } from '../../channel/close-codes.js';
@@ -41,7 +41,7 @@ const DmaOptions = Type.Object(
 const DeviceOptions = Type.Object(
   {
     xnack: Type.Optional(Type.Boolean()),
-    granularityPages: Type.Optional(Type.Integer({ minimum: 1, maximum: 1 << 18 })),
+    granularityPages: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_GRANULARITY_PAGES })),
     mrs: Type.Optional(
       Type.Array(Type.Object({ addr: Address, length: Bytes, write: Type.Optional(Type.Boolean()) }, { additionalProperties: false }), { maxItems: 256 }),
     ),

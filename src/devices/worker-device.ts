@@ -276,9 +276,9 @@ export class WorkerDevice implements ProgressSource {
     const base = MB_CALLS_OFFSET + slot * CALL_SLOT_WORDS;
     const mb = this.mailbox;
     const id = (c.id & 0x7fffffff) || ((this.callHead + 1) & 0x7fffffff) || 1;
-    // The clock first: its Atomics.add is a full barrier, which in the middle of the slot's stores
-    // would wait for the slot line to be fetched from the polling device, and the SEQ store below
-    // would then likely fetch it a second time (the device's next poll takes it back).
+    // The clock is read before the slot's stores: it is a plain load and store on the kernel's own
+    // header line (PhysicalMemory.tick; only this thread advances it), and it reaches the device
+    // inside the slot, ordered by the SEQ store below.
     const tick = this.k.mem.tick();
     mb[base + CS.OP] = op;
     mb[base + CS.SUB] = subId;

@@ -57,3 +57,22 @@ export function log2Histogram(samples: readonly number[]): number[] {
   for (const v of samples) b[Math.max(0, Math.min(27, Math.floor(Math.log2(Math.max(1, v)))))]++;
   return b;
 }
+
+/** The spread of one figure over repeated runs (a ratio per pass of a bench), and how many exceed `limit`. */
+export interface Spread {
+  n: number;
+  min: number;
+  /** The middle value; for an even count, the mean of the middle two. */
+  median: number;
+  max: number;
+  above: number;
+}
+
+export function spread(values: readonly number[], limit = Infinity): Spread {
+  const a = [...values].sort((x, y) => x - y);
+  const n = a.length;
+  if (n === 0) return { n, min: NaN, median: NaN, max: NaN, above: 0 };
+  const mid = n >> 1;
+  const median = n % 2 === 1 ? a[mid] : (a[mid - 1] + a[mid]) / 2;
+  return { n, min: a[0], median, max: a[n - 1], above: a.filter((v) => v > limit).length };
+}

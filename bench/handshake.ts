@@ -45,7 +45,11 @@ const DMA_TOTAL = Number(args.get('dma-total') ?? 16000);
 const MPROTECT_ROUNDS = Number(args.get('mprotect-rounds') ?? 40);
 const ONLY = args.get('only');
 const TRACE = args.get('trace') === 'on';
-const REPEAT = Math.max(1, Math.floor(Number(args.get('repeat') ?? 1)));
+const REPEAT = Number(args.get('repeat') ?? 1);
+if (!Number.isSafeInteger(REPEAT) || REPEAT < 1) {
+  console.error(`--repeat must be a positive integer, got ${JSON.stringify(args.get('repeat'))}`);
+  process.exit(2);
+}
 /** The in-process goal: devmirror's p50 within this factor of the better bare Atomics strategy. */
 const GOAL_RATIO = 1.5;
 /** The kernel thread yields to its event loop every YIELD_EVERY rounds (it serves HTTP, faults). */

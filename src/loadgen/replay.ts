@@ -81,14 +81,10 @@ export async function replayTrace(
   let lastTouched = -1;
   /** Pages the replay wrote and the program still has (what its devices work on). */
   const wrote = new Set<number>();
-  const forget = (start: number, end: number): void => {
-    if (wrote.size === 0) return;
-    if ((end - start) / PAGE_SIZE < wrote.size) for (let a = start; a < end; a += PAGE_SIZE) wrote.delete(a);
-    else for (const a of wrote) if (a >= start && a < end) wrote.delete(a);
-  };
-  /** The written pages in [start, end), in address order, at most `max`. */
+  /** The written pages in [start, end), in address order, at most `max` (walks the range or the set, the smaller). */
   const written = (start: number, end: number, max: number): number[] => {
     const out: number[] = [];
+    if (wrote.size === 0) return out;
     if ((end - start) / PAGE_SIZE < wrote.size) {
       for (let a = start; a < end && out.length < max; a += PAGE_SIZE) if (wrote.has(a)) out.push(a);
     } else {
@@ -96,6 +92,9 @@ export async function replayTrace(
       out.sort((x, y) => x - y).splice(max);
     }
     return out;
+  };
+  const forget = (start: number, end: number): void => {
+    for (const a of written(start, end, Infinity)) wrote.delete(a);
   };
   const touch = async (addr: number, length: number, write: boolean): Promise<void> => {
     const pages = length / PAGE_SIZE;
@@ -174,7 +173,7 @@ export async function replayTrace(
           // The data moves with the mapping.
           if (moved) {
             const old = written(op.addr, op.addr + pageUp(op.oldLength), Infinity);
-            forget(op.addr, op.addr + pageUp(op.oldLength));
+            for (const a of old) wrote.delete(a);
             for (const a of old) wrote.add(op.result + (a - op.addr));
           } else if (op.newLength < op.oldLength) forget(op.addr + pageUp(op.newLength), op.addr + pageUp(op.oldLength));
           if (was) writable.add(op.result, op.result + pageUp(op.newLength));

@@ -14,6 +14,7 @@ import { ERRNO, HMM_PFN, hmmPfnOrder } from '../src/kernel/hmm.js';
 import { ZERO_PFN } from '../src/kernel/phys-mem.js';
 import type { MirrorSummary } from '../src/devices/protocol.js';
 import { Device } from './runtime/device.js';
+import { PageMap } from './runtime/page-map.js';
 import type { DevRange, DevSub, DeviceHost, IntervalHandler } from './runtime/host.js';
 
 export const SNAPSHOT = {
@@ -61,7 +62,7 @@ interface Cmd {
 const CHANGE_RING = 256;
 
 export class Dmirror extends Device implements IntervalHandler {
-  readonly pt = new Map<number, Entry>();
+  readonly pt = new PageMap<Entry>();
   sub!: DevSub;
   flags = 0;
 
@@ -142,26 +143,18 @@ export class Dmirror extends Device implements IntervalHandler {
       const first = Math.floor(r.start / PAGE_SIZE);
       // dmirror_do_update: erase start >> PAGE_SHIFT .. end >> PAGE_SHIFT, inclusive.
       const last = r.end >= ULONG_MAX ? Number.MAX_SAFE_INTEGER : Math.floor(r.end / PAGE_SIZE);
-      let unmapped = 0;
-      let downgraded = 0;
       const downgrade = action === 'downgrade';
       const pt = this.pt;
+      // Fixed-shape counters (host.hotCounters): a keyed store on the hot path costs more.
+      const c = this.counters;
+      c.invalidations_zapped++;
       if (pt.size === 0) {
         // Nothing mirrored: nothing to erase.
       } else if (last - first + 1 > pt.size) {
-        // Deleting the entry being visited is safe in a Map iteration.
-        for (const [vpn, e] of pt) {
-          if (vpn < first || vpn > last) continue;
-          if (!downgrade) {
-            pt.delete(vpn);
-            unmapped++;
-          } else {
-            if (e.write) downgraded++;
-            e.write = false;
-            e.atomic = false;
-          }
-        }
+        this.zapWalk(first, last, downgrade);
       } else {
+        let unmapped = 0;
+        let downgraded = 0;
         for (let vpn = first; vpn <= last; vpn++) {
           const e = pt.get(vpn);
           if (!e) continue;
@@ -174,15 +167,34 @@ export class Dmirror extends Device implements IntervalHandler {
             e.atomic = false;
           }
         }
+        c.inv_pages_unmapped += unmapped;
+        c.inv_pages_downgraded += downgraded;
       }
-      // Fixed-shape counters (host.hotCounters): a keyed store on the hot path costs more.
-      const c = this.counters;
-      c.invalidations_zapped++;
-      c.inv_pages_unmapped += unmapped;
-      c.inv_pages_downgraded += downgraded;
     } finally {
       this.lock.unlock();
     }
+  }
+
+  /**
+   * zap for a range wider than the mirror: walk the mirror instead of the range. Its own method:
+   * the closure would otherwise give zap a context allocation on every call, the one-page
+   * invalidations included.
+   */
+  private zapWalk(first: number, last: number, downgrade: boolean): void {
+    const c = this.counters;
+    const pt = this.pt;
+    // Deleting the entry being visited is safe (PageMap.forEach).
+    pt.forEach((e, vpn) => {
+      if (vpn < first || vpn > last) return;
+      if (!downgrade) {
+        pt.delete(vpn);
+        c.inv_pages_unmapped++;
+      } else {
+        if (e.write) c.inv_pages_downgraded++;
+        e.write = false;
+        e.atomic = false;
+      }
+    });
   }
 
   // ---- the device's view ---------------------------------------------------------------------

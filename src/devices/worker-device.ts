@@ -343,8 +343,8 @@ export class WorkerDevice implements ProgressSource {
     this.slots[ack.slot] = null;
     if (a === ANSWER.OK) this.handshake.answered++;
     else this.handshake.refused++;
-    const w = this.slotWaiters.shift();
-    if (w) w();
+    // Nobody waits for a slot unless the ring was full: no shift call on an empty list.
+    if (this.slotWaiters.length > 0) this.slotWaiters.shift()?.();
   }
 
   /**

@@ -438,12 +438,15 @@ export class MmuNotifierSubscriptions {
 
   // ---- the interval tree part ------------------------------------------------------------------
 
-  /** mn_itree_inv_start_range: count the range, freeze the tree if it hits. */
+  /**
+   * mn_itree_inv_start_range: count the range, freeze the tree if it hits. The caller publishes the
+   * new seq (publish()): the blockable path does it after posting the calls, since the shared word
+   * is for inspection only (no thread orders itself on it) and is not on a device's way to its call.
+   */
   private itreeStart(range: NotifierRange, out: MmuIntervalNotifier[]): number {
     this.activeInvalidateRanges++;
     this.itree.overlapping(range.start, range.end - 1, out);
     if (out.length > 0) this.invalidateSeq |= 1;
-    this.publish();
     return this.invalidateSeq;
   }
 
@@ -572,13 +575,18 @@ export class MmuNotifierSubscriptions {
       // subscriber runs: one in this thread may start a nested invalidation.
       const scratch = this.hitScratch;
       const curSeq = this.itreeStart(range, scratch);
-      hits = scratch.length === 0 ? NO_HITS : scratch.slice();
+      const n = scratch.length;
+      // One hit (a device's whole-mm interval, the common case) is a one-element literal: half the
+      // cost of slice() and new Array() here (11-27), and both are before the first call.
+      hits = n === 0 ? NO_HITS : n === 1 ? [scratch[0]] : scratch.slice();
       while (scratch.length > 0) scratch.pop(); // `length = 0` is a runtime call, pop is inlined
-      if (hits.length > 0) {
-        results = new Array(hits.length);
-        for (let i = 0; i < hits.length; i++) results[i] = this.callInterval(hits[i], range, curSeq);
-        called = hits;
+      if (n === 1) results = [this.callInterval(hits[0], range, curSeq)];
+      else if (n > 1) {
+        results = new Array(n);
+        for (let i = 0; i < n; i++) results[i] = this.callInterval(hits[i], range, curSeq);
       }
+      if (n > 0) called = hits;
+      this.publish();
     }
     let started: MmuNotifier[] | null = null;
     for (const sub of this.list) {
@@ -602,11 +610,8 @@ export class MmuNotifierSubscriptions {
     // Allocated only when needed: most invalidations have one or two synchronous or shared-memory
     // subscribers, and this is the kernel's hottest path.
     let pending: Promise<unknown>[] | null = null;
-    // Shared-memory answers are collected and waited for together; for each, who answered (an
-    // interval or an mm subscription) and its outcome record.
-    let acks: PendingAck[] | null = null;
-    let ackSubs: Array<MmuIntervalNotifier | MmuNotifier> | null = null;
-    let ackOutcomes: SubscriberOutcome[] | null = null;
+    // How many answers come through shared memory (PendingAcks), collected and waited for together.
+    let nAcks = 0;
     if (called !== null) {
       const all = results as Array<boolean | Promise<boolean> | PendingAck>;
       for (let i = 0; i < called.length; i++) {
@@ -618,9 +623,7 @@ export class MmuNotifierSubscriptions {
         if (typeof r === 'boolean') {
           if (!r) this.blockableRefused(sub.info, outcome, range);
         } else if (isPendingAck(r)) {
-          acks = add(acks, r);
-          ackSubs = add(ackSubs, sub);
-          ackOutcomes = add(ackOutcomes, outcome);
+          nAcks++;
         } else {
           (pending ??= []).push(
             r.then((ok) => {
@@ -632,13 +635,29 @@ export class MmuNotifierSubscriptions {
       }
     }
     if (outcomes !== null) rec.subscribers = outcomes;
-    if (acks !== null) {
-      const ackList = acks;
-      const subs = ackSubs as Array<MmuIntervalNotifier | MmuNotifier>;
-      const outcomes = ackOutcomes as SubscriberOutcome[];
+    if (nAcks > 0) {
+      // For each shared-memory answer: the ack, who answered (an interval or an mm subscription)
+      // and its outcome record. When every subscriber answers that way (device workers), these
+      // are the lists built above, in the same order: no copies on the fast path.
+      let ackList = results as PendingAck[];
+      let subs = called as Array<MmuIntervalNotifier | MmuNotifier>;
+      let ackOutcomes = outcomes as SubscriberOutcome[];
+      if (nAcks !== ackList.length) {
+        const all = results as Array<boolean | Promise<boolean> | PendingAck>;
+        ackList = [];
+        subs = [];
+        ackOutcomes = [];
+        for (let i = 0; i < all.length; i++) {
+          const r = all[i];
+          if (typeof r !== 'object' || !isPendingAck(r)) continue;
+          ackList.push(r);
+          subs.push((called as Array<MmuIntervalNotifier | MmuNotifier>)[i]);
+          ackOutcomes.push((outcomes as SubscriberOutcome[])[i]);
+        }
+      }
       const w = waitAcks(ackList, rec.startedUs !== 0);
       if (w === null) {
-        this.settleAcks(rec, ackList, subs, outcomes);
+        this.settleAcks(rec, ackList, subs, ackOutcomes);
         if (pending === null) {
           // All answered inside the spin: the last answer's stamp is the acknowledgement time.
           let t = rec.startedUs;
@@ -646,7 +665,12 @@ export class MmuNotifierSubscriptions {
           rec.ackedUs = t;
           return 0;
         }
-      } else (pending ??= []).push(w.then(() => this.settleAcks(rec, ackList, subs, outcomes)));
+      } else {
+        const list = ackList;
+        const s2 = subs;
+        const o2 = ackOutcomes;
+        (pending ??= []).push(w.then(() => this.settleAcks(rec, list, s2, o2)));
+      }
     }
     if (pending === null) {
       rec.ackedUs = rec.startedUs;
@@ -718,6 +742,7 @@ export class MmuNotifierSubscriptions {
     if (this.hasItree) {
       const hits: MmuIntervalNotifier[] = [];
       const curSeq = this.itreeStart(range, hits);
+      this.publish();
       open.treeCounted = true;
       for (const sub of hits) {
         open.intervals.push(sub);
@@ -900,6 +925,7 @@ export class MmuNotifierSubscriptions {
       this.observer?.onInvalidationStart?.(range);
       const hits: MmuIntervalNotifier[] = [];
       const curSeq = this.itreeStart(range, hits);
+      this.publish();
       await Promise.all(
         hits.map(async (sub) => {
           const raw = this.callInterval(sub, range, curSeq);

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { MmuIntervalNotifier, MmuNotifier, MmuNotifierSubscriptions, EAGAIN, type InvalidationRecord } from '../../src/notifier/subscriptions.js';
 import { makeRange, MmuNotifierEvent, rangeBlockable, type NotifierRange } from '../../src/notifier/range.js';
 import { recordingInterval, recordingMm } from '../helpers/recorder.js';
+import { ACK_OK, ACK_PENDING, ACK_REFUSED, type AckGroup, type PendingAck } from '../../src/notifier/pending-ack.js';
 
 const PAGE = 4096;
 
@@ -263,6 +264,86 @@ describe('non-blockable ranges and unwinding', () => {
     ]);
     expect(subs.isInvalidating()).toBe(false);
     expect(subs.openRanges()).toEqual([]);
+  });
+});
+
+describe('shared-memory answers (PendingAck)', () => {
+  /** A group whose acks are answered by the test: spin() sees what is answered so far, park() waits for the rest. */
+  function ackGroup(): { group: AckGroup; ack: () => PendingAck & { answer(v: number): void } } {
+    const waiters: Array<() => void> = [];
+    const group: AckGroup = {
+      spin: (acks) => acks.every((a) => a.poll() !== ACK_PENDING),
+      park: (acks) =>
+        new Promise<void>((resolve) => {
+          const check = (): void => (acks.every((a) => a.poll() !== ACK_PENDING) ? resolve() : void waiters.push(check));
+          check();
+        }),
+    };
+    const ack = (): PendingAck & { answer(v: number): void } => {
+      let state = ACK_PENDING;
+      return {
+        group,
+        poll: () => state,
+        answer(v: number) {
+          state = v;
+          for (const w of waiters.splice(0)) w();
+        },
+      };
+    };
+    return { group, ack };
+  }
+
+  it('waits for every shared-memory answer among synchronous and promised ones, and records each outcome in call order', async () => {
+    const subs = new MmuNotifierSubscriptions(1);
+    const bugs: string[] = [];
+    const records: InvalidationRecord[] = [];
+    subs.observer = { onSubscriberBug: (info, msg) => bugs.push(`${info.label}: ${msg}`), onInvalidationEnd: (rec) => records.push(rec) };
+    const { ack } = ackGroup();
+    const a1 = ack();
+    const a2 = ack();
+    const late = deferred<boolean>();
+    const iv = (label: string, answer: () => boolean | Promise<boolean> | PendingAck, start: number): MmuIntervalNotifier => {
+      const sub = new MmuIntervalNotifier({ invalidate: (s, _r, seq) => (s.setSeq(seq), answer()) }, { label });
+      subs.insertInterval(sub, start, PAGE);
+      return sub;
+    };
+    const s1 = iv('shm-1', () => a1, 0x10000);
+    iv('sync', () => true, 0x11000);
+    const s2 = iv('shm-2', () => a2, 0x12000);
+    iv('promise', () => late.promise, 0x13000);
+    let done = false;
+    const r = range(MmuNotifierEvent.CLEAR, 0x10000, 0x14000);
+    const started = Promise.resolve(subs.invalidateRangeStart(r, true)).then((v) => ((done = true), v));
+    await tick();
+    expect(done).toBe(false);
+    expect(s1.inFlight).toBe(1); // a shared-memory callback is over only when its answer is read
+    a1.answer(ACK_OK);
+    late.resolve(true);
+    await tick();
+    expect(done).toBe(false); // shm-2 has not answered
+    a2.answer(ACK_REFUSED);
+    expect(await started).toBe(0);
+    expect([s1.inFlight, s2.inFlight]).toEqual([0, 0]);
+    subs.invalidateRangeEnd(r);
+    expect(bugs).toEqual(['shm-2: refused a blockable invalidation']);
+    expect(records).toHaveLength(1);
+    const byLabel = Object.fromEntries(records[0].subscribers.map((o) => [o.info.label, o.result]));
+    expect(byLabel).toEqual({ 'shm-1': 'ok', sync: 'ok', 'shm-2': 'bug', promise: 'ok' });
+    expect(subs.openRanges()).toEqual([]);
+  });
+
+  it('completes synchronously when every subscriber answered through shared memory inside the spin', () => {
+    const subs = new MmuNotifierSubscriptions(1);
+    const { ack } = ackGroup();
+    const acks = [ack(), ack()];
+    acks.forEach((a, i) => {
+      subs.insertInterval(new MmuIntervalNotifier({ invalidate: (s, _r, seq) => (s.setSeq(seq), a.answer(ACK_OK), a) }, { label: `w${i}` }), 0x10000 + i * PAGE, PAGE);
+    });
+    const r = range(MmuNotifierEvent.CLEAR, 0x10000, 0x12000);
+    expect(subs.invalidateRangeStart(r, true)).toBe(0); // a number, not a promise
+    expect(subs.isInvalidating()).toBe(true);
+    subs.invalidateRangeEnd(r);
+    expect(subs.isInvalidating()).toBe(false);
   });
 });
 

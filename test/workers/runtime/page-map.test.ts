@@ -1,0 +1,90 @@
+import { describe, expect, it } from 'vitest';
+import { PageMap } from '../../../workers/runtime/page-map.js';
+import { mulberry } from '../../../src/lib/random.js';
+
+/** Page numbers a 47-bit address space reaches, near leaf edges and past V8's small integers. */
+const EDGES = [0, 1, 511, 512, 513, 2 ** 20 - 1, 2 ** 20, 2 ** 31 - 1, 2 ** 31, 2 ** 31 + 1, 0x7efffffc0, 2 ** 35 - 1];
+
+function sorted<V>(m: Iterable<[number, V]>): Array<[number, V]> {
+  return [...m].sort((a, b) => a[0] - b[0]);
+}
+
+describe('PageMap', () => {
+  it('agrees with a Map under random set, delete, get and has', () => {
+    const random = mulberry(11);
+    const rng = { next: random, int: (n: number): number => Math.floor(random() * n) };
+    const model = new Map<number, number>();
+    const pm = new PageMap<number>();
+    // A few dense spans (lookups stay in one leaf, as the cache assumes) and the edges.
+    const bases = [0x7efffffc0, 0x7f0001000, 2 ** 31 - 300, 12345];
+    const vpn = (): number => (rng.next() < 0.1 ? EDGES[rng.int(EDGES.length)] : bases[rng.int(bases.length)] + rng.int(1500));
+    for (let i = 0; i < 20_000; i++) {
+      const v = vpn();
+      const op = rng.int(4);
+      if (op === 0) {
+        model.set(v, i);
+        expect(pm.set(v, i)).toBe(pm);
+      } else if (op === 1) {
+        expect(pm.delete(v)).toBe(model.delete(v));
+      } else if (op === 2) {
+        expect(pm.get(v)).toBe(model.get(v));
+      } else {
+        expect(pm.has(v)).toBe(model.has(v));
+      }
+      expect(pm.size).toBe(model.size);
+    }
+    expect(sorted(pm)).toEqual(sorted(model));
+    expect(sorted(pm.entries())).toEqual(sorted(model.entries()));
+    expect([...pm.values()].sort((a, b) => a - b)).toEqual([...model.values()].sort((a, b) => a - b));
+  });
+
+  it('keeps every edge page apart (no two page numbers share a slot)', () => {
+    const pm = new PageMap<number>();
+    EDGES.forEach((v, i) => pm.set(v, i));
+    expect(pm.size).toBe(EDGES.length);
+    EDGES.forEach((v, i) => expect(pm.get(v)).toBe(i));
+    expect(pm.get(2 ** 31 + 2)).toBeUndefined();
+    expect(pm.get(510)).toBeUndefined();
+  });
+
+  it('lets forEach delete the entry it visits, and visits each entry once', () => {
+    const pm = new PageMap<string>();
+    for (let v = 0x7efffffc0; v < 0x7efffffc0 + 1100; v += 3) pm.set(v, `p${v}`);
+    pm.set(2 ** 33, 'far');
+    const seen: number[] = [];
+    pm.forEach((value, v) => {
+      expect(value).toBe(v === 2 ** 33 ? 'far' : `p${v}`);
+      seen.push(v);
+      if (v % 2 === 0) pm.delete(v);
+    });
+    expect(new Set(seen).size).toBe(seen.length);
+    expect(seen.length).toBe(368);
+    expect(pm.size).toBe(seen.filter((v) => v % 2 !== 0).length);
+    for (const v of seen) expect(pm.has(v)).toBe(v % 2 !== 0);
+  });
+
+  it('finds a leaf created after a miss on it was looked up (the cache holds no misses)', () => {
+    const pm = new PageMap<number>();
+    expect(pm.get(5000)).toBeUndefined();
+    pm.set(5001, 1);
+    expect(pm.get(5001)).toBe(1);
+    expect(pm.get(5000)).toBeUndefined();
+    pm.set(5000, 2);
+    expect(pm.get(5000)).toBe(2);
+    // A set that overwrites does not count twice.
+    pm.set(5000, 3);
+    expect(pm.size).toBe(2);
+  });
+
+  it('clear() forgets everything, the cached leaf included', () => {
+    const pm = new PageMap<number>();
+    pm.set(42, 1);
+    expect(pm.get(42)).toBe(1);
+    pm.clear();
+    expect(pm.size).toBe(0);
+    expect(pm.get(42)).toBeUndefined();
+    expect([...pm]).toEqual([]);
+    pm.set(42, 2);
+    expect(pm.get(42)).toBe(2);
+  });
+});

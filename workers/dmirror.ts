@@ -59,6 +59,7 @@ interface Cmd {
 }
 
 /** Mirror changes remembered for changedSince (migrate/exclusive replies racing a zap). */
+/** A power of two: the slot is the change number's low bits (a mask, not an integer division). */
 const CHANGE_RING = 256;
 
 export class Dmirror extends Device implements IntervalHandler {
@@ -411,7 +412,7 @@ export class Dmirror extends Device implements IntervalHandler {
   private changeGen = 0;
 
   private noteChange(start: number, end: number): void {
-    const i = ++this.changeGen % CHANGE_RING;
+    const i = ++this.changeGen & (CHANGE_RING - 1);
     this.changeStarts[i] = start;
     this.changeEnds[i] = end;
   }
@@ -420,7 +421,7 @@ export class Dmirror extends Device implements IntervalHandler {
     // Older changes than the ring holds: assume changed (not mapping only costs a device fault).
     if (this.changeGen - gen > CHANGE_RING) return true;
     for (let g = gen + 1; g <= this.changeGen; g++) {
-      const i = g % CHANGE_RING;
+      const i = g & (CHANGE_RING - 1);
       if (va >= this.changeStarts[i] && va < this.changeEnds[i]) return true;
     }
     return false;

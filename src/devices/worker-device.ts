@@ -85,12 +85,18 @@ class CallAck implements PendingAck {
     readonly id: number,
     readonly group: WorkerAckGroup,
   ) {}
+  /** The answer once read (ACK_PENDING before). */
+  private result = ACK_PENDING;
   poll(): number {
+    // Read from the mailbox once: the first read frees the slot, which the next call this far
+    // round the ring reuses, so a later poll (the core settling the round) must not look there.
+    if (this.result !== ACK_PENDING) return this.result;
     if (this.forced) return this.forced;
     const a = Atomics.load(this.dev.mailbox, MB_CALLS_OFFSET + this.slot * CALL_SLOT_WORDS + CS.ANSWER);
     if (a === ANSWER.PENDING) return ACK_PENDING;
     this.dev.consume(this, a);
-    return a === ANSWER.OK ? ACK_OK : ACK_REFUSED;
+    this.result = a === ANSWER.OK ? ACK_OK : ACK_REFUSED;
+    return this.result;
   }
 }
 

@@ -58,8 +58,10 @@ interface Cmd {
   faults: number;
 }
 
-/** Mirror changes remembered for changedSince (migrate/exclusive replies racing a zap). */
-/** A power of two: the slot is the change number's low bits (a mask, not an integer division). */
+/**
+ * Mirror changes remembered for changedSince (migrate/exclusive replies racing a zap). A power of
+ * two: the slot is the change number's low bits (a mask, not an integer division).
+ */
 const CHANGE_RING = 256;
 
 export class Dmirror extends Device implements IntervalHandler {

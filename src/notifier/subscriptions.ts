@@ -666,6 +666,8 @@ export class MmuNotifierSubscriptions {
           return 0;
         }
       } else {
+        // Constants of this block for the closure: capturing the `let`s above would give their
+        // block a context allocation on every invalidation, the synchronous ones included.
         const list = ackList;
         const s2 = subs;
         const o2 = ackOutcomes;

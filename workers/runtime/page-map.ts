@@ -36,8 +36,7 @@ export class PageMap<V> implements Iterable<[number, V]> {
     if (key === this.lastKey) return this.lastLeaf;
     const l = this.leaves.get(key);
     // Only an existing leaf is cached: a later set() that creates this leaf cannot find a stale
-    // `undefined` here. Leaves are never removed (an empty one is reused when the mirror refills),
-    // so a cached leaf stays valid until clear().
+    // `undefined` here. A leaf that empties is removed, and uncached with it (delete, clear).
     if (l !== undefined) {
       this.lastKey = key;
       this.lastLeaf = l;
@@ -80,8 +79,16 @@ export class PageMap<V> implements Iterable<[number, V]> {
     const i = vpn - key * LEAF_SLOTS;
     if (l === undefined || l.slots[i] === undefined) return false;
     l.slots[i] = undefined;
-    l.used--;
     this.count--;
+    if (--l.used === 0) {
+      // A mirror that moves over the address space would otherwise keep a 512-slot leaf for every
+      // 2 MiB it ever touched. (Removing the entry being visited from a Map is safe in forEach.)
+      this.leaves.delete(key);
+      if (this.lastLeaf === l) {
+        this.lastKey = -1;
+        this.lastLeaf = undefined;
+      }
+    }
     return true;
   }
 
@@ -95,7 +102,6 @@ export class PageMap<V> implements Iterable<[number, V]> {
   /** Every entry, in page order within a leaf (deleting the one visited is safe). */
   forEach(fn: (v: V, vpn: number) => void): void {
     for (const [key, l] of this.leaves) {
-      if (l.used === 0) continue;
       const base = key * LEAF_SLOTS;
       for (let i = 0; i < LEAF_SLOTS; i++) {
         const v = l.slots[i];
@@ -106,7 +112,6 @@ export class PageMap<V> implements Iterable<[number, V]> {
 
   *entries(): IterableIterator<[number, V]> {
     for (const [key, l] of this.leaves) {
-      if (l.used === 0) continue;
       for (let i = 0; i < LEAF_SLOTS; i++) {
         const v = l.slots[i];
         if (v !== undefined) yield [key * LEAF_SLOTS + i, v];

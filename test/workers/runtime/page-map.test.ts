@@ -76,6 +76,24 @@ describe('PageMap', () => {
     expect(pm.size).toBe(2);
   });
 
+  it('drops a leaf that empties, and its cache with it: a refilled span gets a fresh leaf', () => {
+    const pm = new PageMap<number>();
+    pm.set(5, 1);
+    expect(pm.get(5)).toBe(1); // the leaf of pages 0..511 is now the cached one
+    expect(pm.delete(5)).toBe(true); // it empties: removed
+    expect(pm.delete(5)).toBe(false);
+    pm.set(6, 2); // a new leaf for the same span
+    expect(pm.get(6)).toBe(2); // a stale cache would look into the removed leaf
+    expect(pm.get(5)).toBeUndefined();
+    expect(pm.size).toBe(1);
+    // Many spans touched once and emptied again leave nothing behind.
+    for (let i = 0; i < 2000; i++) pm.set(0x7f0000000 + i * 512, i);
+    for (let i = 0; i < 2000; i++) expect(pm.delete(0x7f0000000 + i * 512)).toBe(true);
+    expect(pm.size).toBe(1);
+    expect([...pm]).toEqual([[6, 2]]);
+    expect((pm as unknown as { leaves: Map<number, unknown> }).leaves.size).toBe(1);
+  });
+
   it('clear() forgets everything, the cached leaf included', () => {
     const pm = new PageMap<number>();
     pm.set(42, 1);

@@ -97,23 +97,45 @@ for (const mode of modes) {
     let callHead = 0;
     let endHead = 0;
     let id = 1;
-    const words = (base, map) => {
-      for (const [k, v] of map) mb[base + k] = v;
-    };
+    const { CS, ES } = L;
+    const [startLo, startHi, endLo, endHi] = [L.addrLo(a), L.addrHi(a), L.addrLo(a + PAGE), L.addrHi(a + PAGE)];
     const batch = (n) => {
       for (let j = 0; j < n; j++) {
-        const base = L.MB_CALLS_OFFSET + (callHead & (L.CALL_SLOTS - 1)) * L.CALL_SLOT_WORDS;
-        words(base, [[L.CS.OP, L.CALL_OP.INVALIDATE], [L.CS.SUB, subId], [L.CS.START_LO, L.addrLo(a)], [L.CS.START_HI, L.addrHi(a)], [L.CS.END_LO, L.addrLo(a + PAGE)], [L.CS.END_HI, L.addrHi(a + PAGE)], [L.CS.EVENT, 1], [L.CS.FLAGS, 1], [L.CS.OWNER, -1], [L.CS.CUR_SEQ, 3], [L.CS.PID, p.pid], [L.CS.ORIGIN, 4], [L.CS.ANSWER, 0], [L.CS.TICK, 2 * (id + j)], [L.CS.ID, id + j]]);
+        const b = L.MB_CALLS_OFFSET + (callHead & (L.CALL_SLOTS - 1)) * L.CALL_SLOT_WORDS;
+        mb[b + CS.OP] = L.CALL_OP.INVALIDATE;
+        mb[b + CS.SUB] = subId;
+        mb[b + CS.START_LO] = startLo;
+        mb[b + CS.START_HI] = startHi;
+        mb[b + CS.END_LO] = endLo;
+        mb[b + CS.END_HI] = endHi;
+        mb[b + CS.EVENT] = 1;
+        mb[b + CS.FLAGS] = 1;
+        mb[b + CS.OWNER] = -1;
+        mb[b + CS.CUR_SEQ] = 3;
+        mb[b + CS.PID] = p.pid;
+        mb[b + CS.ORIGIN] = 4;
+        mb[b + CS.ANSWER] = 0;
+        mb[b + CS.TICK] = 2 * (id + j);
+        mb[b + CS.ID] = id + j;
         callHead = (callHead + 1) | 0;
-        Atomics.store(mb, base + L.CS.SEQ, callHead);
+        Atomics.store(mb, b + CS.SEQ, callHead);
       }
       host.pump();
       // The kernel publishes an end only after the call's answer: write them after the pump.
       for (let j = 0; j < n; j++) {
-        const base = L.MB_ENDS_OFFSET + (endHead & (L.END_SLOTS - 1)) * L.END_SLOT_WORDS;
-        words(base, [[L.ES.SUB, subId], [L.ES.START_LO, L.addrLo(a)], [L.ES.START_HI, L.addrHi(a)], [L.ES.END_LO, L.addrLo(a + PAGE)], [L.ES.END_HI, L.addrHi(a + PAGE)], [L.ES.EVENT, 1], [L.ES.FLAGS, 1], [L.ES.PID, p.pid], [L.ES.TICK, 2 * (id + j) + 1], [L.ES.ID, id + j]]);
+        const b = L.MB_ENDS_OFFSET + (endHead & (L.END_SLOTS - 1)) * L.END_SLOT_WORDS;
+        mb[b + ES.SUB] = subId;
+        mb[b + ES.START_LO] = startLo;
+        mb[b + ES.START_HI] = startHi;
+        mb[b + ES.END_LO] = endLo;
+        mb[b + ES.END_HI] = endHi;
+        mb[b + ES.EVENT] = 1;
+        mb[b + ES.FLAGS] = 1;
+        mb[b + ES.PID] = p.pid;
+        mb[b + ES.TICK] = 2 * (id + j) + 1;
+        mb[b + ES.ID] = id + j;
         endHead = (endHead + 1) | 0;
-        Atomics.store(mb, base + L.ES.SEQ, endHead);
+        Atomics.store(mb, b + ES.SEQ, endHead);
       }
       host.pump();
       id += n;

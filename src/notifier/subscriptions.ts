@@ -649,7 +649,7 @@ export class MmuNotifierSubscriptions {
         ackOutcomes = [];
         for (let i = 0; i < all.length; i++) {
           const r = all[i];
-          if (typeof r !== 'object' || !isPendingAck(r)) continue;
+          if (!isPendingAck(r)) continue;
           ackList.push(r);
           subs.push((called as Array<MmuIntervalNotifier | MmuNotifier>)[i]);
           ackOutcomes.push((outcomes as SubscriberOutcome[])[i]);

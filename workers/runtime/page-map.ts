@@ -9,8 +9,8 @@
  * 512) in a Map, and the last leaf is cached: an invalidation, a fault or a DMA sweep stays inside
  * one 2 MiB span, so a lookup is a compare and an array load.
  *
- * Same interface as the Map it replaces (get, set, has, delete, size, values, forEach, entries,
- * iteration, clear); iteration is by leaf, in page order within a leaf, which no caller relies on.
+ * The part of Map's interface the mirrors use: get, set, delete, size, values, forEach. Walks go by
+ * leaf, in page order within a leaf, which no caller relies on.
  */
 
 /** Slots per leaf: 512 pages (2 MiB), a page-table page's worth. */
@@ -21,7 +21,7 @@ interface Leaf<V> {
   used: number;
 }
 
-export class PageMap<V> implements Iterable<[number, V]> {
+export class PageMap<V> {
   private readonly leaves = new Map<number, Leaf<V>>();
   private count = 0;
   /** The last leaf looked up (key -1 when none): most lookups fall into the same 2 MiB. */
@@ -36,7 +36,7 @@ export class PageMap<V> implements Iterable<[number, V]> {
     if (key === this.lastKey) return this.lastLeaf;
     const l = this.leaves.get(key);
     // Only an existing leaf is cached: a later set() that creates this leaf cannot find a stale
-    // `undefined` here. A leaf that empties is removed, and uncached with it (delete, clear).
+    // `undefined` here. A leaf that empties is removed, and uncached with it (delete).
     if (l !== undefined) {
       this.lastKey = key;
       this.lastLeaf = l;
@@ -48,10 +48,6 @@ export class PageMap<V> implements Iterable<[number, V]> {
     const key = Math.floor(vpn / LEAF_SLOTS);
     const l = this.leaf(key);
     return l === undefined ? undefined : l.slots[vpn - key * LEAF_SLOTS];
-  }
-
-  has(vpn: number): boolean {
-    return this.get(vpn) !== undefined;
   }
 
   set(vpn: number, v: V): this {
@@ -92,13 +88,6 @@ export class PageMap<V> implements Iterable<[number, V]> {
     return true;
   }
 
-  clear(): void {
-    this.leaves.clear();
-    this.count = 0;
-    this.lastKey = -1;
-    this.lastLeaf = undefined;
-  }
-
   /** Every entry, in page order within a leaf (deleting the one visited is safe). */
   forEach(fn: (v: V, vpn: number) => void): void {
     for (const [key, l] of this.leaves) {
@@ -110,20 +99,12 @@ export class PageMap<V> implements Iterable<[number, V]> {
     }
   }
 
-  *entries(): IterableIterator<[number, V]> {
-    for (const [key, l] of this.leaves) {
+  *values(): IterableIterator<V> {
+    for (const l of this.leaves.values()) {
       for (let i = 0; i < LEAF_SLOTS; i++) {
         const v = l.slots[i];
-        if (v !== undefined) yield [key * LEAF_SLOTS + i, v];
+        if (v !== undefined) yield v;
       }
     }
-  }
-
-  *values(): IterableIterator<V> {
-    for (const [, v] of this.entries()) yield v;
-  }
-
-  [Symbol.iterator](): IterableIterator<[number, V]> {
-    return this.entries();
   }
 }

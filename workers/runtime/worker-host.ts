@@ -93,7 +93,8 @@ export class WorkerHost implements DeviceHost {
   private readonly subs = new Map<number, DevSub>();
   /**
    * The subscription the last call or end named (a device usually has one): a compare instead of
-   * a Map lookup on the way to the answer. Cleared whenever `subs` changes.
+   * a Map lookup on the way to the answer. Cleared when a subscription is removed; adding one
+   * cannot make it stale (the kernel never reuses an id).
    */
   private lastSub: DevSub | undefined = undefined;
   /** curSeq of invalidations taken for a subscription whose insert reply has not arrived yet. */
@@ -332,7 +333,6 @@ export class WorkerHost implements DeviceHost {
     if (early !== undefined) this.earlySeq.delete(r.id);
     const sub = new DevSub(r.id, start, length, handler, early ?? r.seq);
     this.subs.set(r.id, sub);
-    this.lastSub = undefined;
     return sub;
   }
 
@@ -349,7 +349,6 @@ export class WorkerHost implements DeviceHost {
       : (await this.request<{ id: number; seq: number }>({ t: 'register', req: this.req(), label })).id;
     const sub = new DevSub(id, 0, 2 ** 64, handler, 0);
     this.subs.set(id, sub);
-    this.lastSub = undefined;
     return sub;
   }
 

@@ -14,7 +14,7 @@
 import Long from 'long';
 import { devmirror } from './gen/notifier.js';
 import { DevmirrorError } from '../errors.js';
-import { decodeHotClientFrame, decodeHotServerFrame, encodeHotClientFrame, encodeHotServerFrame } from './hot-frames.js';
+import { decodeHotClientFrame, decodeHotServerFrame, encodeEndFields, encodeHotClientFrame, encodeHotServerFrame, encodeStartFields } from './hot-frames.js';
 
 const v1 = devmirror.v1;
 type G = typeof devmirror.v1;
@@ -159,6 +159,9 @@ export function encodeClientFrame(f: ClientFrameIn): Uint8Array {
 export function encodeServerFrame(f: ServerFrameIn): Uint8Array {
   return encodeHotServerFrame(f) ?? encodeServerFrameGeneric(f);
 }
+
+/** The round's frames from their fields (the session's path), or null: then encode the frame object. */
+export { encodeStartFields, encodeEndFields };
 
 /** The generated encoder alone (the reference the fast path is tested against). */
 export function encodeClientFrameGeneric(f: ClientFrameIn): Uint8Array {

@@ -73,6 +73,17 @@ let nextQueryId = 1;
 const RELEASE_ID_BASE = 2 ** 52;
 let nextReleaseId = RELEASE_ID_BASE;
 
+/**
+ * The key of a pending (invalidation or release id, subscription id) pair. A number while the pair
+ * packs into 53 bits (ids below 2^32, subscriptions below 2^21: every invalidation of a run, and
+ * subscriptions until two million were made), else a string. A string key costs a concatenation
+ * and a hash on every start and every acknowledgement, for every client (the 1,000-client round
+ * makes a thousand of each); releases (ids from 2^52) take the string form.
+ */
+function ackKey(id: number, subscriptionId: number): number | string {
+  return id >= 0 && id < 4294967296 && subscriptionId >= 0 && subscriptionId < 2097152 ? id * 2097152 + subscriptionId : `${id}:${subscriptionId}`;
+}
+
 /** See resetNotifierIds: the explorer numbers subscriptions the same way in every run. */
 export function resetExternalIds(): void {
   nextSubId = 1_000_000;
@@ -99,9 +110,10 @@ export class ExternalDevice implements ProgressSource {
   mirror = { pages: 0, writable: 0, devicePages: 0, objects: 0 };
   readonly findings: Finding[] = [];
   readonly handshake = { starts: 0, acks: 0, refused: 0, ends: 0, protocolErrors: 0, evictions: 0, dmaReads: 0, dmaWrites: 0 };
-  private readonly acks = new Map<string, SocketAck>();
-  /** Pending releases by `${release id}:${subscription id}` (the InvalidateAck that answers one names both). */
-  private readonly releases = new Map<string, Waiter>();
+  /** Pending acknowledgements by ackKey(invalidation id, subscription id). */
+  private readonly acks = new Map<number | string, SocketAck>();
+  /** Pending releases by ackKey(release id, subscription id) (the InvalidateAck that answers one names both). */
+  private readonly releases = new Map<number | string, Waiter>();
   private readonly queries = new Map<number, Waiter>();
   private watchdog: NodeJS.Timeout | null = null;
   onFinding: ((d: ExternalDevice, f: Finding) => void) | null = null;
@@ -218,7 +230,7 @@ export class ExternalDevice implements ProgressSource {
     const sub = this.subs.get(subId);
     this.sanitizer.started(range.id, subId, pid, range.start, range.end, range.event, range.flags, tick, sub?.kind === 'interval' ? sub : undefined, range.owner, range.origin);
     const ack = new SocketAck(this.group, range.id, subId, (range.flags & RANGE_BLOCKABLE) !== 0);
-    this.acks.set(`${range.id}:${subId}`, ack);
+    this.acks.set(ackKey(range.id, subId), ack);
     this.handshake.starts++;
     this.port.invalidateStart({
       invalidationId: range.id,
@@ -246,7 +258,7 @@ export class ExternalDevice implements ProgressSource {
     if (!this.alive) return Promise.resolve();
     const id = nextReleaseId++;
     return new Promise<void>((resolve) => {
-      this.releases.set(`${id}:${subId}`, { resolve: () => resolve(), sentMs: Date.now(), what: 'release' });
+      this.releases.set(ackKey(id, subId), { resolve: () => resolve(), sentMs: Date.now(), what: 'release' });
       this.port.release({ invalidationId: id, subscriptionId: subId, pid });
     }).then(() => {
       // The mm going away (exit) drops every grant of the process. A release from unsubscribe
@@ -276,7 +288,7 @@ export class ExternalDevice implements ProgressSource {
     // names a subscription that is already gone and must still settle it (else the unsubscribe
     // closed the connection with 4000). Release ids never equal an invalidation id (see
     // RELEASE_ID_BASE), so this cannot take an invalidation's acknowledgement for a release.
-    const key = `${invalidationId}:${subscriptionId}`;
+    const key = ackKey(invalidationId, subscriptionId);
     const rel = this.releases.get(key);
     if (rel) {
       this.releases.delete(key);

@@ -140,9 +140,13 @@ function putOrigin(o: unknown): number {
   return pos;
 }
 
-/** The frame: body field `no` holding scratch[0, len). */
+/**
+ * The frame: body field `no` holding scratch[0, len). A Buffer from Node's pool, every byte written
+ * below: `ws` sends a Buffer as it is, while a small Uint8Array (kept inside the JavaScript heap)
+ * had to be moved to a backing store of its own for `ws` to view it as a Buffer, for every frame.
+ */
 function frame(no: number, len: number): Uint8Array {
-  const out = new Uint8Array(1 + varintSize(len) + len);
+  const out = Buffer.allocUnsafe(1 + varintSize(len) + len);
   out[0] = (no << 3) | LEN;
   const at = putVarint(out, 1, len);
   out.set(scratch.subarray(0, len), at);
@@ -187,6 +191,78 @@ export function encodeHotServerFrame(f: unknown): Uint8Array | null {
     return pos < 0 ? null : frame(SERVER_INVALIDATE_END, pos);
   }
   return null;
+}
+
+/** One scalar field (tag and varint) of a flat encoder below; -1 once a value is out of range. */
+function putScalar(pos: number, no: number, v: number, kind: Kind): number {
+  if (pos < 0) return -1;
+  const x = scalar(v, kind);
+  if (x < 0) return -1;
+  scratch[pos++] = (no << 3) | VARINT;
+  return putVarint(scratch, pos, x);
+}
+
+/**
+ * The InvalidateStart frame from its fields, for the session (one per client and round): the bytes
+ * encodeHotServerFrame writes for `{ invalidateStart: { invalidationId, subscriptionId, pid, start,
+ * end, event, flags, blockable: (flags & 1) !== 0, owner, curSeq, origin: { operation } } }`
+ * (owner left out when null), without building that object and walking it. Null where that one
+ * declines (a value out of its field's range, a non-ASCII or long operation): the caller then takes
+ * the generic path with the object.
+ */
+export function encodeStartFields(
+  invalidationId: number,
+  subscriptionId: number,
+  pid: number,
+  start: number,
+  end: number,
+  event: number,
+  flags: number,
+  owner: number | null,
+  curSeq: number,
+  operation: string | null,
+): Uint8Array | null {
+  let pos = putScalar(0, 1, invalidationId, 'u64');
+  pos = putScalar(pos, 2, subscriptionId, 'u64');
+  pos = putScalar(pos, 3, pid, 'u32');
+  pos = putScalar(pos, 4, start, 'u64');
+  pos = putScalar(pos, 5, end, 'u64');
+  pos = putScalar(pos, 6, event, 'i32');
+  pos = putScalar(pos, 7, flags, 'u32');
+  if (pos < 0) return null;
+  scratch[pos++] = (8 << 3) | VARINT;
+  scratch[pos++] = (flags & 1) !== 0 ? 1 : 0;
+  if (owner !== null) pos = putScalar(pos, 9, owner, 'u32');
+  pos = putScalar(pos, 10, curSeq, 'u64');
+  if (pos < 0) return null;
+  const olen = operation == null ? 0 : putAscii(originScratch, 0, 1, operation);
+  if (olen < 0) return null;
+  scratch[pos++] = (ORIGIN_FIELD << 3) | LEN;
+  pos = putVarint(scratch, pos, olen);
+  scratch.set(originScratch.subarray(0, olen), pos);
+  return frame(SERVER_INVALIDATE_START, pos + olen);
+}
+
+/** The InvalidateEnd frame from its fields (see encodeStartFields): fields 1 to 7, then owner when set. */
+export function encodeEndFields(
+  invalidationId: number,
+  subscriptionId: number,
+  pid: number,
+  start: number,
+  end: number,
+  event: number,
+  flags: number,
+  owner: number | null,
+): Uint8Array | null {
+  let pos = putScalar(0, 1, invalidationId, 'u64');
+  pos = putScalar(pos, 2, subscriptionId, 'u64');
+  pos = putScalar(pos, 3, pid, 'u32');
+  pos = putScalar(pos, 4, start, 'u64');
+  pos = putScalar(pos, 5, end, 'u64');
+  pos = putScalar(pos, 6, event, 'i32');
+  pos = putScalar(pos, 7, flags, 'u32');
+  if (owner !== null) pos = putScalar(pos, 8, owner, 'u32');
+  return pos < 0 ? null : frame(SERVER_INVALIDATE_END, pos);
 }
 
 /** A ClientFrame carrying InvalidateAck, or null (take the generic path). */

@@ -26,7 +26,9 @@ import {
   addrFromWire,
   addrToWire,
   decodeClientFrame,
+  encodeEndFields,
   encodeServerFrame,
+  encodeStartFields,
   type ClientFrame,
   type ServerFrameIn,
   type U64,
@@ -118,6 +120,18 @@ const num = (v: U64): number => {
  */
 const addrOf = (v: U64): number => (typeof v === 'bigint' ? addrFromWire(v, ULONG_MAX) : v);
 
+/**
+ * Sessions corked in this turn (see Session.cork). The list is swapped out before it is walked: a
+ * session that corks while it is walked (a write that fails synchronously and sends a close) starts
+ * a new list and queues its own tick.
+ */
+let toUncork: Session[] = [];
+function uncorkAll(): void {
+  const list = toUncork;
+  toUncork = [];
+  for (let i = 0; i < list.length; i++) list[i].uncork();
+}
+
 export class Session implements ExternalPort {
   state: 'hello' | 'open' | 'closed' = 'hello';
   device: ExternalDevice | null = null;
@@ -171,6 +185,11 @@ export class Session implements ExternalPort {
 
   private send(f: ServerFrameIn): void {
     if (this.state === 'closed') return;
+    this.sendBytes(encodeServerFrame(f));
+  }
+
+  private sendBytes(frame: Uint8Array): void {
+    if (this.state === 'closed') return;
     // Backpressure: a client that does not read would make the kernel buffer without bound. Its
     // invalidations cannot be dropped (the kernel waits for them), so it is disconnected instead.
     if (this.ws.bufferedAmount > this.host.limits.maxBufferedBytes) {
@@ -178,26 +197,32 @@ export class Session implements ExternalPort {
       return;
     }
     this.cork();
-    this.ws.send(encodeServerFrame(f));
+    this.ws.send(frame);
   }
 
-  private corked = false;
+  private corked: { uncork(): void } | null = null;
   /**
    * Frames produced in one turn of the event loop leave in one write: the socket is corked at the
    * first frame and uncorked after the current microtasks (process.nextTick runs after them). A
    * small socket write costs tens of microseconds here, so an invalidation's end and the next
-   * start, or the starts of a batch, share one.
+   * start, or the starts of a batch, share one. Every session corked in a turn is uncorked by one
+   * tick callback (uncorkAll): a round that reaches a thousand clients queues one tick, not a
+   * thousand closures.
    */
   private cork(): void {
-    if (this.corked) return;
+    if (this.corked !== null) return;
     const sock = (this.ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
     if (!sock) return;
-    this.corked = true;
+    this.corked = sock;
     sock.cork();
-    process.nextTick(() => {
-      this.corked = false;
-      sock.uncork();
-    });
+    if (toUncork.push(this) === 1) process.nextTick(uncorkAll);
+  }
+
+  /** @internal called by uncorkAll only. */
+  uncork(): void {
+    const sock = this.corked;
+    this.corked = null;
+    sock?.uncork();
   }
 
   private error(requestId: U64, e: unknown): void {
@@ -220,6 +245,11 @@ export class Session implements ExternalPort {
 
   // ExternalPort: frames to the client.
   invalidateStart(m: Parameters<ExternalPort['invalidateStart']>[0]): void {
+    if (this.state === 'closed') return;
+    // From the fields (one frame per client and round); addresses at or above 2^53 (a range to
+    // ULONG_MAX) and anything else out of the common case take the frame object below.
+    const hot = encodeStartFields(m.invalidationId, m.subscriptionId, m.pid, m.start, m.end, m.event, m.flags, m.owner, m.curSeq, m.origin);
+    if (hot !== null) return this.sendBytes(hot);
     this.send({
       invalidateStart: {
         invalidationId: m.invalidationId,
@@ -238,6 +268,9 @@ export class Session implements ExternalPort {
   }
 
   invalidateEnd(m: Parameters<ExternalPort['invalidateEnd']>[0]): void {
+    if (this.state === 'closed') return;
+    const hot = encodeEndFields(m.invalidationId, m.subscriptionId, m.pid, m.start, m.end, m.event, m.flags, m.owner);
+    if (hot !== null) return this.sendBytes(hot);
     this.send({ invalidateEnd: { ...m, start: addrToWire(m.start), end: addrToWire(m.end) } });
   }
 

@@ -14,6 +14,13 @@ export class SocketAck implements PendingAck {
   answeredAtUs?: number;
   /** Date.now() when the start was sent (deadline). */
   readonly sentMs = Date.now();
+  /**
+   * The parked sets that wait for this ack, kept on the ack itself: the kernel parks one set per
+   * invalidation, so there is one waiter (a thousand clients used to cost a thousand map entries
+   * and as many one-element lists per round). A second set, if any, goes to `moreWaiters`.
+   */
+  waiter: Parked | null = null;
+  moreWaiters: Parked[] | null = null;
   constructor(
     readonly group: SocketAckGroup,
     readonly invalidationId: number,
@@ -34,38 +41,38 @@ export class SocketAck implements PendingAck {
 }
 
 interface Parked {
-  acks: readonly PendingAck[];
   left: number;
   resolve: () => void;
 }
 
 export class SocketAckGroup implements AckGroup {
-  /** Parked sets by the acks they still wait for. */
-  private readonly waiting = new Map<PendingAck, Parked[]>();
-
   spin(acks: readonly PendingAck[]): boolean {
     for (const a of acks) if (a.poll() === ACK_PENDING) return false;
     return true;
   }
 
+  /** `acks` are SocketAcks: waitAcks hands a group only the acks whose `group` it is. */
   park(acks: readonly PendingAck[]): Promise<void> {
     return new Promise<void>((resolve) => {
-      const p: Parked = { acks, left: 0, resolve };
-      for (const a of acks) {
-        if (a.poll() !== ACK_PENDING) continue;
+      const p: Parked = { left: 0, resolve };
+      for (const pa of acks) {
+        const a = pa as SocketAck;
+        if (a.state !== ACK_PENDING) continue;
         p.left++;
-        const list = this.waiting.get(a);
-        if (list) list.push(p);
-        else this.waiting.set(a, [p]);
+        if (a.waiter === null) a.waiter = p;
+        else (a.moreWaiters ??= []).push(p);
       }
       if (p.left === 0) resolve();
     });
   }
 
-  answered(a: PendingAck): void {
-    const list = this.waiting.get(a);
-    if (!list) return;
-    this.waiting.delete(a);
-    for (const p of list) if (--p.left === 0) p.resolve();
+  answered(a: SocketAck): void {
+    const w = a.waiter;
+    if (w === null) return;
+    const more = a.moreWaiters;
+    a.waiter = null;
+    a.moreWaiters = null;
+    if (--w.left === 0) w.resolve();
+    if (more !== null) for (const p of more) if (--p.left === 0) p.resolve();
   }
 }

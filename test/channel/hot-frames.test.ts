@@ -15,7 +15,7 @@ import {
   encodeServerFrameGeneric,
   WIRE_ULONG_MAX,
 } from '../../src/channel/codec.js';
-import { decodeHotClientFrame, decodeHotServerFrame, encodeHotClientFrame, encodeHotServerFrame } from '../../src/channel/hot-frames.js';
+import { decodeHotClientFrame, decodeHotServerFrame, encodeEndFields, encodeHotClientFrame, encodeHotServerFrame, encodeStartFields } from '../../src/channel/hot-frames.js';
 
 // Values that sit on every boundary the fast path checks, and some it must decline.
 const u64 = fc.oneof(fc.constantFrom(0, 1, 127, 128, 2 ** 32 - 1, 2 ** 32, 2 ** 49, 2 ** 53 - 1, 0x7fff_ffff_f000), fc.nat(), fc.maxSafeNat(), fc.constantFrom<unknown>(2n ** 53n, WIRE_ULONG_MAX, 5n, -1, 1.5, null, undefined));
@@ -150,5 +150,61 @@ describe('hot frames (hand-written wire path)', () => {
       }),
       { numRuns: 3000, seed: 0x5eed },
     );
+  });
+
+  // The session's path: the round's frames from their fields. Every value the session can hand it
+  // (numbers, null owners, any operation string) against the frame object the session would build
+  // otherwise, encoded by the generated encoder.
+  // Mostly values in range (so most cases encode), with the ones that must decline mixed in.
+  const flatU64 = fc.oneof({ arbitrary: fc.constantFrom(0, 1, 127, 128, 2 ** 32, 2 ** 53 - 1, 0x7fff_ffff_f000), weight: 3 }, { arbitrary: fc.maxSafeNat(), weight: 3 }, { arbitrary: fc.constantFrom(2 ** 53, 2 ** 64, -1, 1.5), weight: 1 });
+  const flatU32 = fc.oneof({ arbitrary: fc.constantFrom(0, 1, 2 ** 32 - 1), weight: 3 }, { arbitrary: fc.nat(), weight: 3 }, { arbitrary: fc.constantFrom(2 ** 32, -3, 0.5), weight: 1 });
+  const flatI32 = fc.oneof({ arbitrary: fc.constantFrom(0, 1, 7, 99, 2 ** 31 - 1), weight: 6 }, { arbitrary: fc.constantFrom(-1, 2 ** 31), weight: 1 });
+  const flatOwner = fc.oneof(fc.constant(null), flatU32);
+  const flatText = fc.oneof({ arbitrary: fc.constantFrom('', 'madvise', 'oom_reaper'), weight: 3 }, { arbitrary: fc.string({ maxLength: 20 }), weight: 3 }, { arbitrary: fc.constantFrom('héllo', 'x'.repeat(300)), weight: 1 });
+  /** Addresses as the session sends them (addrToWire): bigints from 2^53. */
+  const wireAddr = (a: number): number | bigint => (a >= 2 ** 64 ? WIRE_ULONG_MAX : a >= 2 ** 53 ? BigInt(a) : a);
+
+  it('encodes InvalidateStart from its fields to the generated encoder\'s bytes for the same frame, or declines', () => {
+    let engaged = 0;
+    fc.assert(
+      fc.property(fc.tuple(flatU64, flatU64, flatU32, flatU64, flatU64, flatI32, flatU32, flatOwner, flatU64, flatText), ([id, sub, pid, start, end, event, flags, owner, curSeq, op]) => {
+        const flat = encodeStartFields(id, sub, pid, start, end, event, flags, owner, curSeq, op);
+        const frame = { invalidateStart: { invalidationId: id, subscriptionId: sub, pid, start: wireAddr(start), end: wireAddr(end), event, flags, blockable: (flags & 1) !== 0, owner, curSeq, origin: { operation: op } } };
+        const generic = outcome(() => Buffer.from(encodeServerFrameGeneric(frame as never)).toString('hex'));
+        if (flat === null) {
+          // Declined: only where the object path declines too (then the session takes it).
+          expect(encodeHotServerFrame(frame)).toBeNull();
+          return;
+        }
+        engaged++;
+        expect({ ok: Buffer.from(flat).toString('hex') }).toEqual(generic);
+      }),
+      { numRuns: 3000, seed: 0x5eed },
+    );
+    expect(engaged).toBeGreaterThan(300);
+  });
+
+  it('encodes InvalidateEnd from its fields to the generated encoder\'s bytes for the same frame, or declines', () => {
+    let engaged = 0;
+    fc.assert(
+      fc.property(fc.tuple(flatU64, flatU64, flatU32, flatU64, flatU64, flatI32, flatU32, flatOwner), ([id, sub, pid, start, end, event, flags, owner]) => {
+        const flat = encodeEndFields(id, sub, pid, start, end, event, flags, owner);
+        const frame = { invalidateEnd: { invalidationId: id, subscriptionId: sub, pid, start: wireAddr(start), end: wireAddr(end), event, flags, owner } };
+        if (flat === null) {
+          expect(encodeHotServerFrame(frame)).toBeNull();
+          return;
+        }
+        engaged++;
+        expect({ ok: Buffer.from(flat).toString('hex') }).toEqual(outcome(() => Buffer.from(encodeServerFrameGeneric(frame as never)).toString('hex')));
+      }),
+      { numRuns: 3000, seed: 0x5eed },
+    );
+    expect(engaged).toBeGreaterThan(300);
+  });
+
+  it('writes the round\'s frames as Buffers (ws sends those as they are)', () => {
+    expect(Buffer.isBuffer(encodeStartFields(1, 2, 3, 4096, 8192, 1, 1, null, 5, 'madvise'))).toBe(true);
+    expect(Buffer.isBuffer(encodeEndFields(1, 2, 3, 4096, 8192, 1, 1, 7))).toBe(true);
+    expect(Buffer.isBuffer(encodeHotClientFrame({ invalidateAck: { invalidationId: 1, subscriptionId: 2, result: 0 } }))).toBe(true);
   });
 });

@@ -1,0 +1,76 @@
+/**
+ * Acknowledgements that arrive as frames: the group resolves a parked set when its last ack is
+ * answered, whatever the order, for every set an ack belongs to.
+ */
+import { describe, expect, it } from 'vitest';
+import { SocketAck, SocketAckGroup } from '../../src/channel/socket-ack.js';
+import { ACK_OK, ACK_PENDING, ACK_REFUSED, waitAcks } from '../../src/notifier/pending-ack.js';
+
+/** Whether a promise has settled once pending callbacks ran. */
+async function settled(p: Promise<unknown>): Promise<boolean> {
+  let done = false;
+  void p.then(() => (done = true));
+  await new Promise((r) => setImmediate(r));
+  return done;
+}
+
+describe('SocketAckGroup', () => {
+  it('resolves a parked set when its last ack is answered, in any order', async () => {
+    const g = new SocketAckGroup();
+    const acks = [1, 2, 3].map((i) => new SocketAck(g, 10, i, true));
+    const p = waitAcks(acks);
+    expect(p).not.toBeNull();
+    acks[2].settle(true);
+    acks[0].settle(true);
+    expect(await settled(p!)).toBe(false);
+    acks[1].settle(false);
+    expect(await settled(p!)).toBe(true);
+    expect(acks.map((a) => a.poll())).toEqual([ACK_OK, ACK_REFUSED, ACK_OK]);
+  });
+
+  it('does not wait for acks answered before it parked', async () => {
+    const g = new SocketAckGroup();
+    const a = new SocketAck(g, 1, 1, true);
+    const b = new SocketAck(g, 1, 2, true);
+    a.settle(true);
+    expect(await settled(g.park([a, b]))).toBe(false);
+    b.settle(true);
+    b.settle(false); // a second answer changes nothing
+    expect(b.poll()).toBe(ACK_OK);
+    expect(await settled(g.park([a, b]))).toBe(true);
+    expect(waitAcks([a, b])).toBeNull(); // all answered: the spin sees it, nothing parks
+  });
+
+  it('resolves every set an ack belongs to, each when its own last ack is answered', async () => {
+    const g = new SocketAckGroup();
+    const shared = new SocketAck(g, 5, 1, true);
+    const onlyFirst = new SocketAck(g, 5, 2, true);
+    const onlySecond = new SocketAck(g, 6, 3, true);
+    const third = new SocketAck(g, 7, 4, true);
+    const first = g.park([shared, onlyFirst]);
+    const second = g.park([onlySecond, shared]);
+    const alsoShared = g.park([shared, third]);
+    shared.settle(true);
+    expect(await settled(first)).toBe(false);
+    expect(await settled(second)).toBe(false);
+    onlySecond.settle(true);
+    expect(await settled(second)).toBe(true);
+    expect(await settled(first)).toBe(false);
+    onlyFirst.settle(true);
+    expect(await settled(first)).toBe(true);
+    expect(await settled(alsoShared)).toBe(false);
+    third.settle(true);
+    expect(await settled(alsoShared)).toBe(true);
+    expect(shared.waiter).toBeNull();
+    expect(shared.moreWaiters).toBeNull();
+  });
+
+  it('resolves at once for an empty or fully answered set', async () => {
+    const g = new SocketAckGroup();
+    expect(await settled(g.park([]))).toBe(true);
+    const a = new SocketAck(g, 1, 1, false);
+    expect(a.poll()).toBe(ACK_PENDING);
+    a.settle(false);
+    expect(await settled(g.park([a]))).toBe(true);
+  });
+});

@@ -24,6 +24,7 @@ import { MmuNotifierEvent } from '../src/notifier/range.js';
 import { encodeServerFrame } from '../src/channel/codec.js';
 import { fmt, machine, percentiles, table, usSince, type Percentiles } from './lib/stats.js';
 import { openFanoutFloor, startClientProcesses } from '../src/loadgen/client-processes.js';
+import { interleave } from '../src/lib/interleave.js';
 
 const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, '').split('=') as [string, string]));
 const NS = (args.get('ns') ?? '1,10,100,1000').split(',').map(Number);
@@ -58,27 +59,16 @@ interface Subject {
   round(): Promise<number>;
 }
 
-/** Runs `rounds` rounds of each subject in BLOCKS alternating blocks; the event loop turns every 64 rounds. */
+/**
+ * Runs `rounds` rounds of each subject in BLOCKS alternating blocks (src/lib/interleave.ts: the
+ * order turns from block to block); the event loop turns every 64 rounds. No settling pause and no
+ * re-entry rounds: neither subject has a thread that spins after its last round (the clients are
+ * processes on their event loops), and the warm-up above runs both already.
+ */
 async function interleaved(rounds: number, subjects: readonly Subject[]): Promise<Array<{ lat: Percentiles; perSec: number }>> {
-  const samples = subjects.map(() => new Float64Array(rounds));
-  const filled = subjects.map(() => 0);
-  const seconds = subjects.map(() => 0);
-  const per = Math.ceil(rounds / BLOCKS);
-  for (let b = 0; b < BLOCKS; b++) {
-    // ABBA order: neither subject always runs first after the other.
-    const order = subjects.map((_, i) => i);
-    if (b % 2 === 1) order.reverse();
-    for (const i of order) {
-      const t0 = process.hrtime.bigint();
-      const stop = Math.min(rounds, filled[i] + per);
-      for (let j = 0; filled[i] < stop; j++) {
-        samples[i][filled[i]++] = await subjects[i].round();
-        if (j % 64 === 63) await tick();
-      }
-      seconds[i] += usSince(t0) / 1e6;
-    }
-  }
-  return samples.map((x, i) => ({ lat: percentiles(x), perSec: Math.round(rounds / seconds[i]) }));
+  const named = subjects.map((s, i) => ({ name: String(i), round: () => s.round() }));
+  const res = await interleave(named, { rounds, blocks: BLOCKS, reentry: 0, warm: 0, yieldEvery: 64, tick, settle: async () => undefined });
+  return res.map((r) => ({ lat: r.lat, perSec: Math.round(r.samples.length / (r.measuredMs / 1000)) }));
 }
 
 interface System extends Subject {

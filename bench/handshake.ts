@@ -24,6 +24,13 @@
  *          summary gives each N's ratio to the better bare Atomics strategy over the R passes:
  *          min, median, max and how many passes were above 1.5x. One pass is one sample of a
  *          shared machine; the goal is judged on all of them)
+ *          --schedule=sequential|interleaved (default sequential: each variant on its own fresh
+ *          workers, warmed up, then all its rounds in one stretch, one variant after the other;
+ *          interleaved: at each N the references and devmirror with DMA idle all exist at once and
+ *          are measured in --blocks=10 alternating blocks of rounds (src/lib/interleave.ts), and
+ *          each N's devmirror / best-reference ratio is also given block by block. The DMA-running
+ *          variant is always measured on its own, after the others: its engines would load the
+ *          references' blocks. docs/benchmarks.md compares the two schedules on this machine)
  */
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { Kernel, PROT } from '../src/kernel/kernel.js';
@@ -32,6 +39,7 @@ import type { WorkerDevice } from '../src/devices/worker-device.js';
 import type { EventPolicy } from '../src/devices/protocol.js';
 import { MmuNotifierEvent } from '../src/notifier/range.js';
 import { fmt, machine, percentiles, spread, table, usSince, type Percentiles } from './lib/stats.js';
+import { interleave, type Contender } from '../src/lib/interleave.js';
 import { ReferenceFanout, type RefMode } from './lib/references.js';
 import { attachTracing } from '../src/trace/kernel-hooks.js';
 import { TraceRecorder } from '../src/trace/recorder.js';
@@ -57,6 +65,16 @@ const YIELD_EVERY = 32;
 const WINDOW_PAGES = 64;
 /** Rounds run before each measurement, at least (--warm). */
 const WARM_ROUNDS = Number(args.get('warm') ?? 3000);
+const SCHEDULE = args.get('schedule') ?? 'sequential';
+const BLOCKS = Number(args.get('blocks') ?? 10);
+if (SCHEDULE !== 'interleaved' && SCHEDULE !== 'sequential') {
+  console.error(`--schedule must be interleaved or sequential, got ${JSON.stringify(SCHEDULE)}`);
+  process.exit(2);
+}
+if (!Number.isSafeInteger(BLOCKS) || BLOCKS < 1) {
+  console.error(`--blocks must be a positive integer, got ${JSON.stringify(args.get('blocks'))}`);
+  process.exit(2);
+}
 
 const roundsAt = (n: number): number => Math.max(1000, Math.floor(ROUNDS / n));
 const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
@@ -73,6 +91,8 @@ interface Result {
   mainCpuUs: number;
   /** Context switches per round of every thread: voluntary (parks) and involuntary (preempted). */
   switches: { voluntary: number; involuntary: number };
+  /** --schedule=interleaved: the p50 of each block, in block order. */
+  blockP50?: number[];
   extra?: Record<string, unknown>;
 }
 
@@ -140,17 +160,25 @@ async function measure(variant: string, n: number, rounds: number, round: () => 
   };
 }
 
-async function reference(mode: RefMode, n: number): Promise<Result> {
+/** A variant of the round, set up and ready to run: its round, what it adds to its result, its teardown. */
+interface Subject extends Contender {
+  /** Adds the variant's own figures to its result (after its last round). */
+  finish?(res: Result, seconds: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+async function referenceSubject(mode: RefMode, n: number): Promise<Subject> {
   const ref = new ReferenceFanout(mode, n);
   try {
     await ref.ready();
-    return await measure(`ref:${mode}`, n, roundsAt(n), () => ref.round());
-  } finally {
+  } catch (e) {
     await ref.close();
+    throw e;
   }
+  return { name: `ref:${mode}`, round: () => ref.round(), close: () => ref.close() };
 }
 
-async function devmirror(n: number, dma: boolean): Promise<Result> {
+async function devmirrorSubject(n: number, dma: boolean): Promise<Subject> {
   const k = new Kernel({ memoryBytes: 64 * MiB });
   if (TRACE) attachTracing(k, new TraceRecorder());
   const p = k.createProcess('bench');
@@ -176,26 +204,110 @@ async function devmirror(n: number, dma: boolean): Promise<Result> {
       k.notifyEnd(p.mm, r);
       return usSince(t);
     };
+    const finish = async (res: Result, seconds: number): Promise<void> => {
+      if (dma) for (const d of devs) await d.command('dma', { rate: 0 });
+      await tick();
+      let checked = 0;
+      let findings = 0;
+      for (let i = 0; i < devs.length; i++) {
+        await devs[i].refresh();
+        checked += devs[i].sanitizer.checked - before[i];
+        findings += devs[i].sanitizer.findings;
+      }
+      const g = mgr.group;
+      // The DMA rate actually reached while the rounds ran (the configured total is DMA_TOTAL/s).
+      res.extra = { sanitizerChecked: checked, dmaAccessesPerSec: Math.round(checked / seconds), findings, kernelSpins: g.spins, kernelParks: g.parks, kernelWakes: g.wakes, deviceWakes: g.deviceWakes, evictions: devs.filter((d) => d.state === 'evicted').length };
+      if (findings > 0) throw new Error(`sanitizer findings in the handshake bench: ${findings}`);
+    };
+    return { name: dma ? 'devmirror (DMA running)' : 'devmirror (DMA idle)', round, finish, close: () => mgr.stopAll() };
+  } catch (e) {
+    await mgr.stopAll();
+    throw e;
+  }
+}
+
+/** Sets up, measures on its own (warm-up, then every round in one stretch) and tears down one variant. */
+async function measureAlone(n: number, make: () => Promise<Subject>): Promise<Result> {
+  const s = await make();
+  try {
     const t0 = performance.now();
-    const res = await measure(dma ? 'devmirror (DMA running)' : 'devmirror (DMA idle)', n, roundsAt(n), round);
-    if (dma) for (const d of devs) await d.command('dma', { rate: 0 });
-    const seconds = (performance.now() - t0) / 1000;
-    await tick();
-    let checked = 0;
-    let findings = 0;
-    for (let i = 0; i < devs.length; i++) {
-      await devs[i].refresh();
-      checked += devs[i].sanitizer.checked - before[i];
-      findings += devs[i].sanitizer.findings;
-    }
-    const g = mgr.group;
-    // The DMA rate actually reached while the rounds ran (the configured total is DMA_TOTAL/s).
-    res.extra = { sanitizerChecked: checked, dmaAccessesPerSec: Math.round(checked / seconds), findings, kernelSpins: g.spins, kernelParks: g.parks, kernelWakes: g.wakes, deviceWakes: g.deviceWakes, evictions: devs.filter((d) => d.state === 'evicted').length };
-    if (findings > 0) throw new Error(`sanitizer findings in the handshake bench: ${findings}`);
+    const res = await measure(s.name, n, roundsAt(n), () => s.round());
+    await s.finish?.(res, (performance.now() - t0) / 1000);
     return res;
   } finally {
-    await mgr.stopAll();
+    await s.close();
   }
+}
+
+/**
+ * Measures variants that all exist at once in alternating blocks (src/lib/interleave.ts). CPU time
+ * and context switches are summed over each variant's own blocks; the other variants' threads are
+ * parked meanwhile (devmirror's devices wake every IDLE_BLOCK_MS, 100 ms, while parked: a few
+ * switches a second, against thousands a second in a block).
+ */
+async function measureInterleaved(subjects: readonly Subject[], n: number): Promise<Result[]> {
+  const rounds = roundsAt(n);
+  const acc = new Map<string, { cpu: number; main: number; vol: number; invol: number }>();
+  const probe = {
+    before: () => ({ cpu: process.cpuUsage(), th: threadTimes() }),
+    after: (name: string, s: { cpu: NodeJS.CpuUsage; th: ReturnType<typeof threadTimes> }) => {
+      const c = process.cpuUsage(s.cpu);
+      const th = threadTimes();
+      const a = acc.get(name) ?? { cpu: 0, main: 0, vol: 0, invol: 0 };
+      a.cpu += c.user + c.system;
+      a.main += th.main - s.th.main;
+      a.vol += th.vol - s.th.vol;
+      a.invol += th.invol - s.th.invol;
+      acc.set(name, a);
+    },
+  };
+  const warm = Math.max(WARM_ROUNDS, Math.floor(rounds / 10));
+  const measured = await interleave(subjects, { rounds, blocks: BLOCKS, warm, yieldEvery: YIELD_EVERY, tick, probe });
+  const out: Result[] = [];
+  for (let i = 0; i < measured.length; i++) {
+    const m = measured[i];
+    const a = acc.get(m.name) ?? { cpu: 0, main: 0, vol: 0, invol: 0 };
+    const k = m.samples.length;
+    const res: Result = {
+      variant: m.name,
+      n,
+      rounds: k,
+      lat: m.lat,
+      perSec: k / (m.measuredMs / 1000),
+      cpuUs: a.cpu / k,
+      mainCpuUs: a.main / k,
+      switches: { voluntary: a.vol / k, involuntary: a.invol / k },
+      blockP50: m.blockP50,
+    };
+    await subjects[i].finish?.(res, m.measuredMs / 1000);
+    out.push(res);
+  }
+  return out;
+}
+
+const REF_MODES: RefMode[] = ['blocking', 'spin', 'spin-range', 'waitAsync', 'postMessage'];
+
+/** The references and devmirror with DMA idle at N, by --schedule; then devmirror with DMA running, alone. */
+async function measureAt(n: number): Promise<{ refs: Record<string, Result>; idle: Result; busy: Result }> {
+  const refs: Record<string, Result> = {};
+  let idle: Result;
+  if (SCHEDULE === 'interleaved') {
+    const subjects: Subject[] = [];
+    try {
+      for (const mode of REF_MODES) subjects.push(await referenceSubject(mode, n));
+      subjects.push(await devmirrorSubject(n, false));
+      const res = await measureInterleaved(subjects, n);
+      for (const r of res.slice(0, REF_MODES.length)) refs[r.variant.slice('ref:'.length)] = r;
+      idle = res[REF_MODES.length];
+    } finally {
+      for (const s of subjects) await s.close();
+    }
+  } else {
+    for (const mode of REF_MODES) refs[mode] = await measureAlone(n, () => referenceSubject(mode, n));
+    idle = await measureAlone(n, () => devmirrorSubject(n, false));
+  }
+  const busy = await measureAlone(n, () => devmirrorSubject(n, true));
+  return { refs, idle, busy };
 }
 
 interface MprotectRow {
@@ -289,6 +401,7 @@ async function main(): Promise<void> {
     event: 'CLEAR of one page inside a 64-page window every device mirrors',
     dmaRunning: `${DMA_TOTAL} device accesses/s in all (split over the N devices), random over the 64-page window that is invalidated, 30% writes`,
     kernelWait: 'adaptive spin, then Atomics.waitAsync (the kernel thread never blocks)',
+    schedule: SCHEDULE === 'interleaved' ? `interleaved: the references and devmirror (DMA idle) all live at once, ${BLOCKS} alternating blocks each; devmirror (DMA running) alone after them` : 'sequential: each variant on its own fresh workers, one after the other',
     yieldEvery: YIELD_EVERY,
     ns: NS,
     roundsAtN1: ROUNDS,
@@ -305,10 +418,7 @@ async function main(): Promise<void> {
       const rows: Array<Record<string, string | number>> = [];
       const results: Result[] = [];
       for (const n of NS) {
-        const refs: Record<string, Result> = {};
-        for (const mode of ['blocking', 'spin', 'spin-range', 'waitAsync', 'postMessage'] as RefMode[]) refs[mode] = await reference(mode, n);
-        const idle = await devmirror(n, false);
-        const busy = await devmirror(n, true);
+        const { refs, idle, busy } = await measureAt(n);
         const best = Math.min(refs.blocking.lat.p50, refs.spin.lat.p50);
         const pm = refs.postMessage.lat.p50;
         const wa = refs.waitAsync.lat.p50;
@@ -318,6 +428,16 @@ async function main(): Promise<void> {
         }
         ratios.get(n)?.push(idle.lat.p50 / best);
         console.log(table(rows.slice(-7)));
+        if (idle.blockP50 && refs.blocking.blockP50 && refs.spin.blockP50) {
+          // The same ratio block by block (each block's devmirror p50 over the better reference's
+          // p50 in that block): how much of the pooled ratio is the machine moving under it.
+          const per = idle.blockP50.map((v, b) => v / Math.min(refs.blocking.blockP50![b], refs.spin.blockP50![b]));
+          const sp = spread(per, GOAL_RATIO);
+          idle.extra = { ...idle.extra, blockRatio: { min: sp.min, median: sp.median, max: sp.max, above: sp.above, blocks: sp.n } };
+          const range = (r: Result): string => `${fmt(Math.min(...r.blockP50!))} to ${fmt(Math.max(...r.blockP50!))}`;
+          console.log(`  block p50s (${BLOCKS} blocks each): blocking ${range(refs.blocking)}, spin ${range(refs.spin)}, waitAsync ${range(refs.waitAsync)}, devmirror ${range(idle)}`);
+          console.log(`  devmirror / better bare Atomics, block by block: min ${sp.min.toFixed(2)}, median ${sp.median.toFixed(2)}, max ${sp.max.toFixed(2)}`);
+        }
         console.log(`  idle: ${JSON.stringify(idle.extra)}\n  dma:  ${JSON.stringify(busy.extra)}\n`);
       }
       console.log('\nAll N (latencies per round, microseconds):\n' + table(rows));

@@ -334,6 +334,7 @@ export class ExternalDevice implements ProgressSource {
 
   /** Grants for pfns the kernel handed out in a range-fault reply. */
   grantFault(pid: number, start: number, pfns: Uint32Array, gens: Int32Array, tick: number): void {
+    this.sanitizer.beginReply();
     for (let i = 0; i < pfns.length; i++) {
       const w = pfns[i];
       if (w & HMM_PFN.VALID) this.sanitizer.grant(pid, start + i * PAGE_SIZE, w & HMM_PFN.PFN_MASK, gens[i], (w & HMM_PFN.WRITE) !== 0, tick);

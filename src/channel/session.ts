@@ -592,6 +592,7 @@ export class Session implements ExternalPort {
         const va = addrOf(f.gup.addr);
         work = dev.services.gup(p.pid, va - (va % PAGE_SIZE), f.gup.write).then((g) => {
           if (g.ret === 0) {
+            dev.sanitizer.beginReply();
             if (g.hugePfns && g.hugeGens && g.headVa !== undefined) {
               for (let i = 0; i < g.hugePfns.length; i++) dev.sanitizer.grant(p.pid, g.headVa + i * PAGE_SIZE, g.hugePfns[i], g.hugeGens[i], g.write, g.tick);
             } else dev.sanitizer.grant(p.pid, va - (va % PAGE_SIZE), g.pfn, g.gen, g.write, g.tick);
@@ -619,7 +620,10 @@ export class Session implements ExternalPort {
         // cut into, outside the range the MIGRATE invalidation announced.
         if (mStart % PAGE_SIZE || mEnd % PAGE_SIZE || mEnd <= mStart) throw new DevmirrorError('DM_ERR_VALIDATION', 'a migration must cover whole pages (aligned start and end, end > start)');
         work = dev.services.migrate(p.pid, dir, mStart, mEnd, m.allocFails).then((r) => {
-          if (dir === 'to') for (const [va, pfn, gen, w] of r.pages) dev.sanitizer.grant(p.pid, va, pfn, gen, w, r.tick);
+          if (dir === 'to') {
+            dev.sanitizer.beginReply();
+            for (const [va, pfn, gen, w] of r.pages) dev.sanitizer.grant(p.pid, va, pfn, gen, w, r.tick);
+          }
           return { migrateReply: { error: r.ret, collected: r.collected, moved: r.moved, pages: r.pages.map(([addr, pfn, , writable]) => ({ addr, pfn, writable })) } };
         });
         break;
@@ -628,7 +632,10 @@ export class Session implements ExternalPort {
         const p = this.subscribedProc(f.exclusive.pid);
         const va = addrOf(f.exclusive.addr);
         work = dev.services.exclusive(p.pid, va).then((r) => {
-          if (r.ret === 0) dev.sanitizer.grant(p.pid, va - (va % PAGE_SIZE), r.pfn, r.gen, true, r.tick);
+          if (r.ret === 0) {
+            dev.sanitizer.beginReply();
+            dev.sanitizer.grant(p.pid, va - (va % PAGE_SIZE), r.pfn, r.gen, true, r.tick);
+          }
           return { exclusiveReply: { error: r.ret, pfn: r.pfn } };
         });
         break;

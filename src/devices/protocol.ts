@@ -130,8 +130,10 @@ export type DeviceEvent =
 export interface SanitizerSnapshot {
   checked: number;
   findings: number;
-  /** Device refaults: grants of pages an invalidation had taken away before. */
+  /** Device refaults: grants of pages an invalidation had taken away before (refaulted pages). */
   refaults?: number;
+  /** Device faults that refaulted at least one page (Sanitizer.stats.refaultFaults). */
+  refaultFaults?: number;
   /** Refaults by cause, `EVENT:origin` of the invalidation that took the page (Sanitizer). */
   refaultCauses?: Record<string, number>;
   byKind: Record<string, number>;

@@ -201,7 +201,7 @@ export function parseBenchArgs(argv: string[]): BenchCli {
 export function summary(r: BenchReport): string {
   const rep = r.replay ? `replayed ${r.replay.replayed}/${r.replay.calls} calls of ${r.replay.file} (${r.replay.tasks} tasks), ${r.replay.touchedPages} pages touched; refused: ${JSON.stringify(r.replay.refused)}\n` : '';
   const ref = r.events.filter((e) => e.refused > 0).map((e) => `${e.event} ${e.refused}`).join(', ');
-  const head = rep + (ref ? `refused non-blockable starts: ${ref}\n` : '') + `${r.ops} operations in ${(r.durationMs / 1000).toFixed(1)} s (${r.opsPerSec}/s), ${r.invalidations} invalidations (${r.invalidationsPerSec}/s); device faults ${r.totals.deviceFaults}, refaults ${r.totals.refaults}; sanitizer: ${r.totals.checked} accesses checked, ${r.totals.findings} findings; evictions ${r.totals.evictions}`;
+  const head = rep + (ref ? `refused non-blockable starts: ${ref}\n` : '') + `${r.ops} operations in ${(r.durationMs / 1000).toFixed(1)} s (${r.opsPerSec}/s), ${r.invalidations} invalidations (${r.invalidationsPerSec}/s); device faults ${r.totals.deviceFaults}, refaults ${r.totals.refaults} pages in ${r.totals.refaultFaults} faults; sanitizer: ${r.totals.checked} accesses checked, ${r.totals.findings} findings; evictions ${r.totals.evictions}`;
   const rows = r.byEventAndKind.map((x) => ({
     event: x.event,
     'device kind': x.deviceKind,
@@ -266,10 +266,25 @@ export async function benchMain(argv: string[]): Promise<void> {
         const blind = per.get('blind');
         return `${what}: ${[...per].map(([p, n]) => `${p} ${n.toFixed(1)}${blind !== undefined && p !== 'blind' && n > 0 ? ` (blind/${p} = ${(blind / n).toFixed(1)}x)` : ''}`).join(', ')}\n`;
       };
+      // And per device kind, in device faults that refaulted and in refaulted pages (a gpu's fault
+      // of a 2 MiB range is one fault and up to 512 pages).
+      const kinds = [...new Set(sweep.runs.flatMap((r) => r.devices.map((d) => d.kind)))];
+      const perKind = kinds
+        .map((kind) => {
+          const of = (r: BenchReport, f: (d: BenchReport['devices'][number]) => number): number => r.devices.filter((d) => d.kind === kind).reduce((a, d) => a + f(d), 0);
+          return (
+            line(`${kind}: device faults that refaulted`, (r) => of(r, (d) => d.refaultFaults)) +
+            line(`${kind}: refaulted pages`, (r) => of(r, (d) => d.refaults)) +
+            line(`${kind}: accesses checked`, (r) => of(r, (d) => d.checked))
+          );
+        })
+        .join('');
       process.stderr.write(
         '\n' +
           line('refaulted pages per operation', (r) => (r.ops ? r.totals.refaults / r.ops : 0)) +
-          line('refaulted pages per 1000 device accesses', (r) => (r.totals.checked ? (1000 * r.totals.refaults) / r.totals.checked : 0)),
+          line('refaulted pages per 1000 device accesses', (r) => (r.totals.checked ? (1000 * r.totals.refaults) / r.totals.checked : 0)) +
+          line('device faults that refaulted, per 1000 device accesses', (r) => (r.totals.checked ? (1000 * r.totals.refaultFaults) / r.totals.checked : 0)) +
+          perKind,
       );
     }
   } else {

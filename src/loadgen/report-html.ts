@@ -34,7 +34,7 @@ function runSection(r: BenchReport): string {
         .join('') +
       '</table>'
     : '';
-  return `<p>${r.ops} operations in ${(r.durationMs / 1000).toFixed(1)} s; ${r.invalidations} invalidations (${r.invalidationsPerSec}/s); device faults ${r.totals.deviceFaults}, refaults ${r.totals.refaults}; sanitizer ${r.totals.checked} accesses checked, <b>${r.totals.findings} findings</b>; evictions ${r.totals.evictions}.</p>
+  return `<p>${r.ops} operations in ${(r.durationMs / 1000).toFixed(1)} s; ${r.invalidations} invalidations (${r.invalidationsPerSec}/s); device faults ${r.totals.deviceFaults}, refaults ${r.totals.refaults} pages in ${r.totals.refaultFaults ?? 0} faults; sanitizer ${r.totals.checked} accesses checked, <b>${r.totals.findings} findings</b>; evictions ${r.totals.evictions}.</p>
 <table><tr><th>event</th><th>device kind</th><th>invalidations</th><th>round p50</th><th>round p99</th><th>ack p50</th><th>ack p90</th><th>ack p99</th><th>ack p99_9</th><th>ack max</th></tr>${rows}</table>
 ${base}<div class="hists">${hists}</div>`;
 }

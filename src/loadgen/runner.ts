@@ -116,12 +116,16 @@ export interface BenchReport {
   baselines?: Baselines;
   /** Per event and device kind: rounds that reached that kind, and its acknowledgements. */
   byEventAndKind: EventKindRow[];
-  /** refaultCauses: refaulted pages by the `EVENT:origin` of the invalidation that took them. */
-  /** options: what a worker device was created with (its personality's options). */
-  devices: Array<{ name: string; kind: string; state: string; stateReason?: string; options?: Record<string, unknown>; faults: number; refaults: number; refaultCauses: Record<string, number>; invalidations: number; checked: number; findings: number }>;
+  /**
+   * refaults: refaulted pages (grants of pages an invalidation had taken); refaultFaults: device
+   * faults that refaulted at least one page (a gpu's fault of a 2 MiB range is one, with up to 512
+   * refaulted pages); refaultCauses: refaulted pages by the `EVENT:origin` of the invalidation that
+   * took them; options: what a worker device was created with (its personality's options).
+   */
+  devices: Array<{ name: string; kind: string; state: string; stateReason?: string; options?: Record<string, unknown>; faults: number; refaults: number; refaultFaults: number; refaultCauses: Record<string, number>; invalidations: number; checked: number; findings: number }>;
   /** With --replay: what was replayed. */
   replay?: Omit<ReplayStats, 'writableRanges'> & { file: string; events: number; tasks: number };
-  totals: { deviceFaults: number; refaults: number; checked: number; findings: number; evictions: number };
+  totals: { deviceFaults: number; refaults: number; refaultFaults: number; checked: number; findings: number; evictions: number };
 }
 
 export function validateBench(o: BenchOptions): void {
@@ -330,6 +334,7 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
         options: { ...d.options },
         faults: (c.faults ?? 0) + (c.page_faults ?? 0) + (c.pf_taken ?? 0),
         refaults: d.sanitizer?.refaults ?? 0,
+        refaultFaults: d.sanitizer?.refaultFaults ?? 0,
         refaultCauses: { ...(d.sanitizer?.refaultCauses ?? {}) },
         invalidations: c.invalidations ?? 0,
         checked: d.sanitizer?.checked ?? 0,
@@ -343,6 +348,7 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
         state: d.state,
         faults: 0,
         refaults: d.sanitizer.stats.refaults,
+        refaultFaults: d.sanitizer.stats.refaultFaults,
         refaultCauses: { ...d.sanitizer.stats.refaultCauses },
         invalidations: d.handshake.starts,
         checked: d.sanitizer.stats.checked,
@@ -373,6 +379,7 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
       totals: {
         deviceFaults: sum((d) => d.faults),
         refaults: sum((d) => d.refaults),
+        refaultFaults: sum((d) => d.refaultFaults),
         checked: sum((d) => d.checked),
         findings: sum((d) => d.findings),
         evictions: mgr.list().filter((d) => d.state === 'evicted').length + (channel?.list().filter((d) => d.state === 'evicted').length ?? 0),

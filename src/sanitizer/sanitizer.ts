@@ -115,8 +115,15 @@ export interface SanitizerStats {
   findings: number;
   byKind: Record<FindingKind, number>;
   grants: number;
-  /** Grants of pages an invalidation had revoked or downgraded before (device refaults). */
+  /** Grants of pages an invalidation had revoked or downgraded before (refaulted pages). */
   refaults: number;
+  /**
+   * Device faults that refaulted: replies (a fault of a range, a gup, a migration, an exclusive
+   * grab) that handed the device at least one page an invalidation had taken. A gpu that faults a
+   * 2 MiB range back counts one here and up to 512 in `refaults`; dmirror, which faults page by
+   * page, counts the same in both.
+   */
+  refaultFaults: number;
   /**
    * Refaults by what caused them: `EVENT:origin` of the first acknowledged invalidation that
    * covered the page (e.g. `CLEAR:thp_split`, `CLEAR:cow_fault`, `PROTECTION_VMA:mprotect`; `?`
@@ -139,8 +146,12 @@ export class Sanitizer {
     byKind: { stale: 0, 'lost-write': 0, 'write-ro': 0, unmapped: 0, 'wrong-pfn': 0 },
     grants: 0,
     refaults: 0,
+    refaultFaults: 0,
     refaultCauses: {},
   };
+  /** The reply whose grants are being applied (beginReply), and the last one that refaulted. */
+  private reply = 0;
+  private lastRefaultReply = -1;
   /** Called for every new finding (to report it to the kernel). */
   onFinding: ((f: Finding) => void) | null = null;
   enabled = true;
@@ -192,6 +203,15 @@ export class Sanitizer {
    * The kernel handed out pfn for (pid, va): `tick` is the clock when it computed it, `gen` the
    * frame generation it read then.
    */
+  /**
+   * The grants that follow come from one reply of the kernel (one device fault): they count one
+   * refault fault however many of their pages are refaults. Every caller of grant calls this first
+   * for each reply.
+   */
+  beginReply(): void {
+    this.reply++;
+  }
+
   grant(pid: number, va: number, pfn: number, gen: number, write: boolean, tick: number): void {
     const g: Grant = { pfn, gen, write, tick, revokedBy: null, downgradedBy: null, covered: false, staleOnArrival: false, lostBefore: false, coveredBy: null, lostTo: null, writeLostTo: null };
     // Windows that started after the reply was computed and overlap it take it away at once if
@@ -241,6 +261,10 @@ export class Sanitizer {
     g.staleOnArrival = stale;
     if (g.lostBefore && !g.staleOnArrival) {
       this.stats.refaults++;
+      if (this.lastRefaultReply !== this.reply) {
+        this.lastRefaultReply = this.reply;
+        this.stats.refaultFaults++;
+      }
       const w = g.lostTo;
       // A covered grant always has its window; `unknown` only guards the invariant.
       const cause = w ? `${eventName(w.event as MmuNotifierEvent)}:${w.origin ?? '?'}` : 'unknown';

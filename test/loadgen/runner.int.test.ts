@@ -32,7 +32,11 @@ describe('devmirror bench', () => {
     for (const d of r.devices) {
       expect(Object.values(d.refaultCauses).reduce((a, n) => a + n, 0), d.name).toBe(d.refaults);
       for (const cause of Object.keys(d.refaultCauses)) expect(cause).toMatch(/^(unknown|[A-Z_]+:[a-z_?]+)$/);
+      // Faults that refaulted: at least one per device that refaulted, at most one per page.
+      expect(d.refaultFaults, d.name).toBeLessThanOrEqual(d.refaults);
+      expect(d.refaultFaults > 0, d.name).toBe(d.refaults > 0);
     }
+    expect(r.totals.refaultFaults).toBe(r.devices.reduce((a, d) => a + d.refaultFaults, 0));
     expect(summary(r)).toContain('refaulted pages by the invalidation that took them');
   });
 

@@ -119,6 +119,32 @@ describe('sanitizer windows', () => {
     expect(s.stats.refaults).toBe(2);
   });
 
+  it('counts a reply that refaults many pages as one refault fault (a gpu faulting a whole range back)', () => {
+    const { s, gen } = setup();
+    const pid = 100;
+    const faultRange = (first: number, n: number, write: boolean): void => {
+      s.beginReply();
+      const t = s.tick();
+      for (let i = 0; i < n; i++) s.grant(pid, A.start + (first + i) * PAGE, 200 + first + i, gen(200 + first + i), write, t);
+    };
+    faultRange(0, 16, false); // first touch: no refault
+    expect([s.stats.refaults, s.stats.refaultFaults]).toEqual([0, 0]);
+    s.started(1, 1, pid, A.start, A.start + 16 * PAGE, MmuNotifierEvent.CLEAR, 0, s.tick(), A, null, 'thp_split');
+    s.acked(1, 1);
+    s.ended(1, 1, s.tick());
+    faultRange(0, 16, false); // one fault brings the 16 pages back
+    expect([s.stats.refaults, s.stats.refaultFaults]).toEqual([16, 1]);
+    faultRange(16, 4, false); // pages the device never had: a fault, no refault
+    expect(s.stats.refaultFaults).toBe(1);
+    // Two pages lost, then faulted back one reply each: two refault faults.
+    s.started(2, 1, pid, A.start, A.start + 2 * PAGE, MmuNotifierEvent.UNMAP, 0, s.tick(), A, null, 'munmap');
+    s.acked(2, 1);
+    s.ended(2, 1, s.tick());
+    faultRange(0, 1, false);
+    faultRange(1, 1, false);
+    expect([s.stats.refaults, s.stats.refaultFaults]).toEqual([18, 3]);
+  });
+
   it('counts the refault of a read page a downgrade covered: the device may have dropped it (a blind one does)', () => {
     const { s, gen } = setup();
     const pid = 100;

@@ -284,9 +284,9 @@ export class WorkerHost implements DeviceHost {
     return { counters: this.counterSnapshot(), sanitizer: this.sanitizerSnapshot(), mirror: this.mirrorSummary() };
   }
 
-  private sanitizerSnapshot(): { checked: number; findings: number; refaults: number; refaultCauses: Record<string, number>; byKind: Record<string, number>; recent: Sanitizer['findings'] } {
+  private sanitizerSnapshot(): { checked: number; findings: number; refaults: number; refaultFaults: number; refaultCauses: Record<string, number>; byKind: Record<string, number>; recent: Sanitizer['findings'] } {
     const s = this.sanitizer.stats;
-    return { checked: s.checked, findings: s.findings, refaults: s.refaults, refaultCauses: { ...s.refaultCauses }, byKind: { ...s.byKind }, recent: this.sanitizer.findings.slice(-20) };
+    return { checked: s.checked, findings: s.findings, refaults: s.refaults, refaultFaults: s.refaultFaults, refaultCauses: { ...s.refaultCauses }, byKind: { ...s.byKind }, recent: this.sanitizer.findings.slice(-20) };
   }
 
   private lastStats = '';
@@ -374,6 +374,7 @@ export class WorkerHost implements DeviceHost {
       ownerSelf: req.ownerSelf,
     });
     if (r.ret === 0) {
+      this.sanitizer.beginReply();
       for (let i = 0; i < r.pfns.length; i++) {
         const w = r.pfns[i];
         if (w & HMM_PFN.VALID) this.sanitizer.grant(this.pid, start + i * PAGE_SIZE, w & HMM_PFN.PFN_MASK, r.gens[i], (w & HMM_PFN.WRITE) !== 0, r.tick);
@@ -385,6 +386,7 @@ export class WorkerHost implements DeviceHost {
   async gup(va: number, write: boolean): Promise<GupReply> {
     const r = await this.request<GupReply>({ t: 'gup', req: this.req(), va, write });
     if (r.ret === 0) {
+      this.sanitizer.beginReply();
       if (r.hugePfns && r.hugeGens && r.headVa !== undefined) {
         for (let i = 0; i < r.hugePfns.length; i++) this.sanitizer.grant(this.pid, r.headVa + i * PAGE_SIZE, r.hugePfns[i], r.hugeGens[i], r.write, r.tick);
       } else this.sanitizer.grant(this.pid, va, r.pfn, r.gen, r.write, r.tick);
@@ -398,7 +400,10 @@ export class WorkerHost implements DeviceHost {
 
   async migrate(dir: 'to' | 'from', start: number, end: number, allocFails = false): Promise<MigrateReply> {
     const r = await this.request<MigrateReply>({ t: 'migrate', req: this.req(), dir, start, end, allocFails });
-    if (dir === 'to') for (const [va, pfn, gen, write] of r.pages) this.sanitizer.grant(this.pid, va, pfn, gen, write, r.tick);
+    if (dir === 'to') {
+      this.sanitizer.beginReply();
+      for (const [va, pfn, gen, write] of r.pages) this.sanitizer.grant(this.pid, va, pfn, gen, write, r.tick);
+    }
     return r;
   }
 
@@ -408,7 +413,10 @@ export class WorkerHost implements DeviceHost {
 
   async exclusive(va: number): Promise<ExclusiveReply> {
     const r = await this.request<ExclusiveReply>({ t: 'exclusive', req: this.req(), va });
-    if (r.ret === 0) this.sanitizer.grant(this.pid, va, r.pfn, r.gen, true, r.tick);
+    if (r.ret === 0) {
+      this.sanitizer.beginReply();
+      this.sanitizer.grant(this.pid, va, r.pfn, r.gen, true, r.tick);
+    }
     return r;
   }
 

@@ -68,8 +68,8 @@ export function installMetrics(app: FastifyInstance, svc: Service): Registry {
   kernelCounter('devmirror_swap_outs_total', 'Pages swapped out', () => k.stats.swapOuts);
 
   const devices = () => [
-    ...svc.devices.list().map((d) => ({ kind: d.kind, state: d.state as string, transport: 'worker', counters: d.counters, checked: d.sanitizer?.checked ?? 0, findings: d.sanitizer?.findings ?? 0, refaults: d.sanitizer?.refaults ?? 0, evictions: d.handshake.evictions })),
-    ...svc.channel.list().map((d) => ({ kind: d.kind, state: d.state as string, transport: 'external', counters: d.counters, checked: d.sanitizer.stats.checked, findings: d.sanitizer.stats.findings, refaults: d.sanitizer.stats.refaults, evictions: d.handshake.evictions })),
+    ...svc.devices.list().map((d) => ({ kind: d.kind, state: d.state as string, transport: 'worker', counters: d.counters, checked: d.sanitizer?.checked ?? 0, findings: d.sanitizer?.findings ?? 0, refaults: d.sanitizer?.refaults ?? 0, refaultFaults: d.sanitizer?.refaultFaults ?? 0, evictions: d.handshake.evictions })),
+    ...svc.channel.list().map((d) => ({ kind: d.kind, state: d.state as string, transport: 'external', counters: d.counters, checked: d.sanitizer.stats.checked, findings: d.sanitizer.stats.findings, refaults: d.sanitizer.stats.refaults, refaultFaults: d.sanitizer.stats.refaultFaults, evictions: d.handshake.evictions })),
   ];
   const perKind = (name: string, help: string, value: (d: ReturnType<typeof devices>[number]) => number): void => {
     new Gauge({
@@ -90,6 +90,7 @@ export function installMetrics(app: FastifyInstance, svc: Service): Registry {
   perKind('devmirror_device_faults', 'Device page faults (faults, page_faults, pf_taken), summed by kind', (d) => (d.counters.faults ?? 0) + (d.counters.page_faults ?? 0) + (d.counters.pf_taken ?? 0));
   perKind('devmirror_device_invalidations', 'Invalidations the devices handled, by kind', (d) => d.counters.invalidations ?? 0);
   perKind('devmirror_device_refaults', 'Device refaults: pages handed again to a device after an invalidation took them, by kind', (d) => d.refaults);
+  perKind('devmirror_device_refault_faults', 'Device faults that refaulted: kernel replies that handed a device back at least one page an invalidation took, by kind', (d) => d.refaultFaults);
   perKind('devmirror_sanitizer_checked', 'Device accesses the sanitizer checked, by kind', (d) => d.checked);
   perKind('devmirror_sanitizer_findings', 'Sanitizer findings (stale, lost-write, write-ro, unmapped, wrong-pfn), by kind', (d) => d.findings);
   perKind('devmirror_device_evictions', 'Devices evicted for missing the acknowledgement deadline, by kind', (d) => d.evictions);

@@ -48,6 +48,8 @@ describe('metrics', () => {
     expect(sample(t, 'devmirror_devices', 'device_kind="dmirror"')).toBe(1);
     expect(sample(t, 'devmirror_sanitizer_checked', 'device_kind="dmirror"')).toBe(8);
     expect(sample(t, 'devmirror_device_refaults', 'device_kind="dmirror"')).toBe(4);
+    // The four pages came back in one read: one range fault (test_hmm faults up to 64 pages at once).
+    expect(sample(t, 'devmirror_device_refault_faults', 'device_kind="dmirror"')).toBe(1);
     expect(sample(t, 'devmirror_invalidation_ack_seconds_count', 'event="PROTECTION_VMA",device_kind="dmirror"')).toBe(1);
     expect(sample(t, 'devmirror_sanitizer_findings', 'device_kind="dmirror"')).toBe(0);
     expect(sample(t, 'devmirror_page_faults_total', '')).toBeGreaterThanOrEqual(8);

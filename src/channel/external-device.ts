@@ -75,8 +75,9 @@ let nextReleaseId = RELEASE_ID_BASE;
 
 /**
  * The key of a pending (invalidation or release id, subscription id) pair. A number while the pair
- * packs into 53 bits (ids below 2^32, subscriptions below 2^21: every invalidation of a run, and
- * subscriptions until two million were made), else a string. A string key costs a concatenation
+ * packs into 53 bits (ids below 2^32, subscriptions below 2^21: the first four billion invalidations
+ * of a boot, and subscription ids, which start at 1,000,000, until about a million more were made),
+ * else a string. Both forms never collide: a number key is never a string. A string key costs a concatenation
  * and a hash on every start and every acknowledgement, for every client (the 1,000-client round
  * makes a thousand of each); releases (ids from 2^52) take the string form.
  */

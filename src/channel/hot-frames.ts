@@ -165,6 +165,14 @@ function onlyBody(f: Record<string, unknown>): string | null {
   return body;
 }
 
+/** The Origin field (tag, length, originScratch[0, olen)) at `pos` in scratch; the position after it. */
+function putOriginField(pos: number, olen: number): number {
+  scratch[pos++] = (ORIGIN_FIELD << 3) | LEN;
+  pos = putVarint(scratch, pos, olen);
+  scratch.set(originScratch.subarray(0, olen), pos);
+  return pos + olen;
+}
+
 /** A ServerFrame carrying InvalidateStart or InvalidateEnd, or null (take the generic path). */
 export function encodeHotServerFrame(f: unknown): Uint8Array | null {
   if (!isPlain(f)) return null;
@@ -177,10 +185,7 @@ export function encodeHotServerFrame(f: unknown): Uint8Array | null {
     if (m.origin != null) {
       const olen = putOrigin(m.origin);
       if (olen < 0) return null;
-      scratch[pos++] = (ORIGIN_FIELD << 3) | LEN;
-      pos = putVarint(scratch, pos, olen);
-      scratch.set(originScratch.subarray(0, olen), pos);
-      pos += olen;
+      pos = putOriginField(pos, olen);
     }
     return frame(SERVER_INVALIDATE_START, pos);
   }
@@ -200,6 +205,17 @@ function putScalar(pos: number, no: number, v: number, kind: Kind): number {
   if (x < 0) return -1;
   scratch[pos++] = (no << 3) | VARINT;
   return putVarint(scratch, pos, x);
+}
+
+/** Fields 1 to 7, which InvalidateStart and InvalidateEnd share (same numbers), from scratch[0]; -1 if one is out of range. */
+function putRangeFields(invalidationId: number, subscriptionId: number, pid: number, start: number, end: number, event: number, flags: number): number {
+  let pos = putScalar(0, 1, invalidationId, 'u64');
+  pos = putScalar(pos, 2, subscriptionId, 'u64');
+  pos = putScalar(pos, 3, pid, 'u32');
+  pos = putScalar(pos, 4, start, 'u64');
+  pos = putScalar(pos, 5, end, 'u64');
+  pos = putScalar(pos, 6, event, 'i32');
+  return putScalar(pos, 7, flags, 'u32');
 }
 
 /**
@@ -222,13 +238,7 @@ export function encodeStartFields(
   curSeq: number,
   operation: string | null,
 ): Uint8Array | null {
-  let pos = putScalar(0, 1, invalidationId, 'u64');
-  pos = putScalar(pos, 2, subscriptionId, 'u64');
-  pos = putScalar(pos, 3, pid, 'u32');
-  pos = putScalar(pos, 4, start, 'u64');
-  pos = putScalar(pos, 5, end, 'u64');
-  pos = putScalar(pos, 6, event, 'i32');
-  pos = putScalar(pos, 7, flags, 'u32');
+  let pos = putRangeFields(invalidationId, subscriptionId, pid, start, end, event, flags);
   if (pos < 0) return null;
   scratch[pos++] = (8 << 3) | VARINT;
   scratch[pos++] = (flags & 1) !== 0 ? 1 : 0;
@@ -237,10 +247,7 @@ export function encodeStartFields(
   if (pos < 0) return null;
   const olen = operation == null ? 0 : putAscii(originScratch, 0, 1, operation);
   if (olen < 0) return null;
-  scratch[pos++] = (ORIGIN_FIELD << 3) | LEN;
-  pos = putVarint(scratch, pos, olen);
-  scratch.set(originScratch.subarray(0, olen), pos);
-  return frame(SERVER_INVALIDATE_START, pos + olen);
+  return frame(SERVER_INVALIDATE_START, putOriginField(pos, olen));
 }
 
 /** The InvalidateEnd frame from its fields (see encodeStartFields): fields 1 to 7, then owner when set. */
@@ -254,13 +261,7 @@ export function encodeEndFields(
   flags: number,
   owner: number | null,
 ): Uint8Array | null {
-  let pos = putScalar(0, 1, invalidationId, 'u64');
-  pos = putScalar(pos, 2, subscriptionId, 'u64');
-  pos = putScalar(pos, 3, pid, 'u32');
-  pos = putScalar(pos, 4, start, 'u64');
-  pos = putScalar(pos, 5, end, 'u64');
-  pos = putScalar(pos, 6, event, 'i32');
-  pos = putScalar(pos, 7, flags, 'u32');
+  let pos = putRangeFields(invalidationId, subscriptionId, pid, start, end, event, flags);
   if (owner !== null) pos = putScalar(pos, 8, owner, 'u32');
   return pos < 0 ? null : frame(SERVER_INVALIDATE_END, pos);
 }

@@ -245,7 +245,6 @@ export class Session implements ExternalPort {
 
   // ExternalPort: frames to the client.
   invalidateStart(m: Parameters<ExternalPort['invalidateStart']>[0]): void {
-    if (this.state === 'closed') return;
     // From the fields (one frame per client and round); addresses at or above 2^53 (a range to
     // ULONG_MAX) and anything else out of the common case take the frame object below.
     const hot = encodeStartFields(m.invalidationId, m.subscriptionId, m.pid, m.start, m.end, m.event, m.flags, m.owner, m.curSeq, m.origin);
@@ -268,7 +267,6 @@ export class Session implements ExternalPort {
   }
 
   invalidateEnd(m: Parameters<ExternalPort['invalidateEnd']>[0]): void {
-    if (this.state === 'closed') return;
     const hot = encodeEndFields(m.invalidationId, m.subscriptionId, m.pid, m.start, m.end, m.event, m.flags, m.owner);
     if (hot !== null) return this.sendBytes(hot);
     this.send({ invalidateEnd: { ...m, start: addrToWire(m.start), end: addrToWire(m.end) } });

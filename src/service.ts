@@ -5,7 +5,7 @@
 import type { Server } from 'node:http';
 import type { Logger } from 'pino';
 import { Kernel, type KernelConfig } from './kernel/kernel.js';
-import { EventLog } from './notifier/event-log.js';
+import { DEFAULT_EVENT_ROWS, EventLog } from './notifier/event-log.js';
 import { DeviceManager, type DeviceManagerOptions } from './devices/device-manager.js';
 import { CHANNEL_PATH, ChannelServer } from './channel/channel-server.js';
 import type { ChannelLimits } from './channel/session.js';
@@ -18,7 +18,10 @@ type Log = NonNullable<DeviceManagerOptions['log']>;
 
 export interface ServiceOptions {
   kernel?: Partial<KernelConfig>;
+  /** Entries GET /v1/events keeps (default 10,000). */
   eventCapacity?: number;
+  /** Subscriber rows GET /v1/events keeps, summed over its entries (default 250,000; see EventLog). */
+  eventRows?: number;
   /** DEVMIRROR_TOKENS syntax; undefined = the embedded local default. */
   tokens?: string;
   /** Whether the HTTP API requires a token (DEVMIRROR_API_AUTH); default: exactly when `tokens` is set. */
@@ -58,7 +61,7 @@ export class Service {
     const logger = opts.logger;
     const log: Log = opts.log ?? (logger ? (level, msg, data) => logger[level](data ?? {}, msg) : () => undefined);
     this.kernel = new Kernel(opts.kernel);
-    this.events = new EventLog(opts.eventCapacity ?? 10_000);
+    this.events = new EventLog(opts.eventCapacity ?? 10_000, opts.eventRows ?? DEFAULT_EVENT_ROWS);
     this.unobserve = this.kernel.observe({ onInvalidation: (rec) => this.events.add(rec) });
     this.devices = new DeviceManager(this.kernel, { deadlineMs: opts.deadlineMs, log, logger });
     const tokens = TokenTable.parse(opts.tokens);

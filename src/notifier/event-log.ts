@@ -2,6 +2,16 @@
  * A bounded ring of completed invalidations (GET /v1/events), each with a monotonically increasing
  * id. Readers page with `since` (exclusive); entries that aged out before a read are counted as
  * `dropped`.
+ *
+ * Bounded twice: by entries (`capacity`) and by subscriber rows (`maxRows`, the sum of every kept
+ * entry's subscribers). An invalidation that reaches a thousand external clients carries a thousand
+ * per-subscriber results; ten thousand of those kept by count alone held about 900 MB of the kernel
+ * process's heap (measured growth: about 0.5 MB per round at 1,000 clients), and every full
+ * collection walked it. The oldest entries age out first, whichever bound is hit; the newest
+ * entry is always kept.
+ *
+ * The ring keeps the kernel's own record (immutable once the invalidation ended) and formats it only
+ * when read: the kernel thread does no per-subscriber work for the log.
  */
 import { eventName, formatEnd, rangeBlockable } from './range.js';
 import type { InvalidationRecord } from './subscriptions.js';
@@ -31,11 +41,29 @@ export interface EventPage {
   dropped: number;
 }
 
-export class EventLog {
-  private readonly ring: (EventEntry | undefined)[];
-  private next = 1;
+interface Stored {
+  id: number;
+  /** Wall-clock time of completion, ms since the epoch. */
+  at: number;
+  rec: InvalidationRecord;
+}
 
-  constructor(readonly capacity = 10_000) {
+/** Default bound on the subscriber rows the ring keeps (about 80 bytes each). */
+export const DEFAULT_EVENT_ROWS = 250_000;
+
+export class EventLog {
+  private readonly ring: (Stored | undefined)[];
+  private next = 1;
+  /** Lowest id still kept (ids below aged out). */
+  private oldest = 1;
+  /** Subscriber rows of the kept entries. */
+  private rows = 0;
+
+  constructor(
+    readonly capacity = 10_000,
+    readonly maxRows = DEFAULT_EVENT_ROWS,
+  ) {
+    if (!(capacity >= 1) || !(maxRows >= 1)) throw new RangeError('EventLog: capacity and maxRows must be at least 1');
     this.ring = new Array(capacity);
   }
 
@@ -44,10 +72,39 @@ export class EventLog {
     return this.next;
   }
 
-  add(rec: InvalidationRecord): EventEntry {
+  /** Entries and subscriber rows kept now. */
+  get size(): { entries: number; rows: number } {
+    return { entries: this.next - this.oldest, rows: this.rows };
+  }
+
+  add(rec: InvalidationRecord): void {
+    const id = this.next++;
+    const slot = id % this.capacity;
+    // The slot held id - capacity, unless it aged out by rows already.
+    this.evict(id - this.capacity);
+    this.ring[slot] = { id, at: Date.now(), rec };
+    this.rows += rec.subscribers.length;
+    while (this.rows > this.maxRows && this.oldest < id) this.evict(this.oldest);
+  }
+
+  /** Ages out every entry up to `id` (nothing if it is gone already). */
+  private evict(id: number): void {
+    for (; this.oldest <= id; this.oldest++) {
+      const slot = this.oldest % this.capacity;
+      const e = this.ring[slot];
+      if (e !== undefined && e.id === this.oldest) {
+        this.rows -= e.rec.subscribers.length;
+        this.ring[slot] = undefined;
+      }
+    }
+  }
+
+  /** The entry as the API shows it (formatted on read). */
+  private static entry(s: Stored): EventEntry {
+    const rec = s.rec;
     const r = rec.range;
-    const e: EventEntry = {
-      id: this.next++,
+    return {
+      id: s.id,
       pid: r.pid,
       start: r.start,
       end: formatEnd(r.end),
@@ -58,18 +115,16 @@ export class EventLog {
       result: rec.result,
       ackUs: Math.max(0, rec.ackedUs - rec.startedUs),
       totalUs: Math.max(0, rec.endedUs - rec.startedUs),
-      subscribers: rec.subscribers.map((s) => ({
-        label: s.info.label,
-        kind: s.kind,
-        deviceId: s.info.deviceId ?? null,
-        deviceKind: s.info.deviceKind ?? null,
-        result: s.result,
-        ackUs: s.ackUs,
+      subscribers: rec.subscribers.map((o) => ({
+        label: o.info.label,
+        kind: o.kind,
+        deviceId: o.info.deviceId ?? null,
+        deviceKind: o.info.deviceKind ?? null,
+        result: o.result,
+        ackUs: o.ackUs,
       })),
-      at: Date.now(),
+      at: s.at,
     };
-    this.ring[e.id % this.capacity] = e;
-    return e;
   }
 
   /**
@@ -78,8 +133,13 @@ export class EventLog {
    */
   query(opts: { since?: number; limit?: number; pid?: number; filter?: (e: EventEntry) => boolean } = {}): EventPage {
     const limit = Math.max(1, Math.min(opts.limit ?? 100, this.capacity));
-    const oldest = Math.max(1, this.next - this.capacity);
-    const match = (e: EventEntry | undefined): e is EventEntry => !!e && (opts.pid === undefined || e.pid === opts.pid) && (opts.filter === undefined || opts.filter(e));
+    const oldest = this.oldest;
+    // The pid is checked on the record, before the entry is formatted.
+    const match = (s: Stored | undefined, id: number): EventEntry | null => {
+      if (s === undefined || s.id !== id || (opts.pid !== undefined && s.rec.range.pid !== opts.pid)) return null;
+      const e = EventLog.entry(s);
+      return opts.filter === undefined || opts.filter(e) ? e : null;
+    };
     const items: EventEntry[] = [];
     let dropped = 0;
     if (opts.since !== undefined) {
@@ -88,14 +148,14 @@ export class EventLog {
       let lastExamined = opts.since;
       for (let id = Math.max(from, oldest); id < this.next && items.length < limit; id++) {
         lastExamined = id;
-        const e = this.ring[id % this.capacity];
-        if (e && e.id === id && match(e)) items.push(e);
+        const e = match(this.ring[id % this.capacity], id);
+        if (e !== null) items.push(e);
       }
       return { items, nextSince: lastExamined, dropped };
     }
     for (let id = this.next - 1; id >= oldest && items.length < limit; id--) {
-      const e = this.ring[id % this.capacity];
-      if (e && e.id === id && match(e)) items.push(e);
+      const e = match(this.ring[id % this.capacity], id);
+      if (e !== null) items.push(e);
     }
     items.reverse();
     return { items, nextSince: this.next - 1, dropped };

@@ -1,0 +1,88 @@
+import { describe, expect, it } from 'vitest';
+import { EventLog } from '../../src/notifier/event-log.js';
+import { ULONG_MAX } from '../../src/kernel/layout.js';
+import { makeRange, MmuNotifierEvent, RANGE_BLOCKABLE } from '../../src/notifier/range.js';
+import type { InvalidationRecord, SubscriberOutcome } from '../../src/notifier/subscriptions.js';
+
+const PAGE = 4096;
+function record(pid: number, subscribers: number, start = 0x10000, end = start + PAGE): InvalidationRecord {
+  const range = { ...makeRange(pid, MmuNotifierEvent.CLEAR, start, end, 'madvise'), flags: RANGE_BLOCKABLE };
+  const subs: SubscriberOutcome[] = [];
+  for (let i = 0; i < subscribers; i++) subs.push({ info: { label: `dev${i}`, deviceId: i, deviceKind: 'dmirror' }, kind: 'interval', result: 'ok', ackUs: 10 + i });
+  return { range, result: 'ok', subscribers: subs, startedUs: 100, ackedUs: 130, endedUs: 150 };
+}
+
+describe('EventLog', () => {
+  it('formats an entry as GET /v1/events shows it', () => {
+    const log = new EventLog();
+    log.add(record(7, 2));
+    log.add({ ...record(8, 0, 0, ULONG_MAX), result: 'EAGAIN' });
+    const { items, nextSince, dropped } = log.query();
+    expect([nextSince, dropped]).toEqual([2, 0]);
+    expect(items[0]).toMatchObject({
+      id: 1, pid: 7, start: 0x10000, end: 0x11000, event: 'CLEAR', blockable: true, owner: null, origin: 'madvise', result: 'ok', ackUs: 30, totalUs: 50,
+      subscribers: [
+        { label: 'dev0', kind: 'interval', deviceId: 0, deviceKind: 'dmirror', result: 'ok', ackUs: 10 },
+        { label: 'dev1', kind: 'interval', deviceId: 1, deviceKind: 'dmirror', result: 'ok', ackUs: 11 },
+      ],
+    });
+    expect(typeof items[0].at).toBe('number');
+    expect(items[1]).toMatchObject({ id: 2, end: '0xffffffffffffffff', result: 'EAGAIN', subscribers: [] });
+  });
+
+  it('keeps the newest `capacity` entries and counts the rest as dropped', () => {
+    const log = new EventLog(3);
+    for (let i = 0; i < 5; i++) log.add(record(1, 1));
+    expect(log.query().items.map((e) => e.id)).toEqual([3, 4, 5]);
+    expect(log.query({ since: 0 })).toMatchObject({ dropped: 2, nextSince: 5 });
+    expect(log.query({ since: 0 }).items.map((e) => e.id)).toEqual([3, 4, 5]);
+    expect(log.size).toEqual({ entries: 3, rows: 3 });
+  });
+
+  it('ages out the oldest entries when their subscriber rows pass maxRows, and keeps the newest even alone', () => {
+    const log = new EventLog(100, 10);
+    log.add(record(1, 4)); // 1: 4 rows
+    log.add(record(1, 4)); // 2: 8 rows
+    log.add(record(1, 4)); // 3: 12 > 10 -> 1 goes
+    expect(log.query().items.map((e) => e.id)).toEqual([2, 3]);
+    expect(log.size).toEqual({ entries: 2, rows: 8 });
+    expect(log.query({ since: 0 })).toMatchObject({ dropped: 1, nextSince: 3 });
+    // One entry above the whole budget: everything before it goes, it stays.
+    log.add(record(1, 25));
+    expect(log.query().items.map((e) => e.id)).toEqual([4]);
+    expect(log.size).toEqual({ entries: 1, rows: 25 });
+    // Paging from a reader's last id counts what aged out in between.
+    expect(log.query({ since: 2 })).toMatchObject({ dropped: 1, nextSince: 4 });
+    log.add(record(1, 1));
+    expect(log.query().items.map((e) => e.id)).toEqual([5]);
+    expect(log.size).toEqual({ entries: 1, rows: 1 });
+  });
+
+  it('count and row bounds together: the wrap and the row eviction never count an entry twice', () => {
+    const log = new EventLog(4, 6);
+    const sizes = [1, 2, 3, 1, 1, 4, 2, 2, 1, 6, 1];
+    for (const n of sizes) log.add(record(1, n));
+    // Expected from the two rules, in a plain model.
+    let kept: Array<{ id: number; n: number }> = [];
+    sizes.forEach((n, i) => {
+      kept.push({ id: i + 1, n });
+      kept = kept.filter((e) => e.id > i + 1 - 4);
+      while (kept.reduce((a, e) => a + e.n, 0) > 6 && kept.length > 1) kept.shift();
+    });
+    expect(log.query({ limit: 100 }).items.map((e) => e.id)).toEqual(kept.map((e) => e.id));
+    expect(log.size.rows).toBe(kept.reduce((a, e) => a + e.n, 0));
+  });
+
+  it('filters by pid before the limit, and by a predicate', () => {
+    const log = new EventLog();
+    for (let i = 0; i < 6; i++) log.add(record(i % 2 === 0 ? 10 : 11, 1, 0x10000 + i * PAGE));
+    expect(log.query({ pid: 11, limit: 2 }).items.map((e) => e.id)).toEqual([4, 6]);
+    expect(log.query({ since: 0, pid: 10 }).items.map((e) => e.id)).toEqual([1, 3, 5]);
+    expect(log.query({ filter: (e) => e.start >= 0x10000 + 4 * PAGE }).items.map((e) => e.id)).toEqual([5, 6]);
+  });
+
+  it('rejects a bound below one', () => {
+    expect(() => new EventLog(0)).toThrow(RangeError);
+    expect(() => new EventLog(10, 0)).toThrow(RangeError);
+  });
+});

@@ -49,35 +49,50 @@ const now = (): number => performance.now() * 1000;
 const RESOLVED = Promise.resolve();
 /** Longest an end waits for a call to carry it to a parked device before it is rung for itself. */
 const END_RING_DELAY_MS = 1;
-/** The kernel thread's longest spin for answers before it parks (see AdaptiveSpin). */
+/** The kernel thread's spin for answers before it parks, for a few answers (see AdaptiveSpin). */
 export const DEFAULT_KERNEL_SPIN_US = 100;
+/** The longest the kernel thread ever spins for one wait (its event loop waits that long at most). */
+export const MAX_KERNEL_SPIN_US = 500;
+/** What each answer adds to the budget when answers outnumber the cores left to the devices. */
+export const KERNEL_SPIN_US_PER_ANSWER = 50;
 
 export interface SpinPolicy {
-  /** Microseconds to spin before parking. */
-  budget(): number;
+  /** Microseconds to spin before parking, waiting for `pending` answers. */
+  budget(pending: number): number;
   /** Feedback after each wait. */
   record(answeredWhileSpinning: boolean): void;
 }
 
 /**
  * Spin while it pays: back off when recent spins did not catch the answer, probe again now and
- * then. The budget does not shrink when devices outnumber cores: the kernel's spin keeps one core,
- * the woken devices take turns on the other (each answers in a few microseconds), and a park costs
- * an event-loop wake (waitAsync) on top of the futex wake. Measured with dmirror workers, 2 vCPUs,
- * 3,000 warm rounds, 11-27 (p50 / mean round): N = 2: a 1 us token spin when short of cores (the
- * old rule) 82 to 88 / 84 to 92 us, a 100 us adaptive spin 26 / 33 us; N = 4: 91 to 104 / 100 to
- * 117 us against 43 / 64 us; N = 8, 16, 32, 64: the same within noise (the spins fail and the
- * score backs off to none). Only a single core never spins: there the answer needs this core.
+ * then. Only a single core never spins: there the answer needs this core.
+ *
+ * The budget grows with the answers waited for once they outnumber the cores left to the devices
+ * (the kernel's spin keeps one): the woken devices then answer one after another on the other
+ * cores, KERNEL_SPIN_US_PER_ANSWER each, and a spin that stops before the last one has paid for
+ * nothing and still parks. A park costs more than the wait it saves the core: an event-loop wake
+ * (waitAsync) on top of the futex wake, and the parked kernel's ring-time preemptions. Capped at
+ * MAX_KERNEL_SPIN_US (kernelSpinUs), the longest the thread that serves I/O is held.
+ *
+ * Measured with dmirror workers, 2 vCPUs, 11-27, p50: N = 2, a 1 us token spin when short of
+ * cores (an older rule) 82 to 88 us against 26 us with a 100 us adaptive spin; N = 4, 91 to 104
+ * against 43 us. N = 8 (ad hoc, alternating fresh processes, 5,000 rounds, about 23:35 UTC) with a
+ * flat 100 us: 165.5 and 168.7 us, the kernel parked in 91% and 92% of the rounds; 250 us: 119.2
+ * and 134.2 us (parked 14% and 20%); 500 us: 120.8 and 127.6 us. N = 16: 368.2 us at 100, 341.5 at
+ * 300, 314.1 at 600. N = 32: 828.5 to 872.0 us whatever the budget (its spins fail and the score
+ * backs off, as before).
  */
 export class AdaptiveSpin implements SpinPolicy {
   private score = 8;
   constructor(
     private readonly cores = os.cpus().length,
-    private readonly maxUs = DEFAULT_KERNEL_SPIN_US,
+    /** The longest spin (DeviceManagerOptions.kernelSpinUs); 0 never spins. */
+    private readonly maxUs = MAX_KERNEL_SPIN_US,
   ) {}
-  budget(): number {
+  budget(pending: number): number {
     if (this.cores < 2) return 0;
-    return (this.maxUs * this.score) / 8;
+    const want = Math.max(DEFAULT_KERNEL_SPIN_US, (KERNEL_SPIN_US_PER_ANSWER * pending) / (this.cores - 1));
+    return (Math.min(this.maxUs, want) * this.score) / 8;
   }
   record(ok: boolean): void {
     this.score = ok ? Math.min(8, this.score + 1) : Math.max(0, this.score - 2);
@@ -205,7 +220,7 @@ export class WorkerAckGroup implements AckGroup {
       }
       if (t < 0) {
         t = now();
-        until = t + this.policy.budget();
+        until = t + this.policy.budget(acks.length - first);
       } else t = now();
       if (t >= until) break;
     }

@@ -35,7 +35,10 @@ export interface DeviceManagerOptions {
    * Devices never spin when they and the kernel thread outnumber the cores.
    */
   workerSpinUs?: number;
-  /** Longest the kernel thread spins for answers before it parks (default 100 us; see AdaptiveSpin). */
+  /**
+   * Longest the kernel thread spins for answers before it parks (default 500 us; 0 never spins).
+   * The budget of a wait is 100 us, more when the answers outnumber the spare cores: see AdaptiveSpin.
+   */
   kernelSpinUs?: number;
   /** Cores to plan spinning for (default: os.cpus().length). */
   cores?: number;

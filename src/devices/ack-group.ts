@@ -70,8 +70,8 @@ export interface SpinPolicy {
  * The budget grows with the answers waited for once they outnumber the cores left to the devices
  * (the kernel's spin keeps one): the woken devices then answer one after another on the other
  * cores, KERNEL_SPIN_US_PER_ANSWER each, and a spin that stops before the last one has paid for
- * nothing and still parks. A park costs more than the wait it saves the core: an event-loop wake
- * (waitAsync) on top of the futex wake, and the parked kernel's ring-time preemptions. Capped at
+ * nothing and still parks. A park costs an event-loop wake (waitAsync) on top of the futex wake,
+ * and at N = 8 it cost more than the spin that catches the answers (below). Capped at
  * MAX_KERNEL_SPIN_US (kernelSpinUs), the longest the thread that serves I/O is held.
  *
  * Measured with dmirror workers, 2 vCPUs, 11-27, p50: N = 2, a 1 us token spin when short of

@@ -5,10 +5,9 @@
  *
  * Bounded twice: by entries (`capacity`) and by subscriber rows (`maxRows`, the sum of every kept
  * entry's subscribers). An invalidation that reaches a thousand external clients carries a thousand
- * per-subscriber results; ten thousand of those kept by count alone held about 900 MB of the kernel
- * process's heap (measured growth: about 0.5 MB per round at 1,000 clients), and every full
- * collection walked it. The oldest entries age out first, whichever bound is hit; the newest
- * entry is always kept.
+ * per-subscriber results: bounded by count alone, the ring grew the kernel process's heap by about
+ * 0.5 MB a round at 1,000 clients (measured), on its way to ten thousand such entries. The oldest
+ * entries age out first, whichever bound is hit; the newest entry is always kept.
  *
  * The ring keeps the kernel's own record (immutable once the invalidation ended) and formats it only
  * when read: the kernel thread does no per-subscriber work for the log.

@@ -17,7 +17,6 @@
  */
 import { DevmirrorError } from '../errors.js';
 import type { Kernel, Process } from '../kernel/kernel.js';
-import { HMM_PFN } from '../kernel/hmm.js';
 import { PAGE_SIZE } from '../kernel/layout.js';
 import { MmuIntervalNotifier, MmuNotifier } from '../notifier/subscriptions.js';
 import { ACK_OK, type PendingAck } from '../notifier/pending-ack.js';
@@ -331,15 +330,6 @@ export class ExternalDevice implements ProgressSource {
     }
     this.queries.delete(queryId);
     q.resolve(young);
-  }
-
-  /** Grants for pfns the kernel handed out in a range-fault reply. */
-  grantFault(pid: number, start: number, pfns: Uint32Array, gens: Int32Array, tick: number): void {
-    this.sanitizer.beginReply();
-    for (let i = 0; i < pfns.length; i++) {
-      const w = pfns[i];
-      if (w & HMM_PFN.VALID) this.sanitizer.grant(pid, start + i * PAGE_SIZE, w & HMM_PFN.PFN_MASK, gens[i], (w & HMM_PFN.WRITE) !== 0, tick);
-    }
   }
 
   /**

@@ -578,7 +578,7 @@ export class Session implements ExternalPort {
           ownerSelf: r.ownerSelf,
         };
         work = dev.services.rangeFault(sub.pid, notifier, args).then((rep) => {
-          if (rep.ret === 0) dev.grantFault(sub.pid, start, rep.pfns, rep.gens, rep.tick);
+          if (rep.ret === 0) dev.sanitizer.grantRangeFault(sub.pid, start, rep.pfns, rep.gens, rep.tick);
           // A retry budget per fault (src/progress): EBUSY means an invalidation moved the seq.
           if (rep.ret === 0 || rep.ret === ERRNO.EBUSY) dev.progress.noteFault(sub.id, rep.ret === ERRNO.EBUSY, rep.ret === ERRNO.EBUSY ? this.host.kernel.findProcess(sub.pid)?.mm.notifier.recentOrigins(start, end) ?? [] : []);
           return { rangeFaultReply: { error: rep.ret, pfns: Array.from(rep.pfns) } };
@@ -589,12 +589,7 @@ export class Session implements ExternalPort {
         const p = this.subscribedProc(f.gup.pid);
         const va = addrOf(f.gup.addr);
         work = dev.services.gup(p.pid, va - (va % PAGE_SIZE), f.gup.write).then((g) => {
-          if (g.ret === 0) {
-            dev.sanitizer.beginReply();
-            if (g.hugePfns && g.hugeGens && g.headVa !== undefined) {
-              for (let i = 0; i < g.hugePfns.length; i++) dev.sanitizer.grant(p.pid, g.headVa + i * PAGE_SIZE, g.hugePfns[i], g.hugeGens[i], g.write, g.tick);
-            } else dev.sanitizer.grant(p.pid, va - (va % PAGE_SIZE), g.pfn, g.gen, g.write, g.tick);
-          }
+          if (g.ret === 0) dev.sanitizer.grantGup(p.pid, va - (va % PAGE_SIZE), g);
           return {
             gupReply: { error: g.ret, pfn: g.pfn, writable: g.write, huge: g.huge, headAddr: g.headVa ?? 0, hugePfns: g.hugePfns ? Array.from(g.hugePfns) : [] },
           };
@@ -618,10 +613,7 @@ export class Session implements ExternalPort {
         // cut into, outside the range the MIGRATE invalidation announced.
         if (mStart % PAGE_SIZE || mEnd % PAGE_SIZE || mEnd <= mStart) throw new DevmirrorError('DM_ERR_VALIDATION', 'a migration must cover whole pages (aligned start and end, end > start)');
         work = dev.services.migrate(p.pid, dir, mStart, mEnd, m.allocFails).then((r) => {
-          if (dir === 'to') {
-            dev.sanitizer.beginReply();
-            for (const [va, pfn, gen, w] of r.pages) dev.sanitizer.grant(p.pid, va, pfn, gen, w, r.tick);
-          }
+          if (dir === 'to') dev.sanitizer.grantPages(p.pid, r.pages, r.tick);
           return { migrateReply: { error: r.ret, collected: r.collected, moved: r.moved, pages: r.pages.map(([addr, pfn, , writable]) => ({ addr, pfn, writable })) } };
         });
         break;
@@ -630,10 +622,7 @@ export class Session implements ExternalPort {
         const p = this.subscribedProc(f.exclusive.pid);
         const va = addrOf(f.exclusive.addr);
         work = dev.services.exclusive(p.pid, va).then((r) => {
-          if (r.ret === 0) {
-            dev.sanitizer.beginReply();
-            dev.sanitizer.grant(p.pid, va - (va % PAGE_SIZE), r.pfn, r.gen, true, r.tick);
-          }
+          if (r.ret === 0) dev.sanitizer.grant(p.pid, va - (va % PAGE_SIZE), r.pfn, r.gen, true, r.tick);
           return { exclusiveReply: { error: r.ret, pfn: r.pfn } };
         });
         break;

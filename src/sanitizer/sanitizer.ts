@@ -20,6 +20,7 @@
  * started is revoked by that invalidation's acknowledgement even if the reply reaches the device
  * after it (a reply races the start message).
  */
+import { HMM_PFN } from '../kernel/hmm.js';
 import { FM, FRAME_META_WORDS, HDR, PAGE_SIZE, ULONG_MAX } from '../kernel/layout.js';
 import { eventName, MmuNotifierEvent, RANGE_UPDATE_TO_READ_ONLY } from '../notifier/range.js';
 
@@ -149,7 +150,7 @@ export class Sanitizer {
     refaultFaults: 0,
     refaultCauses: {},
   };
-  /** The reply whose grants are being applied (beginReply), and the last one that refaulted. */
+  /** The reply whose grants are being applied (one per grant* call), and the last one that refaulted. */
   private reply = 0;
   private lastRefaultReply = -1;
   /** Called for every new finding (to report it to the kernel). */
@@ -199,20 +200,42 @@ export class Sanitizer {
     );
   }
 
-  /**
-   * The kernel handed out pfn for (pid, va): `tick` is the clock when it computed it, `gen` the
-   * frame generation it read then.
-   */
-  /**
-   * The grants that follow come from one reply of the kernel (one device fault): they count one
-   * refault fault however many of their pages are refaults. Every caller of grant calls this first
-   * for each reply.
-   */
-  beginReply(): void {
+  // ---- grants: one method per kind of kernel reply; each reply is one device fault ---------------
+  // A reply that hands back several pages an invalidation had taken counts one refault fault (and
+  // one refaulted page each): the reply boundary is drawn here, never by the callers. In each, the
+  // kernel handed out pfn for (pid, va): `tick` is the clock when it computed it, `gen` the frame
+  // generation it read then.
+
+  /** One page granted by a reply of its own (an exclusive grab, tests). */
+  grant(pid: number, va: number, pfn: number, gen: number, write: boolean, tick: number): void {
     this.reply++;
+    this.grantPage(pid, va, pfn, gen, write, tick);
   }
 
-  grant(pid: number, va: number, pfn: number, gen: number, write: boolean, tick: number): void {
+  /** A range fault's reply: hmm_range_fault's pfn words for the pages from `start` (invalid ones granted nothing). */
+  grantRangeFault(pid: number, start: number, pfns: ArrayLike<number>, gens: ArrayLike<number>, tick: number): void {
+    this.reply++;
+    for (let i = 0; i < pfns.length; i++) {
+      const w = pfns[i];
+      if (w & HMM_PFN.VALID) this.grantPage(pid, start + i * PAGE_SIZE, w & HMM_PFN.PFN_MASK, gens[i], (w & HMM_PFN.WRITE) !== 0, tick);
+    }
+  }
+
+  /** A gup's reply for the page at `va`: that page, or every page of the huge folio it maps. */
+  grantGup(pid: number, va: number, r: { pfn: number; gen: number; write: boolean; tick: number; headVa?: number; hugePfns?: ArrayLike<number>; hugeGens?: ArrayLike<number> }): void {
+    this.reply++;
+    if (r.hugePfns && r.hugeGens && r.headVa !== undefined) {
+      for (let i = 0; i < r.hugePfns.length; i++) this.grantPage(pid, r.headVa + i * PAGE_SIZE, r.hugePfns[i], r.hugeGens[i], r.write, r.tick);
+    } else this.grantPage(pid, va, r.pfn, r.gen, r.write, r.tick);
+  }
+
+  /** A reply that lists its pages (a migration back to system memory): [va, pfn, generation, writable]. */
+  grantPages(pid: number, pages: ReadonlyArray<readonly [number, number, number, boolean]>, tick: number): void {
+    this.reply++;
+    for (const [va, pfn, gen, write] of pages) this.grantPage(pid, va, pfn, gen, write, tick);
+  }
+
+  private grantPage(pid: number, va: number, pfn: number, gen: number, write: boolean, tick: number): void {
     const g: Grant = { pfn, gen, write, tick, revokedBy: null, downgradedBy: null, covered: false, staleOnArrival: false, lostBefore: false, coveredBy: null, lostTo: null, writeLostTo: null };
     // Windows that started after the reply was computed and overlap it take it away at once if
     // they are acknowledged, or at their end if still open (the device may legitimately fetch

@@ -9,6 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { Kernel } from '../../src/kernel/kernel.js';
 import { MmuNotifierEvent, RANGE_UPDATE_TO_READ_ONLY } from '../../src/notifier/range.js';
 import { Sanitizer } from '../../src/sanitizer/sanitizer.js';
+import { HMM_PFN } from '../../src/kernel/hmm.js';
 
 const PAGE = 4096;
 const A = { start: 0x10000000, end: 0x10200000 };
@@ -122,10 +123,15 @@ describe('sanitizer windows', () => {
   it('counts a reply that refaults many pages as one refault fault (a gpu faulting a whole range back)', () => {
     const { s, gen } = setup();
     const pid = 100;
+    // One range fault's reply (hmm_range_fault's pfn words), as the worker host and the channel grant it.
     const faultRange = (first: number, n: number, write: boolean): void => {
-      s.beginReply();
-      const t = s.tick();
-      for (let i = 0; i < n; i++) s.grant(pid, A.start + (first + i) * PAGE, 200 + first + i, gen(200 + first + i), write, t);
+      const pfns = new Uint32Array(n);
+      const gens = new Int32Array(n);
+      for (let i = 0; i < n; i++) {
+        pfns[i] = HMM_PFN.VALID | (write ? HMM_PFN.WRITE : 0) | (200 + first + i);
+        gens[i] = gen(200 + first + i);
+      }
+      s.grantRangeFault(pid, A.start + first * PAGE, pfns, gens, s.tick());
     };
     faultRange(0, 16, false); // first touch: no refault
     expect([s.stats.refaults, s.stats.refaultFaults]).toEqual([0, 0]);
@@ -143,6 +149,33 @@ describe('sanitizer windows', () => {
     faultRange(0, 1, false);
     faultRange(1, 1, false);
     expect([s.stats.refaults, s.stats.refaultFaults]).toEqual([18, 3]);
+  });
+
+  it('a gup of a huge page, a migration back and a single grant each count one fault, and grant what they name', () => {
+    const { s, gen } = setup();
+    const pid = 100;
+    const pfns = Int32Array.from([300, 301, 302, 303]);
+    const gens = Int32Array.from(pfns, (p) => gen(p));
+    const gup = (): void => s.grantGup(pid, A.start + 2 * PAGE, { pfn: 302, gen: gen(302), write: false, tick: s.tick(), headVa: A.start, hugePfns: pfns, hugeGens: gens });
+    const take = (id: number): void => {
+      s.started(id, 1, pid, A.start, A.start + 4 * PAGE, MmuNotifierEvent.CLEAR, 0, s.tick(), A, null, 'thp_split');
+      s.acked(id, 1);
+      s.ended(id, 1, s.tick());
+    };
+    gup();
+    // The whole folio was granted: the device may read its first page.
+    expect(s.check(pid, A.start, 300, false)).toBeNull();
+    take(1);
+    gup();
+    expect([s.stats.refaults, s.stats.refaultFaults]).toEqual([4, 1]);
+    take(2);
+    s.grantPages(pid, [[A.start, 300, gen(300), true], [A.start + PAGE, 301, gen(301), true]], s.tick());
+    expect([s.stats.refaults, s.stats.refaultFaults]).toEqual([6, 2]);
+    s.grant(pid, A.start + 2 * PAGE, 302, gen(302), true, s.tick());
+    expect([s.stats.refaults, s.stats.refaultFaults]).toEqual([7, 3]);
+    // Without a huge folio a gup grants the page it was asked for.
+    s.grantGup(pid, A.start + 3 * PAGE, { pfn: 303, gen: gen(303), write: false, tick: s.tick() });
+    expect([s.stats.refaults, s.stats.refaultFaults]).toEqual([8, 4]);
   });
 
   it('counts the refault of a read page a downgrade covered: the device may have dropped it (a blind one does)', () => {

@@ -39,7 +39,6 @@ import {
   endSeqWord,
   joinAddr,
 } from '../../src/kernel/layout.js';
-import { HMM_PFN } from '../../src/kernel/hmm.js';
 import { HotCounters } from './hot-counters.js';
 import { busyWaitUs } from '../../src/lib/busy-wait.js';
 import { RANGE_BLOCKABLE, originOf } from '../../src/notifier/range.js';
@@ -373,24 +372,13 @@ export class WorkerHost implements DeviceHost {
       input: req.input ?? null,
       ownerSelf: req.ownerSelf,
     });
-    if (r.ret === 0) {
-      this.sanitizer.beginReply();
-      for (let i = 0; i < r.pfns.length; i++) {
-        const w = r.pfns[i];
-        if (w & HMM_PFN.VALID) this.sanitizer.grant(this.pid, start + i * PAGE_SIZE, w & HMM_PFN.PFN_MASK, r.gens[i], (w & HMM_PFN.WRITE) !== 0, r.tick);
-      }
-    }
+    if (r.ret === 0) this.sanitizer.grantRangeFault(this.pid, start, r.pfns, r.gens, r.tick);
     return r;
   }
 
   async gup(va: number, write: boolean): Promise<GupReply> {
     const r = await this.request<GupReply>({ t: 'gup', req: this.req(), va, write });
-    if (r.ret === 0) {
-      this.sanitizer.beginReply();
-      if (r.hugePfns && r.hugeGens && r.headVa !== undefined) {
-        for (let i = 0; i < r.hugePfns.length; i++) this.sanitizer.grant(this.pid, r.headVa + i * PAGE_SIZE, r.hugePfns[i], r.hugeGens[i], r.write, r.tick);
-      } else this.sanitizer.grant(this.pid, va, r.pfn, r.gen, r.write, r.tick);
-    }
+    if (r.ret === 0) this.sanitizer.grantGup(this.pid, va, r);
     return r;
   }
 
@@ -400,10 +388,7 @@ export class WorkerHost implements DeviceHost {
 
   async migrate(dir: 'to' | 'from', start: number, end: number, allocFails = false): Promise<MigrateReply> {
     const r = await this.request<MigrateReply>({ t: 'migrate', req: this.req(), dir, start, end, allocFails });
-    if (dir === 'to') {
-      this.sanitizer.beginReply();
-      for (const [va, pfn, gen, write] of r.pages) this.sanitizer.grant(this.pid, va, pfn, gen, write, r.tick);
-    }
+    if (dir === 'to') this.sanitizer.grantPages(this.pid, r.pages, r.tick);
     return r;
   }
 
@@ -413,10 +398,7 @@ export class WorkerHost implements DeviceHost {
 
   async exclusive(va: number): Promise<ExclusiveReply> {
     const r = await this.request<ExclusiveReply>({ t: 'exclusive', req: this.req(), va });
-    if (r.ret === 0) {
-      this.sanitizer.beginReply();
-      this.sanitizer.grant(this.pid, va, r.pfn, r.gen, true, r.tick);
-    }
+    if (r.ret === 0) this.sanitizer.grant(this.pid, va, r.pfn, r.gen, true, r.tick);
     return r;
   }
 

@@ -18,6 +18,8 @@
  *          runs: the same traffic at every N, so N does not also scale the load) --mprotect-rounds=40
  *          --only=handshake|mprotect --json=path
  *          --warm=3000 (rounds before each measurement: every device handler must be optimized first)
+ *          --warm-ms=300 (and at least this many milliseconds of them: at N = 1, 3,000 rounds are
+ *          over in 2 ms, before V8's background compiler has had a core; see warmUp)
  *          --trace=on (the trace recorder attached to the kernel, as the service has it by default;
  *          docs/trace.md: compare with a run without it)
  *          --repeat=R (the whole N sequence R times in this process, fresh workers each time; a
@@ -65,6 +67,12 @@ const YIELD_EVERY = 32;
 const WINDOW_PAGES = 64;
 /** Rounds run before each measurement, at least (--warm). */
 const WARM_ROUNDS = Number(args.get('warm') ?? 3000);
+/** And milliseconds of rounds before each measurement, at least (--warm-ms). */
+const WARM_MS = Number(args.get('warm-ms') ?? 300);
+if (!Number.isFinite(WARM_MS) || WARM_MS < 0) {
+  console.error(`--warm-ms must be a number of milliseconds, got ${JSON.stringify(args.get('warm-ms'))}`);
+  process.exit(2);
+}
 const SCHEDULE = args.get('schedule') ?? 'sequential';
 const BLOCKS = Number(args.get('blocks') ?? 10);
 if (SCHEDULE !== 'interleaved' && SCHEDULE !== 'sequential') {
@@ -127,16 +135,29 @@ function threadTimes(): { main: number; vol: number; invol: number } {
   return out;
 }
 
-async function measure(variant: string, n: number, rounds: number, round: () => number | Promise<number>): Promise<Result> {
-  // Every device thread must reach steady state (its handlers optimized) before the clock starts:
-  // each device sees every round, so the warm-up is a count of rounds, not a share of them. With
-  // 250 warm rounds at N = 8 the p50 was 177 to 187 us and the CPU per round 406 to 410 us, with
-  // 2,500 it was 137 to 140 us and 213 to 214 us (the JIT still compiling device code, 11-27).
+/**
+ * Rounds before a measurement, not kept: at least WARM_ROUNDS (or a tenth of the measured rounds)
+ * and at least WARM_MS of them. Every device thread must reach steady state (its handlers
+ * optimized) before the clock starts: each device sees every round, so the warm-up counts rounds,
+ * not a share of them. With 250 warm rounds at N = 8 the p50 was 177 to 187 us and the CPU per
+ * round 406 to 410 us, with 2,500 it was 137 to 140 us and 213 to 214 us (the JIT still compiling
+ * device code, 11-27). The time bound is for small N: 3,000 rounds at N = 1 last 2 ms, while the
+ * kernel and device threads spin on both cores, so V8's background compiler had hardly run when
+ * the clock started. N = 1 over five passes (11-28, 01:5x): a 3,000-round warm-up gave devmirror
+ * p50 0.65 to 0.69 us and p90 0.92 to 1.29 us; 100,000 rounds (about 65 ms), 0.61 to 0.65 us and
+ * 0.68 to 0.74 us.
+ */
+async function warmUp(rounds: number, round: () => number | Promise<number>): Promise<void> {
   const warm = Math.max(WARM_ROUNDS, Math.floor(rounds / 10));
-  for (let i = 0; i < warm; i++) {
+  const t0 = performance.now();
+  for (let i = 0; i < warm || performance.now() - t0 < WARM_MS; i++) {
     await round();
     if (i % YIELD_EVERY === 0) await tick();
   }
+}
+
+async function measure(variant: string, n: number, rounds: number, round: () => number | Promise<number>): Promise<Result> {
+  await warmUp(rounds, round);
   const samples = new Float64Array(rounds);
   const cpu0 = process.cpuUsage();
   const th0 = threadTimes();
@@ -262,7 +283,7 @@ async function measureInterleaved(subjects: readonly Subject[], n: number): Prom
     },
   };
   const warm = Math.max(WARM_ROUNDS, Math.floor(rounds / 10));
-  const measured = await interleave(subjects, { rounds, blocks: BLOCKS, warm, yieldEvery: YIELD_EVERY, tick, probe });
+  const measured = await interleave(subjects, { rounds, blocks: BLOCKS, warm, warmMs: WARM_MS, yieldEvery: YIELD_EVERY, tick, probe });
   const out: Result[] = [];
   for (let i = 0; i < measured.length; i++) {
     const m = measured[i];
@@ -405,6 +426,7 @@ async function main(): Promise<void> {
     yieldEvery: YIELD_EVERY,
     ns: NS,
     roundsAtN1: ROUNDS,
+    warmUp: `at least ${WARM_ROUNDS} rounds (or a tenth of the measured ones) and ${WARM_MS} ms of them, per variant`,
     repeat: REPEAT,
   };
   console.log(JSON.stringify(config, null, 2));

@@ -42,6 +42,11 @@ export interface InterleaveOptions<S> {
   reentry?: number;
   /** Rounds per contender before the first block, not kept (JIT, caches, parked threads). */
   warm?: number;
+  /**
+   * And at least this many milliseconds of them per contender (default 0): a count alone can be
+   * over before the JIT's background compiler had a core (see bench/handshake.ts, warmUp).
+   */
+  warmMs?: number;
   /** Called every `yieldEvery` rounds to let the event loop turn (the kernel thread serves I/O). */
   yieldEvery?: number;
   tick?: () => Promise<void>;
@@ -70,6 +75,7 @@ export async function interleave<S>(contenders: readonly Contender[], opts: Inte
   const per = Math.max(1, Math.floor(opts.rounds / blocks));
   const reentry = Math.max(0, Math.floor(opts.reentry ?? 32));
   const warm = Math.max(0, Math.floor(opts.warm ?? 0));
+  const warmMs = Math.max(0, opts.warmMs ?? 0);
   const yieldEvery = Math.max(1, Math.floor(opts.yieldEvery ?? 32));
   const tick = opts.tick ?? defaultTick;
   const settle = opts.settle ?? defaultSettle;
@@ -80,7 +86,11 @@ export async function interleave<S>(contenders: readonly Contender[], opts: Inte
       if (i % yieldEvery === yieldEvery - 1) await tick();
     }
   };
-  for (const c of contenders) await run(c, warm, null, 0);
+  for (const c of contenders) {
+    const t0 = performance.now();
+    await run(c, warm, null, 0);
+    while (performance.now() - t0 < warmMs) await run(c, Math.max(1, yieldEvery), null, 0);
+  }
   const samples = contenders.map(() => new Float64Array(per * blocks));
   const blockP50 = contenders.map(() => [] as number[]);
   const measuredMs = contenders.map(() => 0);

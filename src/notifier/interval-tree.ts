@@ -176,8 +176,10 @@ export class IntervalTree<T extends IntervalNode> {
 /** In-order walk of the subtrees that can overlap [start, last] (a function, not a per-call closure). */
 function collectOverlapping(t: IntervalNode | null | undefined, start: number, last: number, out: IntervalNode[]): void {
   if (!t || (t._max as number) < start) return;
-  collectOverlapping(t._left, start, last, out);
+  // The child checks save a call per missing child: a device's one whole-mm interval is a tree of
+  // one node, searched on every invalidation before the first call is posted.
+  if (t._left) collectOverlapping(t._left, start, last, out);
   if (t.start > last) return;
   if (t.last >= start) out.push(t);
-  collectOverlapping(t._right, start, last, out);
+  if (t._right) collectOverlapping(t._right, start, last, out);
 }

@@ -143,7 +143,7 @@ function threadTimes(): { main: number; vol: number; invol: number } {
  * round 406 to 410 us, with 2,500 it was 137 to 140 us and 213 to 214 us (the JIT still compiling
  * device code, 11-27). The time bound is for small N: 3,000 rounds at N = 1 last 2 ms, while the
  * kernel and device threads spin on both cores, so V8's background compiler had hardly run when
- * the clock started. N = 1 over five passes (11-28, 01:5x): a 3,000-round warm-up gave devmirror
+ * the clock started. N = 1 over five passes (11-28, about 01:40 UTC): a 3,000-round warm-up gave devmirror
  * p50 0.65 to 0.69 us and p90 0.92 to 1.29 us; 100,000 rounds (about 65 ms), 0.61 to 0.65 us and
  * 0.68 to 0.74 us.
  */

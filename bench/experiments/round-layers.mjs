@@ -1,0 +1,105 @@
+/**
+ * Experiment: which layer of the kernel's side of an in-process round at N = 1 costs what, with the
+ * real dmirror worker answering. Four rounds, measured in turn in one process (p50 of each, then
+ * the ratio to the spin reference of the same pass):
+ *
+ *   raw    the mailbox alone: the WorkerDevice's post of one call, the ack group's spin (park if
+ *          it fails), the end written into the end ring; one NotifierRange reused
+ *   ops    the subscription's callbacks, as the notifier core calls them: a fresh range, the
+ *          interval subscription's `invalidate` (setSeq, post), the wait, `windowClosed` (the end)
+ *   core   the notifier core: MmuNotifierSubscriptions.invalidateRangeStart / invalidateRangeEnd
+ *          (the interval tree search, the open range's record, the settle, the tree's end)
+ *   kernel Kernel.notify / notifyEnd, what bench:handshake measures
+ *
+ * It reaches into private members (post, writeEnd, subs) to drive the mailbox without the core,
+ * so it follows the code it measures, not a stable interface.
+ *
+ *   npm run build && node bench/experiments/round-layers.mjs [rounds per pass, default 100000]
+ *
+ * Used in docs/benchmarks.md (bench:handshake, where the N = 1 round goes).
+ */
+import { Kernel, PROT } from '../../dist/src/kernel/kernel.js';
+import { DeviceManager } from '../../dist/src/devices/device-manager.js';
+import { MmuNotifierEvent, makeRange } from '../../dist/src/notifier/range.js';
+import { ReferenceFanout } from '../../dist/src/loadgen/references.js';
+import { CALL_OP } from '../../dist/src/kernel/layout.js';
+
+const PAGE = 4096;
+const ROUNDS = Number(process.argv[2] ?? 100_000);
+const k = new Kernel({ memoryBytes: 64 << 20 });
+const p = k.createProcess('bench');
+const mgr = new DeviceManager(k, { deadlineMs: 60_000 });
+const a = await k.mmap(p.pid, { length: 64 * PAGE, prot: PROT.READ | PROT.WRITE });
+await k.write(p.pid, a, new Uint8Array(64 * PAGE).fill(7));
+const d = await mgr.create({ kind: 'dmirror', pid: p.pid });
+await d.command('read', { addr: a, npages: 64 });
+const ref = new ReferenceFanout('spin', 1);
+await ref.ready();
+const [subId, sub] = [...d.subs][0];
+const g = mgr.group;
+const nt = p.mm.notifier;
+// Ids far above the core's, so the device's sanitizer windows never collide with a core round's.
+let id = 1 << 29;
+const tick = () => new Promise((r) => setImmediate(r));
+const samples = new Float64Array(ROUNDS);
+const ns = (t) => Number(process.hrtime.bigint() - t);
+
+const one = makeRange(p.pid, MmuNotifierEvent.CLEAR, a, a + PAGE, 'madvise', null);
+one.flags = 1; // RANGE_BLOCKABLE
+const rounds = {
+  raw: async () => {
+    const t = process.hrtime.bigint();
+    one.id = ++id;
+    const ack = d.post(CALL_OP.INVALIDATE, subId, one, sub.invalidateSeq | 1);
+    if (!g.spin([ack], false)) await g.park([ack]);
+    ack.poll();
+    d.writeEnd(subId, one, k.mem.tick());
+    return ns(t);
+  },
+  ops: async () => {
+    const t = process.hrtime.bigint();
+    const r = makeRange(p.pid, MmuNotifierEvent.CLEAR, a, a + PAGE, 'madvise', null);
+    r.flags = 1;
+    r.id = ++id;
+    const ack = sub.ops.invalidate(sub, r, sub.invalidateSeq | 1);
+    if (!g.spin([ack], false)) await g.park([ack]);
+    ack.poll();
+    sub.ops.windowClosed(sub, r);
+    return ns(t);
+  },
+  core: async () => {
+    const t = process.hrtime.bigint();
+    const r = makeRange(p.pid, MmuNotifierEvent.CLEAR, a, a + PAGE, 'madvise', null);
+    const x = nt.invalidateRangeStart(r, true);
+    if (x instanceof Promise) await x;
+    nt.invalidateRangeEnd(r);
+    return ns(t);
+  },
+  kernel: async () => {
+    const t = process.hrtime.bigint();
+    let r = k.notify(p.mm, MmuNotifierEvent.CLEAR, a, a + PAGE, 'madvise');
+    if (r instanceof Promise) r = await r;
+    k.notifyEnd(p.mm, r);
+    return ns(t);
+  },
+  spin: async () => ref.round() * 1000,
+};
+
+async function p50(round) {
+  for (let i = 0; i < ROUNDS; i++) {
+    samples[i] = await round();
+    if (i % 32 === 31) await tick();
+  }
+  const s = Float64Array.from(samples).sort();
+  return s[ROUNDS >> 1] / 1000;
+}
+
+for (let pass = 0; pass < 4; pass++) {
+  const r = {};
+  for (const [name, round] of Object.entries(rounds)) r[name] = await p50(round);
+  const cells = ['raw', 'ops', 'core', 'kernel'].map((n) => `${n} ${r[n].toFixed(3)} (${(r[n] / r.spin).toFixed(2)}x)`);
+  console.log(`pass ${pass}${pass === 0 ? ' (warm-up)' : ''}: spin ${r.spin.toFixed(3)} us, ${cells.join(', ')}`);
+}
+await mgr.stopAll();
+await ref.close();
+process.exit(0);

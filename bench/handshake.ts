@@ -143,9 +143,10 @@ function threadTimes(): { main: number; vol: number; invol: number } {
  * round 406 to 410 us, with 2,500 it was 137 to 140 us and 213 to 214 us (the JIT still compiling
  * device code, 11-27). The time bound is for small N: 3,000 rounds at N = 1 last 2 ms, while the
  * kernel and device threads spin on both cores, so V8's background compiler had hardly run when
- * the clock started. N = 1 over five passes (11-28, about 01:40 UTC): a 3,000-round warm-up gave devmirror
- * p50 0.65 to 0.69 us and p90 0.92 to 1.29 us; 100,000 rounds (about 65 ms), 0.61 to 0.65 us and
- * 0.68 to 0.74 us.
+ * the clock started. N = 1, 11-28 at about 01:40 UTC: a 3,000-round warm-up gave devmirror p50
+ * 0.649 to 0.691 us and p90 0.916 to 1.287 us over six passes; 100,000 rounds (about 65 ms),
+ * 0.607 to 0.648 us and 0.684 to 0.741 us over five; this bound, 0.605 to 0.634 us and 0.698 to
+ * 0.790 us over five.
  */
 async function warmUp(rounds: number, round: () => number | Promise<number>): Promise<void> {
   const warm = Math.max(WARM_ROUNDS, Math.floor(rounds / 10));

@@ -19,7 +19,7 @@
  *          --only=handshake|mprotect --json=path
  *          --warm=3000 (rounds before each measurement: every device handler must be optimized first)
  *          --warm-ms=300 (and at least this many milliseconds of them: at N = 1, 3,000 rounds are
- *          over in 2 ms, before V8's background compiler has had a core; see warmUp)
+ *          over in 2 ms, before V8's background compiler has had a core; see warmFor)
  *          --trace=on (the trace recorder attached to the kernel, as the service has it by default;
  *          docs/trace.md: compare with a run without it)
  *          --repeat=R (the whole N sequence R times in this process, fresh workers each time; a
@@ -41,7 +41,7 @@ import type { WorkerDevice } from '../src/devices/worker-device.js';
 import type { EventPolicy } from '../src/devices/protocol.js';
 import { MmuNotifierEvent } from '../src/notifier/range.js';
 import { fmt, machine, percentiles, spread, table, usSince, type Percentiles } from './lib/stats.js';
-import { interleave, type Contender } from '../src/lib/interleave.js';
+import { interleave, warmUp, type Contender } from '../src/lib/interleave.js';
 import { ReferenceFanout, type RefMode } from './lib/references.js';
 import { attachTracing } from '../src/trace/kernel-hooks.js';
 import { TraceRecorder } from '../src/trace/recorder.js';
@@ -148,17 +148,14 @@ function threadTimes(): { main: number; vol: number; invol: number } {
  * 0.607 to 0.648 us and 0.684 to 0.741 us over five; this bound, 0.605 to 0.634 us and 0.698 to
  * 0.790 us over five.
  */
-async function warmUp(rounds: number, round: () => number | Promise<number>): Promise<void> {
-  const warm = Math.max(WARM_ROUNDS, Math.floor(rounds / 10));
-  const t0 = performance.now();
-  for (let i = 0; i < warm || performance.now() - t0 < WARM_MS; i++) {
-    await round();
-    if (i % YIELD_EVERY === 0) await tick();
-  }
+function warmFor(rounds: number, round: () => number | Promise<number>): Promise<void> {
+  return warmUp(round, { warm: warmRounds(rounds), warmMs: WARM_MS, yieldEvery: YIELD_EVERY, tick });
 }
 
+const warmRounds = (rounds: number): number => Math.max(WARM_ROUNDS, Math.floor(rounds / 10));
+
 async function measure(variant: string, n: number, rounds: number, round: () => number | Promise<number>): Promise<Result> {
-  await warmUp(rounds, round);
+  await warmFor(rounds, round);
   const samples = new Float64Array(rounds);
   const cpu0 = process.cpuUsage();
   const th0 = threadTimes();
@@ -283,8 +280,7 @@ async function measureInterleaved(subjects: readonly Subject[], n: number): Prom
       acc.set(name, a);
     },
   };
-  const warm = Math.max(WARM_ROUNDS, Math.floor(rounds / 10));
-  const measured = await interleave(subjects, { rounds, blocks: BLOCKS, warm, warmMs: WARM_MS, yieldEvery: YIELD_EVERY, tick, probe });
+  const measured = await interleave(subjects, { rounds, blocks: BLOCKS, warm: warmRounds(rounds), warmMs: WARM_MS, yieldEvery: YIELD_EVERY, tick, probe });
   const out: Result[] = [];
   for (let i = 0; i < measured.length; i++) {
     const m = measured[i];

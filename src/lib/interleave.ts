@@ -44,7 +44,7 @@ export interface InterleaveOptions<S> {
   warm?: number;
   /**
    * And at least this many milliseconds of them per contender (default 0): a count alone can be
-   * over before the JIT's background compiler had a core (see bench/handshake.ts, warmUp).
+   * over before the JIT's background compiler had a core (see bench/handshake.ts, warmFor).
    */
   warmMs?: number;
   /** Called every `yieldEvery` rounds to let the event loop turn (the kernel thread serves I/O). */
@@ -69,13 +69,30 @@ export interface InterleavedResult {
 const defaultTick = (): Promise<void> => new Promise((r) => setImmediate(r));
 const defaultSettle = (): Promise<void> => new Promise((r) => setTimeout(r, 2));
 
+/**
+ * Rounds not kept: at least `warm` of them and at least `warmMs` milliseconds of them, the event
+ * loop turning every `yieldEvery` (interleave's warm-up, and bench:handshake's sequential one).
+ */
+export async function warmUp(
+  round: () => number | Promise<number>,
+  opts: { warm: number; warmMs?: number; yieldEvery?: number; tick?: () => Promise<void> },
+): Promise<void> {
+  const warmMs = Math.max(0, opts.warmMs ?? 0);
+  const yieldEvery = Math.max(1, Math.floor(opts.yieldEvery ?? 32));
+  const tick = opts.tick ?? defaultTick;
+  const t0 = performance.now();
+  for (let i = 0; i < opts.warm || performance.now() - t0 < warmMs; i++) {
+    await round();
+    if (i % yieldEvery === yieldEvery - 1) await tick();
+  }
+}
+
 export async function interleave<S>(contenders: readonly Contender[], opts: InterleaveOptions<S>): Promise<InterleavedResult[]> {
   if (contenders.length === 0) return [];
   const blocks = Math.max(1, Math.floor(opts.blocks));
   const per = Math.max(1, Math.floor(opts.rounds / blocks));
   const reentry = Math.max(0, Math.floor(opts.reentry ?? 32));
   const warm = Math.max(0, Math.floor(opts.warm ?? 0));
-  const warmMs = Math.max(0, opts.warmMs ?? 0);
   const yieldEvery = Math.max(1, Math.floor(opts.yieldEvery ?? 32));
   const tick = opts.tick ?? defaultTick;
   const settle = opts.settle ?? defaultSettle;
@@ -86,11 +103,7 @@ export async function interleave<S>(contenders: readonly Contender[], opts: Inte
       if (i % yieldEvery === yieldEvery - 1) await tick();
     }
   };
-  for (const c of contenders) {
-    const t0 = performance.now();
-    await run(c, warm, null, 0);
-    while (performance.now() - t0 < warmMs) await run(c, Math.max(1, yieldEvery), null, 0);
-  }
+  for (const c of contenders) await warmUp(() => c.round(), { warm, warmMs: opts.warmMs, yieldEvery, tick });
   const samples = contenders.map(() => new Float64Array(per * blocks));
   const blockP50 = contenders.map(() => [] as number[]);
   const measuredMs = contenders.map(() => 0);

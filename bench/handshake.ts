@@ -26,6 +26,8 @@
  *          summary gives each N's ratio to the better bare Atomics strategy over the R passes:
  *          min, median, max and how many passes were above 1.5x. One pass is one sample of a
  *          shared machine; the goal is judged on all of them)
+ *          --pin=auto|off (auto: at N = 1 the kernel thread and the worker each on a CPU of its own,
+ *          for every variant alike, when taskset and 2 CPUs are there; src/lib/affinity.ts says why)
  *          --schedule=sequential|interleaved (default sequential: each variant on its own fresh
  *          workers, warmed up, then all its rounds in one stretch, one variant after the other;
  *          interleaved: at each N the references and devmirror with DMA idle all exist at once and
@@ -43,6 +45,7 @@ import { MmuNotifierEvent } from '../src/notifier/range.js';
 import { fmt, machine, percentiles, spread, table, usSince, type Percentiles } from './lib/stats.js';
 import { interleave, warmUp, type Contender } from '../src/lib/interleave.js';
 import { ReferenceFanout, type RefMode } from './lib/references.js';
+import { ThreadPinning, allowedCpus, pinningUnavailable } from '../src/lib/affinity.js';
 import { attachTracing } from '../src/trace/kernel-hooks.js';
 import { TraceRecorder } from '../src/trace/recorder.js';
 
@@ -73,6 +76,21 @@ if (!Number.isFinite(WARM_MS) || WARM_MS < 0) {
   console.error(`--warm-ms must be a number of milliseconds, got ${JSON.stringify(args.get('warm-ms'))}`);
   process.exit(2);
 }
+const PIN = args.get('pin') ?? 'auto';
+if (PIN !== 'auto' && PIN !== 'off') {
+  console.error(`--pin must be auto or off, got ${JSON.stringify(PIN)}`);
+  process.exit(2);
+}
+const CPUS = allowedCpus();
+/** Why this run cannot pin (null: it can), asked once. */
+const PIN_UNAVAILABLE = PIN === 'off' ? '--pin=off' : pinningUnavailable();
+/**
+ * Pinning (src/lib/affinity.ts) at N = 1, where the kernel thread and the one worker can each have
+ * a CPU of their own: the kernel thread on the first allowed CPU, the worker on the second, for every
+ * variant alike. At larger N the spinning threads outnumber the CPUs of this machine, and the
+ * scheduler shares them out as it would in use.
+ */
+const pinAt = (n: number): ThreadPinning | null => (PIN_UNAVAILABLE === null && n === 1 ? new ThreadPinning(CPUS[0], CPUS[1]) : null);
 const SCHEDULE = args.get('schedule') ?? 'sequential';
 const BLOCKS = Number(args.get('blocks') ?? 10);
 if (SCHEDULE !== 'interleaved' && SCHEDULE !== 'sequential') {
@@ -99,6 +117,8 @@ interface Result {
   mainCpuUs: number;
   /** Context switches per round of every thread: voluntary (parks) and involuntary (preempted). */
   switches: { voluntary: number; involuntary: number };
+  /** The kernel thread and the worker each pinned to a CPU of its own (--pin, N = 1). */
+  pinned?: boolean;
   /** --schedule=interleaved: the p50 of each block, in block order. */
   blockP50?: number[];
   extra?: Record<string, unknown>;
@@ -247,14 +267,18 @@ async function devmirrorSubject(n: number, dma: boolean): Promise<Subject> {
 
 /** Sets up, measures on its own (warm-up, then every round in one stretch) and tears down one variant. */
 async function measureAlone(n: number, make: () => Promise<Subject>): Promise<Result> {
+  const pinning = pinAt(n);
   const s = await make();
   try {
+    pinning?.apply();
     const t0 = performance.now();
     const res = await measure(s.name, n, roundsAt(n), () => s.round());
+    res.pinned = pinning !== null;
     await s.finish?.(res, (performance.now() - t0) / 1000);
     return res;
   } finally {
     await s.close();
+    pinning?.restore();
   }
 }
 
@@ -311,14 +335,18 @@ async function measureAt(n: number): Promise<{ refs: Record<string, Result>; idl
   let idle: Result;
   if (SCHEDULE === 'interleaved') {
     const subjects: Subject[] = [];
+    const pinning = pinAt(n);
     try {
       for (const mode of REF_MODES) subjects.push(await referenceSubject(mode, n));
       subjects.push(await devmirrorSubject(n, false));
+      pinning?.apply();
       const res = await measureInterleaved(subjects, n);
+      for (const r of res) r.pinned = pinning !== null;
       for (const r of res.slice(0, REF_MODES.length)) refs[r.variant.slice('ref:'.length)] = r;
       idle = res[REF_MODES.length];
     } finally {
       for (const s of subjects) await s.close();
+      pinning?.restore();
     }
   } else {
     for (const mode of REF_MODES) refs[mode] = await measureAlone(n, () => referenceSubject(mode, n));
@@ -420,6 +448,7 @@ async function main(): Promise<void> {
     dmaRunning: `${DMA_TOTAL} device accesses/s in all (split over the N devices), random over the 64-page window that is invalidated, 30% writes`,
     kernelWait: 'adaptive spin, then Atomics.waitAsync (the kernel thread never blocks)',
     schedule: SCHEDULE === 'interleaved' ? `interleaved: the references and devmirror (DMA idle) all live at once, ${BLOCKS} alternating blocks each; devmirror (DMA running) alone after them` : 'sequential: each variant on its own fresh workers, one after the other',
+    pinning: PIN_UNAVAILABLE === null ? `N = 1: the kernel thread on CPU ${CPUS[0]}, the worker on CPU ${CPUS[1]}, every variant alike; larger N unpinned` : `off (${PIN_UNAVAILABLE})`,
     yieldEvery: YIELD_EVERY,
     ns: NS,
     roundsAtN1: ROUNDS,

@@ -108,3 +108,11 @@ export class ThreadPinning {
     setAffinity(process.pid, this.mainCpus.length > 0 ? this.mainCpus.join(',') : '0-1023');
   }
 }
+
+/**
+ * Sets the affinity of every thread of a process (`taskset -a`), this one or a child. Threads it
+ * starts later inherit the mask of the thread that starts them.
+ */
+export function setProcessAffinity(pid: number, cpus: string): void {
+  execFileSync('taskset', ['-a', '-pc', cpus, String(pid)], { stdio: 'pipe' });
+}

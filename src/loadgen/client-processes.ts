@@ -42,6 +42,8 @@ export function stopClientProcesses(children: ChildProcess[]): void {
 /** An open fan-out floor: `round()` sends one frame to every connection and resolves with microseconds once every echo is in. */
 export interface FanoutFloor {
   readonly connections: number;
+  /** The echoing client processes' ids (a bench may pin them). */
+  readonly pids: readonly number[];
   round(): Promise<number>;
   close(): Promise<void>;
 }
@@ -86,6 +88,7 @@ export async function openFanoutFloor(size: number, n: number, maxProcs = 4): Pr
   }
   return {
     connections: n,
+    pids: children.map((c) => c.pid as number),
     round: () => {
       const t = process.hrtime.bigint();
       return new Promise<number>((resolve) => {

@@ -26,8 +26,10 @@
  *          summary gives each N's ratio to the better bare Atomics strategy over the R passes:
  *          min, median, max and how many passes were above 1.5x. One pass is one sample of a
  *          shared machine; the goal is judged on all of them)
- *          --pin=auto|off (auto: at N = 1 the kernel thread and the worker each on a CPU of its own,
- *          for every variant alike, when taskset and 2 CPUs are there; src/lib/affinity.ts says why)
+ *          --pin=auto|all|off (auto: at N = 1 the kernel thread and the worker each on a CPU of its own,
+ *          for every variant alike, when taskset and 2 CPUs are there; src/lib/affinity.ts says why.
+ *          all: at every N, the kernel thread on the first CPU and every worker on the others, a
+ *          placement study: docs/benchmarks.md, "Where the threads run")
  *          --schedule=sequential|interleaved (default sequential: each variant on its own fresh
  *          workers, warmed up, then all its rounds in one stretch, one variant after the other;
  *          interleaved: at each N the references and devmirror with DMA idle all exist at once and
@@ -77,8 +79,8 @@ if (!Number.isFinite(WARM_MS) || WARM_MS < 0) {
   process.exit(2);
 }
 const PIN = args.get('pin') ?? 'auto';
-if (PIN !== 'auto' && PIN !== 'off') {
-  console.error(`--pin must be auto or off, got ${JSON.stringify(PIN)}`);
+if (PIN !== 'auto' && PIN !== 'off' && PIN !== 'all') {
+  console.error(`--pin must be auto, all or off, got ${JSON.stringify(PIN)}`);
   process.exit(2);
 }
 const CPUS = allowedCpus();
@@ -88,9 +90,10 @@ const PIN_UNAVAILABLE = PIN === 'off' ? '--pin=off' : pinningUnavailable();
  * Pinning (src/lib/affinity.ts) at N = 1, where the kernel thread and the one worker can each have
  * a CPU of their own: the kernel thread on the first allowed CPU, the worker on the second, for every
  * variant alike. At larger N the spinning threads outnumber the CPUs of this machine, and the
- * scheduler shares them out as it would in use.
+ * scheduler shares them out as it would in use (--pin=all pins there too, every worker on the CPUs
+ * after the first: one placement among many, which favours the references at N >= 16).
  */
-const pinAt = (n: number): ThreadPinning | null => (PIN_UNAVAILABLE === null && n === 1 ? new ThreadPinning(CPUS[0], CPUS[1]) : null);
+const pinAt = (n: number): ThreadPinning | null => (PIN_UNAVAILABLE === null && (n === 1 || PIN === 'all') ? new ThreadPinning(CPUS[0], CPUS.slice(1)) : null);
 const SCHEDULE = args.get('schedule') ?? 'sequential';
 const BLOCKS = Number(args.get('blocks') ?? 10);
 if (SCHEDULE !== 'interleaved' && SCHEDULE !== 'sequential') {

@@ -83,7 +83,8 @@ export class ThreadPinning {
 
   constructor(
     readonly mainCpu: number,
-    readonly othersCpu: number,
+    /** The CPU, or CPUs, for the threads started since. */
+    readonly othersCpu: number | readonly number[],
   ) {}
 
   /** Pins; returns the ids of the threads pinned to `othersCpu`. */
@@ -93,7 +94,7 @@ export class ThreadPinning {
     this.applied = true;
     for (const t of started) {
       try {
-        setAffinity(t, String(this.othersCpu));
+        setAffinity(t, typeof this.othersCpu === 'number' ? String(this.othersCpu) : this.othersCpu.join(','));
       } catch (e) {
         // A thread that exited in between has nothing to pin; any other failure is real.
         if (threadIds().has(t)) throw e;

@@ -1,0 +1,41 @@
+/**
+ * The bare `ws` fan-out floor the channel bench measures devmirror against: connections spread
+ * over client processes that echo every frame, the processes' ids (the bench pins them), and a
+ * clean close.
+ */
+import { describe, expect, it } from 'vitest';
+import { openFanoutFloor } from '../../src/loadgen/client-processes.js';
+
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+describe('openFanoutFloor', () => {
+  it('spreads n connections over at most maxProcs echoing processes, names them, and stops them on close', async () => {
+    const floor = await openFanoutFloor(48, 5, 2);
+    let pids: readonly number[] = [];
+    try {
+      expect(floor.connections).toBe(5);
+      pids = floor.pids;
+      expect(pids).toHaveLength(2);
+      expect(new Set(pids).size).toBe(2);
+      for (const pid of pids) {
+        expect(pid).not.toBe(process.pid);
+        expect(alive(pid)).toBe(true);
+      }
+      // A round resolves once every connection echoed the frame: a positive duration, again and again.
+      for (let i = 0; i < 20; i++) expect(await floor.round()).toBeGreaterThan(0);
+    } finally {
+      await floor.close();
+    }
+    // The processes exit once their stdin ends.
+    const deadline = Date.now() + 20_000;
+    while (pids.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(pids.filter(alive)).toEqual([]);
+  });
+});

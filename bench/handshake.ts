@@ -120,7 +120,7 @@ interface Result {
   mainCpuUs: number;
   /** Context switches per round of every thread: voluntary (parks) and involuntary (preempted). */
   switches: { voluntary: number; involuntary: number };
-  /** The kernel thread and the worker each pinned to a CPU of its own (--pin, N = 1). */
+  /** The kernel thread pinned to one CPU and the workers to the others (--pin). */
   pinned?: boolean;
   /** --schedule=interleaved: the p50 of each block, in block order. */
   blockP50?: number[];
@@ -451,7 +451,12 @@ async function main(): Promise<void> {
     dmaRunning: `${DMA_TOTAL} device accesses/s in all (split over the N devices), random over the 64-page window that is invalidated, 30% writes`,
     kernelWait: 'adaptive spin, then Atomics.waitAsync (the kernel thread never blocks)',
     schedule: SCHEDULE === 'interleaved' ? `interleaved: the references and devmirror (DMA idle) all live at once, ${BLOCKS} alternating blocks each; devmirror (DMA running) alone after them` : 'sequential: each variant on its own fresh workers, one after the other',
-    pinning: PIN_UNAVAILABLE === null ? `N = 1: the kernel thread on CPU ${CPUS[0]}, the worker on CPU ${CPUS[1]}, every variant alike; larger N unpinned` : `off (${PIN_UNAVAILABLE})`,
+    pinning:
+      PIN_UNAVAILABLE !== null
+        ? `off (${PIN_UNAVAILABLE})`
+        : PIN === 'all'
+          ? `every N: the kernel thread on CPU ${CPUS[0]}, every worker on CPUs ${CPUS.slice(1).join(',')}, every variant alike`
+          : `N = 1: the kernel thread on CPU ${CPUS[0]}, the worker on CPU ${CPUS[1]}, every variant alike; larger N unpinned`,
     yieldEvery: YIELD_EVERY,
     ns: NS,
     roundsAtN1: ROUNDS,

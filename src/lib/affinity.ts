@@ -74,7 +74,8 @@ export function setAffinity(tid: number, cpus: string): void {
  * Pins the main thread to one CPU and every thread the process started since this object was made
  * (the workers of what was set up in between) to another; `restore` gives the main thread back its
  * former CPUs. Threads started by a pinned thread inherit its mask, so make the next set of workers
- * only after `restore`.
+ * only after `restore`; a thread started in between that outlives what was measured (a pool's
+ * thread) keeps the mask it was given.
  */
 export class ThreadPinning {
   private readonly before = threadIds();

@@ -35,6 +35,7 @@ import { PAGE_SIZE } from '../src/kernel/layout.js';
 import { ERRNO, HMM_PFN } from '../src/kernel/hmm.js';
 import { MmuNotifierEvent } from '../src/notifier/range.js';
 import { Mutex } from '../src/lib/locks.js';
+import { noteWake } from '../src/lib/wakes.js';
 import type { MirrorSummary } from '../src/devices/protocol.js';
 import { Device, type Action } from './runtime/device.js';
 import type { DevRange, DevSub, DeviceHost, IntervalHandler, VmaInfo } from './runtime/host.js';
@@ -266,6 +267,7 @@ export class Gpu extends Device implements IntervalHandler {
     if (this.restoreTimer) return;
     this.host.counters.evicted_ms += Date.now() - this.stoppedSince;
     this.stoppedSince = 0;
+    if (this.resumeWaiters.length > 0) noteWake(); // their continuations are microtasks (wakes.ts)
     for (const w of this.resumeWaiters.splice(0)) w();
   }
 

@@ -7,6 +7,7 @@
  * Both are FIFO-fair: a waiting writer blocks later readers, as the kernel's rwsem does, so a stream
  * of faults cannot starve munmap.
  */
+import { noteWake } from './wakes.js';
 
 interface Waiter {
   write: boolean;
@@ -158,7 +159,11 @@ export class Mutex {
     if (!this.locked) throw new Error(`${this.name}: unlock without lock`);
     // Uncontended (every invalidation of an idle device): no shift call on an empty queue.
     const next = this.queue.length > 0 ? this.queue.shift() : undefined;
-    if (next) next();
+    if (next) {
+      // The waiter resumes in a microtask: a device loop about to park must yield first (wakes.ts).
+      noteWake();
+      next();
+    }
     else {
       this.locked = false;
       this.holder = null;

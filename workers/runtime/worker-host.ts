@@ -44,6 +44,7 @@ import { busyWaitUs } from '../../src/lib/busy-wait.js';
 import { RANGE_BLOCKABLE, originOf } from '../../src/notifier/range.js';
 import { Sanitizer } from '../../src/sanitizer/sanitizer.js';
 import { DeviceClient } from '../../src/client/device-client.js';
+import { wakeCount } from '../../src/lib/wakes.js';
 import type {
   DeviceEvent,
   DeviceInit,
@@ -608,6 +609,9 @@ export class WorkerHost implements DeviceHost {
    * after END_RING_DELAY_MS), and a device re-checks every word after it stores PARKED, so a parked
    * device never sleeps through anything addressed to it (see WorkerDevice.ring).
    */
+  /** wakeCount() at the loop's last microtask drain before a park. */
+  private drainedWakes = -1;
+
   async run(attach: () => Promise<void>): Promise<void> {
     // A pending waitAsync does not keep a worker alive: the stats timer does.
     const stats = setInterval(() => this.reportStats(), 200);
@@ -654,10 +658,19 @@ export class WorkerHost implements DeviceHost {
         if (this.asyncPending === 0 && this.spinOn(seen, messages)) continue;
         busyTurns = 0;
         // Before parking, let the promise continuations of what we just handled run (a few levels:
-        // device work soon waits on a kernel reply, which rings). A whole event-loop turn costs
-        // a few microseconds of a core the other devices need, so it is taken only when a call is
-        // still unanswered, on timer work, on messages, and after every timed-out park.
-        for (let i = 0; i < MICROTASK_DRAIN; i++) await null;
+        // a task this loop's synchronous work woke, such as one waiting for the device lock that an
+        // invalidation released), but only when something was woken since the last yield: a task
+        // that is not woken has no continuation queued, and even one yield costs the devices that
+        // share this core about 5 us each (src/lib/wakes.ts). A whole event-loop turn costs more,
+        // so it is taken only when a call is still unanswered, on timer work, on messages, and
+        // after every timed-out park (Node runs the microtasks after each of those callbacks).
+        const woken = wakeCount();
+        if (woken !== this.drainedWakes) {
+          for (let i = 0; i < MICROTASK_DRAIN; i++) await null;
+          this.drainedWakes = woken;
+          // The continuations woke further tasks: take another round before parking.
+          if (wakeCount() !== woken) continue;
+        }
         if (this.asyncPending > 0) await turn();
         if (this.hasWork(seen, messages)) continue;
         if (this.immediateWork > 0) {

@@ -163,8 +163,7 @@ export class Mutex {
       // The waiter resumes in a microtask: a device loop about to park must yield first (wakes.ts).
       noteWake();
       next();
-    }
-    else {
+    } else {
       this.locked = false;
       this.holder = null;
     }

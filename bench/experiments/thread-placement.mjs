@@ -8,15 +8,14 @@
 // thread pinned to one CPU and the workers to the other.
 //
 //   npm run build && node bench/experiments/thread-placement.mjs [other=postMessage] [blocks=16]
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { ReferenceFanout } from '../../dist/src/loadgen/references.js';
-import { ThreadPinning, allowedCpus } from '../../dist/src/lib/affinity.js';
+import { ThreadPinning, allowedCpus, threadIds } from '../../dist/src/lib/affinity.js';
 
 const other = process.argv[2] ?? 'postMessage';
 const BLOCKS = Number(process.argv[3] ?? 16);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const tick = () => new Promise((r) => setImmediate(r));
-const tids = () => new Set(readdirSync('/proc/self/task'));
 const cpuOf = (t) => {
   try {
     const s = readFileSync(`/proc/self/task/${t}/stat`, 'utf8');
@@ -29,10 +28,10 @@ const cpuOf = (t) => {
 async function run(pin) {
   const cpus = allowedCpus();
   const pinning = new ThreadPinning(cpus[0], cpus[1]);
-  const b = tids();
+  const b = threadIds();
   const spin = new ReferenceFanout('spin', 1);
   await spin.ready();
-  const worker = [...tids()].filter((t) => !b.has(t));
+  const worker = [...threadIds()].filter((t) => !b.has(t));
   const second = new ReferenceFanout(other, 1);
   await second.ready();
   if (pin) pinning.apply();

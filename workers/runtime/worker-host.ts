@@ -609,9 +609,6 @@ export class WorkerHost implements DeviceHost {
    * after END_RING_DELAY_MS), and a device re-checks every word after it stores PARKED, so a parked
    * device never sleeps through anything addressed to it (see WorkerDevice.ring).
    */
-  /** wakeCount() at the loop's last microtask drain before a park. */
-  private drainedWakes = -1;
-
   async run(attach: () => Promise<void>): Promise<void> {
     // A pending waitAsync does not keep a worker alive: the stats timer does.
     const stats = setInterval(() => this.reportStats(), 200);
@@ -625,6 +622,8 @@ export class WorkerHost implements DeviceHost {
     const mb = this.mb;
     let messages = Atomics.load(mb, MB.MESSAGES);
     let busyTurns = 0;
+    /** wakeCount() at the last microtask drain before a park. */
+    let drainedWakes = -1;
     /** When the event loop last had a full turn (timers run only then). */
     let lastTurn = performance.now();
     const turn = (): Promise<void> => {
@@ -665,9 +664,9 @@ export class WorkerHost implements DeviceHost {
         // so it is taken only when a call is still unanswered, on timer work, on messages, and
         // after every timed-out park (Node runs the microtasks after each of those callbacks).
         const woken = wakeCount();
-        if (woken !== this.drainedWakes) {
+        if (woken !== drainedWakes) {
           for (let i = 0; i < MICROTASK_DRAIN; i++) await null;
-          this.drainedWakes = woken;
+          drainedWakes = woken;
           // The continuations woke further tasks: take another round before parking.
           if (wakeCount() !== woken) continue;
         }

@@ -14,7 +14,7 @@
 import Long from 'long';
 import { devmirror } from './gen/notifier.js';
 import { DevmirrorError } from '../errors.js';
-import { decodeHotClientFrame, decodeHotServerFrame, encodeEndFields, encodeHotClientFrame, encodeHotServerFrame, encodeStartFields } from './hot-frames.js';
+import { decodeAckFields, decodeHotClientFrame, decodeHotServerFrame, encodeAckFields, encodeEndFields, encodeHotClientFrame, encodeHotServerFrame, encodeStartFields, type AckFields } from './hot-frames.js';
 
 const v1 = devmirror.v1;
 type G = typeof devmirror.v1;
@@ -160,8 +160,12 @@ export function encodeServerFrame(f: ServerFrameIn): Uint8Array {
   return encodeHotServerFrame(f) ?? encodeServerFrameGeneric(f);
 }
 
-/** The round's frames from their fields (the session's path), or null: then encode the frame object. */
-export { encodeStartFields, encodeEndFields };
+/**
+ * The round's frames from their fields, or null: then encode (or decode) the frame object. The
+ * session writes starts and ends and reads acknowledgements this way, a client writes its
+ * acknowledgements.
+ */
+export { encodeStartFields, encodeEndFields, encodeAckFields, decodeAckFields, type AckFields };
 
 /** The generated encoder alone (the reference the fast path is tested against). */
 export function encodeClientFrameGeneric(f: ClientFrameIn): Uint8Array {

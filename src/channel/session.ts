@@ -25,6 +25,7 @@ import {
   MigrateDirection,
   addrFromWire,
   addrToWire,
+  decodeAckFields,
   decodeClientFrame,
   encodeEndFields,
   encodeServerFrame,
@@ -310,6 +311,22 @@ export class Session implements ExternalPort {
     if (this.state === 'closed') return;
     if (!isBinary) return this.close(CLOSE.UNSUPPORTED_DATA, 'text frames are not part of the protocol');
     if (!this.rateOk()) return this.close(CLOSE.RATE_LIMIT, `more than ${this.host.limits.ratePerSec} frames per second`);
+    // The round's acknowledgement is read in place and handed to the device, without the frame
+    // object and the dispatch below (one per client and round); anything else, and any ack the fast
+    // reader declines, takes the general path, which decides what is malformed.
+    if (this.device !== null && this.worker === null && this.state === 'open') {
+      const a = decodeAckFields(data);
+      if (a !== null) {
+        const requestId = a.requestId;
+        try {
+          // A late, duplicate or foreign acknowledgement throws DM_ERR_CHANNEL_PROTOCOL.
+          this.device.onAck(a.invalidationId, a.subscriptionId, a.result === 0, a.keptReads);
+        } catch (e) {
+          this.failed(requestId, e);
+        }
+        return;
+      }
+    }
     let f: ClientFrame;
     try {
       f = decodeClientFrame(data);
@@ -319,10 +336,15 @@ export class Session implements ExternalPort {
     try {
       this.dispatch(f);
     } catch (e) {
-      const err = e as DevmirrorError;
-      if (err.code === 'DM_ERR_CHANNEL_PROTOCOL') return this.close(CLOSE.PROTOCOL, err.message);
-      this.error(f.requestId, e);
+      this.failed(f.requestId, e);
     }
+  }
+
+  /** A frame's handling threw: a protocol violation closes the connection, anything else is answered with an Error frame. */
+  private failed(requestId: U64, e: unknown): void {
+    const err = e as DevmirrorError;
+    if (err.code === 'DM_ERR_CHANNEL_PROTOCOL') return this.close(CLOSE.PROTOCOL, err.message);
+    this.error(requestId, e);
   }
 
   private dispatch(f: ClientFrame): void {

@@ -28,6 +28,7 @@ import {
   PROTOCOL_VERSION,
   SubscriptionKind,
   decodeServerFrame,
+  encodeAckFields,
   encodeClientFrame,
   WIRE_ULONG_MAX,
   type ClientFrameIn,
@@ -305,8 +306,13 @@ export class DeviceClient extends EventEmitter {
         const ack = (ok: boolean): void => {
           if (!this.connected) return;
           // kept_reads only when set (an unset bool is not sent: the frame stays as short as before).
-          const body = { invalidationId: e.invalidationId, subscriptionId: e.subscriptionId, result: ok ? AckResult.OK : AckResult.WOULD_BLOCK };
-          this.sendFrame({ invalidateAck: ok && e.keptReads === true ? { ...body, keptReads: true } : body });
+          const result = ok ? AckResult.OK : AckResult.WOULD_BLOCK;
+          const keptReads = ok && e.keptReads === true;
+          // From the fields (one frame per round); ids out of the common range take the frame object.
+          const hot = encodeAckFields(e.invalidationId, e.subscriptionId, result, keptReads);
+          if (hot !== null) return this.ws!.send(hot);
+          const body = { invalidationId: e.invalidationId, subscriptionId: e.subscriptionId, result };
+          this.sendFrame({ invalidateAck: keptReads ? { ...body, keptReads: true } : body });
         };
         if (!this.startHandler) return ack(true);
         let r: boolean | Promise<boolean>;

@@ -20,6 +20,13 @@ import { HotCounter, HotHistogram } from './hot-metrics.js';
 const KINDS = new Set<string>([...DEVICE_KINDS, 'kernel', 'external']);
 export const kindLabel = (kind: string | null | undefined): string => (kind ? (KINDS.has(kind) ? kind : 'other') : 'kernel');
 
+/** Event numbers in series keys: the named events by number, any other in the last slot (labelled UNKNOWN). */
+const EVENT_SLOTS = 16;
+const eventLabels = (event: string): Record<string, string> => ({ event });
+const eventResultLabels = (event: string, result: string): Record<string, string> => ({ event, result });
+const originEventLabels = (origin: string, event: string): Record<string, string> => ({ origin, event });
+const eventKindLabels = (event: string, kind: string): Record<string, string> => ({ event, device_kind: kind });
+
 /** Microsecond latencies as seconds, from 5 us to 10 s. */
 const BUCKETS = [5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1, 10];
 
@@ -35,17 +42,34 @@ export function installMetrics(app: FastifyInstance, svc: Service): Registry {
   // origin is one of ORIGINS (a fixed list of 24) and event one of 8: bounded like the others.
   const byOrigin = new HotCounter('devmirror_invalidations_by_origin_total', 'Invalidations, by origin (the syscall or kernel activity that sent them) and event');
   for (const m of [invalidation, ack, invalidations, byOrigin]) reg.registerMetric(m as never);
+  // Series keys are numbers: (a label's index) * EVENT_SLOTS + the event number. The origin and
+  // kind indexes are found by the origin (a string constant) and the subscriber's kind in maps that
+  // stay as small as the label sets.
+  const originIndex = new Map<string, number>();
+  const kindIndex = new Map<string, number>();
   const unobserve = k.observe({
     onInvalidation: (rec) => {
-      const ev = EVENT_NAMES[rec.range.event] ?? 'UNKNOWN';
-      const origin = ORIGINS.includes(rec.range.origin) ? rec.range.origin : 'other';
-      const result = rec.result;
-      invalidations.inc(`${ev}\0${result}`, () => ({ event: ev, result }));
-      byOrigin.inc(`${origin}\0${ev}`, () => ({ origin, event: ev }));
-      invalidation.observe(ev, () => ({ event: ev }), Math.max(0, rec.endedUs - rec.startedUs) / 1e6);
-      for (const s of rec.subscribers) {
+      const e = rec.range.event;
+      const named = EVENT_NAMES[e] !== undefined;
+      const slot = named ? e : EVENT_SLOTS - 1;
+      const ev = named ? EVENT_NAMES[e] : 'UNKNOWN';
+      let o = originIndex.get(rec.range.origin);
+      if (o === undefined) {
+        o = ORIGINS.indexOf(rec.range.origin);
+        // Any string may arrive as an origin: only the known ones are remembered (bounded).
+        if (o >= 0) originIndex.set(rec.range.origin, o);
+      }
+      invalidations.inc(slot * 2 + (rec.result === 'ok' ? 0 : 1), eventResultLabels, ev, rec.result);
+      byOrigin.inc((o + 1) * EVENT_SLOTS + slot, originEventLabels, o < 0 ? 'other' : ORIGINS[o], ev);
+      invalidation.observe(slot, Math.max(0, rec.endedUs - rec.startedUs) / 1e6, eventLabels, ev);
+      const subs = rec.subscribers;
+      for (let i = 0; i < subs.length; i++) {
+        const s = subs[i];
+        // By the label, not the kind: a client's kind is free text, the labels are a bounded set.
         const kind = kindLabel(s.info.deviceKind);
-        ack.observe(`${ev}\0${kind}`, () => ({ event: ev, device_kind: kind }), Math.max(0, s.ackUs) / 1e6);
+        let kx = kindIndex.get(kind);
+        if (kx === undefined) kindIndex.set(kind, (kx = kindIndex.size));
+        ack.observe(kx * EVENT_SLOTS + slot, Math.max(0, s.ackUs) / 1e6, eventKindLabels, ev, kind);
       }
     },
   });

@@ -671,7 +671,16 @@ export class MmuNotifierSubscriptions {
         const list = ackList;
         const s2 = subs;
         const o2 = ackOutcomes;
-        (pending ??= []).push(w.then(() => this.settleAcks(rec, list, s2, o2)));
+        // Nothing else to wait for (every external client, every parked worker): one reaction
+        // settles and stamps, without Promise.all and its extra turn (one per round and client set).
+        if (pending === null) {
+          return w.then(() => {
+            this.settleAcks(rec, list, s2, o2);
+            rec.ackedUs = this.stampIfTimed(rec);
+            return 0;
+          });
+        }
+        pending.push(w.then(() => this.settleAcks(rec, list, s2, o2)));
       }
     }
     if (pending === null) {

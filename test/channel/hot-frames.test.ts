@@ -15,7 +15,7 @@ import {
   encodeServerFrameGeneric,
   WIRE_ULONG_MAX,
 } from '../../src/channel/codec.js';
-import { decodeHotClientFrame, decodeHotServerFrame, encodeEndFields, encodeHotClientFrame, encodeHotServerFrame, encodeStartFields } from '../../src/channel/hot-frames.js';
+import { decodeAckFields, decodeHotClientFrame, decodeHotServerFrame, encodeAckFields, encodeEndFields, encodeHotClientFrame, encodeHotServerFrame, encodeStartFields } from '../../src/channel/hot-frames.js';
 
 // Values that sit on every boundary the fast path checks, and some it must decline.
 const u64 = fc.oneof(fc.constantFrom(0, 1, 127, 128, 2 ** 32 - 1, 2 ** 32, 2 ** 49, 2 ** 53 - 1, 0x7fff_ffff_f000), fc.nat(), fc.maxSafeNat(), fc.constantFrom<unknown>(2n ** 53n, WIRE_ULONG_MAX, 5n, -1, 1.5, null, undefined));
@@ -202,9 +202,51 @@ describe('hot frames (hand-written wire path)', () => {
     expect(engaged).toBeGreaterThan(300);
   });
 
+  it('encodes InvalidateAck from its fields to the generated encoder\'s bytes for the frame a client sends, or declines', () => {
+    let engaged = 0;
+    fc.assert(
+      fc.property(fc.tuple(flatU64, flatU64, fc.constantFrom(0, 1, 2 ** 31 - 1, -1, 2 ** 31), fc.boolean()), ([id, sub, result, keptReads]) => {
+        const flat = encodeAckFields(id, sub, result, keptReads);
+        // The client's frame object: keptReads only when true.
+        const body = { invalidationId: id, subscriptionId: sub, result };
+        const frame = { invalidateAck: keptReads ? { ...body, keptReads: true } : body };
+        if (flat === null) {
+          expect(encodeHotClientFrame(frame)).toBeNull();
+          return;
+        }
+        engaged++;
+        expect({ ok: Buffer.from(flat).toString('hex') }).toEqual(outcome(() => Buffer.from(encodeClientFrameGeneric(frame as never)).toString('hex')));
+        // And the session's reader gets the fields back.
+        expect(decodeAckFields(flat)).toEqual({ requestId: 0, invalidationId: id, subscriptionId: sub, result, keptReads });
+      }),
+      { numRuns: 3000, seed: 0x5eed },
+    );
+    expect(engaged).toBeGreaterThan(300);
+  });
+
+  it('reads acknowledgements into one shared object, and declines what decodeHotClientFrame declines', () => {
+    const a = decodeAckFields(encodeAckFields(5, 1_000_001, 0, false)!);
+    const b = decodeAckFields(encodeAckFields(6, 1_000_002, 0, true)!);
+    expect(b).toBe(a);
+    expect(a).toEqual({ requestId: 0, invalidationId: 6, subscriptionId: 1_000_002, result: 0, keptReads: true });
+    const readBegin = encodeClientFrameGeneric({ requestId: 3, readBegin: { subscriptionId: 9 } } as never);
+    expect(decodeAckFields(readBegin)).toBeNull();
+    expect(decodeHotClientFrame(readBegin)).toBeNull();
+    const withId = encodeClientFrameGeneric({ requestId: 7, invalidateAck: { invalidationId: 1, subscriptionId: 2, result: 0 } } as never);
+    expect(decodeAckFields(withId)).toEqual({ requestId: 7, invalidationId: 1, subscriptionId: 2, result: 0, keptReads: false });
+  });
+
+  it('reads a repeated operation name from its cache only when every byte matches', () => {
+    for (const op of ['madvise', 'munmap', 'mremap', 'madvise', 'mprotec', 'madvise']) {
+      const f = decodeServerFrame(encodeStartFields(1, 2, 3, 4096, 8192, 1, 1, null, 5, op)!) as unknown as { invalidateStart: { origin: { operation: string } } };
+      expect(f.invalidateStart.origin.operation).toBe(op);
+    }
+  });
+
   it('writes the round\'s frames as Buffers (ws sends those as they are)', () => {
     expect(Buffer.isBuffer(encodeStartFields(1, 2, 3, 4096, 8192, 1, 1, null, 5, 'madvise'))).toBe(true);
     expect(Buffer.isBuffer(encodeEndFields(1, 2, 3, 4096, 8192, 1, 1, 7))).toBe(true);
     expect(Buffer.isBuffer(encodeHotClientFrame({ invalidateAck: { invalidationId: 1, subscriptionId: 2, result: 0 } }))).toBe(true);
+    expect(Buffer.isBuffer(encodeAckFields(1, 2, 0, false))).toBe(true);
   });
 });

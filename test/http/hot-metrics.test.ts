@@ -22,7 +22,7 @@ describe('hot metrics', () => {
     ];
     for (const [event, kind, v] of obs) {
       ref.observe({ event, device_kind: kind }, v);
-      hot.observe(`${event}\0${kind}`, () => ({ event, device_kind: kind }), v);
+      hot.observe(`${event}\0${kind}`, v, (e, k) => ({ event: e, device_kind: k }), event, kind);
     }
     const text = await b.metrics();
     expect(text).toBe(await a.metrics());
@@ -40,7 +40,7 @@ describe('hot metrics', () => {
     b.registerMetric(hot as never);
     for (const [event, result] of [['UNMAP', 'ok'], ['UNMAP', 'ok'], ['CLEAR', 'refused']]) {
       ref.inc({ event, result });
-      hot.inc(`${event}\0${result}`, () => ({ event, result }));
+      hot.inc(`${event}\0${result}`, (e, r) => ({ event: e, result: r }), event, result);
     }
     expect(await b.metrics()).toBe(await a.metrics());
     expect(await b.metrics()).toContain('y_total{event="UNMAP",result="ok"} 2');

@@ -4,6 +4,7 @@ import { Service } from '../../src/service.js';
 import { buildServer } from '../../src/http/server.js';
 import { PROT } from '../../src/kernel/kernel.js';
 import { ORIGINS } from '../../src/notifier/range.js';
+import { MmuNotifier } from '../../src/notifier/subscriptions.js';
 
 let svc: Service | null = null;
 let close: (() => Promise<void>) | null = null;
@@ -57,5 +58,27 @@ describe('metrics', () => {
     expect(sample(t, 'devmirror_channel_clients', '')).toBe(0);
     // Labels stay bounded: no device names or ids.
     expect(t).not.toMatch(/device_id=|device_name=/);
+  });
+
+  it('labels an origin outside ORIGINS as other, an unnamed event as UNKNOWN and a subscriber without a device as kernel, one series each', async () => {
+    svc = new Service({ kernel: { memoryBytes: 16 * 1024 * 1024 } });
+    const app = await buildServer(svc, { logger: false });
+    close = () => app.close();
+    const k = svc.kernel;
+    const p = k.createProcess('m');
+    const a = await k.mmap(p.pid, { length: 4096, prot: PROT.READ | PROT.WRITE });
+    p.mm.notifier.register(new MmuNotifier({ invalidateRangeStart: () => 0 }, { label: 'in-kernel' }));
+    // Two unknown origins and two unnamed event numbers: each pair lands in one series.
+    for (const [event, origin] of [[1, 'no-such-origin'], [1, 'another-one'], [9, 'munmap'], [60, 'munmap']] as const) {
+      const r = await k.notify(p.mm, event as never, a, a + 4096, origin as never);
+      k.notifyEnd(p.mm, r);
+    }
+    const t = (await app.inject({ method: 'GET', url: '/metrics' })).body;
+    expect(sample(t, 'devmirror_invalidations_by_origin_total', 'origin="other",event="CLEAR"')).toBe(2);
+    expect(sample(t, 'devmirror_invalidations_by_origin_total', 'origin="munmap",event="UNKNOWN"')).toBe(2);
+    expect(sample(t, 'devmirror_invalidations_total', 'event="UNKNOWN",result="ok"')).toBe(2);
+    expect(sample(t, 'devmirror_invalidation_seconds_count', 'event="UNKNOWN"')).toBe(2);
+    expect(sample(t, 'devmirror_invalidation_ack_seconds_count', 'event="CLEAR",device_kind="kernel"')).toBe(2);
+    expect(t.match(/^devmirror_invalidations_by_origin_total\{origin="munmap",event="UNKNOWN"\}/gm)).toHaveLength(1);
   });
 });

@@ -314,7 +314,8 @@ export function encodeHotClientFrame(f: unknown): Uint8Array | null {
 // computed name went through V8's megamorphic keyed stores, which with the cursor object and the
 // field tables made decoding a round's two frames about 0.6 us of each client's CPU (11-28). The
 // reader's state is module-level: decoding is synchronous and calls out to nothing, so no two
-// decodes interleave.
+// decodes interleave. `rbuf` keeps the last frame read until the next decode (at most one frame,
+// bounded by the channel's maxPayload).
 
 let rbuf: Uint8Array = scratch;
 let rpos = 0;

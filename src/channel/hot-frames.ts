@@ -32,26 +32,26 @@ const LEN = 2;
 const TWO53 = 2 ** 53;
 
 type Kind = 'u64' | 'u32' | 'i32' | 'bool';
-/** A message's scalar fields by number: [name, kind]; proto3 `optional` fields are marked. */
-const START_FIELDS: Array<[string, Kind, boolean] | undefined> = [];
-START_FIELDS[1] = ['invalidationId', 'u64', false];
-START_FIELDS[2] = ['subscriptionId', 'u64', false];
-START_FIELDS[3] = ['pid', 'u32', false];
-START_FIELDS[4] = ['start', 'u64', false];
-START_FIELDS[5] = ['end', 'u64', false];
-START_FIELDS[6] = ['event', 'i32', false];
-START_FIELDS[7] = ['flags', 'u32', false];
-START_FIELDS[8] = ['blockable', 'bool', false];
-START_FIELDS[9] = ['owner', 'u32', true];
-START_FIELDS[10] = ['curSeq', 'u64', false];
+/** A message's scalar fields by number, [name, kind], in the order the encoders write them. */
+const START_FIELDS: Array<[string, Kind] | undefined> = [];
+START_FIELDS[1] = ['invalidationId', 'u64'];
+START_FIELDS[2] = ['subscriptionId', 'u64'];
+START_FIELDS[3] = ['pid', 'u32'];
+START_FIELDS[4] = ['start', 'u64'];
+START_FIELDS[5] = ['end', 'u64'];
+START_FIELDS[6] = ['event', 'i32'];
+START_FIELDS[7] = ['flags', 'u32'];
+START_FIELDS[8] = ['blockable', 'bool'];
+START_FIELDS[9] = ['owner', 'u32'];
+START_FIELDS[10] = ['curSeq', 'u64'];
 /** InvalidateEnd: InvalidateStart's fields 1 to 7 (same numbers), then owner at 8. */
-const END_FIELDS: Array<[string, Kind, boolean] | undefined> = START_FIELDS.slice(0, 8);
-END_FIELDS[8] = ['owner', 'u32', true];
-const ACK_FIELDS: Array<[string, Kind, boolean] | undefined> = [];
-ACK_FIELDS[1] = ['invalidationId', 'u64', false];
-ACK_FIELDS[2] = ['subscriptionId', 'u64', false];
-ACK_FIELDS[3] = ['result', 'i32', false];
-ACK_FIELDS[4] = ['keptReads', 'bool', false];
+const END_FIELDS: Array<[string, Kind] | undefined> = START_FIELDS.slice(0, 8);
+END_FIELDS[8] = ['owner', 'u32'];
+const ACK_FIELDS: Array<[string, Kind] | undefined> = [];
+ACK_FIELDS[1] = ['invalidationId', 'u64'];
+ACK_FIELDS[2] = ['subscriptionId', 'u64'];
+ACK_FIELDS[3] = ['result', 'i32'];
+ACK_FIELDS[4] = ['keptReads', 'bool'];
 
 // ---- encoding -------------------------------------------------------------------------------
 
@@ -106,7 +106,7 @@ function scalar(v: unknown, kind: Kind): number {
 }
 
 /** Writes the set scalar fields of `m` in field order; -1 if one is not the common case. */
-function putFields(buf: Uint8Array, pos: number, m: Record<string, unknown>, fields: Array<[string, Kind, boolean] | undefined>): number {
+function putFields(buf: Uint8Array, pos: number, m: Record<string, unknown>, fields: Array<[string, Kind] | undefined>): number {
   for (let no = 1; no < fields.length; no++) {
     const f = fields[no]!;
     const v = m[f[0]];
@@ -415,33 +415,46 @@ function readOrigin(end: number): { operation: string; operationId: number; deta
   return o;
 }
 
+/**
+ * Fields 1 to 7, which InvalidateStart and InvalidateEnd share (same numbers): reads the one `tag`
+ * names into `m`; false for any other tag.
+ */
+function readRangeField(tag: number, m: Record<string, unknown>): boolean {
+  switch (tag) {
+    case (1 << 3) | VARINT:
+      m.invalidationId = varint();
+      return true;
+    case (2 << 3) | VARINT:
+      m.subscriptionId = varint();
+      return true;
+    case (3 << 3) | VARINT:
+      m.pid = u32();
+      return true;
+    case (4 << 3) | VARINT:
+      m.start = varint();
+      return true;
+    case (5 << 3) | VARINT:
+      m.end = varint();
+      return true;
+    case (6 << 3) | VARINT:
+      m.event = i32();
+      return true;
+    case (7 << 3) | VARINT:
+      m.flags = u32();
+      return true;
+    default:
+      return false;
+  }
+}
+
 /** InvalidateStart in [rpos, end). `owner` (proto3 optional) and `origin` only when sent, as the generic decoder does. */
 function readStart(end: number): Record<string, unknown> {
   const m: Record<string, unknown> = { invalidationId: 0, subscriptionId: 0, pid: 0, start: 0, end: 0, event: 0, flags: 0, blockable: false, curSeq: 0 };
   let sawOrigin = false;
   while (!rbad && rpos < end) {
-    switch (varint()) {
-      case (1 << 3) | VARINT:
-        m.invalidationId = varint();
-        break;
-      case (2 << 3) | VARINT:
-        m.subscriptionId = varint();
-        break;
-      case (3 << 3) | VARINT:
-        m.pid = u32();
-        break;
-      case (4 << 3) | VARINT:
-        m.start = varint();
-        break;
-      case (5 << 3) | VARINT:
-        m.end = varint();
-        break;
-      case (6 << 3) | VARINT:
-        m.event = i32();
-        break;
-      case (7 << 3) | VARINT:
-        m.flags = u32();
-        break;
+    const tag = varint();
+    if (readRangeField(tag, m)) continue;
+    switch (tag) {
       case (8 << 3) | VARINT:
         m.blockable = varint() !== 0;
         break;
@@ -478,34 +491,10 @@ function readStart(end: number): Record<string, unknown> {
 function readEnd(end: number): Record<string, unknown> {
   const m: Record<string, unknown> = { invalidationId: 0, subscriptionId: 0, pid: 0, start: 0, end: 0, event: 0, flags: 0 };
   while (!rbad && rpos < end) {
-    switch (varint()) {
-      case (1 << 3) | VARINT:
-        m.invalidationId = varint();
-        break;
-      case (2 << 3) | VARINT:
-        m.subscriptionId = varint();
-        break;
-      case (3 << 3) | VARINT:
-        m.pid = u32();
-        break;
-      case (4 << 3) | VARINT:
-        m.start = varint();
-        break;
-      case (5 << 3) | VARINT:
-        m.end = varint();
-        break;
-      case (6 << 3) | VARINT:
-        m.event = i32();
-        break;
-      case (7 << 3) | VARINT:
-        m.flags = u32();
-        break;
-      case (8 << 3) | VARINT:
-        m.owner = u32();
-        break;
-      default:
-        rbad = true;
-    }
+    const tag = varint();
+    if (readRangeField(tag, m)) continue;
+    if (tag === ((8 << 3) | VARINT)) m.owner = u32();
+    else rbad = true;
   }
   if (rpos !== end) rbad = true;
   return m;

@@ -669,6 +669,12 @@ class Soak {
         break;
       case 'hang':
         this.plannedEvictions.add(d.id);
+        // The kernel calls only the subscribers whose intervals the range meets, and a device
+        // that mirrors nothing has none (a gpu makes its svm ranges on its first fault): a fresh
+        // incarnation, its DMA quiesced before it touched a page, would never be asked and never
+        // evicted. A read of the window's first page makes it mirror something first (a read
+        // leaves the role's write journal as it is).
+        await d.command('dma-access', { addr: role.window.start, write: false }, 10_000).catch(() => undefined);
         await d.command('inject', { hang: true }, 10_000).catch(() => undefined);
         // Something must ask it: a soft-dirty clear calls every subscriber of the process.
         await k.clearRefs(this.slots[0]!.pid, 'soft-dirty');

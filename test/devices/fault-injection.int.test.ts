@@ -54,6 +54,31 @@ describe('fault injection', () => {
     expect(k.audit().problems).toEqual([]);
   });
 
+  it('a gpu is called only over what it mirrors: hung before its first fault it goes unnoticed; hung after it, it is evicted', async () => {
+    // The soak's hang fault relies on this: a fresh gpu has no svm range (amdgpu makes them at
+    // its first fault), so no invalidation reaches it until it has touched a page.
+    const k = new Kernel({ memoryBytes: 32 * MiB });
+    const p = k.createProcess('app');
+    mgr = new DeviceManager(k, { deadlineMs: 300 });
+    const a = await k.mmap(p.pid, { length: 16 * PAGE, prot: RW });
+    await k.write(p.pid, a, new Uint8Array(16 * PAGE).fill(1));
+    const dev = await mgr.create({ kind: 'gpu', pid: p.pid });
+    await dev.inject({ hang: true });
+    await k.clearRefs(p.pid, 'soft-dirty');
+    expect(dev.state).toBe('running');
+    expect(dev.handshake.evictions).toBe(0);
+    await dev.inject({ hang: false });
+    const before = k.process(p.pid).mm.notifier.subscriberCount;
+    expect(await dev.command('dma-access', { addr: a, write: false })).toBeTruthy();
+    expect(k.process(p.pid).mm.notifier.subscriberCount).toBeGreaterThan(before);
+    await dev.inject({ hang: true });
+    const t = performance.now();
+    await k.clearRefs(p.pid, 'soft-dirty');
+    expect(performance.now() - t).toBeGreaterThanOrEqual(250);
+    expect(dev.state).toBe('evicted');
+    expect(dev.handshake.evictions).toBe(1);
+  });
+
   it('a crashed device is torn down and the kernel carries on', async () => {
     const { k, pid, a, dev } = await setup();
     await dev.inject({ crash: true });

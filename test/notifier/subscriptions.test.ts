@@ -332,6 +332,81 @@ describe('shared-memory answers (PendingAck)', () => {
     expect(subs.openRanges()).toEqual([]);
   });
 
+  it('one interval hit and no whole-mm subscription (the short path) ends as the general path does, for every kind of answer', async () => {
+    // The general path is forced by a whole-mm subscription with no callbacks: it is never called
+    // and has no outcome, so both runs must record exactly the same.
+    type Answer = 'true' | 'false' | 'promise-true' | 'promise-false' | 'ack-ok' | 'ack-refused' | 'parked-ok' | 'parked-refused' | 'throws';
+    const run = async (answer: Answer, general: boolean) => {
+      const subs = new MmuNotifierSubscriptions(1);
+      subs.timing = { on: true };
+      const bugs: string[] = [];
+      const records: InvalidationRecord[] = [];
+      subs.observer = { onSubscriberBug: (info, msg) => bugs.push(`${info.label}: ${msg}`), onInvalidationEnd: (rec) => records.push(rec) };
+      if (general) subs.register(new MmuNotifier({}, { label: 'inert' }));
+      const { ack } = ackGroup();
+      const a = ack();
+      const sub = new MmuIntervalNotifier(
+        {
+          invalidate: (s, _r, seq) => {
+            s.setSeq(seq);
+            switch (answer) {
+              case 'true':
+              case 'false':
+                return answer === 'true';
+              case 'promise-true':
+              case 'promise-false':
+                return tick().then(() => answer === 'promise-true');
+              case 'ack-ok':
+              case 'ack-refused':
+                a.answer(answer === 'ack-ok' ? ACK_OK : ACK_REFUSED);
+                return a;
+              case 'parked-ok':
+              case 'parked-refused':
+                setImmediate(() => a.answer(answer === 'parked-ok' ? ACK_OK : ACK_REFUSED));
+                return a;
+              case 'throws':
+                throw new Error('boom');
+            }
+          },
+        },
+        { label: 'dev' },
+      );
+      subs.insertInterval(sub, 0x10000, 4 * PAGE);
+      const r = range(MmuNotifierEvent.CLEAR, 0x11000, 0x12000);
+      const x = subs.invalidateRangeStart(r, true);
+      const sync = typeof x === 'number';
+      expect(subs.isInvalidating()).toBe(true);
+      expect(await x).toBe(0);
+      expect(sub.inFlight).toBe(0);
+      expect(subs.openRanges()).toEqual([r]);
+      subs.invalidateRangeEnd(r);
+      expect(subs.isInvalidating()).toBe(false);
+      expect(subs.openRanges()).toEqual([]);
+      expect(records).toHaveLength(1);
+      const rec = records[0];
+      expect(rec.startedUs).toBeGreaterThan(0);
+      expect(rec.ackedUs).toBeGreaterThanOrEqual(rec.startedUs);
+      expect(rec.endedUs).toBeGreaterThanOrEqual(rec.ackedUs);
+      return {
+        sync,
+        seq: [subs.invalidateSeq, sub.invalidateSeq],
+        bugs,
+        subscribers: rec.subscribers.map((o) => [o.info.label, o.kind, o.result, o.ackUs >= 0]),
+        result: rec.result,
+      };
+    };
+    const answers: Answer[] = ['true', 'false', 'promise-true', 'promise-false', 'ack-ok', 'ack-refused', 'parked-ok', 'parked-refused', 'throws'];
+    for (const answer of answers) {
+      const short = await run(answer, false);
+      expect(short, answer).toEqual(await run(answer, true));
+      const refused = answer.endsWith('false') || answer.endsWith('refused');
+      expect(short.bugs, answer).toEqual(refused ? ['dev: refused a blockable invalidation'] : answer === 'throws' ? ['dev: invalidate threw: boom'] : []);
+      expect(short.subscribers, answer).toEqual([['dev', 'interval', refused ? 'bug' : 'ok', true]]);
+      expect(short.sync, answer).toBe(!answer.startsWith('promise') && !answer.startsWith('parked'));
+      expect(short.seq, answer).toEqual([4, 3]);
+    }
+  });
+
   it('completes synchronously when every subscriber answered through shared memory inside the spin', () => {
     const subs = new MmuNotifierSubscriptions(1);
     const { ack } = ackGroup();

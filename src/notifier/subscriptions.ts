@@ -581,8 +581,8 @@ export class MmuNotifierSubscriptions {
         scratch.pop();
         return this.startOneInterval(range, startedUs, hit, curSeq);
       }
-      // One hit (a device's whole-mm interval, the common case) is a one-element literal: half the
-      // cost of slice() and new Array() here (11-27), and both are before the first call.
+      // One hit beside whole-mm subscriptions is a one-element literal: half the cost of slice()
+      // and new Array() here (11-27), and both are before the first call.
       hits = n === 0 ? NO_HITS : n === 1 ? [scratch[0]] : scratch.slice();
       while (scratch.length > 0) scratch.pop(); // `length = 0` is a runtime call, pop is inlined
       if (n === 1) results = [this.callInterval(hits[0], range, curSeq)];

@@ -15,6 +15,7 @@
  * Prints each pass's p50 (us) and its ratio to the spin reference's p50 of the same pass.
  */
 import { fileURLToPath } from 'node:url';
+import { oneDmirror } from './one-dmirror.mjs';
 
 const [baseRoot = '/tmp/base', passesArg = '5', roundsArg = '100000'] = process.argv.slice(2);
 const PASSES = Number(passesArg);
@@ -31,15 +32,7 @@ const pinning = new ThreadPinning(cpus[0], cpus[1]);
 
 /** One build's kernel with one dmirror worker mirroring the page the rounds invalidate. */
 async function subject(name, root) {
-  const { Kernel, PROT } = await import(`${root}/dist/src/kernel/kernel.js`);
-  const { DeviceManager } = await import(`${root}/dist/src/devices/device-manager.js`);
-  const k = new Kernel({ memoryBytes: 64 << 20 });
-  const p = k.createProcess('bench');
-  const mgr = new DeviceManager(k, { deadlineMs: 60_000 });
-  const a = await k.mmap(p.pid, { length: 64 * PAGE, prot: PROT.READ | PROT.WRITE });
-  await k.write(p.pid, a, new Uint8Array(64 * PAGE).fill(7));
-  const d = await mgr.create({ kind: 'dmirror', pid: p.pid });
-  await d.command('read', { addr: a, npages: 64 });
+  const { k, p, mgr, a } = await oneDmirror(root);
   const round = () => {
     const t = process.hrtime.bigint();
     // As bench:handshake: the kernel returns the range itself when the answer came inside its spin.

@@ -24,8 +24,8 @@
  *
  * Used in docs/benchmarks.md (bench:handshake, where the N = 1 round goes).
  */
-import { Kernel, PROT } from '../../dist/src/kernel/kernel.js';
-import { DeviceManager } from '../../dist/src/devices/device-manager.js';
+import { fileURLToPath } from 'node:url';
+import { oneDmirror } from './one-dmirror.mjs';
 import { MmuNotifierEvent, makeRange } from '../../dist/src/notifier/range.js';
 import { ReferenceFanout } from '../../dist/src/loadgen/references.js';
 import { CALL_OP } from '../../dist/src/kernel/layout.js';
@@ -35,13 +35,7 @@ const PAGE = 4096;
 const ROUNDS = Number(process.argv[2] ?? 100_000);
 const cpus = allowedCpus();
 const pinning = pinningUnavailable() === null && cpus.length >= 2 ? new ThreadPinning(cpus[0], cpus[1]) : null;
-const k = new Kernel({ memoryBytes: 64 << 20 });
-const p = k.createProcess('bench');
-const mgr = new DeviceManager(k, { deadlineMs: 60_000 });
-const a = await k.mmap(p.pid, { length: 64 * PAGE, prot: PROT.READ | PROT.WRITE });
-await k.write(p.pid, a, new Uint8Array(64 * PAGE).fill(7));
-const d = await mgr.create({ kind: 'dmirror', pid: p.pid });
-await d.command('read', { addr: a, npages: 64 });
+const { k, p, mgr, a, d } = await oneDmirror(fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, ''));
 const ref = new ReferenceFanout('spin', 1);
 await ref.ready();
 const [subId, sub] = [...d.subs][0];

@@ -630,12 +630,7 @@ export class MmuNotifierSubscriptions {
         } else if (isPendingAck(r)) {
           nAcks++;
         } else {
-          (pending ??= []).push(
-            r.then((ok) => {
-              outcome.ackUs = this.sinceStart(rec);
-              if (!ok) this.blockableRefused(sub.info, outcome, range);
-            }),
-          );
+          (pending ??= []).push(r.then((ok) => this.settlePromised(rec, sub.info, outcome, ok)));
         }
       }
     }
@@ -719,8 +714,7 @@ export class MmuNotifierSubscriptions {
     }
     if (!isPendingAck(r)) {
       return r.then((ok) => {
-        outcome.ackUs = this.sinceStart(rec);
-        if (!ok) this.blockableRefused(hit.info, outcome, range);
+        this.settlePromised(rec, hit.info, outcome, ok);
         rec.ackedUs = this.stampIfTimed(rec);
         return 0;
       });
@@ -737,6 +731,12 @@ export class MmuNotifierSubscriptions {
       rec.ackedUs = this.stampIfTimed(rec);
       return 0;
     });
+  }
+
+  /** A promised answer arrived: its time, and a refusal reported. */
+  private settlePromised(rec: InvalidationRecord, info: SubscriberInfo, outcome: SubscriberOutcome, ok: boolean): void {
+    outcome.ackUs = this.sinceStart(rec);
+    if (!ok) this.blockableRefused(info, outcome, rec.range);
   }
 
   /** Reads the shared-memory answers (no closure on the fast path: a method, not a lambda). */

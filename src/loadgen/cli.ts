@@ -25,7 +25,7 @@ export const BENCH_USAGE = `devmirror bench [--scenario FILE.json|FILE.yaml] [--
                 [--devices gpu=1,rdma=1,kvm=1,dmirror=1 | --devices N] [--policy faithful|aware|blind]
                 [--clients M (external clients over <= 4 processes)] [--dma-rate N] [--write-mix 0.3] [--duration 10s | --ops N] [--area-pages N] [--range-pages N]
                 [--pattern random|sequential|hotset] [--seed N] [--json FILE]
-                [--replay FILE.strace [--time-scale 0|1|...] [--density 0.05] [--dma-target written|window]]   (strace -f -tt -e trace=memory,openat,close)
+                [--replay FILE.strace [--time-scale 0|1|...] [--density 0.05] [--dma-target written|window] [--replay-space N]]   (strace -f -tt -e trace=memory,openat,close)
                 [--device-option KIND.KEY=VALUE ...]   (gpu.granularityPages=16, gpu.xnack=false, rdma.implicit=true, rdma.write=false)
                 [--sweep devices=1,2,4,8 | range=1,16,512 | policy=blind,faithful,aware | clients=1,10,100] [--baselines] [--html FILE.html]
 devmirror bench --target http://HOST:PORT --process NAME [--window MAPPING] [--workload madvise|mprotect|munmap|soft-dirty|mixed]
@@ -80,6 +80,7 @@ export function parseBenchArgs(argv: string[]): BenchCli {
       'time-scale': { type: 'string' },
       density: { type: 'string' },
       'dma-target': { type: 'string' },
+      'replay-space': { type: 'string' },
       target: { type: 'string' },
       token: { type: 'string' },
       process: { type: 'string' },
@@ -159,6 +160,12 @@ export function parseBenchArgs(argv: string[]): BenchCli {
     if (density !== undefined && !(density >= 0 && density <= 1)) throw new DevmirrorError('DM_ERR_VALIDATION', '--density must be between 0 and 1');
     o.replay = { file: values.replay, timeScale: ts, ...(density !== undefined ? { density } : {}) };
   }
+  if (values['replay-space'] !== undefined) {
+    const space = values['replay-space'];
+    if (!/^\d+$/.test(space)) throw new DevmirrorError('DM_ERR_VALIDATION', '--replay-space must be an address space number (0, 1, ...: the report lists them)');
+    if (!o.replay) throw new DevmirrorError('DM_ERR_VALIDATION', '--replay-space goes with a replay (--replay, or replay in the scenario)');
+    o.replay = { ...o.replay, space: Number(space) };
+  }
   const dmaTarget = values['dma-target'];
   if (dmaTarget !== undefined) {
     if (dmaTarget !== 'written' && dmaTarget !== 'window') throw new DevmirrorError('DM_ERR_VALIDATION', '--dma-target must be written or window');
@@ -198,8 +205,20 @@ export function parseBenchArgs(argv: string[]): BenchCli {
   return { options: o, json: values.json, html: values.html, sweep: values.sweep ? parseSweep(values.sweep) : undefined, baselines: values.baselines === true, ...(remote ? { remote } : {}) };
 }
 
+/** The replay's lines: what was replayed, and each address space (the devices' one marked). */
+function replaySummary(r: NonNullable<BenchReport['replay']>): string {
+  const head = `replayed ${r.replayed}/${r.calls} calls of ${r.file} (${r.tasks} tasks in ${r.spaces.length} address spaces), ${r.touchedPages} pages touched, ${r.imageMappings} image mappings; refused: ${JSON.stringify(r.refused)}\n`;
+  if (r.spaces.length < 2) return head;
+  const lines = r.spaces.map((s) => {
+    const tasks = s.pids.length === 1 ? `task ${s.pids[0]}` : `tasks ${s.pids[0]} and ${s.pids.length - 1} more`;
+    const end = s.ended === null ? 'lives at the end' : s.ended === 'exec' ? `exec'd away${s.exited ? ', exited' : ''}` : `exited${s.exited ? '' : ' (not replayed)'}`;
+    return `  ${s.target ? '*' : ' '} space ${s.index}: ${tasks}, ${s.memoryCalls} memory calls, ${end}`;
+  });
+  return `${head}address spaces (* the devices'; --replay-space N picks another):\n${lines.join('\n')}\n`;
+}
+
 export function summary(r: BenchReport): string {
-  const rep = r.replay ? `replayed ${r.replay.replayed}/${r.replay.calls} calls of ${r.replay.file} (${r.replay.tasks} tasks), ${r.replay.touchedPages} pages touched; refused: ${JSON.stringify(r.replay.refused)}\n` : '';
+  const rep = r.replay ? replaySummary(r.replay) : '';
   const ref = r.events.filter((e) => e.refused > 0).map((e) => `${e.event} ${e.refused}`).join(', ');
   const head = rep + (ref ? `refused non-blockable starts: ${ref}\n` : '') + `${r.ops} operations in ${(r.durationMs / 1000).toFixed(1)} s (${r.opsPerSec}/s), ${r.invalidations} invalidations (${r.invalidationsPerSec}/s); device faults ${r.totals.deviceFaults}, refaults ${r.totals.refaults} pages in ${r.totals.refaultFaults} faults; sanitizer: ${r.totals.checked} accesses checked, ${r.totals.findings} findings; evictions ${r.totals.evictions}`;
   const rows = r.byEventAndKind.map((x) => ({

@@ -24,6 +24,7 @@ import type { Baselines } from './baselines.js';
 import type { ParsedTrace } from './strace.js';
 import { parseStraceSharded } from './shards.js';
 import { DEFAULT_REPLAY, replayTrace, type ReplayStats } from './replay.js';
+import { planAddressSpaces } from './address-spaces.js';
 
 export interface BenchOptions {
   /** Device workers per kind. */
@@ -61,6 +62,8 @@ export interface BenchOptions {
      * 2026-11-27 13:17, which also reads memory the program never wrote: the zero page).
      */
     dmaTarget?: 'written' | 'window';
+    /** The address space the devices attach to (an index of the report's `replay.spaces`); default the main one. */
+    space?: number;
   };
   /**
    * Device options per kind, given to every device of that kind (the scalar options of
@@ -149,6 +152,7 @@ export function validateBench(o: BenchOptions): void {
     if (r!.timeScale !== undefined && !isNum(r!.timeScale)) bad('replay time scale must be a number');
     if (r!.density !== undefined && (!isNum(r!.density) || r!.density < 0 || r!.density > 1)) bad('replay density must be between 0 and 1');
     if (r!.dmaTarget !== undefined && r!.dmaTarget !== 'written' && r!.dmaTarget !== 'window') bad('replay dmaTarget must be written or window');
+    if (r!.space !== undefined && (!Number.isSafeInteger(r!.space) || r!.space < 0)) bad('replay space must be an address space number (0, 1, ...)');
   }
   if (o.deviceOptions !== undefined) {
     const d = o.deviceOptions as unknown;
@@ -193,6 +197,10 @@ export async function runBench(o: BenchOptions, progress?: Progress): Promise<Be
       trace = await parseStraceSharded(readFileSync(o.replay.file, 'utf8'));
     } catch (e) {
       throw new DevmirrorError('DM_ERR_VALIDATION', `--replay ${o.replay.file}: ${(e as Error).message}`);
+    }
+    const n = planAddressSpaces(trace).spaces.length;
+    if (o.replay.space !== undefined && o.replay.space >= n) {
+      throw new DevmirrorError('DM_ERR_VALIDATION', `--replay-space ${o.replay.space}: ${o.replay.file} has ${n} address space${n === 1 ? '' : 's'} (0 to ${n - 1})`);
     }
   }
   const k = new Kernel({ memoryBytes: trace ? Math.max(memoryBytes, 512 * 2 ** 20) : memoryBytes, deviceMemoryBytes: 16 * 2 ** 20 });

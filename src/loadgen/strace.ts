@@ -8,9 +8,11 @@
  *   4243  10:15:01.2 mmap(NULL, 4096, PROT_READ, MAP_SHARED, 3, 0 <unfinished ...>
  *   4243  10:15:01.3 <... mmap resumed>) = 0x7f...
  *
- * Failed calls (`= -1 ENOMEM ...`), signals (`--- SIG...`), exits (`+++ ...`) and other syscalls
- * are skipped. strace cannot tell threads from processes with this filter (clone is not traced):
- * every task is kept with its pid, and the replay decides how to group them.
+ * Failed calls (`= -1 ENOMEM ...`), signals (`--- SIG...`) and other syscalls are skipped. A
+ * task's end (`+++ exited with 0 +++`, `+++ killed by SIGKILL +++`, `+++ superseded by execve ...`)
+ * is kept apart from the calls, with its place among them. strace cannot tell threads from
+ * processes with this filter (neither clone nor execve is traced): every task is kept with its pid,
+ * and src/loadgen/address-spaces.ts infers which of them share an address space.
  */
 
 export type Op =
@@ -30,8 +32,17 @@ export interface TraceEvent {
   op: Op;
 }
 
+/** A task's end: it made its last call (exit, a fatal signal, or another thread's execve). */
+export interface TaskExit {
+  pid: number;
+  t: number;
+  /** How many events precede it: the task is gone before events[before]. */
+  before: number;
+}
+
 export interface ParsedTrace {
   events: TraceEvent[];
+  exits: TaskExit[];
   /** Lines that looked like a traced call but could not be parsed (kept for diagnostics). */
   skipped: number;
   pids: number[];
@@ -78,6 +89,7 @@ const LINE = /^(?:(\d+)\s+)?(\d\d):(\d\d):(\d\d(?:\.\d+)?)\s+(.*)$/;
 
 export function parseStrace(text: string): ParsedTrace {
   const events: TraceEvent[] = [];
+  const exits: TaskExit[] = [];
   const pending = new Map<number, string>();
   const pids = new Set<number>();
   let skipped = 0;
@@ -87,7 +99,11 @@ export function parseStrace(text: string): ParsedTrace {
     const pid = m[1] ? Number(m[1]) : 0;
     const t = Number(m[2]) * 3600 + Number(m[3]) * 60 + Number(m[4]);
     let body = m[5];
-    if (body.startsWith('---') || body.startsWith('+++')) continue;
+    if (body.startsWith('---')) continue;
+    if (body.startsWith('+++')) {
+      if (Number.isSafeInteger(pid)) exits.push({ pid, t, before: events.length });
+      continue;
+    }
     // Calls split by another task's output.
     if (body.endsWith('<unfinished ...>')) {
       pending.set(pid, body.slice(0, -'<unfinished ...>'.length).trim());
@@ -159,5 +175,5 @@ export function parseStrace(text: string): ParsedTrace {
     pids.add(pid);
     events.push({ pid, t, op });
   }
-  return { events, skipped, pids: [...pids] };
+  return { events, exits, skipped, pids: [...pids] };
 }

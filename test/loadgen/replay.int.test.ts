@@ -31,12 +31,88 @@ describe('strace replay', () => {
       expect(r.replay!.replayed / r.replay!.calls).toBeGreaterThan(0.8);
       expect(r.replay!.mappings).toBeGreaterThan(minMappings);
       expect(r.replay!.touchedPages).toBeGreaterThan(100);
+      // Every call the real program made succeeds in the replay (what execve had mapped is mapped
+      // when a call needs it), but for advice the emulated kernel does not model.
+      expect(Object.keys(r.replay!.refused).filter((k) => !k.endsWith('not modelled'))).toEqual([]);
+      expect(r.replay!.imageMappings).toBeGreaterThan(0);
       expect(r.events.map((e) => e.event)).toContain(event);
       expect(r.totals.findings).toBe(0);
       expect(r.totals.checked).toBeGreaterThan(0);
       expect(r.devices.map((d) => `${d.name}:${d.state}${d.stateReason ? ` (${d.stateReason})` : ''}`)).toEqual(r.devices.map((d) => `${d.name}:running`));
     });
   }
+
+  it('replays python-list (pyenv shell shims around one python3) into one address space per exec, the devices on python3', async () => {
+    const r = await runBench({ ...DEFAULT_BENCH, durationMs: undefined, ops: undefined, dmaRate: 0, devices: { dmirror: 1 }, replay: { file: 'bench/fixtures/strace/python-list.strace' } });
+    const spaces = r.replay!.spaces;
+    expect(spaces.length).toBeGreaterThan(30);
+    const target = spaces.filter((s) => s.target);
+    expect(target).toHaveLength(1);
+    // python3 is the image with by far the most memory calls; the shims before it exec'd away or exited, and their processes exited.
+    expect(target[0].memoryCalls).toBeGreaterThan(300);
+    expect(spaces.every((s) => s.target || s.memoryCalls < 100)).toBe(true);
+    expect(spaces.filter((s) => !s.target).every((s) => s.exited && s.ended !== null)).toBe(true);
+    expect(r.totals.findings).toBe(0);
+  });
+
+  it('takes the devices\' address space from --replay-space or the scenario, and refuses one the trace does not have', async () => {
+    const { parseBenchArgs } = await import('../../src/loadgen/cli.js');
+    expect(parseBenchArgs(['--replay', 'bench/fixtures/strace/python-list.strace', '--replay-space', '3']).options.replay).toMatchObject({ space: 3 });
+    for (const bad of [['--replay', 'x.strace', '--replay-space', 'two'], ['--replay-space', '1', '--ops', '1']]) {
+      expect(() => parseBenchArgs(bad), bad.join(' ')).toThrow(expect.objectContaining({ code: 'DM_ERR_VALIDATION' }));
+    }
+    await expect(runBench({ ...DEFAULT_BENCH, durationMs: undefined, ops: undefined, devices: { dmirror: 1 }, replay: { file: 'bench/fixtures/strace/boehm-gc-incremental.strace', space: 1 } })).rejects.toMatchObject({
+      code: 'DM_ERR_VALIDATION',
+      message: expect.stringContaining('has 1 address space (0 to 0)'),
+    });
+    await expect(runBench({ ...DEFAULT_BENCH, durationMs: undefined, ops: undefined, devices: { dmirror: 1 }, replay: { file: 'bench/fixtures/strace/boehm-gc-incremental.strace', space: -1 } })).rejects.toMatchObject({ code: 'DM_ERR_VALIDATION' });
+  });
+
+  it('gives each address space its own process, exits the ones whose tasks end, and maps what execve mapped when a call needs it', async () => {
+    const line = (pid: number, i: number, call: string): string => `${pid}  10:00:00.${String(i).padStart(6, '0')} ${call}`;
+    const L = 0x7f0000000000; // the launcher's mapping
+    const P = 0x7f1000000000; // the program's
+    const RELRO = 0x555600010000; // in the program's image: mapped by execve, not in the trace
+    const text = [
+      line(1, 1, 'brk(NULL) = 0x555500000000'),
+      line(1, 2, `mmap(NULL, 16384, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = ${'0x' + L.toString(16)}`),
+      line(2, 3, 'brk(NULL) = 0x555600100000'),
+      line(2, 4, `mprotect(${'0x' + RELRO.toString(16)}, 8192, PROT_READ) = 0`),
+      line(2, 5, `mmap(NULL, 65536, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = ${'0x' + P.toString(16)}`),
+      line(1, 6, '+++ exited with 0 +++'),
+      line(2, 7, `munmap(${'0x' + (P + 0x8000).toString(16)}, 4096) = 0`),
+    ].join('\n');
+    const t = parseStrace(text);
+    for (const space of [undefined, 0]) {
+      const k = new Kernel({ memoryBytes: 64 << 20 });
+      const p = k.createProcess('devices');
+      const st = await replayTrace(k, p, t, { timeScale: 0, density: 0, maxTouchPages: 256, space }, () => undefined);
+      expect(st.refused).toEqual({});
+      expect(st.replayed).toBe(6);
+      expect(st.imageMappings).toBe(1);
+      const [launcher, program] = st.spaces;
+      expect(program.target).toBe(space === undefined); // the main space by default: four memory calls against two
+      const target = space === 0 ? launcher : program;
+      const other = space === 0 ? program : launcher;
+      expect(target.pid).toBe(p.pid);
+      expect(p.mm.vmas.covers(space === 0 ? L : P, (space === 0 ? L : P) + 4096)).toBe(true);
+      expect(p.mm.vmas.find(space === 0 ? P : L)).toBeNull(); // the other program's mappings are not in the devices' process
+      if (space === undefined) {
+        // The launcher's process exited with its task; the image mapping holds the RELRO, read-only now.
+        expect(launcher.exited).toBe(true);
+        expect(k.findProcess(launcher.pid)).toBeUndefined();
+        expect(p.mm.vmas.find(RELRO)).toMatchObject({ prot: 1 });
+        expect(p.mm.vmas.find(P + 0x8000)).toBeNull(); // the program's munmap
+        expect(p.mm.vmas.find(P + 0x9000)).not.toBeNull();
+      } else {
+        // The devices' process is never exited; the program's lives on at the trace's end.
+        expect(launcher.exited).toBe(false);
+        expect(other.ended).toBeNull();
+        expect(k.findProcess(other.pid)).toBeDefined();
+      }
+      expect(k.audit().problems).toEqual([]);
+    }
+  });
 
   it('remembers the pages it wrote, as the program keeps, moves and discards them (what devices work on)', async () => {
     const A = 0x7f0000000000;

@@ -80,7 +80,8 @@ function checkOptions(cli: BenchCli, what: string): void {
         typeof o.replay.file === 'string' &&
         (o.replay.timeScale === undefined || (num(o.replay.timeScale) && o.replay.timeScale >= 0)) &&
         (o.replay.density === undefined || (num(o.replay.density) && o.replay.density >= 0 && o.replay.density <= 1)) &&
-        (o.replay.dmaTarget === undefined || o.replay.dmaTarget === 'written' || o.replay.dmaTarget === 'window')),
+        (o.replay.dmaTarget === undefined || o.replay.dmaTarget === 'written' || o.replay.dmaTarget === 'window') &&
+        (o.replay.space === undefined || (int(o.replay.space) && o.replay.space >= 0))),
     'replay',
   );
   ok(
@@ -120,7 +121,7 @@ const VALUES: Record<string, fc.Arbitrary<unknown>> = {
   deadlineMs: fc.oneof(fc.integer({ min: 1, max: 60_000 }), fc.constantFrom(0, -1)),
   clients: fc.oneof(fc.integer({ min: 0, max: 10 }), fc.constantFrom(-1, 4001)),
   replay: fc.oneof(
-    fc.record({ file: fc.constantFrom('bench/fixtures/strace/python-list.strace', 'nope.strace'), timeScale: fc.oneof(fc.constantFrom(0, 1, -1)), density: fc.oneof(fc.double({ min: 0, max: 1, noNaN: true }), fc.constant(2)), dmaTarget: fc.constantFrom('written', 'window', 'nope', 3) }, { requiredKeys: ['file'] }),
+    fc.record({ file: fc.constantFrom('bench/fixtures/strace/python-list.strace', 'nope.strace'), timeScale: fc.oneof(fc.constantFrom(0, 1, -1)), density: fc.oneof(fc.double({ min: 0, max: 1, noNaN: true }), fc.constant(2)), dmaTarget: fc.constantFrom('written', 'window', 'nope', 3), space: fc.oneof(fc.nat({ max: 40 }), fc.constantFrom(-1, 1.5, '2')) }, { requiredKeys: ['file'] }),
     fc.constantFrom(null, 'file.strace', 5),
   ),
   deviceOptions: fc.oneof(

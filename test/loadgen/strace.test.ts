@@ -20,7 +20,7 @@ const TRACE = `
 `;
 
 describe('strace parser', () => {
-  it('parses memory calls, files, unfinished/resumed pairs, and skips failures, signals and exits', () => {
+  it('parses memory calls, files, unfinished/resumed pairs and exits, and skips failures and signals', () => {
     const t = parseStrace(TRACE);
     expect(t.skipped).toBe(0);
     expect(t.events.map((e) => e.op.kind)).toEqual(['brk', 'open', 'mmap', 'mprotect', 'mmap', 'munmap', 'madvise', 'mremap', 'brk', 'close', 'munmap']);
@@ -33,6 +33,9 @@ describe('strace parser', () => {
     expect(t.events[8].op).toEqual({ kind: 'brk', addr: 0x5576000, result: 0x5576000 });
     expect(t.events[0].t).toBeCloseTo(36000.000001, 6);
     expect(t.events[10].pid).toBe(0); // a line without a pid column (strace without -f)
+    // The exit is kept apart from the calls, with its place among them (after the 10th call).
+    expect(t.exits.map((e) => [e.pid, e.before])).toEqual([[4242, 10]]);
+    expect(t.exits[0].t).toBeCloseTo(36000.000014, 6);
   });
 
   it('counts a resumed call whose start it never saw as skipped', () => {

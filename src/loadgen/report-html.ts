@@ -1,7 +1,8 @@
 /**
  * A self-contained HTML report (inline SVG, no script, no server): the run's configuration and
  * totals, latency histograms of the full round per event and of each device kind's acknowledgement,
- * baselines as ratios, and, for a sweep, the scaling curves (p50 and p99 against the swept value).
+ * baselines as ratios, a replay's address spaces, and, for a sweep, the scaling curves (p50 and p99
+ * against the swept value).
  */
 import type { BenchReport } from './runner.js';
 import type { SweepReport } from './sweep.js';
@@ -11,6 +12,20 @@ const histogram = (title: string, buckets: number[]): string => {
   const svg = svgHistogram(title, buckets);
   return svg ? `<figure>${svg}</figure>` : '';
 };
+
+/** What a replay replayed, and its address spaces (the devices' one marked). */
+function replaySection(rp: NonNullable<BenchReport['replay']>): string {
+  const refused = Object.entries(rp.refused);
+  const spaces = rp.spaces
+    .map(
+      (s) =>
+        `<tr><td>${s.index}${s.target ? ' (devices)' : ''}</td><td>${s.pids.length}</td><td>${esc(s.pids.slice(0, 4).join(', '))}${s.pids.length > 4 ? ', ...' : ''}</td><td>${s.memoryCalls}</td><td>${s.ended ?? 'lives'}${s.exited ? ' (exited)' : ''}</td></tr>`,
+    )
+    .join('');
+  return `<h3>Replay of ${esc(rp.file)}</h3><p>${rp.replayed} of ${rp.calls} calls replayed from ${rp.tasks} tasks in ${rp.spaces.length} address spaces; ${rp.mappings} mappings, ${rp.imageMappings} image mappings (execve's, mapped when a call needed them), ${rp.touchedPages} pages touched; refused: ${
+    refused.length === 0 ? 'none' : esc(refused.map(([k, n]) => `${k} ${n}`).join(', '))
+  }.</p><table><tr><th>address space</th><th>tasks</th><th>pids</th><th>memory calls</th><th>ended</th></tr>${spaces}</table>`;
+}
 
 function runSection(r: BenchReport): string {
   const rows = r.byEventAndKind
@@ -36,7 +51,7 @@ function runSection(r: BenchReport): string {
     : '';
   return `<p>${r.ops} operations in ${(r.durationMs / 1000).toFixed(1)} s; ${r.invalidations} invalidations (${r.invalidationsPerSec}/s); device faults ${r.totals.deviceFaults}, refaults ${r.totals.refaults} pages in ${r.totals.refaultFaults ?? 0} faults; sanitizer ${r.totals.checked} accesses checked, <b>${r.totals.findings} findings</b>; evictions ${r.totals.evictions}.</p>
 <table><tr><th>event</th><th>device kind</th><th>invalidations</th><th>round p50</th><th>round p99</th><th>ack p50</th><th>ack p90</th><th>ack p99</th><th>ack p99_9</th><th>ack max</th></tr>${rows}</table>
-${base}<div class="hists">${hists}</div>`;
+${r.replay ? replaySection(r.replay) : ''}${base}<div class="hists">${hists}</div>`;
 }
 
 export function renderHtml(r: BenchReport | SweepReport): string {

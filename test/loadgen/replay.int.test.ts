@@ -53,6 +53,11 @@ describe('strace replay', () => {
     expect(spaces.every((s) => s.target || s.memoryCalls < 100)).toBe(true);
     expect(spaces.filter((s) => !s.target).every((s) => s.exited && s.ended !== null)).toBe(true);
     expect(r.totals.findings).toBe(0);
+    // The HTML report lists them, the devices' one marked.
+    const { renderHtml } = await import('../../src/loadgen/report-html.js');
+    const html = renderHtml(r);
+    expect(html.match(/<tr><td>\d+( \(devices\))?<\/td>/g)).toHaveLength(spaces.length);
+    expect(html).toContain(`<tr><td>${target[0].index} (devices)</td>`);
   });
 
   it('takes the devices\' address space from --replay-space or the scenario, and refuses one the trace does not have', async () => {
@@ -152,6 +157,9 @@ describe('strace replay', () => {
     const p = k.createProcess('live');
     const s = await replayTrace(k, p, t);
     expect(s.replayed).toBeGreaterThan(0.8 * s.calls);
+    // The loader's RELRO mprotects land in what execve mapped: nothing the program did is refused.
+    expect(Object.keys(s.refused).filter((key) => !key.endsWith('not modelled'))).toEqual([]);
+    expect(s.spaces.filter((sp) => sp.target)).toHaveLength(1);
     expect(k.audit().problems).toEqual([]);
   });
 });

@@ -13,7 +13,7 @@
  *   deferRing: batch, then                         SEQ and MB.MESSAGES for MB.SPIN_US, then
  *     load MB.PARKED; only if 1:                   store MB.PARKED=1; re-check them;
  *     add MB.DOORBELL; notify  -------------->     Atomics.wait(DOORBELL, seen); PARKED=0
- *   spin: load slot ANSWER (budget)              take the ends before it, read the slot
+ *   spin: load slot ANSWER (budget)              read the slot (the ends after the answer)
  *     all answered? -> done, synchronously       stop using the range, drain its DMA, setSeq
  *   else park:                                   store slot ANSWER (Atomics)
  *     store KERNEL_PARKED=1                      load KC.KERNEL_PARKED; if 1:

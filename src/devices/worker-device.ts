@@ -435,8 +435,8 @@ export class WorkerDevice implements ProgressSource {
     this.endHead = (this.endHead + 1) | 0;
     Atomics.store(mb, base + ES.SEQ, this.endHead);
     // One-way, and lazy: the kernel never waits for an end, so a parked device is not woken for
-    // one. It takes its ends before anything else on its next wake (the next call, a message, a
-    // timer; at most IDLE_BLOCK_MS later), which halves the wakes of an invalidation round. The
+    // one. It takes its ends on its next wake (right after the calls that woke it, before a
+    // message or a timer; at most IDLE_BLOCK_MS later), which halves the wakes of an invalidation round. The
     // ring is rung when half the end slots are in use, so ends are never dropped for lack of room.
     if (((this.endHead - this.endTailSeen) | 0) >= END_SLOTS / 2) {
       this.endTailSeen = Atomics.load(mb, MB.END_TAIL);
@@ -454,8 +454,8 @@ export class WorkerDevice implements ProgressSource {
 
   /**
    * @internal true if the device has not taken every end posted and nothing else will make it:
-   * a call it has not answered yet was rung for, and the device takes its ends before its calls,
-   * so ringing again would only cost the kernel a futex call while the device waits for a core.
+   * a call it has not answered yet was rung for, and the device takes its ends in the same pump as
+   * that call, so ringing again would only cost the kernel a futex call while the device waits for a core.
    */
   endsUnread(): boolean {
     if (!this.alive) return false;

@@ -33,6 +33,7 @@
 import type { Kernel, Process } from '../kernel/kernel.js';
 import { PAGE_SIZE } from '../kernel/layout.js';
 import { PROT } from '../kernel/vma.js';
+import { DevmirrorError } from '../errors.js';
 import type { ParsedTrace } from './strace.js';
 import { RangeSet } from './range-set.js';
 import { planAddressSpaces, type AddressSpaceInfo } from './address-spaces.js';
@@ -115,7 +116,7 @@ export async function replayTrace(
   const plan = planAddressSpaces(trace);
   const targetIndex = o.space ?? plan.main;
   if (trace.events.length > 0 && (!Number.isSafeInteger(targetIndex) || targetIndex < 0 || targetIndex >= plan.spaces.length)) {
-    throw new RangeError(`address space ${targetIndex} is not in the trace (it has ${plan.spaces.length}: 0 to ${plan.spaces.length - 1})`);
+    throw new DevmirrorError('DM_ERR_VALIDATION', `address space ${targetIndex} is not in the trace (it has ${plan.spaces.length}: 0 to ${plan.spaces.length - 1})`);
   }
   const spaces: Space[] = plan.spaces.map((info) => ({
     info: { ...info, pids: [...info.pids], pid: 0, target: info.index === targetIndex, exited: false },

@@ -8,7 +8,8 @@
  * a well-formed trace (every event of a known kind with finite numbers, `pids` the set of the
  * events' pids); the one error it may throw is the catalogue's DM_ERR_VALIDATION (what --replay
  * reports), never another exception. Inputs are bounded (at most ~1 MB), and each parse must stay
- * fast: linear, no catastrophic regex backtracking.
+ * fast: linear, no catastrophic regex backtracking. Every parsed trace also gets a well-formed
+ * address-space plan (checkPlan).
  *
  * fast-check chooses the seed; a failure prints the seed, the path and the shrunk input.
  */
@@ -17,6 +18,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { parseStrace, type ParsedTrace } from '../../src/loadgen/strace.js';
 import { DevmirrorError } from '../../src/errors.js';
+import { planAddressSpaces } from '../../src/loadgen/address-spaces.js';
 
 const FIXTURES = new URL('../../bench/fixtures/strace/', import.meta.url);
 const fixtureLines = readdirSync(FIXTURES)
@@ -35,6 +37,27 @@ const NUMERIC: Record<string, string[]> = {
   open: ['fd'],
   close: ['fd'],
 };
+
+/**
+ * The address-space plan of any parsed trace (src/loadgen/address-spaces.ts): every call in one
+ * space, none in a space after it ended, the calls counted once, the main space the busiest.
+ */
+function checkPlan(r: ParsedTrace): void {
+  const plan = planAddressSpaces(r);
+  expect(plan.of.length).toBe(r.events.length);
+  const calls = new Array<number>(plan.spaces.length).fill(0);
+  for (let i = 0; i < plan.of.length; i++) {
+    const sp = plan.spaces[plan.of[i]];
+    expect(sp, `event ${i}`).toBeDefined();
+    calls[sp.index]++;
+    if (sp.endsBefore >= 0) expect(i, `event ${i} in space ${sp.index}, which ended before ${sp.endsBefore}`).toBeLessThan(sp.endsBefore);
+    expect(sp.pids).toContain(r.events[i].pid);
+  }
+  expect(plan.spaces.map((s) => s.calls)).toEqual(calls);
+  for (const s of plan.spaces) expect((s.ended === null) === (s.endsBefore < 0), `space ${s.index}`).toBe(true);
+  if (plan.spaces.length > 0) expect(Math.max(...plan.spaces.map((s) => s.memoryCalls))).toBe(plan.spaces[plan.main].memoryCalls);
+  else expect(r.events).toHaveLength(0);
+}
 
 /** Parses, and checks the result is a well-formed trace (or the error the documented one). */
 function parseChecked(text: string): ParsedTrace | null {
@@ -63,6 +86,13 @@ function parseChecked(text: string): ParsedTrace | null {
     if (e.op.kind === 'open') expect(typeof e.op.path, what).toBe('string');
   }
   expect([...r.pids].sort((a, b) => a - b)).toEqual([...new Set(r.events.map((e) => e.pid))].sort((a, b) => a - b));
+  // Exits: a task's pid and its place among the calls, in order.
+  let before = 0;
+  for (const x of r.exits) {
+    expect(Number.isSafeInteger(x.pid) && x.pid >= 0 && x.before >= before && x.before <= r.events.length, JSON.stringify(x)).toBe(true);
+    before = x.before;
+  }
+  checkPlan(r);
   // Deterministic: the same text, the same trace.
   expect(parseStrace(text)).toEqual(r);
   return r;

@@ -96,6 +96,8 @@ export async function fork(k: Kernel, parent: Process): Promise<Process> {
     cmm.brkStart = pmm.brkStart;
     cmm.brk = pmm.brk;
     for (const v of pmm.vmas.items) {
+      // VM_DONTCOPY (MADV_DONTFORK): dup_mmap leaves it out, no copy, no notification.
+      if (v.dontFork) continue;
       const cv = v.clone(v.start, v.end);
       cmm.vmas.insert(cv);
       if (!needsCopy(v)) continue;

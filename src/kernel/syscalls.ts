@@ -504,8 +504,26 @@ export async function mprotect(k: Kernel, p: Process, addr: number, length: numb
 
 // ---- madvise ------------------------------------------------------------------------------------
 
-export type Advice = 'dontneed' | 'free' | 'pageout' | 'hugepage' | 'nohugepage' | 'collapse' | 'mergeable' | 'willneed';
-export const ADVICES: readonly Advice[] = ['dontneed', 'free', 'pageout', 'hugepage', 'nohugepage', 'collapse', 'mergeable', 'willneed'];
+export type Advice = 'dontneed' | 'free' | 'pageout' | 'hugepage' | 'nohugepage' | 'collapse' | 'mergeable' | 'willneed' | 'dontfork' | 'dofork';
+export const ADVICES: readonly Advice[] = ['dontneed', 'free', 'pageout', 'hugepage', 'nohugepage', 'collapse', 'mergeable', 'willneed', 'dontfork', 'dofork'];
+
+/** Advice that changes a VMA flag (madvise_update_vma: split at the range's edges, set, merge back). */
+type FlagAdvice = 'hugepage' | 'nohugepage' | 'mergeable' | 'dontfork' | 'dofork';
+const FLAG_ADVICE: ReadonlySet<Advice> = new Set<Advice>(['hugepage', 'nohugepage', 'mergeable', 'dontfork', 'dofork']);
+
+/** Does the advice change this VMA's flags? */
+function adviceChanges(v: Vma, advice: FlagAdvice): boolean {
+  if (advice === 'mergeable') return !v.mergeable;
+  if (advice === 'dontfork') return !v.dontFork;
+  if (advice === 'dofork') return v.dontFork;
+  return v.huge !== advice;
+}
+
+function applyAdvice(v: Vma, advice: FlagAdvice): void {
+  if (advice === 'mergeable') v.mergeable = true;
+  else if (advice === 'dontfork' || advice === 'dofork') v.dontFork = advice === 'dontfork';
+  else v.huge = advice as HugeAdvice;
+}
 
 export interface MadviseResult {
   /** Pages affected (zapped, freed, reclaimed, collapsed). */
@@ -573,7 +591,7 @@ export async function madvise(k: Kernel, p: Process, addr: number, length: numbe
   if (!r) return { pages: 0 };
   const [start, end] = r;
   const mm = p.mm;
-  const writeLock = advice === 'hugepage' || advice === 'nohugepage' || advice === 'mergeable' || advice === 'collapse';
+  const writeLock = FLAG_ADVICE.has(advice) || advice === 'collapse';
   const run = async (): Promise<MadviseResult> => {
     const vmas = mm.vmas.overlapping(start, end);
     const hole = !mm.vmas.covers(start, end);
@@ -582,17 +600,13 @@ export async function madvise(k: Kernel, p: Process, addr: number, length: numbe
     if (advice === 'free' && vmas.some((v) => v.file !== null)) throw kerr('EINVAL', 'MADV_FREE needs anonymous memory');
     if (writeLock && advice !== 'collapse') {
       for (const v of mm.vmas.overlapping(start, end)) {
-        const changes = advice === 'mergeable' ? !v.mergeable : v.huge !== advice;
-        if (!changes) continue;
+        if (!adviceChanges(v, advice as FlagAdvice)) continue;
         const s = Math.max(start, v.start);
         const e = Math.min(end, v.end);
         await splitVma(k, mm, s);
         await splitVma(k, mm, e);
       }
-      for (const v of mm.vmas.overlapping(start, end)) {
-        if (advice === 'mergeable') v.mergeable = true;
-        else v.huge = advice as HugeAdvice;
-      }
+      for (const v of mm.vmas.overlapping(start, end)) applyAdvice(v, advice as FlagAdvice);
       mm.vmas.mergeAround(start, end);
     } else {
       for (const v of vmas) {

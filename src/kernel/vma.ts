@@ -51,6 +51,13 @@ export class Vma implements VmaProps {
   anonVma = false;
   /** VM_SOFTDIRTY: new areas count as soft-dirty until clear_refs. */
   softDirty = true;
+  /**
+   * VM_DONTCOPY (madvise MADV_DONTFORK, undone by MADV_DOFORK): fork leaves the VMA out of the
+   * child (dup_mmap skips it), so it neither copies its page table nor write-protects it, and its
+   * devices get no PROTECTION_PAGE for it. What RDMA libraries ask of registered memory
+   * (ibv_fork_init): a parent's later write then never COWs a page a NIC is writing.
+   */
+  dontFork = false;
 
   constructor(
     public start: number,
@@ -113,6 +120,7 @@ export class Vma implements VmaProps {
       this.file === o.file &&
       this.huge === o.huge &&
       this.mergeable === o.mergeable &&
+      this.dontFork === o.dontFork &&
       this.name === o.name
     );
   }
@@ -121,6 +129,7 @@ export class Vma implements VmaProps {
     v.pgoff = this.pgoff + (start - this.start) / PAGE_SIZE;
     v.anonVma = this.anonVma;
     v.softDirty = this.softDirty;
+    v.dontFork = this.dontFork;
     return v;
   }
 }

@@ -83,6 +83,8 @@ const ADVICE: Record<string, string> = {
   MADV_COLLAPSE: 'collapse',
   MADV_MERGEABLE: 'mergeable',
   MADV_WILLNEED: 'willneed',
+  MADV_DONTFORK: 'dontfork',
+  MADV_DOFORK: 'dofork',
 };
 
 const pageDown = (a: number): number => a - (a % PAGE_SIZE);

@@ -192,3 +192,28 @@ describe('every route', () => {
     });
   }
 });
+
+describe('madvise DONTFORK over HTTP', () => {
+  it('marks the range in maps (dontFork), and the child of a fork has no mapping there', async () => {
+    const a = (await app.inject({ method: 'POST', url: `${P()}/mmap`, payload: { length: 4 * PAGE, prot: ['read', 'write'], populate: true } })).json().addr;
+    const r = await app.inject({ method: 'POST', url: `${P()}/madvise`, payload: { addr: a + PAGE, length: 2 * PAGE, advice: 'dontfork' } });
+    expect(r.statusCode, r.body).toBe(200);
+    type Item = { start: number; end: number; flags: { dontFork: boolean } };
+    const maps = async (path: string): Promise<Item[]> => ((await app.inject({ method: 'GET', url: `${path}/maps` })).json().items as Item[]).filter((v) => v.end > a && v.start < a + 4 * PAGE);
+    expect((await maps(P())).map((v) => [v.start - a, v.end - a, v.flags.dontFork])).toEqual([
+      [0, PAGE, false],
+      [PAGE, 3 * PAGE, true],
+      [3 * PAGE, 4 * PAGE, false],
+    ]);
+    const child = (await app.inject({ method: 'POST', url: `${P()}/fork` })).json().pid;
+    try {
+      expect((await maps(`/v1/processes/${child}`)).map((v) => [v.start - a, v.end - a])).toEqual([
+        [0, PAGE],
+        [3 * PAGE, 4 * PAGE],
+      ]);
+    } finally {
+      await app.inject({ method: 'DELETE', url: `/v1/processes/${child}` });
+      await app.inject({ method: 'POST', url: `${P()}/munmap`, payload: { addr: a, length: 4 * PAGE } });
+    }
+  });
+});

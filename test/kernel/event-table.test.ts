@@ -557,6 +557,46 @@ describe('fork (copy_page_range): PROTECTION_PAGE on the parent, whole VMA, COW 
 });
 
 // ------------------------------------------------------------------------------------------------
+describe('MADV_DONTFORK (VM_DONTCOPY): fork leaves the VMA out, without copying or notifying it', () => {
+  it('splits the VMA at the range, keeps it out of the child and out of the fork\'s PROTECTION_PAGE (no COW for its pages after); MADV_DOFORK undoes it', async () => {
+    const { k, p, pid, mm, iv } = boot();
+    const A = await k.mmap(pid, { length: pages(4), prot: RW, name: 'A' });
+    await k.write(pid, A, fill(pages(4), 40));
+    const vmas = () => p.mm.vmas.overlapping(A, A + pages(4)).map((v) => [v.start - A, v.end - A, v.dontFork]);
+    await k.madvise(pid, A + pages(1), pages(2), 'dontfork');
+    expect(vmas()).toEqual([
+      [0, pages(1), false],
+      [pages(1), pages(3), true],
+      [pages(3), pages(4), false],
+    ]);
+    // No notification for the advice itself: it changes no PTE.
+    expect(take(mm)).toEqual([]);
+    take(iv);
+    const child = await k.fork(pid);
+    const want = [...pair('PROTECTION_PAGE', A, A + pages(1)), ...pair('PROTECTION_PAGE', A + pages(3), A + pages(4))];
+    expect(take(mm)).toEqual(want);
+    expect(take(iv)).toEqual(invsOf(want));
+    expect(child.mm.vmas.find(A + pages(1))).toBeNull();
+    expect(child.mm.vmas.find(A)).not.toBeNull();
+    // The parent's page a device would be writing was never shared: writing it COWs nothing.
+    const before = k.pagemap(pid, A + pages(1), 1)[0].pfn;
+    await k.write(pid, A + pages(1), new Uint8Array([1]));
+    expect(take(mm)).toEqual([]);
+    expect(k.pagemap(pid, A + pages(1), 1)[0].pfn).toBe(before);
+    // A copied page does COW.
+    await k.write(pid, A, new Uint8Array([1]));
+    expect(take(mm)).toEqual(pagePair('CLEAR', A));
+    // DOFORK: one VMA again, copied (and notified) whole by the next fork.
+    await k.madvise(pid, A + pages(1), pages(2), 'dofork');
+    expect(vmas()).toEqual([[0, pages(4), false]]);
+    take(iv);
+    await k.fork(pid);
+    expect(take(mm)).toEqual(pair('PROTECTION_PAGE', A, A + pages(4)));
+    expect(k.audit().problems).toEqual([]);
+  });
+});
+
+// ------------------------------------------------------------------------------------------------
 describe('write-protect faults: wp_page_copy (CLEAR, one page) vs wp_page_reuse (nothing)', () => {
   it('writing to a zero page (after a read fault) gives CLEAR one page', async () => {
     const { k, pid, mm, iv } = boot();

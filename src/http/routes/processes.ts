@@ -81,6 +81,7 @@ export function processRoutes(app: FastifyInstance, svc: Service): void {
           nohugepage: v.huge === 'nohugepage',
           mergeable: v.mergeable,
           softDirty: v.softDirty,
+          dontFork: v.dontFork,
         },
         file: v.file && v.file.kind === 'file' ? { id: v.file.id, offset: v.pgoff * 4096 } : null,
         name: v.name,

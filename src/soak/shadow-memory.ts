@@ -177,9 +177,13 @@ export class ShadowProcess {
     }
   }
 
-  /** fork: the child sees the same contents; its pages are its own from now on. */
-  forkInto(child: ShadowProcess): void {
+  /**
+   * fork: the child sees the same contents; its pages are its own from now on. `skip`: a range
+   * the parent advised MADV_DONTFORK, which the child does not get at all.
+   */
+  forkInto(child: ShadowProcess, skip: readonly [number, number] | null = null): void {
     for (const [va, pg] of this.pages) {
+      if (skip && va >= skip[0] && va < skip[1]) continue;
       child.pages.set(va, { prot: pg.prot, backing: pg.backing, priv: pg.priv });
       child.everMapped.add(va);
     }

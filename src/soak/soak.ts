@@ -397,7 +397,12 @@ class Soak {
     if (r < 65) return { k: 'madvise', slot, addr: cpu(off), len: pages * PAGE_SIZE, advice: this.pick(['dontneed', 'pageout', 'pageout', 'hugepage', 'mergeable', 'collapse', 'willneed'] as const) };
     if (r < 68) return { k: 'remap', slot, addr: cpu(off), len: pages * PAGE_SIZE };
     if (r < 70) return { k: 'clear-refs', slot };
-    if (r < 72) return this.slots.some((s) => s === null) ? { k: 'fork' } : { k: 'exit', slot: 1 + this.int(3) };
+    if (r < 72) {
+      // About a third of the forks first advise a subrange of the parent MADV_DONTFORK (from the
+      // subrange drawn above: no extra draw, so a seed's other operations stay as they were).
+      if (!this.slots.some((s) => s === null)) return { k: 'exit', slot: 1 + this.int(3) };
+      return pages <= 20 ? { k: 'fork', dontfork: { addr: cpu(off), len: pages * PAGE_SIZE } } : { k: 'fork' };
+    }
     if (r < 73.5) return { k: 'exit', slot: 1 + this.int(3) };
     if (r < 74.5) return { k: 'oom-kill', slot: 1 + this.int(3) };
     if (r < 80) return { k: 'reclaim', pages: 32 + this.int(256) };
@@ -551,10 +556,30 @@ class Soak {
         const free = this.slots.indexOf(null);
         if (free < 0) return false;
         const parent = this.slots[0]!;
+        const df = op.dontfork as { addr: number; len: number } | undefined;
+        if (df) {
+          const err = await tryK(() => k.madvise(parent.pid, df.addr, df.len, 'dontfork'));
+          if (err) this.problem('model', `madvise dontfork failed: ${(err as Error).message}`);
+        }
         const child = await k.fork(parent.pid);
         const shadow = new ShadowProcess(child.pid);
-        parent.shadow.forkInto(shadow);
+        parent.shadow.forkInto(shadow, df ? [df.addr, df.addr + df.len] : null);
         this.slots[free] = { pid: child.pid, shadow };
+        if (df) {
+          // VM_DONTCOPY: the child has no mapping there (a read faults, SEGV_MAPERR). Then it maps
+          // fresh memory there, so its window is whole again for the operations that follow, and
+          // the parent's range goes back to being copied by the next fork (MADV_DOFORK). Meanwhile
+          // its pages were never write-protected for the fork: the dmirror device mirroring the
+          // parent keeps them, and a parent write does not COW them (the sanitizer checks both).
+          const predicted = shadow.accessOutcome(df.addr, 1, false);
+          const err = await tryK(() => k.read(child.pid, df.addr, 1));
+          this.expectOutcome(`read of a MADV_DONTFORK page at 0x${df.addr.toString(16)} in the child (pid ${child.pid})`, predicted, err);
+          const remap = await tryK(() => k.mmap(child.pid, { addr: df.addr, length: df.len, prot: RW, fixed: true, name: 'cpu' }));
+          if (remap) this.problem('model', `mmap over the child's MADV_DONTFORK hole failed: ${(remap as Error).message}`);
+          shadow.map(df.addr, df.len / PAGE_SIZE, RW, () => ({ t: 'anon' }));
+          const undo = await tryK(() => k.madvise(parent.pid, df.addr, df.len, 'dofork'));
+          if (undo) this.problem('model', `madvise dofork failed: ${(undo as Error).message}`);
+        }
         return true;
       }
       case 'exit':

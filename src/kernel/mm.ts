@@ -46,9 +46,6 @@ export class MM {
   /** Where NUMA balancing scanning resumes (task_numa_work's scan offset). */
   numaScanOffset = 0;
 
-  /** Indices of MS.INVALIDATE_SEQ and MS.ACTIVE_RANGES in the meta words (written every invalidation). */
-  private readonly seqWord: number;
-  private readonly activeWord: number;
 
   constructor(
     readonly pid: number,
@@ -57,14 +54,12 @@ export class MM {
     pgdPfn: number,
   ) {
     this.mmapLock = new RwLock(`mmap_lock[${pid}]`);
-    this.seqWord = mmSlotIndex(mem.mmBase, slot, MS.INVALIDATE_SEQ);
-    this.activeWord = mmSlotIndex(mem.mmBase, slot, MS.ACTIVE_RANGES);
     this.pt = new PageTable(mem, pgdPfn, slot);
     this.notifier = new MmuNotifierSubscriptions(pid);
     this.slotStore(MS.PID, pid);
     this.slotStore(MS.PGD_PFN, pgdPfn);
-    this.slotStore(MS.INVALIDATE_SEQ, this.notifier.invalidateSeq);
-    this.slotStore(MS.ACTIVE_RANGES, 0);
+    // The notifier core stores its seq and active count there itself (plain stores, this thread).
+    this.notifier.publishTo(mem.meta, mmSlotIndex(mem.mmBase, slot, MS.INVALIDATE_SEQ), mmSlotIndex(mem.mmBase, slot, MS.ACTIVE_RANGES));
     this.slotStore(MS.RSS, 0);
     Atomics.add(mem.meta, this.slotIndex(MS.SLOT_GEN), 1);
     // State last: a reader that sees LIVE sees the root and seq stored above.
@@ -86,11 +81,6 @@ export class MM {
    * of a word the kernel stores later (a call's or an end's SEQ is published right after the
    * start's and the end's seq update), which orders these plain stores before it.
    */
-  publishSeq(seq: number, active: number): void {
-    const meta = this.mem.meta;
-    meta[this.activeWord] = active;
-    meta[this.seqWord] = seq;
-  }
 
   addRss(delta: number): void {
     this.rss += delta;

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { Kernel, PROT } from '../../src/kernel/kernel.js';
 import { MmuIntervalNotifier, type InvalidationRecord } from '../../src/notifier/subscriptions.js';
 import { MmuNotifierEvent } from '../../src/notifier/range.js';
+import { MS, mmSlotIndex } from '../../src/kernel/layout.js';
 
 const PAGE = 4096;
 
@@ -74,5 +75,51 @@ describe('kernel observers', () => {
     await round();
     expect(calls).toEqual(['a', 'b', 'b']);
     expect(k.recordTiming.on).toBe(true);
+  });
+
+  it('counts invalidations and publishes the seq to shared memory with no observer at all', async () => {
+    const k = new Kernel({ memoryBytes: 8 << 20 });
+    const p = k.createProcess('obs');
+    const a = await k.mmap(p.pid, { length: 4 * PAGE, prot: PROT.READ | PROT.WRITE });
+    const seqWord = mmSlotIndex(k.mem.mmBase, p.mm.slot, MS.INVALIDATE_SEQ);
+    const activeWord = mmSlotIndex(k.mem.mmBase, p.mm.slot, MS.ACTIVE_RANGES);
+    let during: number[] = [];
+    const sub = new MmuIntervalNotifier(
+      {
+        invalidate: (s, _r, seq) => {
+          during = [k.mem.meta[seqWord], k.mem.meta[activeWord]];
+          s.setSeq(seq);
+          return true;
+        },
+      },
+      { label: 'sub' },
+    );
+    p.mm.notifier.insertInterval(sub, a, 4 * PAGE);
+    expect(k.mem.meta[seqWord]).toBe(p.mm.notifier.invalidateSeq);
+    const before = { ...k.stats };
+    const seq0 = p.mm.notifier.invalidateSeq;
+    const r = await k.notify(p.mm, MmuNotifierEvent.CLEAR, a, a + PAGE, 'madvise');
+    // Inside the window: the seq is odd and one range is active, in the shared words too.
+    expect(k.mem.meta[seqWord]).toBe(seq0 | 1);
+    expect(k.mem.meta[activeWord]).toBe(1);
+    k.notifyEnd(p.mm, r);
+    expect(k.mem.meta[seqWord]).toBe(p.mm.notifier.invalidateSeq);
+    expect(k.mem.meta[seqWord] % 2).toBe(0);
+    expect(k.mem.meta[activeWord]).toBe(0);
+    expect(k.stats.invalidations - before.invalidations).toBe(1);
+    expect(k.stats.invalidationsRefused).toBe(before.invalidationsRefused);
+    // The call itself ran before the core published the odd seq: it publishes after the post,
+    // so that a device's call does not wait for a snapshot nobody orders itself on.
+    expect(during).toEqual([seq0, 0]);
+    // An observer attached to a live process gets the next range, and only while attached.
+    const starts: number[] = [];
+    const stop = k.observe({ onInvalidationStart: (range) => starts.push(range.start) });
+    const r2 = await k.notify(p.mm, MmuNotifierEvent.CLEAR, a + PAGE, a + 2 * PAGE, 'madvise');
+    k.notifyEnd(p.mm, r2);
+    stop();
+    const r3 = await k.notify(p.mm, MmuNotifierEvent.CLEAR, a, a + PAGE, 'madvise');
+    k.notifyEnd(p.mm, r3);
+    expect(starts).toEqual([a + PAGE]);
+    expect(k.stats.invalidations - before.invalidations).toBe(3);
   });
 });

@@ -46,7 +46,6 @@ export class MM {
   /** Where NUMA balancing scanning resumes (task_numa_work's scan offset). */
   numaScanOffset = 0;
 
-
   constructor(
     readonly pid: number,
     readonly slot: number,
@@ -59,7 +58,7 @@ export class MM {
     this.slotStore(MS.PID, pid);
     this.slotStore(MS.PGD_PFN, pgdPfn);
     // The notifier core stores its seq and active count there itself (plain stores, this thread).
-    this.notifier.publishTo(mem.meta, mmSlotIndex(mem.mmBase, slot, MS.INVALIDATE_SEQ), mmSlotIndex(mem.mmBase, slot, MS.ACTIVE_RANGES));
+    this.notifier.publishTo(mem.meta, this.slotIndex(MS.INVALIDATE_SEQ), this.slotIndex(MS.ACTIVE_RANGES));
     this.slotStore(MS.RSS, 0);
     Atomics.add(mem.meta, this.slotIndex(MS.SLOT_GEN), 1);
     // State last: a reader that sees LIVE sees the root and seq stored above.
@@ -72,15 +71,6 @@ export class MM {
   slotStore(word: number, v: number): void {
     Atomics.store(this.mem.meta, this.slotIndex(word), v);
   }
-
-  /**
-   * Mirrors the notifier's sequence state into shared memory, for inspection from other threads.
-   * Plain stores: this runs twice per invalidation, and two sequentially consistent stores cost
-   * that round about 40 ns (11-27). Nothing orders itself on these words: devices get curSeq in
-   * each call slot. A thread that needs both words consistent reads them after an Atomics load
-   * of a word the kernel stores later (a call's or an end's SEQ is published right after the
-   * start's and the end's seq update), which orders these plain stores before it.
-   */
 
   addRss(delta: number): void {
     this.rss += delta;

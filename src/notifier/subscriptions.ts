@@ -766,19 +766,13 @@ export class MmuNotifierSubscriptions {
     }
     const w = waitAcks([r], startedUs !== 0);
     if (w === null) {
-      // settleAck for an interval hit, inline (its instanceof and call are on the round's path).
-      hit.inFlight--;
-      if (startedUs !== 0) {
-        // Answered inside the spin: its stamp is the acknowledgement time.
-        const at = r.answeredAtUs ?? now();
-        outcome.ackUs = at - startedUs;
-        rec.ackedUs = Math.max(startedUs, at);
-      }
-      if (r.poll() !== ACK_OK) this.blockableRefused(hit.info, outcome, range);
+      this.settleIntervalAck(rec, r, hit, outcome);
+      // Answered inside the spin: its stamp is the acknowledgement time.
+      rec.ackedUs = startedUs === 0 ? 0 : Math.max(startedUs, r.answeredAtUs ?? startedUs);
       return 0;
     }
     return w.then(() => {
-      this.settleAck(rec, r, hit, outcome);
+      this.settleIntervalAck(rec, r, hit, outcome);
       rec.ackedUs = this.stampIfTimed(rec);
       return 0;
     });
@@ -796,11 +790,25 @@ export class MmuNotifierSubscriptions {
   }
 
   private settleAck(rec: InvalidationRecord, a: PendingAck, sub: MmuIntervalNotifier | MmuNotifier, outcome: SubscriberOutcome): void {
-    // The core reads the answer: only now is the callback over (inFlight / exit).
-    if (sub instanceof MmuIntervalNotifier) sub.inFlight--;
-    else sub.exit();
+    if (sub instanceof MmuIntervalNotifier) {
+      this.settleIntervalAck(rec, a, sub, outcome);
+      return;
+    }
+    // The core reads the answer: only now is the callback over.
+    sub.exit();
+    this.settleAnswer(rec, a, sub.info, outcome);
+  }
+
+  /** settleAck for an interval subscription (the one-hit path knows its kind: no instanceof there). */
+  private settleIntervalAck(rec: InvalidationRecord, a: PendingAck, sub: MmuIntervalNotifier, outcome: SubscriberOutcome): void {
+    sub.inFlight--;
+    this.settleAnswer(rec, a, sub.info, outcome);
+  }
+
+  /** The answer's time and, if it refused, the report. */
+  private settleAnswer(rec: InvalidationRecord, a: PendingAck, info: SubscriberInfo, outcome: SubscriberOutcome): void {
     outcome.ackUs = rec.startedUs === 0 ? 0 : (a.answeredAtUs ?? now()) - rec.startedUs;
-    if (a.poll() !== ACK_OK) this.blockableRefused(sub.info, outcome, rec.range);
+    if (a.poll() !== ACK_OK) this.blockableRefused(info, outcome, rec.range);
   }
 
   /** A started range's record, open set entry, recent-ring entry and start observer. */

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Kernel, PROT } from '../../src/kernel/kernel.js';
 import { MmuIntervalNotifier, type InvalidationRecord } from '../../src/notifier/subscriptions.js';
-import { MmuNotifierEvent } from '../../src/notifier/range.js';
+import { MmuNotifierEvent, RANGE_BLOCKABLE, makeRange } from '../../src/notifier/range.js';
 import { MS, mmSlotIndex } from '../../src/kernel/layout.js';
 
 const PAGE = 4096;
@@ -77,7 +77,7 @@ describe('kernel observers', () => {
     expect(k.recordTiming.on).toBe(true);
   });
 
-  it('counts invalidations and publishes the seq to shared memory with no observer at all', async () => {
+  it('counts invalidations and refusals and publishes the seq with no observer; an observer attached later gets ranges only while attached', async () => {
     const k = new Kernel({ memoryBytes: 8 << 20 });
     const p = k.createProcess('obs');
     const a = await k.mmap(p.pid, { length: 4 * PAGE, prot: PROT.READ | PROT.WRITE });
@@ -86,7 +86,9 @@ describe('kernel observers', () => {
     let during: number[] = [];
     const sub = new MmuIntervalNotifier(
       {
-        invalidate: (s, _r, seq) => {
+        invalidate: (s, r, seq) => {
+          // Refuses a non-blockable start (as mlx5 does), takes every blockable one.
+          if ((r.flags & RANGE_BLOCKABLE) === 0) return false;
           during = [k.mem.meta[seqWord], k.mem.meta[activeWord]];
           s.setSeq(seq);
           return true;
@@ -121,5 +123,14 @@ describe('kernel observers', () => {
     k.notifyEnd(p.mm, r3);
     expect(starts).toEqual([a + PAGE]);
     expect(k.stats.invalidations - before.invalidations).toBe(3);
+    expect(k.stats.invalidationsRefused).toBe(before.invalidationsRefused);
+    // A refused non-blockable start counts as started and refused, and leaves the words idle.
+    const oom = makeRange(p.pid, MmuNotifierEvent.UNMAP, a, a + PAGE, 'oom_reaper');
+    expect(await p.mm.notifier.invalidateRangeStart(oom, false)).not.toBe(0);
+    expect(k.stats.invalidations - before.invalidations).toBe(4);
+    expect(k.stats.invalidationsRefused - before.invalidationsRefused).toBe(1);
+    expect(k.mem.meta[seqWord]).toBe(p.mm.notifier.invalidateSeq);
+    expect(k.mem.meta[seqWord] % 2).toBe(0);
+    expect(k.mem.meta[activeWord]).toBe(0);
   });
 });

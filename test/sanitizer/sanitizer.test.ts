@@ -86,6 +86,39 @@ describe('sanitizer windows', () => {
     expect(s.check(pid, B.start, 41, false)?.kind).toBe('stale');
   });
 
+  it('keeps every window of a long backlog apart: hundreds open at once, acknowledged newest, ended oldest first, one out of order', () => {
+    // A device that fell behind a fast kernel takes a run of calls before their ends (WorkerHost.pump).
+    const { s, gen } = setup();
+    const pid = 100;
+    const W = 300;
+    const va = (i: number): number => A.start + (i % 512) * PAGE;
+    for (let i = 0; i < W; i++) s.grant(pid, va(i), 10 + i, gen(10 + i), true, s.tick());
+    for (let i = 0; i < W; i++) {
+      s.started(i + 1, 1, pid, va(i), va(i) + PAGE, MmuNotifierEvent.CLEAR, 0, s.tick(), A);
+      s.acked(i + 1, 1);
+      // Its own page only: the next window's page is still the device's.
+      expect(s.check(pid, va(i), 10 + i, false)?.kind).toBe('stale');
+      if (i + 1 < W) expect(s.check(pid, va(i + 1), 11 + i, false)).toBeNull();
+    }
+    // Page 0 faulted back while its window (and all the others) is still open: current for now,
+    // stale once its window ends (computed inside it).
+    s.grant(pid, va(0), 500, gen(500), true, s.tick());
+    expect(s.check(pid, va(0), 500, false)).toBeNull();
+    // Page 150 faulted back too; its window ends first, out of order.
+    s.grant(pid, va(150), 501, gen(501), true, s.tick());
+    s.ended(151, 1, s.tick());
+    expect(s.check(pid, va(150), 501, false)?.kind).toBe('stale');
+    expect(s.check(pid, va(0), 500, false)).toBeNull();
+    for (let i = 0; i < W; i++) if (i !== 150) s.ended(i + 1, 1, s.tick());
+    expect(s.check(pid, va(0), 500, false)?.kind).toBe('stale');
+    // Every window is closed: a page granted now stays the device's.
+    s.grant(pid, va(7), 502, gen(502), true, s.tick());
+    expect(s.check(pid, va(7), 502, true)).toBeNull();
+    // An end for a window that is not open changes nothing.
+    s.ended(151, 1, s.tick());
+    expect(s.check(pid, va(7), 502, true)).toBeNull();
+  });
+
   it('counts a refault once: not for a reply an invalidation made stale on its way, nor for a first fault that raced one', () => {
     const { s, gen } = setup();
     const pid = 100;

@@ -113,6 +113,11 @@ export class Dmirror extends Device implements IntervalHandler {
 
   // ---- the notifier --------------------------------------------------------------------------
 
+  /** The driver lock is free and the device quiet: invalidate below completes at once. */
+  ackFirst(): boolean {
+    return !this.lock.isLocked && this.quiet();
+  }
+
   invalidate(sub: DevSub, r: DevRange, curSeq: number): boolean | Promise<boolean> {
     const seen = this.seen(r);
     // test_hmm: a migration this device started updates the mirror itself.

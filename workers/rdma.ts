@@ -119,6 +119,12 @@ export class Rdma extends Device implements IntervalHandler {
 
   // ---- the notifier --------------------------------------------------------------------------
 
+  /** The MR's umem mutex is free and the device quiet: invalidate below completes at once. */
+  ackFirst(sub: DevSub): boolean {
+    const mr = this.bySub.get(sub.id);
+    return (mr === undefined || !mr.umemMutex.isLocked) && this.quiet();
+  }
+
   invalidate(sub: DevSub, r: DevRange, curSeq: number): boolean | Promise<boolean> {
     // mlx5_ib_invalidate_range: cannot sleep, so refuse a non-blockable range.
     if (!r.blockable) return false;

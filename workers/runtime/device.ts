@@ -167,6 +167,14 @@ export abstract class Device implements DmaTarget {
   }
 
   /**
+   * No DMA in flight and no test scheduler gating the locks (src/explore): with its own lock free
+   * too, the personality's invalidate runs to the end synchronously (IntervalHandler.ackFirst).
+   */
+  protected quiet(): boolean {
+    return this.dma.busy === 0 && Mutex.gate === null;
+  }
+
+  /**
    * Stops using [start, end): waits for in-flight DMA to it, unless the ack-before-quiesce bug is
    * on (then the device answers while its DMA is still running).
    */

@@ -65,6 +65,26 @@ export interface IntervalHandler {
    * return false only if the range is not blockable.
    */
   invalidate(sub: DevSub, range: DevRange, curSeq: number): boolean | Promise<boolean>;
+  /**
+   * Optional: true if the device is idle enough, right now, that a blockable invalidation may be
+   * acknowledged before `invalidate` runs. The worker host then stores the answer first and calls
+   * `invalidate` at once, in the same synchronous step, before this thread can make any device
+   * access. A personality may say yes only when `invalidate` will then complete synchronously and
+   * return true: its lock is free (no fault path is between its readRetry and its mirror update),
+   * no DMA is in flight (nothing that translated before the call can touch memory after the
+   * answer), and no test scheduler gates its locks. The kernel's rule, that a device no longer uses
+   * the range once it answers, then holds: the only thing after the answer is the zap itself, and
+   * the device's next access comes after it. A yes that is then broken (a promise, a refusal) is
+   * counted as `ack_first_broken`. Blockable calls only; a worker-thread device only (an external
+   * device answers over its socket after its handler).
+   *
+   *   kernel thread                      device thread
+   *   post call (SEQ)          ---->     ackFirst() -> true
+   *   spin on ANSWER           <----     store ANSWER
+   *   change the PTEs, free              invalidate(): setSeq, zap the mirror   (no access between)
+   *   post end                 ---->     ... next DMA access: translates through the new mirror
+   */
+  ackFirst?(sub: DevSub): boolean;
   /** The invalidation's window closed (not a kernel callback; for end-side work). */
   windowClosed?(sub: DevSub, range: DevRange): void;
 }

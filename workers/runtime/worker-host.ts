@@ -9,9 +9,10 @@
  *         loop, then park (store MB.PARKED, re-check them, Atomics.wait on MB.DOORBELL)
  *   take: while the next call slot's SEQ is its position + 1 (Atomics): read its words, handle it
  *         (then the ends, see pump)
- *   handle: sanitizer.started; personality stops using the range (drains DMA), setSeq
+ *   handle: personality stops using the range (drains DMA), setSeq, zaps its mirror
  *   answer: store ANSWER (Atomics); if KC.KERNEL_PARKED: add KC.ACK_DOORBELL, notify if it
- *           reached KC.WAKE_AT; then sanitizer.acked
+ *           reached KC.WAKE_AT; then sanitizer.started and acked
+ *   (a quiet personality, IntervalHandler.ackFirst: answer first, then handle, in one step)
  *   ends: while the next end slot's SEQ is its position + 1: sanitizer.ended; personality end
  *
  * The sanitizer revokes grants in the same synchronous step as the answer, before this thread can
@@ -85,7 +86,7 @@ export class WorkerHost implements DeviceHost {
   readonly counters: Record<string, number> = {};
   private readonly hot = new HotCounters();
   /** The mailbox loop's own counters (fixed shape: bumped per call and per access). */
-  private readonly loopCounters = this.hot.add({ invalidations: 0, dma_bytes: 0 });
+  private readonly loopCounters = this.hot.add({ invalidations: 0, dma_bytes: 0, acks_first: 0 });
   readonly data: Uint8Array;
   readonly ramFrames: number;
   private readonly mb: Int32Array;
@@ -118,6 +119,8 @@ export class WorkerHost implements DeviceHost {
   private endTail = 0;
   /** Calls whose handler returned a promise that has not settled (it needs the event loop). */
   private asyncPending = 0;
+  /** No injected fault delays or withholds answers (hang, ackDelayUs): calls may be answered first. */
+  private plainAnswers = true;
 
   /** The notifier channel, when the kernel serves one (see insertInterval). */
   private readonly channelReady: Promise<DeviceClient> | null = null;
@@ -146,6 +149,8 @@ export class WorkerHost implements DeviceHost {
     });
     this.onCommand('inject', (args) => {
       this.faults = { ...this.faults, ...(args as FaultInjection) };
+      const f = this.faults;
+      this.plainAnswers = !f.hang && !(f.ackDelayUs !== undefined && f.ackDelayUs > 0);
       return true;
     });
     this.onCommand('stats', () => this.snapshot());
@@ -463,8 +468,8 @@ export class WorkerHost implements DeviceHost {
    * receipt changes nothing the sanitizer sees: only acknowledged and ended windows act on grants,
    * and both come after this point.
    */
-  private finish(slot: number, op: number, sub: DevSub | undefined, subId: number, range: DevRange, ok: boolean): void {
-    this.answer(slot, ok);
+  private finish(slot: number, op: number, sub: DevSub | undefined, subId: number, range: DevRange, ok: boolean, answered: boolean): void {
+    if (!answered) this.answer(slot, ok);
     if (op !== CALL_OP.INVALIDATE && op !== CALL_OP.MM_START) return;
     this.openWindow(sub, subId, range);
     if (ok) this.sanitizer.acked(range.id, subId, range.kept);
@@ -477,11 +482,30 @@ export class WorkerHost implements DeviceHost {
 
   private handleCall(slot: number): void {
     const base = MB_CALLS_OFFSET + slot * CALL_SLOT_WORDS;
-    const op = this.mb[base + CS.OP];
-    const subId = this.mb[base + CS.SUB];
-    const curSeq = this.mb[base + CS.CUR_SEQ];
-    const range = this.readRange(base);
+    const mb = this.mb;
+    const op = mb[base + CS.OP];
+    const subId = mb[base + CS.SUB];
     const sub = this.subscription(subId);
+    // Acknowledge first (see IntervalHandler.ackFirst): a blockable invalidation of a subscription
+    // whose personality is idle now. Nothing this thread does between the answer and the handler
+    // below touches device memory (the pump is synchronous; DMA runs on this thread's event loop,
+    // later, and none is in flight), so the handler's zap, done after the answer, is done before
+    // the device's next access, which is all the kernel's rule asks of a device: the kernel may
+    // change the PTEs from the answer on, and no access can translate through the old mirror.
+    // What the answer's early store saves is the handler's time on the kernel's critical path.
+    const early =
+      op === CALL_OP.INVALIDATE &&
+      sub !== undefined &&
+      (mb[base + CS.FLAGS] & RANGE_BLOCKABLE) !== 0 &&
+      this.asyncPending === 0 &&
+      this.plainAnswers &&
+      (sub.handler as IntervalHandler).ackFirst?.(sub) === true;
+    if (early) {
+      this.answer(slot, true);
+      this.loopCounters.acks_first++;
+    }
+    const curSeq = mb[base + CS.CUR_SEQ];
+    const range = this.readRange(base);
     const f = this.faults;
     if (!sub && op === CALL_OP.INVALIDATE) {
       if (this.earlySeq.size > 1024) this.earlySeq.clear();
@@ -498,20 +522,35 @@ export class WorkerHost implements DeviceHost {
     // the range in progress for ever.
     const result = refuse ? false : invokeCall(sub, op, range, curSeq);
     if (result instanceof Promise) {
+      // A personality that said it could take the call at once had to wait after all: its answer
+      // is already out, so the kernel may be changing the PTEs while it waits. A contract breach,
+      // counted (and seen by the sanitizer if an access follows).
+      if (early) this.ackFirstBroken('its invalidate returned a promise');
       this.asyncPending++;
       const settle = (v: boolean | void): void => {
         this.asyncPending--;
-        this.done(slot, op, sub, subId, range, refuse, v);
+        this.done(slot, op, sub, subId, range, refuse, v, early);
       };
       void result.then(settle, () => settle(true));
-    } else this.done(slot, op, sub, subId, range, refuse, result);
+    } else this.done(slot, op, sub, subId, range, refuse, result, early);
   }
 
-  private done(slot: number, op: number, sub: DevSub | undefined, subId: number, range: DevRange, refuse: boolean, v: boolean | void): void {
+  /** A personality broke IntervalHandler.ackFirst's promise (counted, logged once). */
+  private ackFirstBroken(why: string): void {
+    const n = (this.counters.ack_first_broken = (this.counters.ack_first_broken ?? 0) + 1);
+    if (n === 1) this.log('error', `ackFirst: ${why} after its answer was given`);
+  }
+
+  private done(slot: number, op: number, sub: DevSub | undefined, subId: number, range: DevRange, refuse: boolean, v: boolean | void, answered: boolean): void {
     const ok = refuse ? false : op === CALL_OP.RELEASE ? true : v !== false;
+    if (answered) {
+      if (!ok) this.ackFirstBroken('its blockable invalidate refused');
+      this.finish(slot, op, sub, subId, range, true, true);
+      return;
+    }
     const delay = this.faults.ackDelayUs;
-    if (delay && delay > 0) void this.sleepUs(delay).then(() => this.finish(slot, op, sub, subId, range, ok));
-    else this.finish(slot, op, sub, subId, range, ok);
+    if (delay && delay > 0) void this.sleepUs(delay).then(() => this.finish(slot, op, sub, subId, range, ok, false));
+    else this.finish(slot, op, sub, subId, range, ok, false);
   }
 
   private handleEnd(slot: number): void {

@@ -150,6 +150,33 @@ export class WorkerAckGroup implements AckGroup {
     if (this.toRing.push(dev) === 1) void RESOLVED.then(this.flush);
   }
 
+  private endsHeld: Array<{ endQueued: boolean; flushEnd(): void }> = [];
+  private endsImmediate: NodeJS.Immediate | null = null;
+
+  /**
+   * A device holds back the end it was just posted (WorkerDevice.pendingRange) until its next
+   * call or message carries it; this writes whatever is still held at the next check phase, so an
+   * end that no call follows reaches the ring within one event-loop turn. One immediate for every
+   * device and every round in between: rounds that follow each other flush their ends themselves,
+   * and this finds nothing left.
+   */
+  deferEnd(dev: { endQueued: boolean; flushEnd(): void }): void {
+    if (dev.endQueued) return;
+    dev.endQueued = true;
+    this.endsHeld.push(dev);
+    this.endsImmediate ??= setImmediate(this.flushEnds);
+  }
+
+  private readonly flushEnds = (): void => {
+    this.endsImmediate = null;
+    const list = this.endsHeld;
+    this.endsHeld = [];
+    for (let i = 0; i < list.length; i++) {
+      list[i].endQueued = false;
+      list[i].flushEnd();
+    }
+  };
+
   private late = new Set<{ ringPending: boolean; ring(): void; endsUnread(): boolean }>();
   private lateTimer: NodeJS.Timeout | null = null;
 

@@ -135,6 +135,40 @@ describe('mailbox handshake wake-ups', () => {
     expect(d.endsUnread()).toBe(false);
   }, 30_000);
 
+  it('holds an end back until the next call, a message or the next check phase carries it, in order', async () => {
+    const { k, p, a, devs } = await setup(1, {});
+    const d = devs[0];
+    const va = (i: number): number => a + i * PAGE;
+    const e0 = heads(d).endHead;
+    const r1 = await k.notify(p.mm, MmuNotifierEvent.CLEAR, va(0), va(1), 'madvise');
+    k.notifyEnd(p.mm, r1);
+    // Held: the kernel went on without writing the end slot (WorkerDevice.pendingRange).
+    expect(heads(d).endHead).toBe(e0);
+    // The next call carries it: written right after the call's own SEQ store.
+    const c0 = heads(d).callHead;
+    const x = k.notify(p.mm, MmuNotifierEvent.CLEAR, va(1), va(2), 'madvise');
+    expect(heads(d).callHead).toBe(c0 + 1);
+    expect(heads(d).endHead).toBe(e0 + 1);
+    const r2 = await x;
+    k.notifyEnd(p.mm, r2);
+    expect(heads(d).endHead).toBe(e0 + 1);
+    // No call follows: the group's immediate writes it within one event-loop turn.
+    await new Promise((r) => setImmediate(r));
+    expect(heads(d).endHead).toBe(e0 + 2);
+    // A message never overtakes a held end: sending one writes the end first.
+    const r3 = await k.notify(p.mm, MmuNotifierEvent.CLEAR, va(2), va(3), 'madvise');
+    k.notifyEnd(p.mm, r3);
+    expect(heads(d).endHead).toBe(e0 + 2);
+    const stats = d.refresh();
+    expect(heads(d).endHead).toBe(e0 + 3);
+    await stats;
+    // The device took every end (its pump runs before it handles the message) and the sanitizer
+    // closed every window without a finding; the pages fault back as the CPU wrote them.
+    expect(Atomics.load(mailbox(d), MB.END_TAIL)).toBe(e0 + 3);
+    expect(d.sanitizer.findings).toBe(0);
+    await readsBack(d, a);
+  }, 30_000);
+
   // Ring positions are int32 on both sides and wrap; a slot is found by `position & 63`.
   for (const [label, start] of [
     ['2^31 (int32 overflow)', 2 ** 31 - 100],

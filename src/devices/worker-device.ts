@@ -320,7 +320,7 @@ export class WorkerDevice implements ProgressSource {
     // The end held back from the round before (see pendingRange): its line transfer now overlaps
     // this call's, which the kernel waits for. Written after the call, so a device that looks at
     // both takes the call first, as its pump would anyway.
-    if (this.pendingRange !== null) this.flushEnd();
+    this.flushEnd();
     const ack = new CallAck(this, slot, id, this.group);
     this.slots[slot] = ack;
     this.handshake.calls++;
@@ -399,7 +399,7 @@ export class WorkerDevice implements ProgressSource {
     // the sanitizer treats grants computed before it as computed inside the window.
     const tick = this.k.mem.tick();
     // Keep the order: an older end still held goes out first.
-    if (this.pendingRange !== null) this.flushEnd();
+    this.flushEnd();
     this.pendingSub = subId;
     this.pendingRange = range;
     this.pendingTick = tick;
@@ -639,7 +639,7 @@ export class WorkerDevice implements ProgressSource {
     if (!this.worker || !this.alive) return;
     // A message never overtakes the mailbox traffic before it (the device pumps its mailbox before
     // it handles a message): the end held back goes into the ring first.
-    if (this.pendingRange !== null) this.flushEnd();
+    this.flushEnd();
     this.worker.postMessage(m, transfer as never);
     // One doorbell for everything: a device blocked in Atomics.wait cannot see a message until it
     // turns its event loop, so MESSAGES tells it to (bumped after the post, before the ring).

@@ -63,40 +63,36 @@ function host(): { h: WorkerHost; mb: Int32Array } {
   return { h, mb };
 }
 
-/** What the kernel's WorkerDevice.post / writeEnd store, SEQ last. */
+/** The range words a call slot (CS) and an end slot (ES) both carry, for round t. */
+function fillRange(mb: Int32Array, base: number, L: typeof CS | typeof ES, t: number, tick: number): void {
+  const start = BASE + (t % 64) * PAGE;
+  mb[base + L.ID] = t + 1;
+  mb[base + L.SUB] = SUB;
+  mb[base + L.START_LO] = addrLo(start);
+  mb[base + L.START_HI] = addrHi(start);
+  mb[base + L.END_LO] = addrLo(start + PAGE);
+  mb[base + L.END_HI] = addrHi(start + PAGE);
+  mb[base + L.EVENT] = MmuNotifierEvent.CLEAR;
+  mb[base + L.FLAGS] = RANGE_BLOCKABLE;
+  mb[base + L.PID] = PID;
+  mb[base + L.TICK] = tick;
+}
+
+/** What the kernel's WorkerDevice.post stores, SEQ last (round t's call carries tick 2t). */
 function postCall(mb: Int32Array, t: number): void {
   const base = MB_CALLS_OFFSET + (t & (CALL_SLOTS - 1)) * CALL_SLOT_WORDS;
-  const start = BASE + (t % 64) * PAGE;
-  mb[base + CS.ID] = t + 1;
+  fillRange(mb, base, CS, t, 2 * t);
   mb[base + CS.OP] = CALL_OP.INVALIDATE;
-  mb[base + CS.SUB] = SUB;
-  mb[base + CS.START_LO] = addrLo(start);
-  mb[base + CS.START_HI] = addrHi(start);
-  mb[base + CS.END_LO] = addrLo(start + PAGE);
-  mb[base + CS.END_HI] = addrHi(start + PAGE);
-  mb[base + CS.EVENT] = MmuNotifierEvent.CLEAR;
-  mb[base + CS.FLAGS] = RANGE_BLOCKABLE;
   mb[base + CS.OWNER] = -1;
   mb[base + CS.CUR_SEQ] = 2 * t + 1;
-  mb[base + CS.PID] = PID;
-  mb[base + CS.TICK] = 2 * t;
   mb[base + CS.ANSWER] = ANSWER.PENDING;
   Atomics.store(mb, base + CS.SEQ, t + 1);
 }
 
+/** What WorkerDevice.writeEnd stores, SEQ last (round t's end carries tick 2t + 1). */
 function postEnd(mb: Int32Array, t: number): void {
   const base = MB_ENDS_OFFSET + (t & (END_SLOTS - 1)) * END_SLOT_WORDS;
-  const start = BASE + (t % 64) * PAGE;
-  mb[base + ES.ID] = t + 1;
-  mb[base + ES.SUB] = SUB;
-  mb[base + ES.START_LO] = addrLo(start);
-  mb[base + ES.START_HI] = addrHi(start);
-  mb[base + ES.END_LO] = addrLo(start + PAGE);
-  mb[base + ES.END_HI] = addrHi(start + PAGE);
-  mb[base + ES.EVENT] = MmuNotifierEvent.CLEAR;
-  mb[base + ES.FLAGS] = RANGE_BLOCKABLE;
-  mb[base + ES.PID] = PID;
-  mb[base + ES.TICK] = 2 * t + 1;
+  fillRange(mb, base, ES, t, 2 * t + 1);
   Atomics.store(mb, base + ES.SEQ, t + 1);
 }
 
@@ -127,6 +123,11 @@ describe('WorkerHost.pump', () => {
       },
     };
     (h as unknown as { subs: Map<number, DevSub> }).subs.set(SUB, new DevSub(SUB, BASE, 64 * PAGE, handler, 0));
+    // The last round's page, granted at its call's tick (inside its window): its end, the last
+    // one posted, must take it away. A page granted after every end stays the device's.
+    const s = h.sanitizer;
+    const lastVa = BASE + ((ROUNDS - 1) % 64) * PAGE;
+    s.grant(PID, lastVa, 10, s.generation(10), true, 2 * (ROUNDS - 1));
     postCall(mb, 0);
     h.pump();
     expect(handled).toBe(ROUNDS);
@@ -136,8 +137,12 @@ describe('WorkerHost.pump', () => {
     expect(Atomics.load(mb, MB.END_TAIL)).toBe(ROUNDS);
     expect(maxBacklog).toBeGreaterThan(0);
     expect(maxBacklog).toBeLessThanOrEqual(END_SLOTS / 4);
-    // The sanitizer closed every window (an end it did not find would leave its window open and
-    // revoke nothing): a page granted now is current.
-    expect(h.sanitizer.stats.findings).toBe(0);
+    // The sanitizer matched every end to its window: the last one revoked the grant made inside it
+    // (an end it did not find would leave the window open and revoke nothing), and a grant made
+    // after every end is current.
+    expect(s.check(PID, lastVa, 10, false)?.kind).toBe('stale');
+    const otherVa = BASE + ((ROUNDS - 2) % 64) * PAGE;
+    s.grant(PID, otherVa, 11, s.generation(11), true, 2 * ROUNDS);
+    expect(s.check(PID, otherVa, 11, true)).toBeNull();
   });
 });

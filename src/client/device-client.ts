@@ -96,6 +96,8 @@ const addr = (v: U64): number => (typeof v === 'bigint' ? (v === WIRE_ULONG_MAX 
 const wireAddr = (a: number): U64 => (a >= ULONG_MAX_NUM ? WIRE_ULONG_MAX : a);
 const n = (v: U64): number => Number(v);
 
+/** A Command frame from the server. */
+type CommandFrame = Extract<ServerFrame, { body: 'command' }>;
 type Pending = { resolve: (f: ServerFrame) => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
 
 export class DeviceClient extends EventEmitter {
@@ -108,6 +110,8 @@ export class DeviceClient extends EventEmitter {
   private releaseHandler: ((subscriptionId: number, pid: number) => void | Promise<void>) | null = null;
   private youngHandler: ((q: YoungQueryEvent) => boolean | Promise<boolean>) | null = null;
   private readonly commandHandlers = new Map<string, (args: Record<string, unknown>) => unknown>();
+  /** While set, incoming commands wait for it before their handler is looked up (see holdCommands). */
+  private commandHold: Promise<unknown> | null = null;
   private closedByUser = false;
   /** The upgrade was refused with 401: not retried. */
   private tokenRefused = false;
@@ -147,6 +151,24 @@ export class DeviceClient extends EventEmitter {
   onCommand(name: string, h: (args: Record<string, unknown>) => unknown): this {
     this.commandHandlers.set(name, h);
     return this;
+  }
+
+  /**
+   * Holds incoming commands until `until` settles, then runs them in arrival order. A client is
+   * listed on the server as soon as its Welcome is sent, before the code behind it has registered
+   * its command handlers (a personality being built, after the first connection or a
+   * reconnection): a command arriving in that gap would otherwise be answered 'unknown command'.
+   * A later call replaces the hold; commands held by the earlier one still wait for theirs.
+   */
+  holdCommands(until: Promise<unknown>): void {
+    const hold: Promise<unknown> = until.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.commandHold = hold;
+    void hold.then(() => {
+      if (this.commandHold === hold) this.commandHold = null;
+    });
   }
 
   // ---- connection ------------------------------------------------------------------------------
@@ -240,9 +262,19 @@ export class DeviceClient extends EventEmitter {
     const delay = Math.min(max, min * 2 ** this.attempt++) * (0.75 + Math.random() * 0.5);
     setTimeout(() => {
       if (this.closedByUser) return;
+      // Commands of the new session wait until the 'reconnected' listeners have run (they
+      // rebuild what answers commands, and hold commands themselves while they do).
+      let release!: () => void;
+      this.holdCommands(new Promise<void>((r) => (release = r)));
       this.connect().then(
-        (w) => this.emit('reconnected', { bootChanged: this.bootChanged, welcome: w }),
-        () => undefined, // the close handler schedules the next attempt
+        (w) => {
+          try {
+            this.emit('reconnected', { bootChanged: this.bootChanged, welcome: w });
+          } finally {
+            release();
+          }
+        },
+        () => release(), // the close handler schedules the next attempt
       );
     }, delay); // ref'd on purpose: a reconnecting client keeps its process alive
   }
@@ -284,6 +316,40 @@ export class DeviceClient extends EventEmitter {
         reject(e);
       }
     });
+  }
+
+  /** Runs a Command frame now, or once the current hold settles (and then any hold after it). */
+  private dispatchCommand(f: CommandFrame): void {
+    const hold = this.commandHold;
+    if (hold) void hold.then(() => this.dispatchCommand(f));
+    else this.runCommand(f);
+  }
+
+  /** Answers one Command frame with its handler (a frame of this connection only). */
+  private runCommand(f: CommandFrame): void {
+    const c = f.command;
+    const id = f.requestId;
+    const h = this.commandHandlers.get(c.name);
+    // A command held across a reconnection is answered on neither connection: the server that
+    // sent it dropped it with the old session.
+    const ws = this.ws;
+    const answer = (ok: boolean, value: unknown, e?: { code?: string; message?: string }): void => {
+      if (!this.connected || this.ws !== ws) return;
+      this.sendFrame({
+        requestId: id,
+        commandReply: ok ? { ok: true, valueJson: commandJson(value) } : { ok: false, errorCode: e?.code ?? 'DM_ERR_VALIDATION', errorMessage: e?.message ?? '' },
+      });
+    };
+    if (!h) return answer(false, null, { code: 'DM_ERR_VALIDATION', message: `unknown command ${c.name}` });
+    let args: Record<string, unknown> = {};
+    try {
+      args = c.argsJson ? (parseCommandJson(c.argsJson) as Record<string, unknown>) : {};
+    } catch {
+      return answer(false, null, { code: 'DM_ERR_VALIDATION', message: 'arguments are not JSON' });
+    }
+    void Promise.resolve()
+      .then(() => h(args))
+      .then((v) => answer(true, v), (e: Error & { code?: string }) => answer(false, null, e));
   }
 
   private onFrame(f: ServerFrame): void {
@@ -350,27 +416,7 @@ export class DeviceClient extends EventEmitter {
         return;
       }
       case 'command': {
-        const c = f.command;
-        const id = f.requestId;
-        const h = this.commandHandlers.get(c.name);
-        const answer = (ok: boolean, value: unknown, e?: { code?: string; message?: string }): void => {
-          if (!this.connected) return;
-          this.sendFrame({
-            requestId: id,
-            commandReply: ok ? { ok: true, valueJson: commandJson(value) } : { ok: false, errorCode: e?.code ?? 'DM_ERR_VALIDATION', errorMessage: e?.message ?? '' },
-          });
-        };
-        if (!h) return answer(false, null, { code: 'DM_ERR_VALIDATION', message: `unknown command ${c.name}` });
-        let args: Record<string, unknown> = {};
-        try {
-          args = c.argsJson ? (parseCommandJson(c.argsJson) as Record<string, unknown>) : {};
-        } catch {
-          return answer(false, null, { code: 'DM_ERR_VALIDATION', message: 'arguments are not JSON' });
-        }
-        void Promise.resolve()
-          .then(() => h(args))
-          .then((v) => answer(true, v), (e: Error & { code?: string }) => answer(false, null, e));
-        return;
+        return this.dispatchCommand(f);
       }
       default: {
         const id = n(f.requestId);

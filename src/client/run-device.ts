@@ -47,7 +47,15 @@ export async function runExternalDevice(o: ExternalDeviceOptions): Promise<Runni
   const log = o.log ?? (() => undefined);
   const name = o.name ?? `${o.kind}-ext`;
   const client = new DeviceClient({ url: o.url, token: o.token, name, kind: o.kind, reconnect: true });
-  const build = async (): Promise<{ host: SocketHost; device: Device }> => {
+  const build = (): Promise<{ host: SocketHost; device: Device }> => {
+    // The server lists this client from its Welcome on: commands sent before the personality has
+    // registered its handlers (while the target is resolved, the personality built and attached)
+    // wait for it instead of being answered 'unknown command'. Set before the first await.
+    const built = buildOnce();
+    client.holdCommands(built);
+    return built;
+  };
+  const buildOnce = async (): Promise<{ host: SocketHost; device: Device }> => {
     const r = o.resolve ? await o.resolve() : { pid: o.pid, options: o.options };
     const host = new SocketHost(client, { pid: r.pid, kind: o.kind, name, policy: o.policy ?? 'faithful', options: { ...o.options, ...r.options }, log });
     host.holdCommands();
@@ -65,8 +73,15 @@ export async function runExternalDevice(o: ExternalDeviceOptions): Promise<Runni
     host.attached();
     return { host, device };
   };
-  await client.connect();
-  const first = await build();
+  // Held from before the connection opens: a command may follow the Welcome in the same chunk,
+  // before the code awaiting connect() runs.
+  let firstSettled!: () => void;
+  client.holdCommands(new Promise<void>((r) => (firstSettled = r)));
+  await client.connect().catch((e: Error) => {
+    firstSettled();
+    throw e;
+  });
+  const first = await build().finally(firstSettled);
   const running: RunningDevice = {
     client,
     host: first.host,

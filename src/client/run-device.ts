@@ -47,11 +47,15 @@ export async function runExternalDevice(o: ExternalDeviceOptions): Promise<Runni
   const log = o.log ?? (() => undefined);
   const name = o.name ?? `${o.kind}-ext`;
   const client = new DeviceClient({ url: o.url, token: o.token, name, kind: o.kind, reconnect: true });
-  const build = (): Promise<{ host: SocketHost; device: Device }> => {
-    // The server lists this client from its Welcome on: commands sent before the personality has
-    // registered its handlers (while the target is resolved, the personality built and attached)
-    // wait for it instead of being answered 'unknown command'. Set before the first await.
-    const built = buildOnce();
+  /**
+   * Builds after `after` (the connection, for the first build). The server lists this client from
+   * its Welcome on: commands sent before the personality has registered its handlers (while the
+   * target is resolved, the personality built and attached) wait for it instead of being answered
+   * 'unknown command'. The hold is set before `after` settles: a command may follow the Welcome in
+   * the same chunk, before any code awaiting the connection runs.
+   */
+  const build = (after: Promise<unknown> = Promise.resolve()): Promise<{ host: SocketHost; device: Device }> => {
+    const built = after.then(buildOnce);
     client.holdCommands(built);
     return built;
   };
@@ -73,15 +77,7 @@ export async function runExternalDevice(o: ExternalDeviceOptions): Promise<Runni
     host.attached();
     return { host, device };
   };
-  // Held from before the connection opens: a command may follow the Welcome in the same chunk,
-  // before the code awaiting connect() runs.
-  let firstSettled!: () => void;
-  client.holdCommands(new Promise<void>((r) => (firstSettled = r)));
-  await client.connect().catch((e: Error) => {
-    firstSettled();
-    throw e;
-  });
-  const first = await build().finally(firstSettled);
+  const first = await build(client.connect());
   const running: RunningDevice = {
     client,
     host: first.host,

@@ -4,14 +4,14 @@
  * (InvalidateAck.kept_reads), so pages it kept and re-mapped with its range are no refaults, as
  * for a worker device (test/devices/policy.int.test.ts).
  */
-import { createServer, type Server } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Kernel, PROT } from '../../src/kernel/kernel.js';
-import { ChannelServer, CHANNEL_PATH } from '../../src/channel/channel-server.js';
 import { DEFAULT_TOKEN } from '../../src/channel/tokens.js';
+import type { ChannelServer } from '../../src/channel/channel-server.js';
 import { runExternalDevice, type RunningDevice } from '../../src/client/run-device.js';
 import type { EventPolicy } from '../../src/devices/protocol.js';
 import { eventually } from '../helpers/eventually.js';
+import { openChannel } from '../helpers/channel.js';
 
 const PAGE = 4096;
 const PAGES = 16;
@@ -26,13 +26,7 @@ async function system(policies: EventPolicy[]): Promise<{ k: Kernel; pid: number
   const p = k.createProcess('app');
   const a = await k.mmap(p.pid, { length: PAGES * PAGE, prot: PROT.READ | PROT.WRITE });
   await k.write(p.pid, a, new Uint8Array(PAGES * PAGE).fill(9));
-  const channel = new ChannelServer(k, { limits: { deadlineMs: 60_000 } });
-  const http: Server = createServer((_req, res) => res.writeHead(404).end());
-  channel.attach(http);
-  await new Promise<void>((r) => http.listen(0, '127.0.0.1', () => r()));
-  cleanup.push(() => new Promise<void>((r) => http.close(() => r())));
-  cleanup.push(() => channel.close());
-  const url = `ws://127.0.0.1:${(http.address() as { port: number }).port}${CHANNEL_PATH}`;
+  const { channel, url } = await openChannel(k, cleanup);
   const devs: RunningDevice[] = [];
   for (const policy of policies) {
     const d = await runExternalDevice({ url, token: DEFAULT_TOKEN, kind: 'gpu', pid: p.pid, policy, name: `gpu-${policy}`, options: { granularityPages: PAGES } });

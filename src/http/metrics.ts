@@ -48,6 +48,8 @@ export function installMetrics(app: FastifyInstance, svc: Service): Registry {
   const originIndex = new Map<string, number>();
   const kindIndex = new Map<string, number>();
   const unobserve = k.observe({
+    // In batches, once per turn (and before every scrape, below), not inside every round.
+    deferred: true,
     onInvalidation: (rec) => {
       const e = rec.range.event;
       const named = EVENT_NAMES[e] !== undefined;
@@ -147,6 +149,7 @@ export function installMetrics(app: FastifyInstance, svc: Service): Registry {
   // so that a scraper needs no secret (docs/control-plane.md, Security).
   app.get('/metrics', { config: access('public') }, async (_req, reply) => {
     reply.type(reg.contentType);
+    k.flushObservers();
     return reg.metrics();
   });
   return reg;

@@ -66,13 +66,21 @@ export class EventLog {
     this.ring = new Array(capacity);
   }
 
+  /**
+   * Called before every read: a log fed by a deferred kernel observer flushes the kernel's pending
+   * records here (Kernel.flushObservers), so a read right after an operation sees its invalidations.
+   */
+  sync: () => void = () => undefined;
+
   /** Id the next entry will get. */
   get nextId(): number {
+    this.sync();
     return this.next;
   }
 
   /** Entries and subscriber rows kept now. */
   get size(): { entries: number; rows: number } {
+    this.sync();
     return { entries: this.next - this.oldest, rows: this.rows };
   }
 
@@ -131,6 +139,7 @@ export class EventLog {
    * oldest first. `pid` and `filter` select entries (before the limit).
    */
   query(opts: { since?: number; limit?: number; pid?: number; filter?: (e: EventEntry) => boolean } = {}): EventPage {
+    this.sync();
     const limit = Math.max(1, Math.min(opts.limit ?? 100, this.capacity));
     const oldest = this.oldest;
     // The pid is checked on the record, before the entry is formatted.

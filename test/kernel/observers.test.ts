@@ -61,6 +61,54 @@ describe('kernel observers', () => {
     expect(k.recordTiming.on).toBe(false);
   });
 
+  it('a deferred observer gets every record in order, in batches: on flushObservers, on its timer, and before it unsubscribes', async () => {
+    const { k, round } = await setup();
+    const seen: InvalidationRecord[] = [];
+    const sync: InvalidationRecord[] = [];
+    const stop = k.observe({ deferred: true, onInvalidation: (rec) => seen.push(rec) });
+    expect(k.recordTiming.on).toBe(true); // a deferred observer's records are timed too
+    await round();
+    await round();
+    expect(seen).toHaveLength(0); // not inside the rounds
+    k.flushObservers();
+    expect(seen).toHaveLength(2);
+    expect(seen[0].endedUs).toBeGreaterThanOrEqual(seen[0].startedUs);
+    k.flushObservers(); // nothing pending: no repeat
+    expect(seen).toHaveLength(2);
+    // Beside a synchronous observer: that one is called inside the round, both see the same records.
+    const stopSync = k.observe({ onInvalidation: (rec) => sync.push(rec) });
+    await round();
+    expect(sync).toHaveLength(1);
+    expect(seen).toHaveLength(2);
+    // The timer delivers without a reader (at most DEFER_MS later).
+    const deadline = Date.now() + 10_000;
+    while (seen.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    expect(seen).toHaveLength(3);
+    expect(seen[2]).toBe(sync[0]);
+    stopSync();
+    // Unsubscribing flushes first: the observer sees every invalidation of its subscription.
+    await round();
+    stop();
+    expect(seen).toHaveLength(4);
+    expect(seen.map((r) => r.startedUs)).toEqual([...seen.map((r) => r.startedUs)].sort((x, y) => x - y));
+    expect(k.recordTiming.on).toBe(false);
+  });
+
+  it('a deferred observer gets a full batch at once, and a throwing one does not stop the others', async () => {
+    const { k, round } = await setup();
+    const seen: number[] = [];
+    k.observe({
+      deferred: true,
+      onInvalidation: () => {
+        throw new Error('observer bug');
+      },
+    });
+    k.observe({ deferred: true, onInvalidation: (rec) => seen.push(rec.startedUs) });
+    for (let i = 0; i < 1024; i++) await round();
+    // The 1,024th record filled the batch: delivered inside that round, not on the timer.
+    expect(seen).toHaveLength(1024);
+  });
+
   it('an observer that unsubscribes inside its hook does not make the next one miss the event', async () => {
     const { k, round } = await setup();
     const calls: string[] = [];

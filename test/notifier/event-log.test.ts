@@ -81,6 +81,24 @@ describe('EventLog', () => {
     expect(log.query({ filter: (e) => e.start >= 0x10000 + 4 * PAGE }).items.map((e) => e.id)).toEqual([5, 6]);
   });
 
+  it('fed by a deferred kernel observer, every read flushes the kernel first: an operation is in the log when it returns', async () => {
+    const { Kernel, PROT } = await import('../../src/kernel/kernel.js');
+    const { MmuIntervalNotifier } = await import('../../src/notifier/subscriptions.js');
+    const k = new Kernel({ memoryBytes: 8 << 20 });
+    const log = new EventLog(100);
+    log.sync = () => k.flushObservers();
+    k.observe({ deferred: true, onInvalidation: (rec) => log.add(rec) });
+    const p = k.createProcess('log');
+    const a = await k.mmap(p.pid, { length: 4 * PAGE, prot: PROT.READ | PROT.WRITE });
+    p.mm.notifier.insertInterval(new MmuIntervalNotifier({ invalidate: (s, _r, seq) => (s.setSeq(seq), true) }, { label: 'sub' }), a, 4 * PAGE);
+    const before = log.nextId;
+    await k.munmap(p.pid, a, PAGE);
+    expect(log.nextId).toBe(before + 1);
+    await k.madvise(p.pid, a + PAGE, PAGE, 'dontneed');
+    expect(log.size.entries).toBe(2);
+    expect(log.query({ since: before - 1 }).items.map((e) => e.event)).toEqual(['UNMAP', 'CLEAR']);
+  });
+
   it('rejects a bound below one', () => {
     expect(() => new EventLog(0)).toThrow(RangeError);
     expect(() => new EventLog(10, 0)).toThrow(RangeError);

@@ -9,7 +9,12 @@
  *    Against the floor at the same N, same run: a bare `ws` fan-out of a frame of the same size to
  *    N connections over the same number of processes, each echoing it (one write and one read per
  *    connection and round on each side, as a round needs at least).
- * The floor and devmirror are both set up at once and measured in alternating blocks (--blocks).
+ * 3. At N = 1, a second reference, the protocol floor (src/loadgen/client-processes.ts,
+ *    openProtocolFloor): the least a start/ack/end round of the protocol needs on the same loopback
+ *    (three frames, the hot codec on both sides) without devmirror's kernel, core, device or
+ *    sessions. `devmirror / protocol` is what devmirror's own code adds; `protocol / floor` is what
+ *    the protocol itself costs over the bare echo on this machine.
+ * The floors and devmirror are all set up at once and measured in alternating blocks (--blocks).
  *
  * Options: --ns=1,10,100,1000 --rounds=2000 (at N = 1; fewer at larger N) --json=path
  *          --warm=R (rounds before each measurement; default 3,000 at N = 1, 30,000 / N, at least 200)
@@ -33,7 +38,7 @@ import { PROT } from '../src/kernel/kernel.js';
 import { MmuNotifierEvent } from '../src/notifier/range.js';
 import { encodeServerFrame } from '../src/channel/codec.js';
 import { fmt, machine, percentiles, table, usSince, type Percentiles } from './lib/stats.js';
-import { openFanoutFloor, startClientProcesses } from '../src/loadgen/client-processes.js';
+import { openFanoutFloor, openProtocolFloor, startClientProcesses, type FanoutFloor } from '../src/loadgen/client-processes.js';
 import { interleave } from '../src/lib/interleave.js';
 import { allowedCpus, pinningUnavailable, setProcessAffinity } from '../src/lib/affinity.js';
 
@@ -49,6 +54,10 @@ interface Row {
   placement: Placement;
   /** The floor row this one is compared with (the same N). */
   floor?: Row;
+  /** The protocol floor's row of the same N and placement (devmirror's rows at N = 1). */
+  protocol?: Row;
+  /** floor: the ws echo or fan-out; protocol: the protocol floor; devmirror: the system measured. */
+  role: 'floor' | 'protocol' | 'devmirror';
   variant: string;
   rounds: number;
   lat: Percentiles;
@@ -161,21 +170,21 @@ async function openSystem(n: number): Promise<System> {
  * Devmirror's fan-out to n clients and the bare ws fan-out floor to n connections, interleaved, in
  * each placement (N = 1: --placement; larger N: free).
  */
-async function fanout(n: number, rounds: number, frameSize: number): Promise<Array<{ floor: Row; sys: Row & { extra: Record<string, unknown> } }>> {
+async function fanout(n: number, rounds: number, frameSize: number): Promise<Array<{ floor: Row; protocol: Row | null; sys: Row & { extra: Record<string, unknown> } }>> {
   const placements: Placement[] = n === 1 && PIN_UNAVAILABLE === null ? PLACEMENTS : ['free'];
   const floor = await openFanoutFloor(frameSize, n);
+  let proto: FanoutFloor | null = null;
   try {
+    if (n === 1) proto = await openProtocolFloor();
     const sys = await openSystem(n);
     try {
-      const out: Array<{ floor: Row; sys: Row & { extra: Record<string, unknown> } }> = [];
+      const out: Array<{ floor: Row; protocol: Row | null; sys: Row & { extra: Record<string, unknown> } }> = [];
+      const subjects: Subject[] = proto === null ? [floor, sys] : [floor, sys, proto];
       for (const placement of placements) {
-        if (PIN_UNAVAILABLE === null) place(placement, [floor, sys]);
-        for (let i = 0; i < warmRounds(n); i++) {
-          await floor.round();
-          await sys.round();
-        }
+        if (PIN_UNAVAILABLE === null) place(placement, subjects);
+        for (let i = 0; i < warmRounds(n); i++) for (const s of subjects) await s.round();
         const before = sys.extra();
-        const [f, d] = await interleaved(rounds, [floor, sys]);
+        const [f, d, pr] = await interleaved(rounds, subjects);
         // The counters are the service's, since it started: this placement's share is the difference.
         const after = sys.extra();
         const extra = Object.fromEntries(Object.entries(after).map(([k, v]) => [k, typeof v === 'number' && typeof before[k] === 'number' ? v - (before[k] as number) : v]));
@@ -184,13 +193,16 @@ async function fanout(n: number, rounds: number, frameSize: number): Promise<Arr
         const floorRow: Row = {
           n,
           placement,
+          role: 'floor',
           variant: (n === 1 ? `ws echo of ${frameSize} B (floor)` : `ws fan-out of ${frameSize} B, ${n} connections / ${procs} processes (floor)`) + where,
           rounds,
           ...f,
         };
+        const protoRow: Row | null = pr === undefined ? null : { n, placement, role: 'protocol', variant: `protocol floor: start, ack, end; hot codec; no kernel${where}`, rounds, ...pr, floor: floorRow };
         out.push({
           floor: floorRow,
-          sys: { n, placement, variant: `devmirror, ${n} client${n > 1 ? 's' : ''} / ${sys.procs} process${sys.procs > 1 ? 'es' : ''}${where}`, rounds, ...d, floor: floorRow, extra },
+          protocol: protoRow,
+          sys: { n, placement, role: 'devmirror', variant: `devmirror, ${n} client${n > 1 ? 's' : ''} / ${sys.procs} process${sys.procs > 1 ? 'es' : ''}${where}`, rounds, ...d, floor: floorRow, ...(protoRow ? { protocol: protoRow } : {}), extra },
         });
       }
       return out;
@@ -199,6 +211,7 @@ async function fanout(n: number, rounds: number, frameSize: number): Promise<Arr
       await sys.close();
     }
   } finally {
+    await proto?.close();
     await floor.close();
   }
 }
@@ -226,7 +239,7 @@ async function main(): Promise<void> {
     const rounds = n === 1 ? ROUNDS : n <= 10 ? Math.ceil(ROUNDS / 2) : n <= 100 ? Math.ceil(ROUNDS / 8) : Math.ceil(ROUNDS / 20);
     for (const r of await fanout(n, rounds, startFrame.length)) {
       extras[r.sys.placement === 'free' ? String(n) : `${n} ${r.sys.placement}`] = r.sys.extra;
-      rows.push(r.floor, r.sys);
+      rows.push(r.floor, ...(r.protocol ? [r.protocol] : []), r.sys);
       console.log(`  N=${n} (${r.sys.placement}): ${JSON.stringify(r.sys.extra)}`);
     }
   }
@@ -242,20 +255,25 @@ async function main(): Promise<void> {
     'rounds/s': r.perSec.toLocaleString('en-US'),
     'p50/floor': r.floor ? (r.lat.p50 / r.floor.lat.p50).toFixed(2) : '1.00',
     'p99/floor': r.floor ? (r.lat.p99 / r.floor.lat.p99).toFixed(2) : '1.00',
+    'p50/protocol': r.protocol ? (r.lat.p50 / r.protocol.lat.p50).toFixed(2) : '',
   }));
   console.log(`\nframe size: InvalidateStart ServerFrame = ${startFrame.length} bytes (the floor echoes a frame of this size)\n`);
   console.log(table(out));
-  const n1s = rows.filter((r) => r.n === 1 && r.floor !== undefined);
-  const n1000 = rows.find((r) => r.n === 1000 && r.floor !== undefined);
+  const n1s = rows.filter((r) => r.n === 1 && r.role === 'devmirror');
+  const n1000 = rows.find((r) => r.n === 1000 && r.role === 'devmirror');
   console.log('\ngoals:');
-  for (const n1 of n1s) console.log(`  N=1 (${n1.placement}) p50 within 1.3x of the ws echo floor: ${(n1.lat.p50 / n1.floor!.lat.p50).toFixed(2)}x -> ${n1.lat.p50 <= 1.3 * n1.floor!.lat.p50 ? 'met' : 'NOT met'}`);
+  for (const n1 of n1s) {
+    console.log(`  N=1 (${n1.placement}) p50 within 1.3x of the ws echo floor: ${(n1.lat.p50 / n1.floor!.lat.p50).toFixed(2)}x -> ${n1.lat.p50 <= 1.3 * n1.floor!.lat.p50 ? 'met' : 'NOT met'}`);
+    const pr = n1.protocol;
+    if (pr) console.log(`    of which the protocol floor (three frames, the codec) ${(pr.lat.p50 / n1.floor!.lat.p50).toFixed(2)}x the echo, and devmirror's code ${(n1.lat.p50 / pr.lat.p50).toFixed(2)}x the protocol floor`);
+  }
   if (n1000) {
     console.log(`  N=1000 p99 under 50 ms: ${fmt(n1000.lat.p99)} -> ${n1000.lat.p99 < 50_000 ? 'met' : 'NOT met'}`);
     const f = n1000.floor!;
     console.log(`    the bare ws fan-out to 1000 connections in the same run: p50 ${fmt(f.lat.p50)}, p99 ${fmt(f.lat.p99)}${f.lat.p99 >= 50_000 ? ' (the floor itself misses 50 ms)' : ''}`);
   }
   const json = args.get('json');
-  if (json) writeFileSync(json, JSON.stringify({ config, rows: rows.map(({ floor: f, ...r }) => ({ ...r, floorVariant: f?.variant ?? null })), extras }, null, 2));
+  if (json) writeFileSync(json, JSON.stringify({ config, rows: rows.map(({ floor: f, protocol: pr, ...r }) => ({ ...r, floorVariant: f?.variant ?? null, ...(pr ? { protocolVariant: pr.variant } : {}) })), extras }, null, 2));
 }
 
 main().then(

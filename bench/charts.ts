@@ -80,13 +80,14 @@ function handshake(): void {
 }
 
 function channel(): void {
-  const d = load<{ rows: Array<{ n: number; variant: string; placement?: string; lat: Percentiles }> }>(CHANNEL);
+  const d = load<{ rows: Array<{ n: number; variant: string; placement?: string; role?: string; lat: Percentiles }> }>(CHANNEL);
   if (!d) return;
   // Since 11-28 a run measures N = 1 in two placements (bench/channel.ts): the curve takes the one
   // where the client has a CPU of its own, as the processes of the larger N mostly do.
   const used = d.rows.filter((r) => r.placement !== 'together');
   const isFloor = (r: { variant: string }): boolean => /\(floor\)(, \w+)?$/.test(r.variant);
-  const rows = used.filter((r) => !isFloor(r)).sort((a, b) => a.n - b.n);
+  // The protocol floor (N = 1, since 11-29) is a reference, not a point of the curve.
+  const rows = used.filter((r) => !isFloor(r) && r.role !== 'protocol').sort((a, b) => a.n - b.n);
   // The floor at each N: the ws echo at N = 1, the same-layout ws fan-out above (older runs: none).
   const floorAt = (n: number): Percentiles | null => used.find((r) => isFloor(r) && r.n === n)?.lat ?? null;
   const floors = rows.map((r) => floorAt(r.n));

@@ -3,11 +3,17 @@
  *   clients URL TOKEN PID START LENGTH COUNT : COUNT DeviceClient connections, each with one interval
  *                                             subscription, acknowledging every start at once;
  *   echo URL [COUNT]                         : COUNT (default 1) bare `ws` connections, each echoing
- *                                             every frame back.
+ *                                             every frame back;
+ *   protocol URL                             : one bare `ws` connection that speaks the least of the
+ *                                             protocol a round needs: every server frame decoded as
+ *                                             DeviceClient decodes it, an InvalidateStart answered
+ *                                             with its InvalidateAck (the protocol floor, see
+ *                                             openProtocolFloor).
  * Prints "ready" when set up; exits when stdin closes.
  */
 import WebSocket from 'ws';
 import { DeviceClient } from '../client/device-client.js';
+import { decodeServerFrame, encodeAckFields } from '../channel/codec.js';
 
 const [mode, url, ...rest] = process.argv.slice(2);
 process.stdin.on('end', () => process.exit(0));
@@ -23,6 +29,13 @@ if (mode === 'echo') {
       if (++open === count) process.stdout.write('ready\n');
     });
   }
+} else if (mode === 'protocol') {
+  const ws = new WebSocket(url, { perMessageDeflate: false });
+  ws.on('message', (d: Buffer) => {
+    const f = decodeServerFrame(d);
+    if (f.body === 'invalidateStart') ws.send(encodeAckFields(Number(f.invalidateStart.invalidationId), Number(f.invalidateStart.subscriptionId), 0, false)!);
+  });
+  ws.on('open', () => process.stdout.write('ready\n'));
 } else {
   const [token, pid, start, length, count] = rest.map((x, i) => (i === 0 ? x : Number(x))) as [string, number, number, number, number];
   const clients: DeviceClient[] = [];

@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { percentiles, usSince, type Percentiles } from '../lib/stats.js';
+import { decodeAckFields, encodeEndFields, encodeStartFields } from '../channel/codec.js';
 
 function clientArgs(): string[] {
   const here = import.meta.url;
@@ -95,6 +96,76 @@ export async function openFanoutFloor(size: number, n: number, maxProcs = 4): Pr
         pending = conns.length;
         done = () => resolve(usSince(t));
         for (const ws of conns) ws.send(frame);
+      });
+    },
+    close,
+  };
+}
+
+/**
+ * The protocol floor at N = 1: the least a start/ack/end round of the notifier protocol needs, on the
+ * same loopback, without devmirror's kernel, notifier core, device or sessions. This process encodes
+ * an InvalidateStart from its fields (the hot encoder a Session uses); one client process
+ * (channel-clients.ts `protocol`) decodes it as DeviceClient does and answers with an InvalidateAck;
+ * the ack is decoded here (the Session's reader) and ends the round; the InvalidateEnd is encoded
+ * then and leaves with the next Start in one write (the socket corked until the next tick, as a
+ * Session sends). Against the ws echo, it tells how much of a round's ratio the protocol itself
+ * takes on this machine (three frames and the codec instead of two frames) and how much is
+ * devmirror's code.
+ */
+export async function openProtocolFloor(): Promise<FanoutFloor> {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  const port = (wss.address() as { port: number }).port;
+  let conn: WebSocket | null = null;
+  wss.on('connection', (ws) => (conn = ws));
+  const children: ChildProcess[] = [];
+  const close = async (): Promise<void> => {
+    stopClientProcesses(children);
+    conn?.terminate();
+    await new Promise<void>((r) => wss.close(() => r()));
+  };
+  try {
+    children.push(await spawnClients(['protocol', `ws://127.0.0.1:${port}`]));
+    if (conn === null) throw new Error('protocol floor: the client did not connect');
+  } catch (e) {
+    await close();
+    throw e;
+  }
+  const ws = conn as WebSocket;
+  const sock = (ws as unknown as { _socket: { cork(): void; uncork(): void } })._socket;
+  let corked = false;
+  const send = (frame: Uint8Array): void => {
+    if (!corked) {
+      corked = true;
+      sock.cork();
+      process.nextTick(() => {
+        corked = false;
+        sock.uncork();
+      });
+    }
+    ws.send(frame);
+  };
+  const BASE = 0x7f0000000000;
+  let id = 0;
+  let done: ((ackId: number) => void) | null = null;
+  ws.on('message', (data: Buffer) => {
+    const a = decodeAckFields(data);
+    if (a !== null) done?.(a.invalidationId);
+  });
+  return {
+    connections: 1,
+    pids: children.map((c) => c.pid as number),
+    round: () => {
+      const t = process.hrtime.bigint();
+      const me = ++id;
+      return new Promise<number>((resolve, reject) => {
+        done = (ackId) => {
+          if (ackId !== me) return reject(new Error(`protocol floor: ack for ${ackId}, expected ${me}`));
+          send(encodeEndFields(me, 1, 100, BASE, BASE + 4096, 1, 1, null)!);
+          resolve(usSince(t));
+        };
+        send(encodeStartFields(me, 1, 100, BASE, BASE + 4096, 1, 1, null, 2 * me, 'madvise')!);
       });
     },
     close,

@@ -4,7 +4,7 @@
  * clean close.
  */
 import { describe, expect, it } from 'vitest';
-import { openFanoutFloor } from '../../src/loadgen/client-processes.js';
+import { openFanoutFloor, openProtocolFloor } from '../../src/loadgen/client-processes.js';
 
 const alive = (pid: number): boolean => {
   try {
@@ -34,6 +34,29 @@ describe('openFanoutFloor', () => {
       await floor.close();
     }
     // The processes exit once their stdin ends.
+    const deadline = Date.now() + 20_000;
+    while (pids.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(pids.filter(alive)).toEqual([]);
+  });
+});
+
+describe('openProtocolFloor', () => {
+  it('runs start/ack/end rounds with one client process (each ack names its start; the ends decode), and stops it on close', async () => {
+    const floor = await openProtocolFloor();
+    let pids: readonly number[] = [];
+    try {
+      expect(floor.connections).toBe(1);
+      pids = floor.pids;
+      expect(pids).toHaveLength(1);
+      expect(pids[0]).not.toBe(process.pid);
+      expect(alive(pids[0])).toBe(true);
+      // A round ends at its own ack (another id rejects); the client decodes each End that leaves
+      // with the next Start (a client that failed to would die, and the next round never end).
+      for (let i = 0; i < 50; i++) expect(await floor.round()).toBeGreaterThan(0);
+      expect(alive(pids[0])).toBe(true);
+    } finally {
+      await floor.close();
+    }
     const deadline = Date.now() + 20_000;
     while (pids.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     expect(pids.filter(alive)).toEqual([]);

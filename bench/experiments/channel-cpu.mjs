@@ -1,12 +1,13 @@
 /**
  * Experiment: the CPU each process spends per external round (bench:channel's N = 1 round), from
  * /proc/<pid>/stat (user and system, all threads): the bare ws echo for S seconds, then devmirror's
- * round for S seconds, the server and the client process pinned to one CPU (or, with APART=1, the
+ * round for S seconds (between them, with PHASES' default, the protocol floor of
+ * client-processes.ts for S seconds), the server and the client process pinned to one CPU (or, with APART=1, the
  * clients on the second). It prints the processes' pids before the phases, so strace -c or perf can
  * be attached to one phase. NOEND=1 sends no InvalidateEnd (the client never sees one; a variant to
  * measure, not a protocol).
  *
- *   npm run build && [APART=1] [NOEND=1] [PHASES=floor,sys] node bench/experiments/channel-cpu.mjs [S=6]
+ *   npm run build && [APART=1] [NOEND=1] [PHASES=floor,proto,sys] node bench/experiments/channel-cpu.mjs [S=6]
  *
  * Used in docs/benchmarks.md ("The external round on the Xeon host").
  */
@@ -36,12 +37,14 @@ const there = String(process.env.APART ? cpus[1] : cpus[0]);
 for (const c of children) setProcessAffinity(c.pid, there);
 const floor = await clients.openFanoutFloor(48, 1);
 for (const pid of floor.pids) setProcessAffinity(pid, there);
+const proto = await clients.openProtocolFloor();
+for (const pid of proto.pids) setProcessAffinity(pid, there);
 const sys = async () => { const r = await k.notify(p.mm, MmuNotifierEvent.CLEAR, a, a + PAGE, 'madvise'); k.notifyEnd(p.mm, r); };
-for (let i = 0; i < 5000; i++) { await floor.round(); await sys(); }
-console.log(JSON.stringify({ server: process.pid, client: children.map((c) => c.pid), floorClient: floor.pids }));
+for (let i = 0; i < 5000; i++) { await floor.round(); await proto.round(); await sys(); }
+console.log(JSON.stringify({ server: process.pid, client: children.map((c) => c.pid), floorClient: floor.pids, protoClient: proto.pids }));
 const ticksOf = (pid) => { const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' '); return { u: Number(f[11]), s: Number(f[12]) }; };
-const cl = { floor: floor.pids[0], sys: children[0].pid };
-for (const [name, fn] of [['floor', () => floor.round()], ['sys', sys]].filter(([n]) => (process.env.PHASES ?? 'floor,sys').split(',').includes(n))) {
+const cl = { floor: floor.pids[0], proto: proto.pids[0], sys: children[0].pid };
+for (const [name, fn] of [['floor', () => floor.round()], ['proto', () => proto.round()], ['sys', sys]].filter(([n]) => (process.env.PHASES ?? 'floor,proto,sys').split(',').includes(n))) {
   await new Promise((r) => setTimeout(r, 1500));
   console.log('phase', name, 'start', Date.now());
   const s0 = ticksOf(process.pid), c0 = ticksOf(cl[name]);
@@ -54,5 +57,5 @@ for (const [name, fn] of [['floor', () => floor.round()], ['sys', sys]].filter((
   console.log('phase', name, 'end', Date.now(), 'rounds', n, 'p50', lat[lat.length >> 1].toFixed(1));
 }
 for (const c of children) c.stdin.end();
-await floor.close(); await svc.stop(); await app.close();
+await floor.close(); await proto.close(); await svc.stop(); await app.close();
 process.exit(0);

@@ -99,6 +99,49 @@ describe('EventLog', () => {
     expect(log.query({ since: before - 1 }).items.map((e) => e.event)).toEqual(['UNMAP', 'CLEAR']);
   });
 
+  it('copies each record into its slot: a slot reused by narrower and wider entries shows each one exactly, and no record is referenced', () => {
+    const log = new EventLog(3, 10_000);
+    const counts = [2, 20, 1, 0, 17, 3, 16, 40, 2];
+    const added: InvalidationRecord[] = [];
+    for (let i = 0; i < counts.length; i++) {
+      const rec = record(100 + i, counts[i], 0x10000 * (i + 1));
+      rec.subscribers.forEach((o, j) => (o.ackUs = 1000 * i + j));
+      log.add(rec);
+      added.push(rec);
+      // The newest three, as added, each with its own subscribers and nothing left from the slot's last entry.
+      const want = added.slice(-3);
+      const page = log.query({ limit: 3 });
+      expect(page.items.map((e) => e.pid)).toEqual(want.map((r) => r.range.pid));
+      for (let k = 0; k < want.length; k++) {
+        expect(page.items[k].start).toBe(want[k].range.start);
+        expect(page.items[k].subscribers.map((o) => [o.label, o.ackUs])).toEqual(want[k].subscribers.map((o) => [o.info.label, o.ackUs]));
+      }
+      expect(log.size).toEqual({ entries: want.length, rows: want.reduce((n, r) => n + r.subscribers.length, 0) });
+    }
+    // The log copied the record: changing it afterwards (the kernel never does) changes no entry.
+    const last = added[added.length - 1];
+    last.subscribers[0].ackUs = -1;
+    last.subscribers.length = 0;
+    expect(log.query({ limit: 1 }).items[0].subscribers.map((o) => o.ackUs)).toEqual([8000, 8001]);
+  });
+
+  it('stamps an entry with its end on the wall clock (a timed record) or with the time it was added (untimed)', () => {
+    const log = new EventLog(10);
+    const timed = record(1, 1);
+    timed.startedUs = performance.now() * 1000 - 100_000;
+    timed.endedUs = timed.startedUs + 2000;
+    log.add(timed);
+    const untimed = { ...record(2, 1), startedUs: 0, ackedUs: 0, endedUs: 0 };
+    const before = Date.now();
+    log.add(untimed);
+    const [a, b] = log.query().items;
+    expect(Math.abs(a.at - (performance.timeOrigin + timed.endedUs / 1000))).toBeLessThan(1e-3);
+    expect(a.at).toBeLessThan(before - 50); // 98 ms ago, not when it was added
+    expect(a.totalUs).toBe(2000);
+    expect(b.at).toBeGreaterThanOrEqual(before);
+    expect(b.totalUs).toBe(0);
+  });
+
   it('rejects a bound below one', () => {
     expect(() => new EventLog(0)).toThrow(RangeError);
     expect(() => new EventLog(10, 0)).toThrow(RangeError);

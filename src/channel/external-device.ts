@@ -374,7 +374,9 @@ export class ExternalDevice implements ProgressSource {
     if (!this.alive) return;
     const now = Date.now();
     for (const a of this.acks.values()) {
-      if (now - a.sentMs > this.deadlineMs) {
+      // Stamped here, the first time a watchdog pass finds it pending (see SocketAck.seenMs).
+      if (a.seenMs === 0) a.seenMs = now;
+      else if (now - a.seenMs > this.deadlineMs) {
         void this.evict(`no acknowledgement of invalidation ${a.invalidationId} within ${this.deadlineMs} ms`);
         return;
       }
@@ -427,10 +429,19 @@ export class ExternalDevice implements ProgressSource {
     return s ? { pid: s.pid, start: s.start, end: s.end } : null;
   }
 
-  /** Acknowledgements this device owes, oldest first. */
+  /**
+   * Acknowledgements this device owes, oldest first, each with the time a watcher (this list or the
+   * deadline watchdog) first saw it pending.
+   */
   pendingAckList(): Array<{ invalidationId: number; subscriptionId: number; sentMs: number }> {
     const out: Array<{ invalidationId: number; subscriptionId: number; sentMs: number }> = [];
-    for (const a of this.acks.values()) if (a.poll() !== ACK_OK) out.push({ invalidationId: a.invalidationId, subscriptionId: a.subscriptionId, sentMs: a.sentMs });
+    const now = Date.now();
+    for (const a of this.acks.values()) {
+      if (a.poll() === ACK_OK) continue;
+      // A watcher that sees it pending first stamps it (SocketAck.seenMs): its age counts from here.
+      if (a.seenMs === 0) a.seenMs = now;
+      out.push({ invalidationId: a.invalidationId, subscriptionId: a.subscriptionId, sentMs: a.seenMs });
+    }
     return out.sort((x, y) => x.sentMs - y.sentMs);
   }
 

@@ -12,8 +12,13 @@ import { ACK_OK, ACK_PENDING, ACK_REFUSED, type AckGroup, type PendingAck } from
 export class SocketAck implements PendingAck {
   state = ACK_PENDING;
   answeredAtUs?: number;
-  /** Date.now() when the start was sent (deadline). */
-  readonly sentMs = Date.now();
+  /**
+   * Date.now() when the deadline watchdog first saw this ack pending (0: not yet), as a worker
+   * device's call slot keeps it: the deadline counts from there, at most one watchdog period after
+   * the start was sent, and the round's path reads no clock for it (Date.now() was about 0.1 us of
+   * the external round with the client on the server's CPU, 11-29).
+   */
+  seenMs = 0;
   /**
    * The parked sets that wait for this ack, kept on the ack itself: the kernel parks one set per
    * invalidation, so there is one waiter (a thousand clients used to cost a thousand map entries

@@ -29,13 +29,13 @@ const a = await k.mmap(p.pid, { length: 16 * PAGE, prot: PROT.READ | PROT.WRITE 
 let dev;
 let sink = 0;
 const port = {
-  invalidateStart(m) {
-    const f = hf.encodeStartFields(m.invalidationId, m.subscriptionId, m.pid, m.start, m.end, m.event, m.flags, m.owner, m.curSeq, m.origin);
+  invalidateStart(sub, pid, r, curSeq) {
+    const f = hf.encodeStartFields(r.id, sub, pid, r.start, r.end, r.event, r.flags, r.owner, curSeq, r.origin);
     sink += f.length;
-    const ackBuf = hf.encodeAckFields(m.invalidationId, m.subscriptionId, 0, false);
+    const ackBuf = hf.encodeAckFields(r.id, sub, 0, false);
     queueMicrotask(() => { const x = hf.decodeAckFields(ackBuf); dev.onAck(x.invalidationId, x.subscriptionId, x.result === 0, x.keptReads); });
   },
-  invalidateEnd(m) { const f = hf.encodeEndFields(m.invalidationId, m.subscriptionId, m.pid, m.start, m.end, m.event, m.flags, m.owner); sink += f.length; },
+  invalidateEnd(sub, pid, r) { const f = hf.encodeEndFields(r.id, sub, pid, r.start, r.end, r.event, r.flags, r.owner); sink += f.length; },
   release() {}, youngQuery() {}, command: async () => null, close() {},
 };
 dev = new ExternalDevice(k, new SocketAckGroup(), 7, 'x', 'bench', 60000, port);

@@ -29,19 +29,13 @@ import type { Grant } from './tokens.js';
 
 /** What the device sends; implemented by the session (frames out, with backpressure). */
 export interface ExternalPort {
-  invalidateStart(m: {
-    invalidationId: number;
-    subscriptionId: number;
-    pid: number;
-    start: number;
-    end: number;
-    event: number;
-    flags: number;
-    owner: number | null;
-    curSeq: number;
-    origin: string;
-  }): void;
-  invalidateEnd(m: { invalidationId: number; subscriptionId: number; pid: number; start: number; end: number; event: number; flags: number; owner: number | null }): void;
+  /**
+   * InvalidateStart of `range` to subscription `subscriptionId` of process `pid`. The range itself,
+   * not a message object: the round allocates nothing for it (the session encodes from its fields).
+   */
+  invalidateStart(subscriptionId: number, pid: number, range: NotifierRange, curSeq: number): void;
+  /** InvalidateEnd of `range` (one-way). */
+  invalidateEnd(subscriptionId: number, pid: number, range: NotifierRange): void;
   release(m: { invalidationId: number; subscriptionId: number; pid: number }): void;
   youngQuery(m: { queryId: number; subscriptionId: number; pid: number; op: number; start: number; end: number }): void;
   command(name: string, args: Record<string, unknown>, timeoutMs: number): Promise<unknown>;
@@ -232,18 +226,7 @@ export class ExternalDevice implements ProgressSource {
     const ack = new SocketAck(this.group, range.id, subId, (range.flags & RANGE_BLOCKABLE) !== 0);
     this.acks.set(ackKey(range.id, subId), ack);
     this.handshake.starts++;
-    this.port.invalidateStart({
-      invalidationId: range.id,
-      subscriptionId: subId,
-      pid,
-      start: range.start,
-      end: range.end,
-      event: range.event,
-      flags: range.flags,
-      owner: range.owner,
-      curSeq,
-      origin: range.origin,
-    });
+    this.port.invalidateStart(subId, pid, range, curSeq);
     return ack;
   }
 
@@ -251,7 +234,7 @@ export class ExternalDevice implements ProgressSource {
     if (!this.alive) return;
     this.sanitizer.ended(range.id, subId, this.k.mem.tick());
     this.handshake.ends++;
-    this.port.invalidateEnd({ invalidationId: range.id, subscriptionId: subId, pid, start: range.start, end: range.end, event: range.event, flags: range.flags, owner: range.owner });
+    this.port.invalidateEnd(subId, pid, range);
   }
 
   private releaseCall(subId: number, pid: number): Promise<void> {

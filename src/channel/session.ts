@@ -37,6 +37,7 @@ import {
 import { CLOSE } from './close-codes.js';
 import { ERRNO } from '../kernel/hmm.js';
 import { ExternalDevice, type ExternalPort } from './external-device.js';
+import type { NotifierRange } from '../notifier/range.js';
 import type { SocketAckGroup } from './socket-ack.js';
 import { TokenTable, type Grant } from './tokens.js';
 
@@ -245,32 +246,32 @@ export class Session implements ExternalPort {
   }
 
   // ExternalPort: frames to the client.
-  invalidateStart(m: Parameters<ExternalPort['invalidateStart']>[0]): void {
+  invalidateStart(subscriptionId: number, pid: number, r: NotifierRange, curSeq: number): void {
     // From the fields (one frame per client and round); addresses at or above 2^53 (a range to
     // ULONG_MAX) and anything else out of the common case take the frame object below.
-    const hot = encodeStartFields(m.invalidationId, m.subscriptionId, m.pid, m.start, m.end, m.event, m.flags, m.owner, m.curSeq, m.origin);
+    const hot = encodeStartFields(r.id, subscriptionId, pid, r.start, r.end, r.event, r.flags, r.owner, curSeq, r.origin);
     if (hot !== null) return this.sendBytes(hot);
     this.send({
       invalidateStart: {
-        invalidationId: m.invalidationId,
-        subscriptionId: m.subscriptionId,
-        pid: m.pid,
-        start: addrToWire(m.start),
-        end: addrToWire(m.end),
-        event: m.event,
-        flags: m.flags,
-        blockable: (m.flags & 1) !== 0,
-        owner: m.owner,
-        curSeq: m.curSeq,
-        origin: { operation: m.origin },
+        invalidationId: r.id,
+        subscriptionId,
+        pid,
+        start: addrToWire(r.start),
+        end: addrToWire(r.end),
+        event: r.event,
+        flags: r.flags,
+        blockable: (r.flags & 1) !== 0,
+        owner: r.owner,
+        curSeq,
+        origin: { operation: r.origin },
       },
     });
   }
 
-  invalidateEnd(m: Parameters<ExternalPort['invalidateEnd']>[0]): void {
-    const hot = encodeEndFields(m.invalidationId, m.subscriptionId, m.pid, m.start, m.end, m.event, m.flags, m.owner);
+  invalidateEnd(subscriptionId: number, pid: number, r: NotifierRange): void {
+    const hot = encodeEndFields(r.id, subscriptionId, pid, r.start, r.end, r.event, r.flags, r.owner);
     if (hot !== null) return this.sendBytes(hot);
-    this.send({ invalidateEnd: { ...m, start: addrToWire(m.start), end: addrToWire(m.end) } });
+    this.send({ invalidateEnd: { invalidationId: r.id, subscriptionId, pid, start: addrToWire(r.start), end: addrToWire(r.end), event: r.event, flags: r.flags, owner: r.owner } });
   }
 
   release(m: Parameters<ExternalPort['release']>[0]): void {

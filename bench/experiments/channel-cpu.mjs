@@ -37,7 +37,7 @@ const there = String(process.env.APART ? cpus[1] : cpus[0]);
 for (const c of children) setProcessAffinity(c.pid, there);
 const floor = await clients.openFanoutFloor(48, 1);
 for (const pid of floor.pids) setProcessAffinity(pid, there);
-const proto = await clients.openProtocolFloor();
+const proto = await clients.openProtocolFloor({ end: false });
 for (const pid of proto.pids) setProcessAffinity(pid, there);
 const sys = async () => { const r = await k.notify(p.mm, MmuNotifierEvent.CLEAR, a, a + PAGE, 'madvise'); k.notifyEnd(p.mm, r); };
 for (let i = 0; i < 5000; i++) { await floor.round(); await proto.round(); await sys(); }

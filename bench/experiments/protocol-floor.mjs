@@ -7,9 +7,10 @@
  *   protocol  the least a start/ack/end round needs on the wire and in the codec: the server
  *             encodes an InvalidateStart from its fields (the hot encoder), the client decodes it
  *             with decodeServerFrame and answers with encodeAckFields, the server decodes the ack
- *             with decodeAckFields and resolves the round; the InvalidateEnd is encoded after the
- *             round and leaves corked with the next Start, as a Session sends it; the client
- *             decodes it too. A plain ws server and a ws client, no Hello, no subscription state.
+ *             with decodeAckFields and resolves the round. No InvalidateEnd, as devmirror's clients
+ *             subscribe with no_end (END=1: one after the round, corked with the next Start as a
+ *             Session sends it, and decoded by the client). A plain ws server and a ws client, no
+ *             Hello, no subscription state.
  *   devmirror the service with one DeviceClient process subscribed (bench:channel's round)
  *
  * Every client process is pinned with this process on one CPU (`together`, the default) or on the
@@ -93,7 +94,8 @@ if (process.argv[2] === 'child') {
       done = resolve;
       send(hf.encodeStartFields(id, 1_000_001, 100, start, start + PAGE, 1, 1, null, id * 2, 'madvise'));
     });
-    send(hf.encodeEndFields(id, 1_000_001, 100, start, start + PAGE, 1, 1, null));
+    // No InvalidateEnd: devmirror's clients subscribe with no_end (since 11-29), like for like.
+    if (process.env.END) send(hf.encodeEndFields(id, 1_000_001, 100, start, start + PAGE, 1, 1, null));
   };
 
   // devmirror: bench:channel's system at N = 1 (of this build, or of a variant's).

@@ -50,6 +50,8 @@ export interface ExternalSub {
   start: number;
   end: number;
   wantsYoung: boolean;
+  /** An interval subscription that asked for no InvalidateEnd frames (Subscribe.no_end). */
+  noEnd: boolean;
   notifier: MmuIntervalNotifier | MmuNotifier;
 }
 
@@ -153,7 +155,12 @@ export class ExternalDevice implements ProgressSource {
 
   // ---- subscriptions ---------------------------------------------------------------------------
 
-  subscribe(proc: Process, kind: 'mm' | 'interval', start: number, length: number, wantsYoung: boolean, label: string): ExternalSub {
+  /**
+   * `noEnd` (interval subscriptions only): the window still closes here (the sanitizer's window,
+   * the handshake's count), but no InvalidateEnd frame goes to the client: the kernel's interval
+   * notifiers have no end callback, and a client that does nothing at the end asks for none.
+   */
+  subscribe(proc: Process, kind: 'mm' | 'interval', start: number, length: number, wantsYoung: boolean, label: string, noEnd = false): ExternalSub {
     if (proc.mm.exiting) throw new DevmirrorError('DM_ERR_PROCESS_EXITING', `process ${proc.pid} is exiting`);
     const id = nextSubId++;
     const pid = proc.pid;
@@ -167,7 +174,7 @@ export class ExternalDevice implements ProgressSource {
             s.setSeq(curSeq);
             return this.start(id, pid, range, curSeq) ?? true;
           },
-          windowClosed: (_s, range) => this.end(id, pid, range),
+          windowClosed: noEnd ? (_s, range) => this.end(id, pid, range, false) : (_s, range) => this.end(id, pid, range, true),
         },
         this.info(label || 'interval'),
       );
@@ -178,7 +185,7 @@ export class ExternalDevice implements ProgressSource {
       const n = new MmuNotifier(
         {
           invalidateRangeStart: (_s, range) => this.start(id, pid, range, 0) ?? 0,
-          invalidateRangeEnd: (_s, range) => this.end(id, pid, range),
+          invalidateRangeEnd: (_s, range) => this.end(id, pid, range, true),
           release: () => this.releaseCall(id, pid),
           ...(wantsYoung
             ? {
@@ -193,7 +200,7 @@ export class ExternalDevice implements ProgressSource {
       proc.mm.notifier.register(n);
       notifier = n;
     }
-    const sub: ExternalSub = { id, pid, kind, start: kind === 'interval' ? start : 0, end: kind === 'interval' ? start + length : 2 ** 64, wantsYoung, notifier };
+    const sub: ExternalSub = { id, pid, kind, start: kind === 'interval' ? start : 0, end: kind === 'interval' ? start + length : 2 ** 64, wantsYoung, noEnd: kind === 'interval' && noEnd, notifier };
     this.subs.set(id, sub);
     return sub;
   }
@@ -230,11 +237,11 @@ export class ExternalDevice implements ProgressSource {
     return ack;
   }
 
-  private end(subId: number, pid: number, range: NotifierRange): void {
+  private end(subId: number, pid: number, range: NotifierRange, frame: boolean): void {
     if (!this.alive) return;
     this.sanitizer.ended(range.id, subId, this.k.mem.tick());
     this.handshake.ends++;
-    this.port.invalidateEnd(subId, pid, range);
+    if (frame) this.port.invalidateEnd(subId, pid, range);
   }
 
   private releaseCall(subId: number, pid: number): Promise<void> {

@@ -565,7 +565,7 @@ export class Session implements ExternalPort {
           if (length <= 0 || start % PAGE_SIZE !== 0 || length % PAGE_SIZE !== 0) {
             throw new DevmirrorError('DM_ERR_VALIDATION', 'an interval subscription needs a page-aligned start and a non-zero page-aligned length');
           }
-          const sub = dev.subscribe(p, 'interval', start, length, false, s.label);
+          const sub = dev.subscribe(p, 'interval', start, length, false, s.label, s.noEnd === true);
           work = { subscribed: { subscriptionId: sub.id, pid: p.pid, seq: dev.seqOf(sub) } };
         } else if (s.kind === SubscriptionKind.MM) {
           const sub = dev.subscribe(p, 'mm', 0, 0, s.wantsYoung, s.label);

@@ -439,8 +439,17 @@ export class DeviceClient extends EventEmitter {
   }
 
   /** An interval subscription over [start, start + length) of a process (pid, or name). */
-  async subscribeInterval(a: { pid?: number; process?: string; start: number; length: number; label?: string }): Promise<{ subscriptionId: number; pid: number; seq: number }> {
-    const f = await this.expect({ subscribe: { kind: SubscriptionKind.INTERVAL, pid: a.pid ?? 0, process: a.process ?? '', start: a.start, length: a.length, label: a.label ?? '' } }, 'subscribed');
+  /**
+   * An interval subscription. `noEnd`: the server sends no InvalidateEnd for it (the kernel's
+   * interval notifiers have no end callback; the sequence protocol tells when an invalidation
+   * ended), so onInvalidateEnd is not called for this subscription. For a client that does nothing
+   * at the end: one frame less per invalidation.
+   */
+  async subscribeInterval(a: { pid?: number; process?: string; start: number; length: number; label?: string; noEnd?: boolean }): Promise<{ subscriptionId: number; pid: number; seq: number }> {
+    const f = await this.expect(
+      { subscribe: { kind: SubscriptionKind.INTERVAL, pid: a.pid ?? 0, process: a.process ?? '', start: a.start, length: a.length, label: a.label ?? '', ...(a.noEnd ? { noEnd: true } : {}) } },
+      'subscribed',
+    );
     return { subscriptionId: n(f.subscribed.subscriptionId), pid: f.subscribed.pid, seq: n(f.subscribed.seq) };
   }
 

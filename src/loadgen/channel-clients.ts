@@ -1,7 +1,8 @@
 /**
  * A client process for bench:channel and devmirror bench --clients. Modes:
  *   clients URL TOKEN PID START LENGTH COUNT : COUNT DeviceClient connections, each with one interval
- *                                             subscription, acknowledging every start at once;
+ *                                             subscription (no_end: no InvalidateEnd frames),
+ *                                             acknowledging every start at once;
  *   echo URL [COUNT]                         : COUNT (default 1) bare `ws` connections, each echoing
  *                                             every frame back;
  *   protocol URL                             : one bare `ws` connection that speaks the least of the
@@ -45,7 +46,8 @@ if (mode === 'echo') {
     await Promise.all(
       clients.slice(i, i + 50).map(async (c) => {
         await c.connect();
-        await c.subscribeInterval({ pid, start, length });
+        // No end handler, so no End frames: an interval notifier gets none from the kernel either.
+        await c.subscribeInterval({ pid, start, length, noEnd: true });
       }),
     );
   }

@@ -109,11 +109,13 @@ export async function openFanoutFloor(size: number, n: number, maxProcs = 4): Pr
  * (channel-clients.ts `protocol`) decodes it as DeviceClient does and answers with an InvalidateAck;
  * the ack is decoded here (the Session's reader) and ends the round; the InvalidateEnd is encoded
  * then and leaves with the next Start in one write (the socket corked until the next tick, as a
- * Session sends). Against the ws echo, it tells how much of a round's ratio the protocol itself
+ * Session sends); with `end: false` there is none, as for an interval subscription made with
+ * no_end (the DeviceClients of startClientProcesses). Against the ws echo, it tells how much of a round's ratio the protocol itself
  * takes on this machine (three frames and the codec instead of two frames) and how much is
  * devmirror's code.
  */
-export async function openProtocolFloor(): Promise<FanoutFloor> {
+export async function openProtocolFloor(o: { end?: boolean } = {}): Promise<FanoutFloor> {
+  const withEnd = o.end ?? true;
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });
   await new Promise<void>((r) => wss.once('listening', () => r()));
   const port = (wss.address() as { port: number }).port;
@@ -166,7 +168,7 @@ export async function openProtocolFloor(): Promise<FanoutFloor> {
         // In a reaction, as the kernel's end follows its await: a tick queued inside the socket's
         // read callback would run before the microtasks and write the End alone, and the next
         // Start in a second write (the Session's End leaves with the next Start in one).
-        send(encodeEndFields(me, 1, 100, BASE, BASE + 4096, 1, 1, null)!);
+        if (withEnd) send(encodeEndFields(me, 1, 100, BASE, BASE + 4096, 1, 1, null)!);
         return usSince(t);
       });
     },

@@ -41,8 +41,8 @@ describe('openFanoutFloor', () => {
 });
 
 describe('openProtocolFloor', () => {
-  it('runs start/ack/end rounds with one client process (each ack names its start; the ends decode), and stops it on close', async () => {
-    const floor = await openProtocolFloor();
+  it.each([true, false])('runs start/ack rounds (end frames: %s) with one client process (each ack names its start; the ends decode), and stops it on close', async (end) => {
+    const floor = await openProtocolFloor({ end });
     let pids: readonly number[] = [];
     try {
       expect(floor.connections).toBe(1);

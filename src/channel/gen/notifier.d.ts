@@ -318,6 +318,9 @@ export namespace devmirror {
 
             /** Subscribe label */
             label?: (string|null);
+
+            /** Subscribe noEnd */
+            noEnd?: (boolean|null);
         }
 
         /** Represents a Subscribe. */
@@ -349,6 +352,9 @@ export namespace devmirror {
 
             /** Subscribe label. */
             public label: string;
+
+            /** Subscribe noEnd. */
+            public noEnd: boolean;
 
             /**
              * Creates a new Subscribe instance using the specified properties.

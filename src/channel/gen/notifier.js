@@ -809,6 +809,7 @@ export const devmirror = $root.devmirror = (() => {
              * @property {Long|null} [length] Subscribe length
              * @property {boolean|null} [wantsYoung] Subscribe wantsYoung
              * @property {string|null} [label] Subscribe label
+             * @property {boolean|null} [noEnd] Subscribe noEnd
              */
 
             /**
@@ -883,6 +884,14 @@ export const devmirror = $root.devmirror = (() => {
             Subscribe.prototype.label = "";
 
             /**
+             * Subscribe noEnd.
+             * @member {boolean} noEnd
+             * @memberof devmirror.v1.Subscribe
+             * @instance
+             */
+            Subscribe.prototype.noEnd = false;
+
+            /**
              * Creates a new Subscribe instance using the specified properties.
              * @function create
              * @memberof devmirror.v1.Subscribe
@@ -924,6 +933,8 @@ export const devmirror = $root.devmirror = (() => {
                     writer.uint32(/* id 6, wireType 0 =*/48).bool(message.wantsYoung);
                 if (message.label != null && Object.hasOwnProperty.call(message, "label"))
                     writer.uint32(/* id 7, wireType 2 =*/58).string(message.label);
+                if (message.noEnd != null && Object.hasOwnProperty.call(message, "noEnd"))
+                    writer.uint32(/* id 8, wireType 0 =*/64).bool(message.noEnd);
                 return writer;
             };
 
@@ -987,6 +998,10 @@ export const devmirror = $root.devmirror = (() => {
                         }
                     case 7: {
                             message.label = reader.string();
+                            break;
+                        }
+                    case 8: {
+                            message.noEnd = reader.bool();
                             break;
                         }
                     default:

@@ -17,7 +17,10 @@
  * other (`apart`). So `protocol / echo` is the share of the 1.3x budget the protocol's three frames
  * and codec take on this machine before any of devmirror's code runs.
  *
- *   npm run build && node bench/experiments/protocol-floor.mjs [placement=together|apart] [passes=6] [rounds=20000]
+ * NOCORK=1 adds the protocol once more, on its own connection, writing each frame at once instead
+ * of corking the socket until the next tick as a Session does.
+ *
+ *   npm run build && [NOCORK=1] node bench/experiments/protocol-floor.mjs [placement=together|apart] [passes=6] [rounds=20000]
  *        [variant=a patched copy of the build, as for channel-ab.mjs: measured as a fourth subject]
  *
  * Used in docs/benchmarks.md ("The external round on the Xeon host").
@@ -129,7 +132,32 @@ if (process.argv[2] === 'child') {
 
   const floor = await clients.openFanoutFloor(48, 1);
   for (const pid of floor.pids) setProcessAffinity(pid, there);
-  const subjects = { echo: () => floor.round(), protocol, devmirror: systems[0].round, ...(variantRoot ? { variant: systems[1].round } : {}) };
+  // NOCORK=1: a second protocol subject on its own connection that writes each frame at once,
+  // without the socket corked until the next tick (as a Session corks it).
+  const extra = {};
+  if (process.env.NOCORK) {
+    const conn2 = new Promise((r) => wss.once('connection', r));
+    const child2 = spawn(process.execPath, [fileURLToPath(import.meta.url), 'child', `ws://127.0.0.1:${wss.address().port}`], { stdio: ['pipe', 'pipe', 'inherit'] });
+    await new Promise((r) => child2.stdout.on('data', (d) => d.toString().includes('ready') && r()));
+    const ws2 = await conn2;
+    setProcessAffinity(child2.pid, there);
+    let id2 = 1;
+    let done2 = null;
+    ws2.on('message', (data) => {
+      const a2 = hf.decodeAckFields(data);
+      if (a2 === null || a2.invalidationId !== id2) throw new Error('unexpected ack');
+      done2();
+    });
+    extra['no cork'] = async () => {
+      id2++;
+      await new Promise((resolve) => {
+        done2 = resolve;
+        ws2.send(hf.encodeStartFields(id2, 1_000_001, 100, start, start + PAGE, 1, 1, null, id2 * 2, 'madvise'));
+      });
+    };
+    process.on('exit', () => child2.kill());
+  }
+  const subjects = { echo: () => floor.round(), protocol, ...extra, devmirror: systems[0].round, ...(variantRoot ? { variant: systems[1].round } : {}) };
   const names = Object.keys(subjects);
   for (const n of names) for (let i = 0; i < 5000; i++) await subjects[n]();
   const p50 = Object.fromEntries(names.map((n) => [n, []]));

@@ -62,7 +62,8 @@ export class Service {
     const log: Log = opts.log ?? (logger ? (level, msg, data) => logger[level](data ?? {}, msg) : () => undefined);
     this.kernel = new Kernel(opts.kernel);
     this.events = new EventLog(opts.eventCapacity ?? 10_000, opts.eventRows ?? DEFAULT_EVENT_ROWS);
-    // Deferred: the log takes the records in batches, once per turn, not inside every round.
+    // Deferred: the log takes the records in batches (at most 10 ms late), not inside every round;
+    // every read of the log flushes first.
     this.events.sync = () => this.kernel.flushObservers();
     this.unobserve = this.kernel.observe({ deferred: true, onInvalidation: (rec) => this.events.add(rec) });
     this.devices = new DeviceManager(this.kernel, { deadlineMs: opts.deadlineMs, log, logger });

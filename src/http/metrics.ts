@@ -48,7 +48,7 @@ export function installMetrics(app: FastifyInstance, svc: Service): Registry {
   const originIndex = new Map<string, number>();
   const kindIndex = new Map<string, number>();
   const unobserve = k.observe({
-    // In batches, once per turn (and before every scrape, below), not inside every round.
+    // In batches (at most 10 ms late, and before every scrape, below), not inside every round.
     deferred: true,
     onInvalidation: (rec) => {
       const e = rec.range.event;

@@ -106,7 +106,7 @@ export interface KernelObserver {
   onInvalidation?(rec: InvalidationRecord): void;
   /**
    * onInvalidation in batches (see there). For observers that only keep or count records: the
-   * round does not run their code, and a batch runs it with warm caches, once per turn instead of
+   * round does not run their code, and a batch runs it with warm caches, once per batch instead of
    * once per invalidation.
    */
   deferred?: boolean;
@@ -249,6 +249,9 @@ export class Kernel {
 
   observe(o: KernelObserver): () => void {
     if (this.observers.has(o)) return () => this.unobserve(o);
+    // A deferred observer sees only invalidations that complete while it is subscribed: the
+    // records pending now go to the deferred observers there were before it.
+    if (o.deferred === true && typeof o.onInvalidation === 'function') this.flushObservers();
     this.observers.add(o);
     // Copy on write: an emit walking a list is not disturbed by (un)subscribing from an observer.
     for (const h of OBSERVER_HOOKS) {

@@ -94,6 +94,19 @@ describe('kernel observers', () => {
     expect(k.recordTiming.on).toBe(false);
   });
 
+  it('a deferred observer that subscribes while records are pending gets none of them', async () => {
+    const { k, round } = await setup();
+    const first: InvalidationRecord[] = [];
+    const late: InvalidationRecord[] = [];
+    k.observe({ deferred: true, onInvalidation: (rec) => first.push(rec) });
+    await round();
+    k.observe({ deferred: true, onInvalidation: (rec) => late.push(rec) });
+    await round();
+    k.flushObservers();
+    expect(first).toHaveLength(2);
+    expect(late).toEqual([first[1]]);
+  });
+
   it('a deferred observer gets a full batch at once, and a throwing one does not stop the others', async () => {
     const { k, round } = await setup();
     const seen: number[] = [];

@@ -301,8 +301,10 @@ export class Session implements ExternalPort {
   /**
    * A token bucket of ratePerSec tokens, refilled lazily: the clock is read only when the tokens
    * run out, not on every frame (Date.now() was about 0.1 us of the external round, 11-29). The
-   * refill then adds everything since the last one, capped at the bucket: any window of T seconds
-   * still passes at most ratePerSec * (1 + T) frames, as refilling on every frame would.
+   * refill then adds everything since the last one, capped at the bucket. So a client that spends
+   * its tokens slowly and then fast may pass one bucket more than with a refill on every frame: at
+   * most ratePerSec * (2 + T) frames in any window of T seconds, instead of ratePerSec * (1 + T);
+   * a sustained rate above ratePerSec is still cut off.
    */
   private rateOk(): boolean {
     if (this.tokens >= 1) {

@@ -65,6 +65,23 @@ describe('channel limits', () => {
     expect((await gone).code).toBe(CLOSE.RATE_LIMIT);
   });
 
+  it('keeps a client within the rate limit: the bucket refills while it waits, even after it was nearly spent', async () => {
+    h = await startHarness({ channel: { ratePerSec: 50 } });
+    const c = h.client();
+    await c.connect();
+    let code: number | null = null;
+    void closed(c).then((e) => (code = e.code));
+    // 45 of the 50 tokens at once, then 20 more 0.6 s later: the refill (30 tokens by then) covers
+    // them only if the bucket refills when it runs out.
+    for (let i = 0; i < 45; i++) c.sendRaw(encodeClientFrame({ stats: { counters: { i } } }));
+    await new Promise((r) => setTimeout(r, 600));
+    for (let i = 0; i < 20; i++) c.sendRaw(encodeClientFrame({ stats: { counters: { i } } }));
+    // A request answered after them: every frame before it was taken, none closed the client.
+    await c.readBegin(0).catch(() => undefined);
+    expect(code).toBeNull();
+    expect(c.connected).toBe(true);
+  });
+
   it('disconnects a client that does not read (slow consumer, 4503) and releases the kernel', async () => {
     h = await startHarness({ channel: { maxBufferedBytes: 64 * 1024, ratePerSec: 1_000_000, maxPending: 100_000 } });
     const { k, p, a } = await proc(h);

@@ -290,6 +290,8 @@ export class Kernel {
     for (let i = 0; i < list.length; i++) {
       const o = list[i];
       for (let j = 0; j < recs.length; j++) {
+        // One that unsubscribed inside this batch (itself or another) gets no more of it.
+        if (j > 0 && !this.observers.has(o)) break;
         try {
           o.onInvalidation!(recs[j]);
         } catch {

@@ -70,7 +70,8 @@ export class EventLog {
   private readonly pids: Int32Array;
   private readonly starts: Float64Array;
   private readonly ends: Float64Array;
-  private readonly events: Uint8Array;
+  /** Int32: the kernel API takes any event number (an unknown one is shown as UNKNOWN). */
+  private readonly events: Int32Array;
   private readonly flagss: Int32Array;
   /** NaN for no owner. */
   private readonly owners: Float64Array;
@@ -87,8 +88,6 @@ export class EventLog {
   private readonly row0AckUs: Float64Array;
   /** The other subscribers' rows, for entries with more than one. */
   private readonly moreRows: Array<Row[] | null>;
-  /** performance.now()'s origin in ms since the epoch: a record's end time on the wall clock. */
-  private readonly timeOrigin = performance.timeOrigin;
   private next = 1;
   /** Lowest id still kept (ids below aged out). */
   private oldest = 1;
@@ -105,7 +104,7 @@ export class EventLog {
     this.pids = new Int32Array(capacity);
     this.starts = new Float64Array(capacity);
     this.ends = new Float64Array(capacity);
-    this.events = new Uint8Array(capacity);
+    this.events = new Int32Array(capacity);
     this.flagss = new Int32Array(capacity);
     this.owners = new Float64Array(capacity);
     this.origins = new Array<string>(capacity).fill('');
@@ -145,8 +144,10 @@ export class EventLog {
     this.evict(id - this.capacity);
     const r = rec.range;
     this.ids[slot] = id;
-    // The record's end on the wall clock; an untimed record (no observer timed it) is stamped now.
-    this.ats[slot] = rec.endedUs > 0 ? this.timeOrigin + rec.endedUs / 1000 : Date.now();
+    // The record's end on the wall clock as it reads now (a step of the wall clock since the process
+    // started does not shift it); an untimed record (no observer timed it) is stamped now.
+    const wall = Date.now();
+    this.ats[slot] = rec.endedUs > 0 ? wall - Math.max(0, performance.now() - rec.endedUs / 1000) : wall;
     this.pids[slot] = r.pid;
     this.starts[slot] = r.start;
     this.ends[slot] = r.end;

@@ -94,6 +94,22 @@ describe('kernel observers', () => {
     expect(k.recordTiming.on).toBe(false);
   });
 
+  it('a deferred observer that unsubscribes inside a batch gets no more of it; the others get all of it', async () => {
+    const { k, round } = await setup();
+    const calls: string[] = [];
+    const stopA: () => void = k.observe({
+      deferred: true,
+      onInvalidation: () => {
+        calls.push('a');
+        stopA();
+      },
+    });
+    k.observe({ deferred: true, onInvalidation: () => calls.push('b') });
+    for (let i = 0; i < 3; i++) await round();
+    k.flushObservers();
+    expect(calls).toEqual(['a', 'b', 'b', 'b']);
+  });
+
   it('a deferred observer that subscribes while records are pending gets none of them', async () => {
     const { k, round } = await setup();
     const first: InvalidationRecord[] = [];

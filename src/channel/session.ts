@@ -568,7 +568,7 @@ export class Session implements ExternalPort {
             throw new DevmirrorError('DM_ERR_VALIDATION', 'an interval subscription needs a page-aligned start and a non-zero page-aligned length');
           }
           const sub = dev.subscribe(p, 'interval', start, length, false, s.label, s.noEnd === true);
-          work = { subscribed: { subscriptionId: sub.id, pid: p.pid, seq: dev.seqOf(sub) } };
+          work = { subscribed: { subscriptionId: sub.id, pid: p.pid, seq: dev.seqOf(sub), ...(sub.noEnd ? { noEnd: true } : {}) } };
         } else if (s.kind === SubscriptionKind.MM) {
           const sub = dev.subscribe(p, 'mm', 0, 0, s.wantsYoung, s.label);
           work = { subscribed: { subscriptionId: sub.id, pid: p.pid, seq: 0 } };

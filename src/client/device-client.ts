@@ -443,14 +443,15 @@ export class DeviceClient extends EventEmitter {
    * An interval subscription. `noEnd`: the server sends no InvalidateEnd for it (the kernel's
    * interval notifiers have no end callback; the sequence protocol tells when an invalidation
    * ended), so onInvalidateEnd is not called for this subscription. For a client that does nothing
-   * at the end: one frame less per invalidation.
+   * at the end: one frame less per invalidation. The result's `noEnd` says whether the server
+   * honours it (a server older than no_end ignores the request and sends every end).
    */
-  async subscribeInterval(a: { pid?: number; process?: string; start: number; length: number; label?: string; noEnd?: boolean }): Promise<{ subscriptionId: number; pid: number; seq: number }> {
+  async subscribeInterval(a: { pid?: number; process?: string; start: number; length: number; label?: string; noEnd?: boolean }): Promise<{ subscriptionId: number; pid: number; seq: number; noEnd: boolean }> {
     const f = await this.expect(
       { subscribe: { kind: SubscriptionKind.INTERVAL, pid: a.pid ?? 0, process: a.process ?? '', start: a.start, length: a.length, label: a.label ?? '', ...(a.noEnd ? { noEnd: true } : {}) } },
       'subscribed',
     );
-    return { subscriptionId: n(f.subscribed.subscriptionId), pid: f.subscribed.pid, seq: n(f.subscribed.seq) };
+    return { subscriptionId: n(f.subscribed.subscriptionId), pid: f.subscribed.pid, seq: n(f.subscribed.seq), noEnd: f.subscribed.noEnd === true };
   }
 
   /** A whole-mm subscription (with the young queries if asked). */

@@ -37,6 +37,9 @@ describe('no_end interval subscriptions', () => {
     const quiet = await c.subscribeInterval({ pid: p.pid, start: a, length: 8 * PAGE, noEnd: true });
     const loud = await c.subscribeInterval({ pid: p.pid, start: a, length: 8 * PAGE });
     const mm = await c.subscribeMm({ pid: p.pid });
+    // The server says which requests it honours.
+    expect(quiet.noEnd).toBe(true);
+    expect(loud.noEnd).toBe(false);
 
     await k.madvise(p.pid, a, PAGE, 'dontneed');
     await k.mprotect(p.pid, a + PAGE, PAGE, PROT.READ);

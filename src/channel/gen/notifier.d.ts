@@ -393,6 +393,9 @@ export namespace devmirror {
 
             /** Subscribed seq */
             seq?: (Long|null);
+
+            /** Subscribed noEnd */
+            noEnd?: (boolean|null);
         }
 
         /** Represents a Subscribed. */
@@ -412,6 +415,9 @@ export namespace devmirror {
 
             /** Subscribed seq. */
             public seq: Long;
+
+            /** Subscribed noEnd. */
+            public noEnd: boolean;
 
             /**
              * Creates a new Subscribed instance using the specified properties.

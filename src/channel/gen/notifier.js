@@ -1029,6 +1029,7 @@ export const devmirror = $root.devmirror = (() => {
              * @property {Long|null} [subscriptionId] Subscribed subscriptionId
              * @property {number|null} [pid] Subscribed pid
              * @property {Long|null} [seq] Subscribed seq
+             * @property {boolean|null} [noEnd] Subscribed noEnd
              */
 
             /**
@@ -1071,6 +1072,14 @@ export const devmirror = $root.devmirror = (() => {
             Subscribed.prototype.seq = $util.Long ? $util.Long.fromBits(0,0,true) : 0;
 
             /**
+             * Subscribed noEnd.
+             * @member {boolean} noEnd
+             * @memberof devmirror.v1.Subscribed
+             * @instance
+             */
+            Subscribed.prototype.noEnd = false;
+
+            /**
              * Creates a new Subscribed instance using the specified properties.
              * @function create
              * @memberof devmirror.v1.Subscribed
@@ -1104,6 +1113,8 @@ export const devmirror = $root.devmirror = (() => {
                     writer.uint32(/* id 2, wireType 0 =*/16).uint32(message.pid);
                 if (message.seq != null && Object.hasOwnProperty.call(message, "seq"))
                     writer.uint32(/* id 3, wireType 0 =*/24).uint64(message.seq);
+                if (message.noEnd != null && Object.hasOwnProperty.call(message, "noEnd"))
+                    writer.uint32(/* id 4, wireType 0 =*/32).bool(message.noEnd);
                 return writer;
             };
 
@@ -1151,6 +1162,10 @@ export const devmirror = $root.devmirror = (() => {
                         }
                     case 3: {
                             message.seq = reader.uint64();
+                            break;
+                        }
+                    case 4: {
+                            message.noEnd = reader.bool();
                             break;
                         }
                     default:

@@ -2,8 +2,9 @@
  * bench:channel — the notifier channel to external clients in other processes.
  *
  * 1. One external client: the full invalidate round (InvalidateStart to the client, its
- *    InvalidateAck back, the kernel's wait, InvalidateEnd sent) against the floor measured in the
- *    same run: a bare `ws` echo of a frame of the same size on the same loopback.
+ *    InvalidateAck back, the kernel's wait, the kernel's end; no InvalidateEnd frame, since the
+ *    clients subscribe with no_end, as an interval notifier has no end callback) against the floor
+ *    measured in the same run: a bare `ws` echo of a frame of the same size on the same loopback.
  * 2. Fan-out to N = 1, 10, 100, 1000 external clients, multiplexed over at most four client
  *    processes: one CLEAR hits every client's subscription; the round ends when all have answered.
  *    Against the floor at the same N, same run: a bare `ws` fan-out of a frame of the same size to
@@ -12,8 +13,9 @@
  * 3. At N = 1, a second reference, the protocol floor (src/loadgen/client-processes.ts,
  *    openProtocolFloor): the least a round of the protocol needs on the same loopback (the
  *    InvalidateStart and its InvalidateAck, the hot codec on both sides; no End, as the clients
- *    subscribe with no_end) without devmirror's kernel, core, device or sessions. `devmirror / protocol` is what devmirror's own code adds; `protocol / floor` is what
- *    the protocol itself costs over the bare echo on this machine.
+ *    subscribe with no_end) without devmirror's kernel, core, device or sessions.
+ *    `devmirror / protocol` is what devmirror's own code adds; `protocol / floor` is what the
+ *    protocol itself costs over the bare echo on this machine.
  * The floors and devmirror are all set up at once and measured in alternating blocks (--blocks).
  *
  * Options: --ns=1,10,100,1000 --rounds=2000 (at N = 1; fewer at larger N) --json=path

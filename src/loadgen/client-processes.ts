@@ -103,16 +103,16 @@ export async function openFanoutFloor(size: number, n: number, maxProcs = 4): Pr
 }
 
 /**
- * The protocol floor at N = 1: the least a start/ack/end round of the notifier protocol needs, on the
- * same loopback, without devmirror's kernel, notifier core, device or sessions. This process encodes
- * an InvalidateStart from its fields (the hot encoder a Session uses); one client process
+ * The protocol floor at N = 1: the least a round of the notifier protocol needs, on the same
+ * loopback, without devmirror's kernel, notifier core, device or sessions. This process encodes an
+ * InvalidateStart from its fields (the hot encoder a Session uses); one client process
  * (channel-clients.ts `protocol`) decodes it as DeviceClient does and answers with an InvalidateAck;
- * the ack is decoded here (the Session's reader) and ends the round; the InvalidateEnd is encoded
- * then and leaves with the next Start in one write (the socket corked until the next tick, as a
- * Session sends); with `end: false` there is none, as for an interval subscription made with
- * no_end (the DeviceClients of startClientProcesses). Against the ws echo, it tells how much of a round's ratio the protocol itself
- * takes on this machine (three frames and the codec instead of two frames) and how much is
- * devmirror's code.
+ * the ack is decoded here (the Session's reader) and ends the round. With `end` (the default) an
+ * InvalidateEnd is encoded then and leaves with the next Start in one write (the socket corked
+ * until the next tick, as a Session sends); with `end: false` there is none, as for an interval
+ * subscription made with no_end (the DeviceClients of startClientProcesses). Against the ws echo,
+ * it tells how much of a round's ratio the protocol itself takes on this machine (the codec, and
+ * the End if any) and how much is devmirror's code.
  */
 export async function openProtocolFloor(o: { end?: boolean } = {}): Promise<FanoutFloor> {
   const withEnd = o.end ?? true;

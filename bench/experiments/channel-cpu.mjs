@@ -4,46 +4,35 @@
  * round for S seconds (between them, with PHASES' default, the protocol floor of
  * client-processes.ts for S seconds), the server and the client process pinned to one CPU (or, with APART=1, the
  * clients on the second). It prints the processes' pids before the phases, so strace -c or perf can
- * be attached to one phase. NOEND=1 sends no InvalidateEnd (the client never sees one; a variant to
- * measure, not a protocol).
+ * be attached to one phase. (NOEND=1, which sent no InvalidateEnd, is gone: the clients subscribe
+ * with no_end since 11-29, so there is none to leave out.)
  *
- *   npm run build && [APART=1] [NOEND=1] [PHASES=floor,proto,sys] node bench/experiments/channel-cpu.mjs [S=6]
+ *   npm run build && [APART=1] [PHASES=floor,proto,sys] node bench/experiments/channel-cpu.mjs [S=6]
  *
  * Used in docs/benchmarks.md ("The external round on the Xeon host").
  */
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { openChannelSystem } from './channel-system.mjs';
 
 const here = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
-const PAGE = 4096;
 const PH = Number(process.argv[2] ?? 6) * 1000;
-const { Service } = await import(`${here}/dist/src/service.js`);
-const { buildServer } = await import(`${here}/dist/src/http/server.js`);
-const { PROT } = await import(`${here}/dist/src/kernel/kernel.js`);
-const { MmuNotifierEvent } = await import(`${here}/dist/src/notifier/range.js`);
 const clients = await import(`${here}/dist/src/loadgen/client-processes.js`);
 const { allowedCpus, setProcessAffinity } = await import(`${here}/dist/src/lib/affinity.js`);
 const cpus = allowedCpus();
-if (process.env.NOEND) { const { Session } = await import(`${here}/dist/src/channel/session.js`); Session.prototype.invalidateEnd = function () {}; console.log('no end frames'); }
 setProcessAffinity(process.pid, String(cpus[0]));
-const svc = new Service({ kernel: { memoryBytes: 64 * 1024 * 1024 }, channel: { maxSubscriptions: 4096 }, deadlineMs: 60_000 });
-const app = await buildServer(svc, { logger: false });
-await app.listen({ host: '127.0.0.1', port: 0 });
-const k = svc.kernel;
-const p = k.createProcess('bench');
-const a = await k.mmap(p.pid, { length: 16 * PAGE, prot: PROT.READ | PROT.WRITE });
-const children = await clients.startClientProcesses(`ws://127.0.0.1:${app.server.address().port}/v1/notifier/ws`, 'devmirror-local', p.pid, a, 16 * PAGE, 1);
 const there = String(process.env.APART ? cpus[1] : cpus[0]);
-for (const c of children) setProcessAffinity(c.pid, there);
+const pin = (pid) => setProcessAffinity(pid, there);
+const system = await openChannelSystem(here, pin);
 const floor = await clients.openFanoutFloor(48, 1);
-for (const pid of floor.pids) setProcessAffinity(pid, there);
+for (const pid of floor.pids) pin(pid);
 const proto = await clients.openProtocolFloor({ end: false });
-for (const pid of proto.pids) setProcessAffinity(pid, there);
-const sys = async () => { const r = await k.notify(p.mm, MmuNotifierEvent.CLEAR, a, a + PAGE, 'madvise'); k.notifyEnd(p.mm, r); };
+for (const pid of proto.pids) pin(pid);
+const sys = system.round;
 for (let i = 0; i < 5000; i++) { await floor.round(); await proto.round(); await sys(); }
-console.log(JSON.stringify({ server: process.pid, client: children.map((c) => c.pid), floorClient: floor.pids, protoClient: proto.pids }));
+console.log(JSON.stringify({ server: process.pid, client: system.pids, floorClient: floor.pids, protoClient: proto.pids }));
 const ticksOf = (pid) => { const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' '); return { u: Number(f[11]), s: Number(f[12]) }; };
-const cl = { floor: floor.pids[0], proto: proto.pids[0], sys: children[0].pid };
+const cl = { floor: floor.pids[0], proto: proto.pids[0], sys: system.pids[0] };
 for (const [name, fn] of [['floor', () => floor.round()], ['proto', () => proto.round()], ['sys', sys]].filter(([n]) => (process.env.PHASES ?? 'floor,proto,sys').split(',').includes(n))) {
   await new Promise((r) => setTimeout(r, 1500));
   console.log('phase', name, 'start', Date.now());
@@ -56,6 +45,5 @@ for (const [name, fn] of [['floor', () => floor.round()], ['proto', () => proto.
   lat.sort((x, y) => x - y);
   console.log('phase', name, 'end', Date.now(), 'rounds', n, 'p50', lat[lat.length >> 1].toFixed(1));
 }
-for (const c of children) c.stdin.end();
-await floor.close(); await proto.close(); await svc.stop(); await app.close();
+await floor.close(); await proto.close(); await system.close();
 process.exit(0);

@@ -174,7 +174,7 @@ export class ExternalDevice implements ProgressSource {
             s.setSeq(curSeq);
             return this.start(id, pid, range, curSeq) ?? true;
           },
-          windowClosed: noEnd ? (_s, range) => this.end(id, pid, range, false) : (_s, range) => this.end(id, pid, range, true),
+          windowClosed: (_s, range) => this.end(id, pid, range, !noEnd),
         },
         this.info(label || 'interval'),
       );

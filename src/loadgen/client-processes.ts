@@ -110,12 +110,14 @@ export async function openFanoutFloor(size: number, n: number, maxProcs = 4): Pr
  * the ack is decoded here (the Session's reader) and ends the round. With `end` (the default) an
  * InvalidateEnd is encoded then and leaves with the next Start in one write (the socket corked
  * until the next tick, as a Session sends); with `end: false` there is none, as for an interval
- * subscription made with no_end (the DeviceClients of startClientProcesses). Against the ws echo,
+ * subscription made with no_end (the DeviceClients of startClientProcesses); with `cork: false`
+ * every frame is written at once. Against the ws echo,
  * it tells how much of a round's ratio the protocol itself takes on this machine (the codec, and
  * the End if any) and how much is devmirror's code.
  */
-export async function openProtocolFloor(o: { end?: boolean } = {}): Promise<FanoutFloor> {
+export async function openProtocolFloor(o: { end?: boolean; cork?: boolean } = {}): Promise<FanoutFloor> {
   const withEnd = o.end ?? true;
+  const withCork = o.cork ?? true;
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });
   await new Promise<void>((r) => wss.once('listening', () => r()));
   const port = (wss.address() as { port: number }).port;
@@ -138,7 +140,7 @@ export async function openProtocolFloor(o: { end?: boolean } = {}): Promise<Fano
   const sock = (ws as unknown as { _socket: { cork(): void; uncork(): void } })._socket;
   let corked = false;
   const send = (frame: Uint8Array): void => {
-    if (!corked) {
+    if (withCork && !corked) {
       corked = true;
       sock.cork();
       process.nextTick(() => {

@@ -41,8 +41,12 @@ describe('openFanoutFloor', () => {
 });
 
 describe('openProtocolFloor', () => {
-  it.each([true, false])('runs start/ack rounds (end frames: %s) with one client process (each ack names its start; the ends decode), and stops it on close', async (end) => {
-    const floor = await openProtocolFloor({ end });
+  it.each([
+    { end: true, cork: true },
+    { end: false, cork: true },
+    { end: true, cork: false },
+  ])('runs start/ack rounds (end frames $end, cork $cork) with one client process (each ack names its start; the ends decode), and stops it on close', async (o) => {
+    const floor = await openProtocolFloor(o);
     let pids: readonly number[] = [];
     try {
       expect(floor.connections).toBe(1);

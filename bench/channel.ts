@@ -32,6 +32,7 @@
  * while devmirror, in the other placement, took 92.3 us (5.00x). Each placement is one stable
  * machine; this bench measures both and reports both ratios.
  */
+import process from 'node:process';
 import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { Service } from '../src/service.js';

@@ -38,6 +38,8 @@
  *          variant is always measured on its own, after the others: its engines would load the
  *          references' blocks. docs/benchmarks.md compares the two schedules on this machine)
  */
+import { performance } from 'node:perf_hooks';
+import process from 'node:process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { Kernel, PROT } from '../src/kernel/kernel.js';
 import { DeviceManager } from '../src/devices/device-manager.js';

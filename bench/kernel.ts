@@ -8,6 +8,7 @@
  *    whether cost grows with subscriptions that do not intersect.
  * 3. The same invalidation end to end through the kernel (madvise DONTNEED of one populated page).
  */
+import process from 'node:process';
 import { Kernel, PROT } from '../src/kernel/kernel.js';
 import { MmuIntervalNotifier, MmuNotifier, MmuNotifierSubscriptions } from '../src/notifier/subscriptions.js';
 import { makeRange, MmuNotifierEvent, type NotifierRange } from '../src/notifier/range.js';

@@ -11,6 +11,7 @@
  *     --mprotect-rounds of them (default rounds / 20, at least 1000: a short phase, in which one slow
  *     scavenge on a loaded machine weighs a lot; 20000 gives steadier figures).
  */
+import process from 'node:process';
 import { Kernel, PROT } from '../src/kernel/kernel.js';
 import { MmuIntervalNotifier } from '../src/notifier/subscriptions.js';
 import { MmuNotifierEvent } from '../src/notifier/range.js';

@@ -31,6 +31,7 @@
  * faults_already_restored (dropped within 2 ms of a validation, page mapped), faults_replayed
  * (dropped within 2 ms, page not mapped: replayed after the window), faults_refused (no permission).
  */
+import { performance } from 'node:perf_hooks';
 import { PAGE_SIZE } from '../src/kernel/layout.js';
 import { ERRNO, HMM_PFN } from '../src/kernel/hmm.js';
 import { MmuNotifierEvent } from '../src/notifier/range.js';

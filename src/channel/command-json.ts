@@ -4,6 +4,7 @@
  * (dmirror's write, a read's reply) means the same over the socket as over a worker's
  * structured clone. Other clients may send plain JSON; only that one object shape is special.
  */
+import { Buffer } from 'node:buffer';
 export function commandJson(value: unknown): string {
   return JSON.stringify(value ?? null, (_key, v: unknown) => {
     if (v instanceof Uint8Array) return { $bytes: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64') };

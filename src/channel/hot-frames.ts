@@ -20,6 +20,7 @@
  * test/channel/hot-frames.test.ts checks both directions against the generated code over random and
  * edge-case messages.
  */
+import { Buffer } from 'node:buffer';
 
 /** Field numbers and wire types, from proto/devmirror/v1 (ServerFrame, ClientFrame, the messages). */
 const FRAME_REQUEST_ID = 1;

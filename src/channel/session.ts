@@ -13,6 +13,7 @@
  * outstanding acknowledgements count as answered only after the socket is closed (it can no longer
  * touch memory) and its subscriptions are removed as on unregister.
  */
+import process from 'node:process';
 import { commandJson, parseCommandJson } from './command-json.js';
 import type { WebSocket } from 'ws';
 import { DevmirrorError, ERRORS, type ErrorCode } from '../errors.js';

@@ -7,6 +7,7 @@
  * There is nothing to spin on here (a frame needs the event loop to arrive), so `spin` only checks,
  * and `park` resolves when the last awaited ack of a set has been answered (or forced by eviction).
  */
+import { performance } from 'node:perf_hooks';
 import { ACK_OK, ACK_PENDING, ACK_REFUSED, type AckGroup, type PendingAck } from '../notifier/pending-ack.js';
 
 export class SocketAck implements PendingAck {

@@ -6,6 +6,7 @@
  * embedded default token `devmirror-local` grants every process: for local use only, and the
  * service warns about it at start.
  */
+import { Buffer } from 'node:buffer';
 import { timingSafeEqual } from 'node:crypto';
 import { DevmirrorError } from '../errors.js';
 

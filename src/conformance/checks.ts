@@ -10,6 +10,7 @@
  * enough to act in, and a munmap elsewhere holds the mmap lock so that a device fault and an
  * invalidation queue behind it in a known order.
  */
+import { Buffer } from 'node:buffer';
 import type { Api, DeviceInfo, FindingInfo } from './api.js';
 import { PAGE, sleep, type Target } from './target.js';
 

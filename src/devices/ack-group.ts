@@ -39,6 +39,7 @@
  * lowerWakeAt); the 50 ms timeout bounds any wake that is lost anyway (never relied on for
  * correctness of state).
  */
+import { performance } from 'node:perf_hooks';
 import os from 'node:os';
 import { KC, KC_WORDS } from '../kernel/layout.js';
 import { busyWaitUs } from '../lib/busy-wait.js';

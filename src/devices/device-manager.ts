@@ -2,6 +2,7 @@
  * Spawns, lists and stops device workers. One worker thread per device; each device is attached to
  * one process and owns a share of device memory (its frames carry its id as owner).
  */
+import { Buffer } from 'node:buffer';
 import os from 'node:os';
 import type { Logger } from 'pino';
 import { timingSafeEqual } from 'node:crypto';

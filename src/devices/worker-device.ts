@@ -6,6 +6,7 @@
  * Acknowledgements of every transport are accounted in one place, `HandshakeLedger`: a call is
  * answered once; a late, duplicate or foreign answer is a protocol error.
  */
+import { performance } from 'node:perf_hooks';
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { DevmirrorError } from '../errors.js';

@@ -13,6 +13,7 @@
  *   3. replacing each remaining preemption by the default choice.
  * Every candidate is one run with the candidate's choices forced where their keys exist.
  */
+import { performance } from 'node:perf_hooks';
 import { writeFileSync, readFileSync } from 'node:fs';
 import { gunzipSync } from 'node:zlib';
 import { DevmirrorError } from '../errors.js';

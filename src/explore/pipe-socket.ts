@@ -5,6 +5,7 @@
  * stay in order, as they do on a TCP connection; what the scheduler chooses is when each side's
  * next frame arrives relative to everything else.
  */
+import { Buffer } from 'node:buffer';
 import { EventEmitter } from 'node:events';
 import type { WebSocket } from 'ws';
 import { decodeClientFrame, decodeServerFrame } from '../channel/codec.js';

@@ -1,4 +1,5 @@
 /** Shared TypeBox schemas and conversions for the control plane. */
+import { Buffer } from 'node:buffer';
 import { Type, type Static } from '@sinclair/typebox';
 import { DevmirrorError } from '../errors.js';
 import { PROT, protNames, type ProtName } from '../kernel/vma.js';

@@ -11,6 +11,7 @@
  * the attempt, and a reclaim that finds every page referenced again (activated, nothing reclaimed)
  * succeeds with its counts in `result`: both change nothing that a real pass would not.
  */
+import { Buffer } from 'node:buffer';
 import { DevmirrorError } from '../errors.js';
 import { FF, PAGE_SIZE, PMD_PAGES, PMD_SIZE, PTE } from './layout.js';
 import type { Kernel, Process } from './kernel.js';

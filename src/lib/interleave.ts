@@ -18,6 +18,7 @@
  * The order of the contenders rotates from block to block, so none always runs right after the
  * same neighbour.
  */
+import { performance } from 'node:perf_hooks';
 import { percentiles, type Percentiles } from './stats.js';
 
 export interface Contender {

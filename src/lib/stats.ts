@@ -1,4 +1,5 @@
 /** Percentiles with one vocabulary for every benchmark: p50, p90, p99, p99_9, max (microseconds). */
+import process from 'node:process';
 import os from 'node:os';
 
 export interface Percentiles {

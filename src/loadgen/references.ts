@@ -21,6 +21,7 @@
  * blocking and spin run in the bench's main thread and block it: the product's kernel thread never
  * does; waitAsync is the floor for a publisher that keeps its event loop.
  */
+import process from 'node:process';
 import { Worker } from 'node:worker_threads';
 import { usSince } from '../lib/stats.js';
 import { alignedSab } from '../lib/aligned-sab.js';

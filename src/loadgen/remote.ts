@@ -14,6 +14,7 @@
  * operations only: madvise DONTNEED, mprotect toggles, clear_refs) or, for munmap, a scratch
  * mapping the load generator maps itself and unmaps at the end.
  */
+import { performance } from 'node:perf_hooks';
 import { DevmirrorError } from '../errors.js';
 import { log2Histogram, machine, percentiles, type Percentiles } from '../lib/stats.js';
 import { mulberry } from '../lib/random.js';

@@ -30,6 +30,7 @@
  * - `timeScale` 0 replays as fast as possible; 1 keeps the recorded gaps between calls.
  * A call the emulated kernel refuses (an emulation difference) is counted and skipped.
  */
+import { performance } from 'node:perf_hooks';
 import type { Kernel, Process } from '../kernel/kernel.js';
 import { PAGE_SIZE } from '../kernel/layout.js';
 import { PROT } from '../kernel/vma.js';

@@ -5,6 +5,7 @@
  * subscriber's acknowledgement (p50/p90/p99/p99_9/max), throughput, refaults, device faults,
  * sanitizer checks and findings, evictions, and the machine.
  */
+import { performance } from 'node:perf_hooks';
 import { Kernel } from '../kernel/kernel.js';
 import { PROT } from '../kernel/vma.js';
 import { PAGE_SIZE } from '../kernel/layout.js';

@@ -19,6 +19,7 @@
  * an entry there). The first subscriber of an entry has columns too; the others of a wider entry
  * are kept as row objects of their own, dropped with it.
  */
+import { performance } from 'node:perf_hooks';
 import { eventName, formatEnd, RANGE_BLOCKABLE, type MmuNotifierEvent } from './range.js';
 import type { InvalidationRecord, SubscriberInfo, SubscriberOutcome } from './subscriptions.js';
 

@@ -28,6 +28,7 @@
  * invalidation's setSeq and the stale pfns are never programmed. A fault that begins inside the
  * window finds sub.seq == global and waits in readBegin until the last range ends.
  */
+import { performance } from 'node:perf_hooks';
 import { DevmirrorError, invariant } from '../errors.js';
 import { ULONG_MAX } from '../kernel/layout.js';
 import { IntervalTree, type IntervalNode } from './interval-tree.js';

@@ -14,6 +14,7 @@
  * - fork copies the child's view (private pages become copy-on-write: later writes are private);
  * - a file page at or beyond EOF raises SIGBUS.
  */
+import { Buffer } from 'node:buffer';
 export const PAGE_SIZE = 4096;
 export const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
 export const PROT_READ = 1;

@@ -23,6 +23,8 @@
  * Everything is recorded (record.ts) with the seed; `devmirror replay FILE` runs the recorded
  * operations and faults again (replay.ts).
  */
+import { performance } from 'node:perf_hooks';
+import process from 'node:process';
 import type { FastifyInstance } from 'fastify';
 import { readFileSync, writeFileSync } from 'node:fs';
 import v8 from 'node:v8';

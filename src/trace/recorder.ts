@@ -21,6 +21,7 @@
  * GET /v1/events. The string table is compacted (to the strings the ring still uses) when it grows
  * past STRING_LIMIT, so unique strings (pids, error messages) do not pile up in a long run.
  */
+import { performance } from 'node:perf_hooks';
 import type { InvalidationRecord, SubscriberInfo, SubscriberOutcome } from '../notifier/subscriptions.js';
 import type { MmuNotifierEvent, NotifierRange, Origin } from '../notifier/range.js';
 

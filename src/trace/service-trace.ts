@@ -2,6 +2,7 @@
  * Tracing of a Service: the recorder wired to its kernel and its devices, and the export used by
  * GET /v1/trace, `devmirror soak --trace` and tests.
  */
+import { performance } from 'node:perf_hooks';
 import type { Kernel } from '../kernel/kernel.js';
 import { attachTracing } from './kernel-hooks.js';
 import { TraceRecorder, type DeviceName, type TraceEntry } from './recorder.js';

@@ -18,6 +18,8 @@
  * The sanitizer revokes grants in the same synchronous step as the answer, before this thread can
  * make any other access, so every access after answering is checked against the revoked grant.
  */
+import { performance } from 'node:perf_hooks';
+import process from 'node:process';
 import { parentPort, workerData } from 'node:worker_threads';
 import {
   ANSWER,

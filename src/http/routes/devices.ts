@@ -3,6 +3,7 @@
  * the notifier channel, listed together (`transport`). Commands go to the device's personality
  * over its transport; errno refusals come back as 422 with the command's partial results.
  */
+import { Buffer } from 'node:buffer';
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import type { FastifyInstance } from 'fastify';

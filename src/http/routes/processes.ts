@@ -1,4 +1,5 @@
 /** Processes and their memory: the "syscalls" of shared/spec/API.md. */
+import { Buffer } from 'node:buffer';
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import type { Service } from '../../service.js';

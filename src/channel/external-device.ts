@@ -23,7 +23,7 @@ import { ACK_OK, type PendingAck } from '../notifier/pending-ack.js';
 import { RANGE_BLOCKABLE, type NotifierRange } from '../notifier/range.js';
 import { Sanitizer, type Finding } from '../sanitizer/sanitizer.js';
 import { DeviceServices } from '../devices/device-services.js';
-import { SocketAck, type SocketAckGroup } from './socket-ack.js';
+import { ackKey, SocketAck, SocketAckTable, type SocketAckGroup } from './socket-ack.js';
 import { ProgressCounters, type ProgressSource } from '../progress/counters.js';
 import type { Grant } from './tokens.js';
 
@@ -68,17 +68,6 @@ let nextQueryId = 1;
 const RELEASE_ID_BASE = 2 ** 52;
 let nextReleaseId = RELEASE_ID_BASE;
 
-/**
- * The key of a pending (invalidation or release id, subscription id) pair. A number while the pair
- * packs into 53 bits (ids below 2^32, subscriptions below 2^21: the first four billion invalidations
- * of a boot, and subscription ids, which start at 1,000,000, until about a million more were made),
- * else a string. Both forms never collide: a number key is never a string. A string key costs a concatenation
- * and a hash on every start and every acknowledgement, for every client (the 1,000-client round
- * makes a thousand of each); releases (ids from 2^52) take the string form.
- */
-function ackKey(id: number, subscriptionId: number): number | string {
-  return id >= 0 && id < 4294967296 && subscriptionId >= 0 && subscriptionId < 2097152 ? id * 2097152 + subscriptionId : `${id}:${subscriptionId}`;
-}
 
 /** See resetNotifierIds: the explorer numbers subscriptions the same way in every run. */
 export function resetExternalIds(): void {
@@ -106,8 +95,8 @@ export class ExternalDevice implements ProgressSource {
   mirror = { pages: 0, writable: 0, devicePages: 0, objects: 0 };
   readonly findings: Finding[] = [];
   readonly handshake = { starts: 0, acks: 0, refused: 0, ends: 0, protocolErrors: 0, evictions: 0, dmaReads: 0, dmaWrites: 0 };
-  /** Pending acknowledgements by ackKey(invalidation id, subscription id). */
-  private readonly acks = new Map<number | string, SocketAck>();
+  /** Pending acknowledgements by (invalidation id, subscription id). */
+  private readonly acks = new SocketAckTable();
   /** Pending releases by ackKey(release id, subscription id) (the InvalidateAck that answers one names both). */
   private readonly releases = new Map<number | string, Waiter>();
   private readonly queries = new Map<number, Waiter>();
@@ -231,7 +220,7 @@ export class ExternalDevice implements ProgressSource {
     const sub = this.subs.get(subId);
     this.sanitizer.started(range.id, subId, pid, range.start, range.end, range.event, range.flags, tick, sub?.kind === 'interval' ? sub : undefined, range.owner, range.origin);
     const ack = new SocketAck(this.group, range.id, subId, (range.flags & RANGE_BLOCKABLE) !== 0);
-    this.acks.set(ackKey(range.id, subId), ack);
+    this.acks.add(ack);
     this.handshake.starts++;
     this.port.invalidateStart(subId, pid, range, curSeq);
     return ack;
@@ -278,15 +267,17 @@ export class ExternalDevice implements ProgressSource {
     // names a subscription that is already gone and must still settle it (else the unsubscribe
     // closed the connection with 4000). Release ids never equal an invalidation id (see
     // RELEASE_ID_BASE), so this cannot take an invalidation's acknowledgement for a release.
-    const key = ackKey(invalidationId, subscriptionId);
-    const rel = this.releases.get(key);
-    if (rel) {
-      this.releases.delete(key);
-      rel.resolve(true);
-      return;
+    if (this.releases.size !== 0) {
+      const key = ackKey(invalidationId, subscriptionId);
+      const rel = this.releases.get(key);
+      if (rel) {
+        this.releases.delete(key);
+        rel.resolve(true);
+        return;
+      }
     }
-    const ack = this.acks.get(key);
-    if (!ack) {
+    const ack = this.acks.take(invalidationId, subscriptionId);
+    if (ack === null) {
       this.handshake.protocolErrors++;
       const foreign = !this.subs.has(subscriptionId);
       throw new DevmirrorError(
@@ -296,7 +287,6 @@ export class ExternalDevice implements ProgressSource {
           : `acknowledgement of invalidation ${invalidationId} on subscription ${subscriptionId}, which is not pending (late or duplicate)`,
       );
     }
-    this.acks.delete(key);
     if (!ok) {
       // Refusal is only allowed for non-blockable ranges; the start told the client which.
       if (ack.blockable) {

@@ -3,7 +3,7 @@
  * answered, whatever the order, for every set an ack belongs to.
  */
 import { describe, expect, it } from 'vitest';
-import { SocketAck, SocketAckGroup } from '../../src/channel/socket-ack.js';
+import { ackKey, SocketAck, SocketAckGroup, SocketAckTable } from '../../src/channel/socket-ack.js';
 import { ACK_OK, ACK_PENDING, ACK_REFUSED, waitAcks } from '../../src/notifier/pending-ack.js';
 
 /** Whether a promise has settled once pending callbacks ran. */
@@ -72,5 +72,54 @@ describe('SocketAckGroup', () => {
     expect(a.poll()).toBe(ACK_PENDING);
     a.settle(false);
     expect(await settled(g.park([a]))).toBe(true);
+  });
+});
+
+describe('SocketAckTable', () => {
+  const g = new SocketAckGroup();
+  const ack = (id: number, sub: number): SocketAck => new SocketAck(g, id, sub, true);
+
+  it('takes the newest ack from its slot and older ones from the map, in any order', () => {
+    const t = new SocketAckTable();
+    expect(t.take(1, 1)).toBeNull();
+    const a = [ack(7, 1), ack(7, 2), ack(8, 1), ack(9, 3)];
+    for (const x of a) t.add(x);
+    expect(t.size).toBe(4);
+    expect(t.values()).toEqual(a); // oldest first
+    expect(t.take(7, 2)).toBe(a[1]);
+    expect(t.take(7, 2)).toBeNull(); // taken once only
+    expect(t.take(9, 3)).toBe(a[3]);
+    expect(t.take(8, 2)).toBeNull(); // a pair that was never added
+    expect(t.take(3, 1)).toBeNull();
+    expect(t.size).toBe(2);
+    expect(t.values()).toEqual([a[0], a[2]]);
+    const b = ack(10, 1);
+    t.add(b);
+    expect(t.take(8, 1)).toBe(a[2]);
+    expect(t.take(10, 1)).toBe(b);
+    expect(t.take(7, 1)).toBe(a[0]);
+    expect(t.size).toBe(0);
+    expect(t.values()).toEqual([]);
+  });
+
+  it('keeps pairs apart whose ids need the string key, and clears', () => {
+    const t = new SocketAckTable();
+    const big = ack(2 ** 40, 3);
+    const bigSub = ack(5, 2 ** 22);
+    const small = ack(5, 3);
+    t.add(big);
+    t.add(bigSub);
+    t.add(small);
+    expect(typeof ackKey(2 ** 40, 3)).toBe('string');
+    expect(typeof ackKey(5, 3)).toBe('number');
+    expect(t.take(5, 2 ** 22)).toBe(bigSub);
+    expect(t.take(2 ** 40, 3)).toBe(big);
+    expect(t.take(5, 3)).toBe(small);
+    t.add(ack(1, 1));
+    t.add(ack(2, 1));
+    t.clear();
+    expect(t.size).toBe(0);
+    expect(t.take(1, 1)).toBeNull();
+    expect(t.take(2, 1)).toBeNull();
   });
 });

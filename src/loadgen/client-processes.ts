@@ -8,7 +8,20 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { percentiles, usSince, type Percentiles } from '../lib/stats.js';
-import { decodeAckFields, encodeEndFields, encodeStartFields } from '../channel/codec.js';
+
+/**
+ * The hot codec (src/channel/hot-frames.ts) as a module instance of the protocol floor's own: a
+ * module URL with a query is a module of its own, with its own functions. The floor and the
+ * Sessions of a service in the same process then do not share the codec's functions, nor the type
+ * feedback and optimized code that come with them: beside a floor that shared them, devmirror's N =
+ * 1 round measured 2 to 6% slower than beside one that did not (Xeon host, 11-29, in both orders,
+ * bench/experiments/floor-sharing.mjs). A service never runs a floor beside itself; the benchmark
+ * should not make it pay for one.
+ */
+type HotCodec = typeof import('../channel/hot-frames.js');
+function privateHotCodec(): Promise<HotCodec> {
+  return import(new URL('../channel/hot-frames.js?instance=protocol-floor', import.meta.url).href) as Promise<HotCodec>;
+}
 
 function clientArgs(): string[] {
   const here = import.meta.url;
@@ -118,6 +131,7 @@ export async function openFanoutFloor(size: number, n: number, maxProcs = 4): Pr
  * the End if any) and how much is devmirror's code.
  */
 export async function openProtocolFloor(o: { end?: boolean; cork?: boolean } = {}): Promise<FanoutFloor> {
+  const { decodeAckFields, encodeEndFields, encodeStartFields } = await privateHotCodec();
   const withEnd = o.end ?? true;
   const withCork = o.cork ?? true;
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });

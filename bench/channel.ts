@@ -40,7 +40,7 @@ import { buildServer } from '../src/http/server.js';
 import { PROT } from '../src/kernel/kernel.js';
 import { MmuNotifierEvent } from '../src/notifier/range.js';
 import { encodeServerFrame } from '../src/channel/codec.js';
-import { fmt, machine, percentiles, table, usSince, type Percentiles } from './lib/stats.js';
+import { fmt, machine, percentiles, spread, table, usSince, type Percentiles, type Spread } from './lib/stats.js';
 import { openFanoutFloor, openProtocolFloor, startClientProcesses, type FanoutFloor } from '../src/loadgen/client-processes.js';
 import { interleave } from '../src/lib/interleave.js';
 import { allowedCpus, pinningUnavailable, setProcessAffinity } from '../src/lib/affinity.js';
@@ -65,6 +65,8 @@ interface Row {
   rounds: number;
   lat: Percentiles;
   perSec: number;
+  /** p50 of each interleaved block, in block order (the blocks of a placement run in turns). */
+  blockP50: number[];
 }
 
 /**
@@ -112,10 +114,20 @@ function place(placement: Placement, subjects: readonly Subject[]): void {
  * re-entry rounds: neither subject has a thread that spins after its last round (the clients are
  * processes on their event loops), and the warm-up above runs both already.
  */
-async function interleaved(rounds: number, subjects: readonly Subject[]): Promise<Array<{ lat: Percentiles; perSec: number }>> {
+async function interleaved(rounds: number, subjects: readonly Subject[]): Promise<Array<{ lat: Percentiles; perSec: number; blockP50: number[] }>> {
   const named = subjects.map((s, i) => ({ name: String(i), round: () => s.round() }));
   const res = await interleave(named, { rounds, blocks: BLOCKS, reentry: 0, warm: 0, yieldEvery: 64, tick, settle: async () => undefined });
-  return res.map((r) => ({ lat: r.lat, perSec: Math.round(r.samples.length / (r.measuredMs / 1000)) }));
+  return res.map((r) => ({ lat: r.lat, perSec: Math.round(r.samples.length / (r.measuredMs / 1000)), blockP50: r.blockP50 }));
+}
+
+/**
+ * A row's p50 over its floor's, block by block: the blocks of one placement take turns, so block b
+ * of each saw the same stretch of the machine. The spread of the ratio within one run, beside the
+ * run's ratio of p50s, and how many blocks were above `limit`.
+ */
+function blockRatios(row: Row, ref: Row, limit: number): Spread {
+  const n = Math.min(row.blockP50.length, ref.blockP50.length);
+  return spread(Array.from({ length: n }, (_, b) => row.blockP50[b] / ref.blockP50[b]), limit);
 }
 
 interface System extends Subject {
@@ -268,6 +280,8 @@ async function main(): Promise<void> {
   console.log('\ngoals:');
   for (const n1 of n1s) {
     console.log(`  N=1 (${n1.placement}) p50 within 1.3x of the ws echo floor: ${(n1.lat.p50 / n1.floor!.lat.p50).toFixed(2)}x -> ${n1.lat.p50 <= 1.3 * n1.floor!.lat.p50 ? 'met' : 'NOT met'}`);
+    const br = blockRatios(n1, n1.floor!, 1.3);
+    if (br.n > 0) console.log(`    block by block (${br.n} blocks each, in turns): ${br.min.toFixed(2)}x to ${br.max.toFixed(2)}x, median ${br.median.toFixed(2)}x; ${br.n - br.above} of ${br.n} blocks within 1.3x`);
     const pr = n1.protocol;
     if (pr) console.log(`    of which the protocol floor (start and ack, the codec) ${(pr.lat.p50 / n1.floor!.lat.p50).toFixed(2)}x the echo, and devmirror's code ${(n1.lat.p50 / pr.lat.p50).toFixed(2)}x the protocol floor`);
   }

@@ -184,7 +184,8 @@ function onlyBody(f: Record<string, unknown>): string | null {
 function putOriginField(pos: number, olen: number): number {
   scratch[pos++] = (ORIGIN_FIELD << 3) | LEN;
   pos = putVarint(scratch, pos, olen);
-  scratch.set(originScratch.subarray(0, olen), pos);
+  // A loop, not set(subarray): the subarray is a typed array allocated per frame (see frame).
+  for (let i = 0; i < olen; i++) scratch[pos + i] = originScratch[i];
   return pos + olen;
 }
 

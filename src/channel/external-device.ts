@@ -68,7 +68,6 @@ let nextQueryId = 1;
 const RELEASE_ID_BASE = 2 ** 52;
 let nextReleaseId = RELEASE_ID_BASE;
 
-
 /** See resetNotifierIds: the explorer numbers subscriptions the same way in every run. */
 export function resetExternalIds(): void {
   nextSubId = 1_000_000;

@@ -125,14 +125,18 @@ const addrOf = (v: U64): number => (typeof v === 'bigint' ? addrFromWire(v, ULON
 
 /**
  * Sessions corked in this turn (see Session.cork). The list is swapped out before it is walked: a
- * session that corks while it is walked (a write that fails synchronously and sends a close) starts
- * a new list and queues its own tick.
+ * session that corks while it is walked (a write that fails synchronously and sends a close) goes
+ * to the other list and queues its own tick. Two lists that take turns, emptied by pop: a fresh
+ * array every turn (and its backing store, grown at the first push) was garbage on every round.
  */
 let toUncork: Session[] = [];
+let spareUncork: Session[] = [];
 function uncorkAll(): void {
   const list = toUncork;
-  toUncork = [];
+  toUncork = spareUncork;
+  spareUncork = list;
   for (let i = 0; i < list.length; i++) list[i].uncork();
+  while (list.length > 0) list.pop(); // `length = 0` is a runtime call, pop is inlined
 }
 
 export class Session implements ExternalPort {

@@ -1,9 +1,9 @@
 /** GET /metrics: Prometheus text with invalidation histograms by event and device kind and per-kind device figures. */
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Service } from '../../src/service.js';
 import { buildServer } from '../../src/http/server.js';
 import { PROT } from '../../src/kernel/kernel.js';
-import { ORIGINS } from '../../src/notifier/range.js';
+import { MmuNotifierEvent, ORIGINS } from '../../src/notifier/range.js';
 import { MmuNotifier } from '../../src/notifier/subscriptions.js';
 
 let svc: Service | null = null;
@@ -80,5 +80,34 @@ describe('metrics', () => {
     expect(sample(t, 'devmirror_invalidation_seconds_count', 'event="UNKNOWN"')).toBe(2);
     expect(sample(t, 'devmirror_invalidation_ack_seconds_count', 'event="CLEAR",device_kind="kernel"')).toBe(2);
     expect(t.match(/^devmirror_invalidations_by_origin_total\{origin="munmap",event="UNKNOWN"\}/gm)).toHaveLength(1);
+  });
+
+  it('a scrape counts the invalidations the deferred observers have not taken yet', async () => {
+    svc = new Service({ kernel: { memoryBytes: 16 * 1024 * 1024 } });
+    const app = await buildServer(svc, { logger: false });
+    close = () => app.close();
+    const k = svc.kernel;
+    const p = k.createProcess('m');
+    const a = await k.mmap(p.pid, { length: 4096, prot: PROT.READ | PROT.WRITE });
+    p.mm.notifier.register(new MmuNotifier({ invalidateRangeStart: () => 0 }, { label: 'in-kernel' }));
+    const count = async (): Promise<number> => sample((await app.inject({ method: 'GET', url: '/metrics' })).body, 'devmirror_invalidations_total', 'event="SOFT_DIRTY",result="ok"');
+    const pending = (): number => (k as unknown as { deferredRecords: unknown[] }).deferredRecords.length;
+    // The observers take records on a 10 ms timer (Kernel.flushObservers): with the timer held,
+    // only the scrape's own flush can count these.
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      for (let i = 0; i < 3; i++) {
+        const r = await k.notify(p.mm, MmuNotifierEvent.SOFT_DIRTY, a, a + 4096, 'clear_refs');
+        k.notifyEnd(p.mm, r);
+      }
+      expect(pending()).toBe(3);
+      expect(await count()).toBe(3);
+      expect(pending()).toBe(0);
+      const r = await k.notify(p.mm, MmuNotifierEvent.SOFT_DIRTY, a, a + 4096, 'clear_refs');
+      k.notifyEnd(p.mm, r);
+      expect(await count()).toBe(4);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

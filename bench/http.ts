@@ -9,7 +9,6 @@
  *
  * Options: --seconds=10 --connections=8 --json=path
  */
-import { Buffer } from 'node:buffer';
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';

@@ -18,7 +18,6 @@
  * every reconnection the client emits 'reconnected' ({ bootChanged }) and the application must
  * subscribe and fault again (a new boot id also means every pfn it held is meaningless).
  */
-import { Buffer } from 'node:buffer';
 import { commandJson, parseCommandJson } from '../channel/command-json.js';
 import { EventEmitter } from 'node:events';
 import WebSocket from 'ws';

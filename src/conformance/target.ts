@@ -10,7 +10,6 @@
  * In the embedded modes the suite owns the process the device mirrors (`conformance`, with one
  * named mapping, the window). In `url` mode it uses the device's process and a named mapping of it.
  */
-import { Buffer } from 'node:buffer';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';

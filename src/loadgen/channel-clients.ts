@@ -12,7 +12,6 @@
  *                                             openProtocolFloor).
  * Prints "ready" when set up; exits when stdin closes.
  */
-import { Buffer } from 'node:buffer';
 import WebSocket from 'ws';
 import { DeviceClient } from '../client/device-client.js';
 import { decodeServerFrame, encodeAckFields } from '../channel/codec.js';

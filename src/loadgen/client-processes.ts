@@ -2,7 +2,6 @@
  * External client processes for load tests (src/loadgen/channel-clients.ts, run with Node; with
  * tsx when running from the TypeScript sources), and the bare `ws` echo floor measured against one.
  */
-import { Buffer } from 'node:buffer';
 import process from 'node:process';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';

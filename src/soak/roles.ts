@@ -10,7 +10,6 @@
  * died while writing leaves its window unknown (its last writes were never reported), so the role
  * forgets its expectations then, and the next incarnation's writes rebuild them.
  */
-import { Buffer } from 'node:buffer';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { Service } from '../service.js';

@@ -21,6 +21,18 @@ function sample(text: string, name: string, labels: string): number {
   return Number(line.slice(line.lastIndexOf(' ') + 1));
 }
 
+/** A service with one process, one mapped page, and a synchronous subscriber without a device. */
+async function withInKernelSubscriber() {
+  svc = new Service({ kernel: { memoryBytes: 16 * 1024 * 1024 } });
+  const app = await buildServer(svc, { logger: false });
+  close = () => app.close();
+  const k = svc.kernel;
+  const p = k.createProcess('m');
+  const a = await k.mmap(p.pid, { length: 4096, prot: PROT.READ | PROT.WRITE });
+  p.mm.notifier.register(new MmuNotifier({ invalidateRangeStart: () => 0 }, { label: 'in-kernel' }));
+  return { app, k, p, a };
+}
+
 describe('metrics', () => {
   it('exports invalidation latency by event and device kind, device figures by kind, frames and clients', async () => {
     svc = new Service({ kernel: { memoryBytes: 32 * 1024 * 1024 }, deadlineMs: 60_000 });
@@ -61,13 +73,7 @@ describe('metrics', () => {
   });
 
   it('labels an origin outside ORIGINS as other, an unnamed event as UNKNOWN and a subscriber without a device as kernel, one series each', async () => {
-    svc = new Service({ kernel: { memoryBytes: 16 * 1024 * 1024 } });
-    const app = await buildServer(svc, { logger: false });
-    close = () => app.close();
-    const k = svc.kernel;
-    const p = k.createProcess('m');
-    const a = await k.mmap(p.pid, { length: 4096, prot: PROT.READ | PROT.WRITE });
-    p.mm.notifier.register(new MmuNotifier({ invalidateRangeStart: () => 0 }, { label: 'in-kernel' }));
+    const { app, k, p, a } = await withInKernelSubscriber();
     // Two unknown origins and two unnamed event numbers: each pair lands in one series.
     for (const [event, origin] of [[1, 'no-such-origin'], [1, 'another-one'], [9, 'munmap'], [60, 'munmap']] as const) {
       const r = await k.notify(p.mm, event as never, a, a + 4096, origin as never);
@@ -83,13 +89,7 @@ describe('metrics', () => {
   });
 
   it('a scrape counts the invalidations the deferred observers have not taken yet', async () => {
-    svc = new Service({ kernel: { memoryBytes: 16 * 1024 * 1024 } });
-    const app = await buildServer(svc, { logger: false });
-    close = () => app.close();
-    const k = svc.kernel;
-    const p = k.createProcess('m');
-    const a = await k.mmap(p.pid, { length: 4096, prot: PROT.READ | PROT.WRITE });
-    p.mm.notifier.register(new MmuNotifier({ invalidateRangeStart: () => 0 }, { label: 'in-kernel' }));
+    const { app, k, p, a } = await withInKernelSubscriber();
     const count = async (): Promise<number> => sample((await app.inject({ method: 'GET', url: '/metrics' })).body, 'devmirror_invalidations_total', 'event="SOFT_DIRTY",result="ok"');
     const pending = (): number => (k as unknown as { deferredRecords: unknown[] }).deferredRecords.length;
     // The observers take records on a 10 ms timer (Kernel.flushObservers): with the timer held,

@@ -63,6 +63,8 @@ if (!Number.isInteger(RUNS) || RUNS < 1) {
 /** The goals' limits (the issue's): N = 1 p50 within 1.3x of the echo floor, N = 1000 p99 under 50 ms. */
 const N1_LIMIT = 1.3;
 const N1000_P99_US = 50_000;
+/** Set in the environment of each run that --runs starts ("i/K"). */
+const RUN_OF = 'DEVMIRROR_CHANNEL_RUN';
 const PAGE = 4096;
 const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
 
@@ -305,6 +307,7 @@ async function main(): Promise<void> {
     const f = n1000.floor!;
     console.log(`    the bare ws fan-out to 1000 connections in the same run: p50 ${fmt(f.lat.p50)}, p99 ${fmt(f.lat.p99)}${f.lat.p99 >= N1000_P99_US ? ' (the floor itself misses 50 ms)' : ''}`);
   }
+  if (process.env[RUN_OF] === undefined) console.log('  (separate runs differ more than the blocks of one: --runs=K judges by the median of K separate runs)');
   const json = args.get('json');
   if (json) writeFileSync(json, JSON.stringify({ config, rows: rows.map(({ floor: f, protocol: pr, ...r }) => ({ ...r, floorVariant: f?.variant ?? null, ...(pr ? { protocolVariant: pr.variant } : {}) })), extras }, null, 2));
 }
@@ -323,7 +326,12 @@ async function runMany(): Promise<void> {
       const file = join(dir, `run-${i + 1}.json`);
       const t0 = Date.now();
       // Synchronous: this process only waits for its runs (it serves nothing meanwhile).
-      const r = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), ...childArgs, `--json=${file}`], { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8', maxBuffer: 64 << 20 });
+      const r = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), ...childArgs, `--json=${file}`], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+        encoding: 'utf8',
+        maxBuffer: 64 << 20,
+        env: { ...process.env, [RUN_OF]: `${i + 1}/${RUNS}` },
+      });
       if (r.status !== 0) throw new Error(`run ${i + 1} of ${RUNS} failed (${r.status ?? r.signal})`);
       const at = r.stdout.indexOf('\ngoals:');
       console.log(`run ${i + 1} of ${RUNS} (${((Date.now() - t0) / 1000).toFixed(0)} s)${at < 0 ? '' : `, its ${r.stdout.slice(at + 1).trimEnd()}`}`);

@@ -1,11 +1,13 @@
 /**
  * The verdict of several separate runs of a benchmark (bench:channel --runs).
  *
- * Why separate processes: one run's ratio depends on state that only a new process draws again,
- * chiefly which code V8 optimized how in the server and in each client process (compilation runs
- * concurrently, so its timing and the type feedback it sees differ from run to run). Blocks within
- * one run agree closely while separate runs of the same build differed by up to 0.25x in the N = 1
- * ratio (Xeon host, 11-29). A verdict from one run is a draw; the median of several is a measure.
+ * Why separate processes: one run's ratio depends on state that only a new process draws again:
+ * which code V8 optimized, and how, in the server and in each client process (compilation runs
+ * concurrently, so its timing and the type feedback it sees differ from run to run; of ten client
+ * processes profiled on 11-29, one ran ws's Sender.send with a runtime call per frame that the
+ * others did not make), and where things landed in memory. Blocks within one run agree closely
+ * while separate runs of the same build differed by up to 0.25x in the N = 1 ratio (Xeon host,
+ * 11-29). A verdict from one run is a draw; the median of several is a measure.
  */
 import { spread, type Percentiles, type Spread } from '../lib/stats.js';
 

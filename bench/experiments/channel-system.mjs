@@ -1,6 +1,7 @@
 /**
  * bench:channel's system at N = 1, for the experiments that drive it (channel-ab.mjs,
- * channel-cpu.mjs, protocol-floor.mjs): the service of the build at `root` (this checkout or a
+ * channel-cpu.mjs, floor-sharing.mjs, protocol-floor.mjs; round-tail.mjs and round-allocations.mjs
+ * through openTogether): the service of the build at `root` (this checkout or a
  * patched copy of its build) with one DeviceClient process subscribed to a 16-page window, and its
  * round, a one-page CLEAR (Kernel.notify, then notifyEnd), as bench/channel.ts runs it.
  *
@@ -34,6 +35,27 @@ export async function openChannelSystem(root, pin) {
       await app.close();
     },
   };
+}
+
+/**
+ * One subject of bench:channel's N = 1 round with everything on this process's first CPU (the
+ * `together` placement), warmed by `warm` rounds: `sys` (devmirror, openChannelSystem), `echo`
+ * (the bare ws echo) or `proto` (the protocol floor, no End). Each has round(), pids and close().
+ */
+export async function openTogether(root, which, warm = 5000) {
+  const { allowedCpus, setProcessAffinity } = await import(`${root}/dist/src/lib/affinity.js`);
+  const { openFanoutFloor, openProtocolFloor } = await import(`${root}/dist/src/loadgen/client-processes.js`);
+  const cpu = String(allowedCpus()[0]);
+  setProcessAffinity(process.pid, cpu);
+  const pin = (pid) => setProcessAffinity(pid, cpu);
+  let subject;
+  if (which === 'sys') subject = await openChannelSystem(root, pin);
+  else if (which === 'echo') subject = await openFanoutFloor(48, 1);
+  else if (which === 'proto') subject = await openProtocolFloor({ end: false });
+  else throw new Error(`openTogether: sys, echo or proto, got ${JSON.stringify(which)}`);
+  if (which !== 'sys') for (const pid of subject.pids) pin(pid);
+  for (let i = 0; i < warm; i++) await subject.round();
+  return subject;
 }
 
 /**

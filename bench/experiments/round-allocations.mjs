@@ -11,17 +11,11 @@
  */
 import inspector from 'node:inspector';
 import { fileURLToPath } from 'node:url';
-import { openChannelSystem } from './channel-system.mjs';
+import { openTogether } from './channel-system.mjs';
 
 const root = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
-const { allowedCpus, setProcessAffinity } = await import(`${root}/dist/src/lib/affinity.js`);
-const { openProtocolFloor } = await import(`${root}/dist/src/loadgen/client-processes.js`);
-const cpu = String(allowedCpus()[0]);
-setProcessAffinity(process.pid, cpu);
 const which = process.argv[2] ?? 'sys';
-const subject = which === 'sys' ? await openChannelSystem(root, (pid) => setProcessAffinity(pid, cpu)) : await openProtocolFloor({ end: false });
-if (which !== 'sys') for (const pid of subject.pids) setProcessAffinity(pid, cpu);
-for (let i = 0; i < 5000; i++) await subject.round();
+const subject = await openTogether(root, which === 'sys' ? 'sys' : 'proto');
 const session = new inspector.Session();
 session.connect();
 const post = (method, params) => new Promise((resolve, reject) => session.post(method, params, (e, r) => (e ? reject(e) : resolve(r))));

@@ -10,18 +10,12 @@
  * Used in docs/benchmarks.md ("Separate runs").
  */
 import { fileURLToPath } from 'node:url';
-import { openChannelSystem } from './channel-system.mjs';
+import { openTogether } from './channel-system.mjs';
 
 const root = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
-const { allowedCpus, setProcessAffinity } = await import(`${root}/dist/src/lib/affinity.js`);
-const { openFanoutFloor } = await import(`${root}/dist/src/loadgen/client-processes.js`);
-const cpu = String(allowedCpus()[0]);
-setProcessAffinity(process.pid, cpu);
 const which = process.argv[2] ?? 'sys';
 const K = Number(process.argv[3] ?? 3);
-const subject = which === 'sys' ? await openChannelSystem(root, (pid) => setProcessAffinity(pid, cpu)) : await openFanoutFloor(48, 1);
-if (which !== 'sys') for (const pid of subject.pids) setProcessAffinity(pid, cpu);
-for (let i = 0; i < 5000; i++) await subject.round();
+const subject = await openTogether(root, which === 'sys' ? 'sys' : 'echo');
 const N = 60_000;
 const lat = new Float64Array(N);
 const at = new Float64Array(N);

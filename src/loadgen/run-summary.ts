@@ -42,7 +42,7 @@ export interface RunSeries {
  * configuration is an error: its ratio is undefined, and leaving the run out would bias the median.
  */
 export function summarizeRuns(runs: ReadonlyArray<ReadonlyArray<RunRow>>, limit: number): RunSeries[] {
-  const out = new Map<string, RunSeries>();
+  const out = new Map<string, Omit<RunSeries, 'ratio'>>();
   runs.forEach((rows, run) => {
     for (const sys of rows) {
       if (sys.role !== 'devmirror') continue;
@@ -53,7 +53,7 @@ export function summarizeRuns(runs: ReadonlyArray<ReadonlyArray<RunRow>>, limit:
       const key = `${sys.n} ${sys.placement}`;
       let s = out.get(key);
       if (!s) {
-        s = { n: sys.n, placement: sys.placement, p50Ratio: [], p99: [], floorP99: [], protocolRatio: [], codeRatio: [], ratio: spread([]) };
+        s = { n: sys.n, placement: sys.placement, p50Ratio: [], p99: [], floorP99: [], protocolRatio: [], codeRatio: [] };
         out.set(key, s);
       }
       s.p50Ratio.push(sys.lat.p50 / floor.lat.p50);
@@ -65,6 +65,5 @@ export function summarizeRuns(runs: ReadonlyArray<ReadonlyArray<RunRow>>, limit:
       }
     }
   });
-  for (const s of out.values()) s.ratio = spread(s.p50Ratio, limit);
-  return [...out.values()];
+  return [...out.values()].map((s) => ({ ...s, ratio: spread(s.p50Ratio, limit) }));
 }

@@ -14,7 +14,7 @@
 import Long from 'long';
 import { devmirror } from './gen/notifier.js';
 import { DevmirrorError } from '../errors.js';
-import { decodeAckFields, decodeHotClientFrame, decodeHotServerFrame, encodeAckFields, encodeEndFields, encodeHotClientFrame, encodeHotServerFrame, encodeStartFields, type AckFields } from './hot-frames.js';
+import { decodeAckFields, decodeHotClientFrame, decodeHotServerFrame, decodeStartFields, encodeAckFields, encodeEndFields, encodeHotClientFrame, encodeHotServerFrame, encodeStartFields, type AckFields, type StartFields } from './hot-frames.js';
 
 const v1 = devmirror.v1;
 type G = typeof devmirror.v1;
@@ -165,7 +165,7 @@ export function encodeServerFrame(f: ServerFrameIn): Uint8Array {
  * session writes starts and ends and reads acknowledgements this way, a client writes its
  * acknowledgements.
  */
-export { encodeStartFields, encodeEndFields, encodeAckFields, decodeAckFields, type AckFields };
+export { encodeStartFields, encodeEndFields, encodeAckFields, decodeAckFields, decodeStartFields, type AckFields, type StartFields };
 
 /** The generated encoder alone (the reference the fast path is tested against). */
 export function encodeClientFrameGeneric(f: ClientFrameIn): Uint8Array {

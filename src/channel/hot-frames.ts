@@ -395,9 +395,9 @@ function readAscii(end: number): string {
   return s;
 }
 
-/** The Origin message in [rpos, end). */
-function readOrigin(end: number): { operation: string; operationId: number; detail: string } {
-  const o = { operation: '', operationId: 0, detail: '' };
+/** The Origin message in [rpos, end), into startOut (operation, operationId, detail). */
+function readOrigin(end: number): void {
+  const o = startOut;
   while (!rbad && rpos < end) {
     switch (varint()) {
       case (1 << 3) | LEN:
@@ -414,14 +414,13 @@ function readOrigin(end: number): { operation: string; operationId: number; deta
     }
   }
   if (rpos !== end) rbad = true;
-  return o;
 }
 
 /**
  * Fields 1 to 7, which InvalidateStart and InvalidateEnd share (same numbers): reads the one `tag`
  * names into `m`; false for any other tag.
  */
-function readRangeField(tag: number, m: Record<string, unknown>): boolean {
+function readRangeField(tag: number, m: RangeFields): boolean {
   switch (tag) {
     case (1 << 3) | VARINT:
       m.invalidationId = varint();
@@ -449,10 +448,41 @@ function readRangeField(tag: number, m: Record<string, unknown>): boolean {
   }
 }
 
-/** InvalidateStart in [rpos, end). `owner` (proto3 optional) and `origin` only when sent, as the generic decoder does. */
-function readStart(end: number): Record<string, unknown> {
-  const m: Record<string, unknown> = { invalidationId: 0, subscriptionId: 0, pid: 0, start: 0, end: 0, event: 0, flags: 0, blockable: false, curSeq: 0 };
-  let sawOrigin = false;
+/** InvalidateStart's and InvalidateEnd's fields 1 to 7. */
+interface RangeFields {
+  invalidationId: number;
+  subscriptionId: number;
+  pid: number;
+  start: number;
+  end: number;
+  event: number;
+  flags: number;
+}
+
+/** An InvalidateStart's fields, read in place (see decodeStartFields). */
+export interface StartFields extends RangeFields {
+  requestId: number;
+  blockable: boolean;
+  /** null when the frame carries none (proto3 optional). */
+  owner: number | null;
+  curSeq: number;
+  /** Whether the frame carries an Origin; its fields are '' and 0 when it does not. */
+  hasOrigin: boolean;
+  operation: string;
+  operationId: number;
+  detail: string;
+}
+
+/** decodeStartFields' result: one object, overwritten by the next call. */
+const startOut: StartFields = { requestId: 0, invalidationId: 0, subscriptionId: 0, pid: 0, start: 0, end: 0, event: 0, flags: 0, blockable: false, owner: null, curSeq: 0, hasOrigin: false, operation: '', operationId: 0, detail: '' };
+
+/** InvalidateStart in [rpos, end), into startOut. */
+function readStartFields(end: number): void {
+  const m = startOut;
+  m.invalidationId = m.subscriptionId = m.pid = m.start = m.end = m.event = m.flags = m.curSeq = m.operationId = 0;
+  m.blockable = m.hasOrigin = false;
+  m.owner = null;
+  m.operation = m.detail = '';
   while (!rbad && rpos < end) {
     const tag = varint();
     if (readRangeField(tag, m)) continue;
@@ -468,17 +498,17 @@ function readStart(end: number): Record<string, unknown> {
         break;
       case (ORIGIN_FIELD << 3) | LEN: {
         // A repeated nested message is merged by protobuf: the generic decoder's business.
-        if (sawOrigin) {
+        if (m.hasOrigin) {
           rbad = true;
           break;
         }
-        sawOrigin = true;
+        m.hasOrigin = true;
         const len = varint();
         if (rbad || rpos + len > end) {
           rbad = true;
           break;
         }
-        m.origin = readOrigin(rpos + len);
+        readOrigin(rpos + len);
         break;
       }
       default:
@@ -486,12 +516,21 @@ function readStart(end: number): Record<string, unknown> {
     }
   }
   if (rpos !== end) rbad = true;
+}
+
+/** InvalidateStart in [rpos, end) as the generic decoder returns it: `owner` and `origin` only when sent. */
+function readStart(end: number): Record<string, unknown> {
+  readStartFields(end);
+  const f = startOut;
+  const m: Record<string, unknown> = { invalidationId: f.invalidationId, subscriptionId: f.subscriptionId, pid: f.pid, start: f.start, end: f.end, event: f.event, flags: f.flags, blockable: f.blockable, curSeq: f.curSeq };
+  if (f.owner !== null) m.owner = f.owner;
+  if (f.hasOrigin) m.origin = { operation: f.operation, operationId: f.operationId, detail: f.detail };
   return m;
 }
 
 /** InvalidateEnd in [rpos, end): InvalidateStart's fields 1 to 7, then owner at 8 (only when sent). */
-function readEnd(end: number): Record<string, unknown> {
-  const m: Record<string, unknown> = { invalidationId: 0, subscriptionId: 0, pid: 0, start: 0, end: 0, event: 0, flags: 0 };
+function readEnd(end: number): RangeFields & { owner?: number } {
+  const m: RangeFields & { owner?: number } = { invalidationId: 0, subscriptionId: 0, pid: 0, start: 0, end: 0, event: 0, flags: 0 };
   while (!rbad && rpos < end) {
     const tag = varint();
     if (readRangeField(tag, m)) continue;
@@ -589,6 +628,20 @@ export function decodeHotServerFrame(buf: Uint8Array): Record<string, unknown> |
   }
   const m = readEnd(bodyEnd);
   return rbad ? null : { requestId, body: 'invalidateEnd', invalidateEnd: m };
+}
+
+/**
+ * A ServerFrame carrying InvalidateStart, read into a shared object that the next call overwrites
+ * (a client's path: one per round, handed on at once, with no frame object and no Origin object);
+ * null where decodeHotServerFrame declines, and for any other body.
+ */
+export function decodeStartFields(buf: Uint8Array): StartFields | null {
+  if (frameBody(buf, SERVER_INVALIDATE_START, SERVER_INVALIDATE_START) === 0) return null;
+  const requestId = frameRequestId;
+  readStartFields(bodyEnd);
+  if (rbad) return null;
+  startOut.requestId = requestId;
+  return startOut;
 }
 
 /**

@@ -28,6 +28,7 @@ import {
   PROTOCOL_VERSION,
   SubscriptionKind,
   decodeServerFrame,
+  decodeStartFields,
   encodeAckFields,
   encodeClientFrame,
   WIRE_ULONG_MAX,
@@ -98,6 +99,8 @@ const n = (v: U64): number => Number(v);
 
 /** A Command frame from the server. */
 type CommandFrame = Extract<ServerFrame, { body: 'command' }>;
+/** What onStart reads of an InvalidateStart: the whole frame's message or the in-place reader's fields. */
+type StartFrame = Pick<Extract<ServerFrame, { body: 'invalidateStart' }>['invalidateStart'], 'invalidationId' | 'subscriptionId' | 'pid' | 'start' | 'end' | 'event' | 'flags' | 'blockable' | 'curSeq'>;
 type Pending = { resolve: (f: ServerFrame) => void; reject: (e: Error) => void; timer: NodeJS.Timeout };
 
 export class DeviceClient extends EventEmitter {
@@ -196,6 +199,11 @@ export class DeviceClient extends EventEmitter {
         });
       });
       ws.on('message', (data: Buffer) => {
+        // The round's start (one per round and subscription) is read in place, without the frame
+        // object: a client process on the kernel's CPU runs this between the kernel's write and its
+        // read. Anything else, and any start the in-place reader declines, is decoded whole.
+        const s = decodeStartFields(data);
+        if (s !== null) return this.onStart(s, s.owner, s.operation);
         let f: ServerFrame;
         try {
           f = decodeServerFrame(data);
@@ -293,6 +301,18 @@ export class DeviceClient extends EventEmitter {
 
   // ---- frames ----------------------------------------------------------------------------------
 
+  /** An InvalidateAck (nothing once disconnected: the server has dropped the subscription's acks). */
+  private sendAck(invalidationId: number, subscriptionId: number, ok: boolean, keptReads: boolean): void {
+    if (!this.connected) return;
+    const result = ok ? AckResult.OK : AckResult.WOULD_BLOCK;
+    // From the fields (one frame per round); ids out of the common range take the frame object.
+    // kept_reads only when set (an unset bool is not sent: the frame stays as short as before).
+    const hot = encodeAckFields(invalidationId, subscriptionId, result, keptReads);
+    if (hot !== null) return this.ws!.send(hot);
+    const body = { invalidationId, subscriptionId, result };
+    this.sendFrame({ invalidateAck: keptReads ? { ...body, keptReads: true } : body });
+  }
+
   private sendFrame(f: ClientFrameIn): void {
     const ws = this.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN) throw new DevmirrorError('DM_ERR_CONFLICT', 'not connected');
@@ -352,45 +372,44 @@ export class DeviceClient extends EventEmitter {
       .then((v) => answer(true, v), (e: Error & { code?: string }) => answer(false, null, e));
   }
 
+  /**
+   * An InvalidateStart, from the in-place reader or the whole frame (`s` is read here, before
+   * anything else runs: the in-place reader's object is overwritten by the next frame).
+   */
+  private onStart(s: StartFrame, owner: number | null, origin: string): void {
+    // No handler: acknowledged at once, from the frame's ids (no event object, no closure).
+    const h = this.startHandler;
+    if (!h) return this.sendAck(n(s.invalidationId), n(s.subscriptionId), true, false);
+    const e: InvalidateStartEvent = {
+      invalidationId: n(s.invalidationId),
+      subscriptionId: n(s.subscriptionId),
+      pid: s.pid,
+      start: addr(s.start),
+      end: addr(s.end),
+      event: s.event,
+      flags: s.flags,
+      blockable: s.blockable,
+      owner,
+      curSeq: n(s.curSeq),
+      origin,
+    };
+    const ack = (ok: boolean): void => this.sendAck(e.invalidationId, e.subscriptionId, ok, ok && e.keptReads === true);
+    let r: boolean | Promise<boolean>;
+    try {
+      r = h(e);
+    } catch (err) {
+      this.emit('error', err);
+      return ack(true);
+    }
+    if (r instanceof Promise) void r.then((ok) => ack(ok !== false), (err) => (this.emit('error', err), ack(true)));
+    else ack(r !== false);
+  }
+
   private onFrame(f: ServerFrame): void {
     switch (f.body) {
       case 'invalidateStart': {
         const s = f.invalidateStart;
-        const e: InvalidateStartEvent = {
-          invalidationId: n(s.invalidationId),
-          subscriptionId: n(s.subscriptionId),
-          pid: s.pid,
-          start: addr(s.start),
-          end: addr(s.end),
-          event: s.event,
-          flags: s.flags,
-          blockable: s.blockable,
-          owner: s.owner ?? null,
-          curSeq: n(s.curSeq),
-          origin: s.origin?.operation ?? '',
-        };
-        const ack = (ok: boolean): void => {
-          if (!this.connected) return;
-          // kept_reads only when set (an unset bool is not sent: the frame stays as short as before).
-          const result = ok ? AckResult.OK : AckResult.WOULD_BLOCK;
-          const keptReads = ok && e.keptReads === true;
-          // From the fields (one frame per round); ids out of the common range take the frame object.
-          const hot = encodeAckFields(e.invalidationId, e.subscriptionId, result, keptReads);
-          if (hot !== null) return this.ws!.send(hot);
-          const body = { invalidationId: e.invalidationId, subscriptionId: e.subscriptionId, result };
-          this.sendFrame({ invalidateAck: keptReads ? { ...body, keptReads: true } : body });
-        };
-        if (!this.startHandler) return ack(true);
-        let r: boolean | Promise<boolean>;
-        try {
-          r = this.startHandler(e);
-        } catch (err) {
-          this.emit('error', err);
-          return ack(true);
-        }
-        if (r instanceof Promise) void r.then((ok) => ack(ok !== false), (err) => (this.emit('error', err), ack(true)));
-        else ack(r !== false);
-        return;
+        return this.onStart(s, s.owner ?? null, s.origin?.operation ?? '');
       }
       case 'invalidateEnd': {
         const s = f.invalidateEnd;

@@ -14,7 +14,7 @@
  */
 import WebSocket from 'ws';
 import { DeviceClient } from '../client/device-client.js';
-import { decodeServerFrame, encodeAckFields } from '../channel/codec.js';
+import { decodeServerFrame, decodeStartFields, encodeAckFields } from '../channel/codec.js';
 
 const [mode, url, ...rest] = process.argv.slice(2);
 process.stdin.on('end', () => process.exit(0));
@@ -33,6 +33,9 @@ if (mode === 'echo') {
 } else if (mode === 'protocol') {
   const ws = new WebSocket(url, { perMessageDeflate: false });
   ws.on('message', (d: Buffer) => {
+    // As DeviceClient reads a frame: a start in place, anything else whole.
+    const s = decodeStartFields(d);
+    if (s !== null) return ws.send(encodeAckFields(s.invalidationId, s.subscriptionId, 0, false)!);
     const f = decodeServerFrame(d);
     if (f.body === 'invalidateStart') ws.send(encodeAckFields(Number(f.invalidateStart.invalidationId), Number(f.invalidateStart.subscriptionId), 0, false)!);
   });

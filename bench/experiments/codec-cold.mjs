@@ -1,7 +1,8 @@
 /**
  * Experiment: what the channel's hot codec costs per call, warm and with cold caches: the server's
  * part of a round (encode an InvalidateStart, decode an InvalidateAck, encode an InvalidateEnd) and
- * the client's (decode the start as DeviceClient does, encode the ack), each timed alone.
+ * the client's (decode the start whole, as DeviceClient did until 11-29, and in place, as it does
+ * since; encode the ack), each timed alone.
  * THRASH_KB=n touches n KiB (one word every 64 bytes) before every call, as a client process run on
  * the same CPU between two rounds would. Prints the p50 of each, in ns (the second of two passes).
  *
@@ -38,6 +39,7 @@ const tests = {
     sink += hf.encodeEndFields(id, 1_000_001, 100, start, start + 4096, 1, 1, null).length;
   },
   'client: decode start': () => { sink += decodeServerFrame(st).invalidateStart.pid; },
+  'client: start in place': () => { sink += hf.decodeStartFields(st).pid; },
   'client: encode ack': () => { sink += hf.encodeAckFields(++id, 1_000_001, 0, false).length; },
 };
 const N = 20000;

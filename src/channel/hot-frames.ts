@@ -78,18 +78,17 @@ function varintSize(n: number): number {
 
 /** Writes a non-negative safe integer as a varint; returns the new position. */
 function putVarint(buf: Uint8Array, pos: number, n: number): number {
-  if (n > 0xffffffff) {
-    // Above 32 bits (addresses): as two 32-bit halves with integer shifts (protobufjs's LongBits
-    // does the same); by floating division and remainder, the two addresses of a start cost about a
-    // third of its encoding.
-    let lo = n >>> 0;
-    let hi = (n - lo) / 4294967296;
-    while (hi !== 0) {
-      buf[pos++] = (lo & 0x7f) | 0x80;
-      lo = ((lo >>> 7) | (hi << 25)) >>> 0;
-      hi >>>= 7;
-    }
-    n = lo;
+  if (n > 0xfffffff) {
+    // Past 28 bits (addresses, 48 bits): the low 28 as four bytes, then the rest (below 2^25) in
+    // integer shifts. Division by 2^28 and floor are exact on a safe integer; halves of 32 bits
+    // shifted across each other cost the two addresses of a start about 17 ns more (11-29).
+    const hi = Math.floor(n / 268435456);
+    const lo = n - hi * 268435456;
+    buf[pos++] = (lo & 0x7f) | 0x80;
+    buf[pos++] = ((lo >>> 7) & 0x7f) | 0x80;
+    buf[pos++] = ((lo >>> 14) & 0x7f) | 0x80;
+    buf[pos++] = ((lo >>> 21) & 0x7f) | 0x80;
+    n = hi;
   }
   while (n > 0x7f) {
     buf[pos++] = (n & 0x7f) | 0x80;
@@ -102,10 +101,19 @@ function putVarint(buf: Uint8Array, pos: number, n: number): number {
 /** The varint a scalar value is written as, or -1 where the generic encoder must decide. */
 function scalar(v: unknown, kind: Kind): number {
   if (kind === 'bool') return typeof v === 'boolean' ? (v ? 1 : 0) : -1;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) return -1;
-  if (kind === 'u64') return v < TWO53 ? v : -1;
-  if (kind === 'u32') return v <= 0xffffffff ? v : -1;
-  return v <= 0x7fffffff ? v : -1;
+  if (typeof v !== 'number') return -1;
+  return (kind === 'u64' ? isU64(v) : kind === 'u32' ? isU32(v) : isI32(v)) ? v : -1;
+}
+
+function isU64(v: number): boolean {
+  return Number.isInteger(v) && v >= 0 && v < TWO53;
+}
+function isU32(v: number): boolean {
+  return Number.isInteger(v) && v >= 0 && v <= U32_MAX;
+}
+/** int32, non-negative only: a negative one is written in ten bytes, the generic encoder's business. */
+function isI32(v: number): boolean {
+  return Number.isInteger(v) && v >= 0 && v <= I32_MAX;
 }
 
 /** Writes the set scalar fields of `m` in field order; -1 if one is not the common case. */
@@ -225,47 +233,20 @@ export function encodeHotServerFrame(f: unknown): Uint8Array | null {
 /** Where a flat encoder's body starts in scratch: room before it for the frame's tag and a body length of up to two bytes. */
 const BODY_AT = 3;
 
-function isU64(v: number): boolean {
-  return Number.isInteger(v) && v >= 0 && v < TWO53;
-}
-function isU32(v: number): boolean {
-  return Number.isInteger(v) && v >= 0 && v <= U32_MAX;
-}
-/** int32, non-negative only: a negative one is written in ten bytes, the generic encoder's business. */
-function isI32(v: number): boolean {
-  return Number.isInteger(v) && v >= 0 && v <= I32_MAX;
-}
-
 /** A flat encoder's scalar fields, in order: tag byte i and its value i (written by putTagged). */
 const fTag = new Uint8Array(16);
 const fVal = new Float64Array(16);
 
 /**
  * Writes fields [0, count) of fTag and fVal into scratch from pos, each a tag byte and a varint;
- * returns the position after them. One loop with the varint inline: as nine putVarint calls, the
- * start encoder ran past V8's inlining budget and made a call per field.
+ * returns the position after them. One loop, so one putVarint call site: as nine calls, the start
+ * encoder ran past V8's inlining budget and made a call per field.
  */
 function putTagged(pos: number, count: number): number {
   const b = scratch;
   for (let i = 0; i < count; i++) {
     b[pos++] = fTag[i];
-    let n = fVal[i];
-    if (n > 0xfffffff) {
-      // Past 28 bits (addresses, 48 bits): the low 28 as four bytes, then the rest (below 2^25)
-      // as integers. Division by 2^28 and floor are exact on a safe integer.
-      const hi = Math.floor(n / 268435456);
-      const lo = n - hi * 268435456;
-      b[pos++] = (lo & 0x7f) | 0x80;
-      b[pos++] = ((lo >>> 7) & 0x7f) | 0x80;
-      b[pos++] = ((lo >>> 14) & 0x7f) | 0x80;
-      b[pos++] = ((lo >>> 21) & 0x7f) | 0x80;
-      n = hi;
-    }
-    while (n > 0x7f) {
-      b[pos++] = (n & 0x7f) | 0x80;
-      n >>>= 7;
-    }
-    b[pos++] = n;
+    pos = putVarint(b, pos, fVal[i]);
   }
   return pos;
 }
@@ -325,20 +306,21 @@ export function encodeStartFields(
   }
   fTag[count] = (10 << 3) | VARINT;
   fVal[count++] = curSeq;
-  let pos = putTagged(BODY_AT, count);
-  const b = scratch;
-  b[pos++] = (ORIGIN_FIELD << 3) | LEN;
-  // An Origin always, empty without an operation (the object above carries `origin: {}` then).
+  // An Origin always, empty without an operation (the object above carries `origin: {}` then);
+  // with one, its body is the operation's tag, length and bytes. Tags and lengths go through
+  // putTagged with the scalars (a length is a varint after its tag too).
+  fTag[count] = (ORIGIN_FIELD << 3) | LEN;
   if (operation == null) {
-    b[pos++] = 0;
-    return flatFrame(SERVER_INVALIDATE_START, pos);
+    fVal[count++] = 0;
+    return flatFrame(SERVER_INVALIDATE_START, putTagged(BODY_AT, count));
   }
   if (typeof operation !== 'string' || operation.length > MAX_ASCII) return null;
   const n = operation.length;
-  // The Origin's body: the operation's tag, length and bytes.
-  pos = putVarint(b, pos, 1 + varintSize(n) + n);
-  b[pos++] = (1 << 3) | LEN;
-  pos = putVarint(b, pos, n);
+  fVal[count++] = 1 + varintSize(n) + n;
+  fTag[count] = (1 << 3) | LEN;
+  fVal[count++] = n;
+  let pos = putTagged(BODY_AT, count);
+  const b = scratch;
   for (let i = 0; i < n; i++) {
     const c = operation.charCodeAt(i);
     if (c >= 0x80) return null;
@@ -401,7 +383,9 @@ export function encodeHotClientFrame(f: unknown): Uint8Array | null {
 // One reader per message, each keeping its position in a local and dispatching on the whole tag
 // byte (every tag here is one byte; a longer one, canonical or not, is declined). Every field of
 // these messages is a tag and a varint (the value, or a length), so a reader reads the varint
-// before it dispatches: one byte inline, longer ones in varintAt. A first reader kept its position,
+// before it dispatches: one byte inline, longer ones in varintAt. (The same five lines open each
+// reader's loop: a shared fieldAt returning the tag through a module variable cost a start 15 ns
+// and an ack 7 ns more, 11-29.) A first reader kept its position,
 // buffer and error flag in module variables and called a function per varint: 160 ns for a start
 // frame, against 60 ns for a reader of this form (bench/experiments/codec-cold.mjs, 11-29); one
 // before it, storing fields by computed name through V8's megamorphic keyed stores, cost about

@@ -40,6 +40,21 @@ const serverFrame = fc.oneof(
 );
 const clientFrame = fc.oneof(fc.record({ requestId, invalidateAck: ackMsg }), fc.record({ requestId, readBegin: fc.record({ subscriptionId: fc.nat() }) }));
 
+/** A server frame's bytes from the generated encoder, as they are, with one byte changed, or truncated. */
+const serverFrameBytes = serverFrame.chain((f) => {
+  let b: Uint8Array;
+  try {
+    b = encodeServerFrameGeneric(f as never);
+  } catch {
+    b = new Uint8Array([0x2a, 0x00]);
+  }
+  return fc.tuple(fc.nat({ max: Math.max(0, b.length - 1) }), fc.nat({ max: 255 }), fc.constantFrom('as-is', 'flip', 'truncate')).map(([at, byte, how]) => {
+    const buf = new Uint8Array(b);
+    if (how === 'flip' && buf.length > 0) buf[at] = byte;
+    return how === 'truncate' ? buf.subarray(0, at) : buf;
+  });
+});
+
 /** What a call yields: its value, or the error code it threw. */
 function outcome<T>(fn: () => T): { ok: T } | { code: string } {
   try {
@@ -110,20 +125,8 @@ describe('hot frames (hand-written wire path)', () => {
   });
 
   it('decodes to the same plain frames as the generated decoder, also for mutated and truncated bytes', () => {
-    const bytes = serverFrame.chain((f) => {
-      let b: Uint8Array;
-      try {
-        b = encodeServerFrameGeneric(f as never);
-      } catch {
-        b = new Uint8Array([0x2a, 0x00]);
-      }
-      return fc.tuple(fc.constant(b), fc.nat({ max: Math.max(0, b.length - 1) }), fc.nat({ max: 255 }), fc.constantFrom('as-is', 'flip', 'truncate'));
-    });
     fc.assert(
-      fc.property(bytes, ([b, at, byte, how]) => {
-        const buf = new Uint8Array(b);
-        if (how === 'flip' && buf.length > 0) buf[at] = byte;
-        const input = how === 'truncate' ? buf.subarray(0, at) : buf;
+      fc.property(serverFrameBytes, (input) => {
         const fast = outcome(() => decodeServerFrame(input));
         const generic = outcome(() => decodeServerFrameGeneric(input));
         expect(fast).toEqual(generic);
@@ -237,21 +240,9 @@ describe('hot frames (hand-written wire path)', () => {
   });
 
   it('reads starts in place to the generic decoder\'s fields, and declines what decodeHotServerFrame declines or any other body', () => {
-    const bytes = serverFrame.chain((f) => {
-      let b: Uint8Array;
-      try {
-        b = encodeServerFrameGeneric(f as never);
-      } catch {
-        b = new Uint8Array([0x2a, 0x00]);
-      }
-      return fc.tuple(fc.constant(b), fc.nat({ max: Math.max(0, b.length - 1) }), fc.nat({ max: 255 }), fc.constantFrom('as-is', 'flip', 'truncate'));
-    });
     let read = 0;
     fc.assert(
-      fc.property(bytes, ([b, at, byte, how]) => {
-        const buf = new Uint8Array(b);
-        if (how === 'flip' && buf.length > 0) buf[at] = byte;
-        const input = how === 'truncate' ? buf.subarray(0, at) : buf;
+      fc.property(serverFrameBytes, (input) => {
         const whole = decodeHotServerFrame(input) as { requestId: number; body: string; invalidateStart?: Record<string, unknown> & { origin?: { operation: string; operationId: number; detail: string } } } | null;
         const s = decodeStartFields(input);
         if (whole === null || whole.body !== 'invalidateStart') {

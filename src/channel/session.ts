@@ -196,14 +196,39 @@ export class Session implements ExternalPort {
   }
 
   private sendBytes(frame: Uint8Array): void {
-    if (this.state === 'closed') return;
+    if (!this.mayQueue()) return;
+    this.cork();
+    this.ws.send(frame);
+  }
+
+  /** False when the frame must not be sent: the connection is closed, or closed now as too slow. */
+  private mayQueue(): boolean {
+    if (this.state === 'closed') return false;
     // Backpressure: a client that does not read would make the kernel buffer without bound. Its
     // invalidations cannot be dropped (the kernel waits for them), so it is disconnected instead.
     if (this.ws.bufferedAmount > this.host.limits.maxBufferedBytes) {
       this.close(CLOSE.SLOW_CONSUMER, `send queue above ${this.host.limits.maxBufferedBytes} bytes`);
-      return;
+      return false;
     }
-    this.cork();
+    return true;
+  }
+
+  /**
+   * An InvalidateStart: held in the corked socket until the ack group's next spin, which waitAcks
+   * calls once every subscriber of the invalidation has been called (SocketAckGroup.holdStarts).
+   * A socket already corked for this turn (an End before it) keeps that cork: the start leaves
+   * with the End at the end of the turn, in one write, as before.
+   */
+  private sendStart(frame: Uint8Array): void {
+    if (!this.mayQueue()) return;
+    if (this.corked === null) {
+      const sock = (this.ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
+      if (sock) {
+        this.corked = sock;
+        sock.cork();
+        this.host.group.holdStarts(this);
+      }
+    }
     this.ws.send(frame);
   }
 
@@ -212,7 +237,8 @@ export class Session implements ExternalPort {
    * Frames produced in one turn of the event loop leave in one write: the socket is corked at the
    * first frame and uncorked after the current microtasks (process.nextTick runs after them). A
    * small socket write costs tens of microseconds here, so an invalidation's end and the next
-   * start, or the starts of a batch, share one. Every session corked in a turn is uncorked by one
+   * start, or the replies to a batch of requests, share one. (A start that finds the socket
+   * uncorked is held only until the kernel has called every subscriber: see sendStart.) Every session corked in a turn is uncorked by one
    * tick callback (uncorkAll): a round that reaches a thousand clients queues one tick, not a
    * thousand closures.
    */
@@ -230,6 +256,11 @@ export class Session implements ExternalPort {
     const sock = this.corked;
     this.corked = null;
     sock?.uncork();
+  }
+
+  /** @internal called by the ack group only (HeldSocket): the held starts leave now. */
+  flushStarts(): void {
+    this.uncork();
   }
 
   private error(requestId: U64, e: unknown): void {
@@ -255,8 +286,8 @@ export class Session implements ExternalPort {
     // From the fields (one frame per client and round); addresses at or above 2^53 (a range to
     // ULONG_MAX) and anything else out of the common case take the frame object below.
     const hot = encodeStartFields(r.id, subscriptionId, pid, r.start, r.end, r.event, r.flags, r.owner, curSeq, r.origin);
-    if (hot !== null) return this.sendBytes(hot);
-    this.send({
+    if (hot !== null) return this.sendStart(hot);
+    this.sendStart(encodeServerFrame({
       invalidateStart: {
         invalidationId: r.id,
         subscriptionId,
@@ -270,7 +301,7 @@ export class Session implements ExternalPort {
         curSeq,
         origin: { operation: r.origin },
       },
-    });
+    }));
   }
 
   invalidateEnd(subscriptionId: number, pid: number, r: NotifierRange): void {

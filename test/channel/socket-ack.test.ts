@@ -15,6 +15,22 @@ async function settled(p: Promise<unknown>): Promise<boolean> {
 }
 
 describe('SocketAckGroup', () => {
+  it('flushes the connections held by starts when it spins, each once, those held during the flush too', () => {
+    const g = new SocketAckGroup();
+    const flushed: string[] = [];
+    const late = { flushStarts: () => flushed.push('late') };
+    g.holdStarts({ flushStarts: () => flushed.push('a') });
+    // A flush that holds another connection (a write that failed and made the kernel send more).
+    g.holdStarts({ flushStarts: () => (flushed.push('b'), g.holdStarts(late)) });
+    expect(flushed).toEqual([]);
+    const a = new SocketAck(g, 1, 1, true);
+    expect(waitAcks([a])).not.toBeNull(); // spins first: the held starts leave before it parks
+    expect(flushed).toEqual(['a', 'b', 'late']);
+    a.settle(true);
+    expect(waitAcks([a])).toBeNull();
+    expect(flushed).toEqual(['a', 'b', 'late']); // nothing held twice
+  });
+
   it('resolves a parked set when its last ack is answered, in any order', async () => {
     const g = new SocketAckGroup();
     const acks = [1, 2, 3].map((i) => new SocketAck(g, 10, i, true));

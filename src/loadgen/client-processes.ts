@@ -121,11 +121,12 @@ export async function openFanoutFloor(size: number, n: number, maxProcs = 4): Pr
  * loopback, without devmirror's kernel, notifier core, device or sessions. This process encodes an
  * InvalidateStart from its fields (the hot encoder a Session uses); one client process
  * (channel-clients.ts `protocol`) decodes it as DeviceClient does and answers with an InvalidateAck;
- * the ack is decoded here (the Session's reader) and ends the round. With `end` (the default) an
- * InvalidateEnd is encoded then and leaves with the next Start in one write (the socket corked
- * until the next tick, as a Session sends); with `end: false` there is none, as for an interval
- * subscription made with no_end (the DeviceClients of startClientProcesses); with `cork: false`
- * every frame is written at once. Against the ws echo,
+ * the ack is decoded here (the Session's reader) and ends the round. The Start is written at once
+ * (a Session holds a start only until the kernel has called every subscriber, which here is
+ * none). With `end` (the default) an InvalidateEnd is encoded then and leaves with the next Start
+ * in one write (the socket corked until the next tick, as a Session sends an End); with `end:
+ * false` there is none, as for an interval subscription made with no_end (the DeviceClients of
+ * startClientProcesses); with `cork: false` the End is written at once too. Against the ws echo,
  * it tells how much of a round's ratio the protocol itself takes on this machine (the codec, and
  * the End if any) and how much is devmirror's code.
  */
@@ -154,7 +155,8 @@ export async function openProtocolFloor(o: { end?: boolean; cork?: boolean } = {
   const ws = conn as WebSocket;
   const sock = (ws as unknown as { _socket: { cork(): void; uncork(): void } })._socket;
   let corked = false;
-  const send = (frame: Uint8Array): void => {
+  /** An End: the socket corked until the next tick, so that the next Start joins its write. */
+  const sendEnd = (frame: Uint8Array): void => {
     if (withCork && !corked) {
       corked = true;
       sock.cork();
@@ -180,12 +182,12 @@ export async function openProtocolFloor(o: { end?: boolean; cork?: boolean } = {
       const me = ++id;
       return new Promise<void>((resolve, reject) => {
         done = (ackId) => (ackId === me ? resolve() : reject(new Error(`protocol floor: ack for ${ackId}, expected ${me}`)));
-        send(encodeStartFields(me, 1, 100, BASE, BASE + 4096, 1, 1, null, 2 * me, 'madvise')!);
+        ws.send(encodeStartFields(me, 1, 100, BASE, BASE + 4096, 1, 1, null, 2 * me, 'madvise')!);
       }).then(() => {
         // In a reaction, as the kernel's end follows its await: a tick queued inside the socket's
         // read callback would run before the microtasks and write the End alone, and the next
         // Start in a second write (the Session's End leaves with the next Start in one).
-        if (withEnd) send(encodeEndFields(me, 1, 100, BASE, BASE + 4096, 1, 1, null)!);
+        if (withEnd) sendEnd(encodeEndFields(me, 1, 100, BASE, BASE + 4096, 1, 1, null)!);
         return usSince(t);
       });
     },

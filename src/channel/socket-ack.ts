@@ -91,17 +91,40 @@ export class SocketAckGroup implements AckGroup {
 
   /** `acks` are SocketAcks: waitAcks hands a group only the acks whose `group` it is. */
   park(acks: readonly PendingAck[]): Promise<void> {
-    return new Promise<void>((resolve) => {
-      const p: Parked = { left: 0, resolve };
-      for (const pa of acks) {
-        const a = pa as SocketAck;
-        if (a.state !== ACK_PENDING) continue;
-        p.left++;
-        if (a.waiter === null) a.waiter = p;
-        else (a.moreWaiters ??= []).push(p);
-      }
-      if (p.left === 0) resolve();
-    });
+    return new Promise<void>((resolve) => this.wait(acks, { left: 0, resolve }));
+  }
+
+  /**
+   * park(acks).then(then) in one promise: `then` runs in the frame handler that takes the last
+   * answer (SocketAck.settle), before the handler returns, and the promise resolves with its
+   * value (or rejects with what it threw). The kernel's continuation after an external round is
+   * then one reaction away from the ack, as a bare client's would be, instead of three.
+   */
+  parkThen<T>(acks: readonly PendingAck[], then: () => T): Promise<T> {
+    return new Promise<T>((resolve, reject) =>
+      this.wait(acks, {
+        left: 0,
+        resolve: () => {
+          try {
+            resolve(then());
+          } catch (e) {
+            reject(e);
+          }
+        },
+      }),
+    );
+  }
+
+  /** Registers `p` with every pending ack of `acks`; resolves it now if none is pending. */
+  private wait(acks: readonly PendingAck[], p: Parked): void {
+    for (const pa of acks) {
+      const a = pa as SocketAck;
+      if (a.state !== ACK_PENDING) continue;
+      p.left++;
+      if (a.waiter === null) a.waiter = p;
+      else (a.moreWaiters ??= []).push(p);
+    }
+    if (p.left === 0) p.resolve();
   }
 
   answered(a: SocketAck): void {

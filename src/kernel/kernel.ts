@@ -592,8 +592,8 @@ export class Kernel {
     range.flags = flags;
     if (mm.notifier.subscriberCount === 0 && !mm.notifier.hasItree) return range; // !mm_has_notifiers
     // Synchronous when every subscriber answered inside the spin: no promise on the fast path.
-    const r = mm.notifier.invalidateRangeStart(range, true);
-    return typeof r === 'number' ? range : r.then(() => range);
+    // Resolves with the range itself: no reaction of its own between the last answer and the caller.
+    return mm.notifier.startBlockable(range, range);
   }
 
   notifyEnd(mm: MM, range: NotifierRange): void {

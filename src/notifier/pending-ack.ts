@@ -28,10 +28,32 @@ export interface AckGroup {
   spin(acks: readonly PendingAck[], timed?: boolean): boolean;
   /** Resolves when every ack is answered (or given up by eviction: then they poll as answered). */
   park(acks: readonly PendingAck[]): Promise<void>;
+  /**
+   * Optional: park(acks).then(then), with `then` run where the last answer is taken (a socket
+   * ack's frame handler) instead of in a reaction a microtask later, and one promise instead of
+   * two. For a group whose answers arrive on the event loop.
+   */
+  parkThen?<T>(acks: readonly PendingAck[], then: () => T): Promise<T>;
 }
 
 export function isPendingAck(x: unknown): x is PendingAck {
   return typeof x === 'object' && x !== null && typeof (x as PendingAck).poll === 'function' && 'group' in x;
+}
+
+/**
+ * waitAcks(acks, timed), then `then`: its value at once when every ack was answered inside the
+ * spin, else a promise of it (through the group's parkThen when all acks share a group that has
+ * one: no reaction between the last answer and `then`).
+ */
+export function waitAcksThen<T>(acks: readonly PendingAck[], timed: boolean, then: () => T): T | Promise<T> {
+  const g0 = acks[0].group;
+  if (g0.parkThen !== undefined) {
+    let one = true;
+    for (let i = 1; i < acks.length && one; i++) one = acks[i].group === g0;
+    if (one) return g0.spin(acks, timed) ? then() : g0.parkThen(acks, then);
+  }
+  const w = waitAcks(acks, timed);
+  return w === null ? then() : w.then(then);
 }
 
 /** Waits for a set of PendingAcks, grouped by their AckGroup. */

@@ -33,7 +33,7 @@ import { DevmirrorError, invariant } from '../errors.js';
 import { ULONG_MAX } from '../kernel/layout.js';
 import { IntervalTree, type IntervalNode } from './interval-tree.js';
 import { MmuNotifierEvent, RANGE_BLOCKABLE, type NotifierRange } from './range.js';
-import { ACK_OK, isPendingAck, waitAcks, type PendingAck } from './pending-ack.js';
+import { ACK_OK, isPendingAck, waitAcks, waitAcksThen, type PendingAck } from './pending-ack.js';
 
 export const EAGAIN = -11;
 
@@ -598,11 +598,22 @@ export class MmuNotifierSubscriptions {
    * has been unwound and the caller must not call invalidateRangeEnd or touch the PTEs.
    */
   invalidateRangeStart(range: NotifierRange, blockable = true): Promise<number> | number {
-    if (blockable) range.flags |= RANGE_BLOCKABLE;
-    else range.flags &= ~RANGE_BLOCKABLE;
+    if (blockable) return this.startBlockable(range, 0);
+    range.flags &= ~RANGE_BLOCKABLE;
+    range.id = nextInvalidationId++;
+    return this.startNonBlockable(range, this.opened(range, this.timing.on ? now() : 0, [], []));
+  }
+
+  /**
+   * The blockable start (invalidateRangeStart(range, true)), resolving with `value` instead of 0:
+   * the kernel's notify passes the range, and its caller's continuation is then the first reaction
+   * to the last answer (no `.then(() => range)` on top: each reaction was one more microtask of an
+   * external round on the kernel's event loop).
+   */
+  startBlockable<T>(range: NotifierRange, value: T): T | Promise<T> {
+    range.flags |= RANGE_BLOCKABLE;
     range.id = nextInvalidationId++;
     const startedUs = this.timing.on ? now() : 0;
-    if (!blockable) return this.startNonBlockable(range, this.opened(range, startedUs, [], []));
 
     // Publish first, book-keep after: a subscriber in another thread (a device worker) handles
     // the call while this thread writes the record below, so that work costs the round nothing.
@@ -625,7 +636,7 @@ export class MmuNotifierSubscriptions {
       if (n === 1 && this.list.length === 0) {
         const hit = scratch[0];
         scratch.pop();
-        return this.startOneInterval(range, startedUs, hit, curSeq);
+        return this.startOneInterval(range, startedUs, hit, curSeq, value);
       }
       // One hit beside whole-mm subscriptions is a one-element literal: half the cost of slice()
       // and new Array() here (11-27), and both are before the first call.
@@ -701,42 +712,43 @@ export class MmuNotifierSubscriptions {
           ackOutcomes.push((outcomes as SubscriberOutcome[])[i]);
         }
       }
-      const w = waitAcks(ackList, rec.startedUs !== 0);
-      if (w === null) {
-        this.settleAcks(rec, ackList, subs, ackOutcomes);
-        if (pending === null) {
-          // All answered inside the spin: the last answer's stamp is the acknowledgement time.
-          let t = rec.startedUs;
-          if (t !== 0) for (let i = 0; i < ackList.length; i++) t = Math.max(t, ackList[i].answeredAtUs ?? t);
-          rec.ackedUs = t;
-          return 0;
-        }
-      } else {
-        // Constants of this block for the closure: capturing the `let`s above would give their
-        // block a context allocation on every invalidation, the synchronous ones included.
-        const list = ackList;
-        const s2 = subs;
-        const o2 = ackOutcomes;
-        // Nothing else to wait for (every external client, every parked worker): one reaction
-        // settles and stamps, without Promise.all and its extra turn (one per round and client set).
-        if (pending === null) {
-          return w.then(() => {
-            this.settleAcks(rec, list, s2, o2);
-            rec.ackedUs = this.stampIfTimed(rec);
-            return 0;
-          });
-        }
-        pending.push(w.then(() => this.settleAcks(rec, list, s2, o2)));
+      // Constants of this block for the closures: capturing the `let`s above would give their
+      // block a context allocation on every invalidation, the synchronous ones included.
+      const list = ackList;
+      const s2 = subs;
+      const o2 = ackOutcomes;
+      if (pending === null) {
+        // Nothing else to wait for (every external client, every parked worker): the answers are
+        // settled and stamped where the last one is taken (or in one reaction), without
+        // Promise.all and its extra turn (one per round and client set).
+        return waitAcksThen(list, rec.startedUs !== 0, () => {
+          this.settleAcks(rec, list, s2, o2);
+          rec.ackedUs = this.stampAnswered(rec, list);
+          return value;
+        });
       }
+      const w = waitAcks(list, rec.startedUs !== 0);
+      if (w === null) this.settleAcks(rec, list, s2, o2);
+      else pending.push(w.then(() => this.settleAcks(rec, list, s2, o2)));
     }
     if (pending === null) {
       rec.ackedUs = rec.startedUs;
-      return 0;
+      return value;
     }
     return Promise.all(pending).then(() => {
       rec.ackedUs = this.stampIfTimed(rec);
-      return 0;
+      return value;
     });
+  }
+
+  /**
+   * When the last of `acks` was answered: its stamp (each is stamped when its group first saw the
+   * answer: inside the spin, or in the frame handler that took it), 0 if the record is not timed.
+   */
+  private stampAnswered(rec: InvalidationRecord, acks: readonly PendingAck[]): number {
+    let t = rec.startedUs;
+    if (t !== 0) for (let i = 0; i < acks.length; i++) t = Math.max(t, acks[i].answeredAtUs ?? now());
+    return t;
   }
 
   /**
@@ -746,7 +758,7 @@ export class MmuNotifierSubscriptions {
    * 10 to 40 ns of an in-process round at N = 1 on a host whose bare round trip is 0.2 us
    * (docs/benchmarks.md).
    */
-  private startOneInterval(range: NotifierRange, startedUs: number, hit: MmuIntervalNotifier, curSeq: number): Promise<number> | number {
+  private startOneInterval<T>(range: NotifierRange, startedUs: number, hit: MmuIntervalNotifier, curSeq: number, value: T): T | Promise<T> {
     const r = this.callInterval(hit, range, curSeq);
     this.publish();
     const outcome: SubscriberOutcome = { info: hit.info, kind: 'interval', result: 'ok', ackUs: 0 };
@@ -756,26 +768,20 @@ export class MmuNotifierSubscriptions {
     if (typeof r === 'boolean') {
       if (!r) this.blockableRefused(hit.info, outcome, range);
       rec.ackedUs = startedUs;
-      return 0;
+      return value;
     }
     if (!isPendingAck(r)) {
       return r.then((ok) => {
         this.settlePromised(rec, hit.info, outcome, ok);
         rec.ackedUs = this.stampIfTimed(rec);
-        return 0;
+        return value;
       });
     }
-    const w = waitAcks([r], startedUs !== 0);
-    if (w === null) {
+    // Settled where the answer is taken: inside the spin, or in the ack's frame handler.
+    return waitAcksThen([r], startedUs !== 0, () => {
       this.settleIntervalAck(rec, r, hit, outcome);
-      // Answered inside the spin: its stamp is the acknowledgement time.
-      rec.ackedUs = startedUs === 0 ? 0 : Math.max(startedUs, r.answeredAtUs ?? startedUs);
-      return 0;
-    }
-    return w.then(() => {
-      this.settleIntervalAck(rec, r, hit, outcome);
-      rec.ackedUs = this.stampIfTimed(rec);
-      return 0;
+      rec.ackedUs = startedUs === 0 ? 0 : Math.max(startedUs, r.answeredAtUs ?? now());
+      return value;
     });
   }
 

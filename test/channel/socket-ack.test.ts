@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { ackKey, SocketAck, SocketAckGroup, SocketAckTable } from '../../src/channel/socket-ack.js';
-import { ACK_OK, ACK_PENDING, ACK_REFUSED, waitAcks } from '../../src/notifier/pending-ack.js';
+import { ACK_OK, ACK_PENDING, ACK_REFUSED, waitAcks, waitAcksThen, type AckGroup, type PendingAck } from '../../src/notifier/pending-ack.js';
 
 /** Whether a promise has settled once pending callbacks ran. */
 async function settled(p: Promise<unknown>): Promise<boolean> {
@@ -15,6 +15,48 @@ async function settled(p: Promise<unknown>): Promise<boolean> {
 }
 
 describe('SocketAckGroup', () => {
+  it('runs a parked continuation where the last answer is taken, and resolves with its value', async () => {
+    const g = new SocketAckGroup();
+    const acks = [1, 2].map((i) => new SocketAck(g, 7, i, true));
+    const ran: string[] = [];
+    const p = waitAcksThen(acks, true, () => (ran.push('then'), 'value'));
+    expect(p).toBeInstanceOf(Promise);
+    acks[1].settle(true);
+    expect(ran).toEqual([]);
+    acks[0].settle(true);
+    // Inside settle, before it returned: no reaction in between.
+    expect(ran).toEqual(['then']);
+    await expect(p).resolves.toBe('value');
+    // Answered inside the spin: the value at once, no promise.
+    expect(waitAcksThen(acks, true, () => 'now')).toBe('now');
+  });
+
+  it('rejects the parked continuation\'s promise with what it threw, and the ack stays answered', async () => {
+    const g = new SocketAckGroup();
+    const a = new SocketAck(g, 8, 1, true);
+    const p = waitAcksThen([a], false, () => {
+      throw new Error('settle failed');
+    });
+    expect(() => a.settle(true)).not.toThrow();
+    await expect(p).rejects.toThrow('settle failed');
+    expect(a.poll()).toBe(ACK_OK);
+  });
+
+  it('falls back to park and a reaction for a group without parkThen, and for acks of several groups', async () => {
+    let release = (): void => undefined;
+    const plain: AckGroup = { spin: () => false, park: () => new Promise<void>((r) => (release = r)) };
+    const w: PendingAck = { group: plain, poll: () => ACK_PENDING };
+    const g = new SocketAckGroup();
+    const s = new SocketAck(g, 9, 1, true);
+    const ran: string[] = [];
+    const p = waitAcksThen([s, w], true, () => (ran.push('then'), 3));
+    s.settle(true);
+    expect(ran).toEqual([]); // the plain group's ack is still out
+    release();
+    await expect(p).resolves.toBe(3);
+    expect(ran).toEqual(['then']);
+  });
+
   it('flushes the connections held by starts when it spins, each once, those held during the flush too', () => {
     const g = new SocketAckGroup();
     const flushed: string[] = [];

@@ -89,9 +89,14 @@ interface Row {
 /**
  * Rounds before the clock starts: every frame handler on both sides must be optimized first. The
  * kernel and each client process see at least n frames per round, so fewer rounds warm a wider
- * fan-out (200 rounds at N = 1 left the start of the measurement in unoptimized code).
+ * fan-out (200 rounds at N = 1 left the start of the measurement in unoptimized code). At N = 1,
+ * 10,000: devmirror's round alone, with the client on its CPU, still got faster after 3,000 rounds
+ * (p50 of each 1,000 from the first: 87.7, 48.5, 33.9, 25.8, 22.1, then 19.2 to 23.8 us; the
+ * protocol floor's 63.3, 37.9, 23.9, 18.5, then 15.6 to 18.5 us; Xeon host, 11-29,
+ * bench/experiments/warm-up.mjs), and with 3,000 the blocks of a run fell from first to last
+ * (devmirror 30.7 to 22.2 us, the echo 23.4 to 21.7).
  */
-const warmRounds = (n: number): number => Number(args.get('warm') ?? Math.max(200, Math.min(3000, Math.ceil(30_000 / n))));
+const warmRounds = (n: number): number => Number(args.get('warm') ?? Math.max(200, Math.min(10_000, Math.ceil(30_000 / n))));
 /**
  * The floor and devmirror run in alternating blocks (floor, devmirror, devmirror, floor, ...), both
  * set up the whole time, so a change in the shared machine's load hits both alike. Measured one

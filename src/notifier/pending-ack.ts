@@ -40,37 +40,57 @@ export function isPendingAck(x: unknown): x is PendingAck {
   return typeof x === 'object' && x !== null && typeof (x as PendingAck).poll === 'function' && 'group' in x;
 }
 
-/**
- * waitAcks(acks, timed), then `then`: its value at once when every ack was answered inside the
- * spin, else a promise of it (through the group's parkThen when all acks share a group that has
- * one: no reaction between the last answer and `then`).
- */
-export function waitAcksThen<T>(acks: readonly PendingAck[], timed: boolean, then: () => T): T | Promise<T> {
+/** Whether every ack of `acks` is in one group, which it returns (null when there are several). */
+function oneGroup(acks: readonly PendingAck[]): AckGroup | null {
   const g0 = acks[0].group;
-  if (g0.parkThen !== undefined) {
-    let one = true;
-    for (let i = 1; i < acks.length && one; i++) one = acks[i].group === g0;
-    if (one) return g0.spin(acks, timed) ? then() : g0.parkThen(acks, then);
-  }
-  const w = waitAcks(acks, timed);
-  return w === null ? then() : w.then(then);
+  for (let i = 1; i < acks.length; i++) if (acks[i].group !== g0) return null;
+  return g0;
 }
 
-/** Waits for a set of PendingAcks, grouped by their AckGroup. */
-export function waitAcks(acks: readonly PendingAck[], timed = true): Promise<void> | null {
-  if (acks.length === 0) return null;
-  const g0 = acks[0].group;
-  let one = true;
-  for (let i = 1; i < acks.length && one; i++) one = acks[i].group === g0;
-  if (one) return g0.spin(acks, timed) ? null : g0.park(acks);
+/** The acks of each group, in first-seen order. */
+function byGroup(acks: readonly PendingAck[]): Map<AckGroup, PendingAck[]> {
   const groups = new Map<AckGroup, PendingAck[]>();
   for (const a of acks) {
     const list = groups.get(a.group);
     if (list) list.push(a);
     else groups.set(a.group, [a]);
   }
+  return groups;
+}
+
+/**
+ * The first half of waitAcks: spins each group of `acks` (non-empty); true when every ack was
+ * answered inside the spins. The caller then settles at once, or parks with parkAcksThen: so the
+ * continuation it hands to parkAcksThen is made only when there is something to wait for (a
+ * worker's round answered inside the spin allocates no closure).
+ */
+export function spinAcks(acks: readonly PendingAck[], timed = true): boolean {
+  const g = oneGroup(acks);
+  if (g !== null) return g.spin(acks, timed);
+  let all = true;
+  for (const [grp, list] of byGroup(acks)) if (!grp.spin(list, timed)) all = false;
+  return all;
+}
+
+/**
+ * The second half, after spinAcks returned false: resolves with then() once every ack is answered.
+ * Through the group's parkThen when all acks share a group that has one (then runs where the last
+ * answer is taken: no reaction in between), else a reaction to the groups' parks (a group whose
+ * acks are all answered resolves its park at once).
+ */
+export function parkAcksThen<T>(acks: readonly PendingAck[], then: () => T): Promise<T> {
+  const g = oneGroup(acks);
+  if (g !== null) return g.parkThen !== undefined ? g.parkThen(acks, then) : g.park(acks).then(then);
+  return Promise.all([...byGroup(acks)].map(([grp, list]) => grp.park(list))).then(then);
+}
+
+/** Waits for a set of PendingAcks, grouped by their AckGroup. */
+export function waitAcks(acks: readonly PendingAck[], timed = true): Promise<void> | null {
+  if (acks.length === 0) return null;
+  const g0 = oneGroup(acks);
+  if (g0 !== null) return g0.spin(acks, timed) ? null : g0.park(acks);
   const parked: Promise<void>[] = [];
-  for (const [g, list] of groups) if (!g.spin(list, timed)) parked.push(g.park(list));
+  for (const [g, list] of byGroup(acks)) if (!g.spin(list, timed)) parked.push(g.park(list));
   if (parked.length === 0) return null;
   return parked.length === 1 ? parked[0] : Promise.all(parked).then(() => undefined);
 }

@@ -33,7 +33,7 @@ import { DevmirrorError, invariant } from '../errors.js';
 import { ULONG_MAX } from '../kernel/layout.js';
 import { IntervalTree, type IntervalNode } from './interval-tree.js';
 import { MmuNotifierEvent, RANGE_BLOCKABLE, type NotifierRange } from './range.js';
-import { ACK_OK, isPendingAck, waitAcks, waitAcksThen, type PendingAck } from './pending-ack.js';
+import { ACK_OK, isPendingAck, parkAcksThen, spinAcks, waitAcks, type PendingAck } from './pending-ack.js';
 
 export const EAGAIN = -11;
 
@@ -718,10 +718,15 @@ export class MmuNotifierSubscriptions {
       const s2 = subs;
       const o2 = ackOutcomes;
       if (pending === null) {
-        // Nothing else to wait for (every external client, every parked worker): the answers are
-        // settled and stamped where the last one is taken (or in one reaction), without
-        // Promise.all and its extra turn (one per round and client set).
-        return waitAcksThen(list, rec.startedUs !== 0, () => {
+        // Nothing else to wait for (every external client, every worker): settled and stamped at
+        // once when all answered inside the spin, else where the last answer is taken (or in one
+        // reaction), without Promise.all and its extra turn (one per round and client set).
+        if (spinAcks(list, rec.startedUs !== 0)) {
+          this.settleAcks(rec, list, s2, o2);
+          rec.ackedUs = this.stampAnswered(rec, list);
+          return value;
+        }
+        return parkAcksThen(list, () => {
           this.settleAcks(rec, list, s2, o2);
           rec.ackedUs = this.stampAnswered(rec, list);
           return value;
@@ -777,8 +782,15 @@ export class MmuNotifierSubscriptions {
         return value;
       });
     }
-    // Settled where the answer is taken: inside the spin, or in the ack's frame handler.
-    return waitAcksThen([r], startedUs !== 0, () => {
+    // Settled where the answer is taken: inside the spin (no closure), or where the group takes
+    // it (an external ack's frame handler).
+    const acks = [r];
+    if (spinAcks(acks, startedUs !== 0)) {
+      this.settleIntervalAck(rec, r, hit, outcome);
+      rec.ackedUs = startedUs === 0 ? 0 : Math.max(startedUs, r.answeredAtUs ?? startedUs);
+      return value;
+    }
+    return parkAcksThen(acks, () => {
       this.settleIntervalAck(rec, r, hit, outcome);
       rec.ackedUs = startedUs === 0 ? 0 : Math.max(startedUs, r.answeredAtUs ?? now());
       return value;

@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { ackKey, SocketAck, SocketAckGroup, SocketAckTable } from '../../src/channel/socket-ack.js';
-import { ACK_OK, ACK_PENDING, ACK_REFUSED, waitAcks, waitAcksThen, type AckGroup, type PendingAck } from '../../src/notifier/pending-ack.js';
+import { ACK_OK, ACK_PENDING, ACK_REFUSED, parkAcksThen, spinAcks, waitAcks, type AckGroup, type PendingAck } from '../../src/notifier/pending-ack.js';
 
 /** Whether a promise has settled once pending callbacks ran. */
 async function settled(p: Promise<unknown>): Promise<boolean> {
@@ -19,22 +19,21 @@ describe('SocketAckGroup', () => {
     const g = new SocketAckGroup();
     const acks = [1, 2].map((i) => new SocketAck(g, 7, i, true));
     const ran: string[] = [];
-    const p = waitAcksThen(acks, true, () => (ran.push('then'), 'value'));
-    expect(p).toBeInstanceOf(Promise);
+    expect(spinAcks(acks, true)).toBe(false);
+    const p = parkAcksThen(acks, () => (ran.push('then'), 'value'));
     acks[1].settle(true);
     expect(ran).toEqual([]);
     acks[0].settle(true);
     // Inside settle, before it returned: no reaction in between.
     expect(ran).toEqual(['then']);
     await expect(p).resolves.toBe('value');
-    // Answered inside the spin: the value at once, no promise.
-    expect(waitAcksThen(acks, true, () => 'now')).toBe('now');
+    expect(spinAcks(acks, true)).toBe(true);
   });
 
   it('rejects the parked continuation\'s promise with what it threw, and the ack stays answered', async () => {
     const g = new SocketAckGroup();
     const a = new SocketAck(g, 8, 1, true);
-    const p = waitAcksThen([a], false, () => {
+    const p = parkAcksThen([a], () => {
       throw new Error('settle failed');
     });
     expect(() => a.settle(true)).not.toThrow();
@@ -49,7 +48,8 @@ describe('SocketAckGroup', () => {
     const g = new SocketAckGroup();
     const s = new SocketAck(g, 9, 1, true);
     const ran: string[] = [];
-    const p = waitAcksThen([s, w], true, () => (ran.push('then'), 3));
+    expect(spinAcks([s, w], true)).toBe(false);
+    const p = parkAcksThen([s, w], () => (ran.push('then'), 3));
     s.settle(true);
     expect(ran).toEqual([]); // the plain group's ack is still out
     release();

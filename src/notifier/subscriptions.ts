@@ -712,29 +712,23 @@ export class MmuNotifierSubscriptions {
           ackOutcomes.push((outcomes as SubscriberOutcome[])[i]);
         }
       }
-      // Constants of this block for the closures: capturing the `let`s above would give their
-      // block a context allocation on every invalidation, the synchronous ones included.
-      const list = ackList;
-      const s2 = subs;
-      const o2 = ackOutcomes;
+      // The closures that wait are made in methods of their own: captured here, these lists
+      // would give this block a context allocation on every invalidation, the ones answered
+      // inside the spin included.
       if (pending === null) {
         // Nothing else to wait for (every external client, every worker): settled and stamped at
         // once when all answered inside the spin, else where the last answer is taken (or in one
         // reaction), without Promise.all and its extra turn (one per round and client set).
-        if (spinAcks(list, rec.startedUs !== 0)) {
-          this.settleAcks(rec, list, s2, o2);
-          rec.ackedUs = this.stampAnswered(rec, list);
+        if (spinAcks(ackList, rec.startedUs !== 0)) {
+          this.settleAcks(rec, ackList, subs, ackOutcomes);
+          rec.ackedUs = this.stampAnswered(rec, ackList);
           return value;
         }
-        return parkAcksThen(list, () => {
-          this.settleAcks(rec, list, s2, o2);
-          rec.ackedUs = this.stampAnswered(rec, list);
-          return value;
-        });
+        return this.parkSettled(rec, ackList, subs, ackOutcomes, value);
       }
-      const w = waitAcks(list, rec.startedUs !== 0);
-      if (w === null) this.settleAcks(rec, list, s2, o2);
-      else pending.push(w.then(() => this.settleAcks(rec, list, s2, o2)));
+      const w = waitAcks(ackList, rec.startedUs !== 0);
+      if (w === null) this.settleAcks(rec, ackList, subs, ackOutcomes);
+      else pending.push(this.settleWhen(w, rec, ackList, subs, ackOutcomes));
     }
     if (pending === null) {
       rec.ackedUs = rec.startedUs;
@@ -744,6 +738,20 @@ export class MmuNotifierSubscriptions {
       rec.ackedUs = this.stampIfTimed(rec);
       return value;
     });
+  }
+
+  /** Parks on `acks` (spinAcks found some pending); settles and stamps them, then resolves with `value`. */
+  private parkSettled<T>(rec: InvalidationRecord, acks: readonly PendingAck[], subs: ReadonlyArray<MmuIntervalNotifier | MmuNotifier>, outcomes: readonly SubscriberOutcome[], value: T): Promise<T> {
+    return parkAcksThen(acks, () => {
+      this.settleAcks(rec, acks, subs, outcomes);
+      rec.ackedUs = this.stampAnswered(rec, acks);
+      return value;
+    });
+  }
+
+  /** Settles `acks` once `w` (their waitAcks) resolves. */
+  private settleWhen(w: Promise<void>, rec: InvalidationRecord, acks: readonly PendingAck[], subs: ReadonlyArray<MmuIntervalNotifier | MmuNotifier>, outcomes: readonly SubscriberOutcome[]): Promise<void> {
+    return w.then(() => this.settleAcks(rec, acks, subs, outcomes));
   }
 
   /**

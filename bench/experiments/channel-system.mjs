@@ -9,19 +9,28 @@
  */
 const PAGE = 4096;
 
-export async function openChannelSystem(root, pin) {
+/**
+ * bench:channel's service without clients: the build at `root`, its HTTP server on an ephemeral
+ * port, the process `bench` with a 16-page window at `a`; `url` is the channel's, `window` its length.
+ */
+export async function openChannelService(root) {
   const { Service } = await import(`${root}/dist/src/service.js`);
   const { buildServer } = await import(`${root}/dist/src/http/server.js`);
   const { PROT } = await import(`${root}/dist/src/kernel/kernel.js`);
-  const { MmuNotifierEvent } = await import(`${root}/dist/src/notifier/range.js`);
-  const { startClientProcesses } = await import(`${root}/dist/src/loadgen/client-processes.js`);
   const svc = new Service({ kernel: { memoryBytes: 64 * 1024 * 1024 }, channel: { maxSubscriptions: 4096 }, deadlineMs: 60_000 });
   const app = await buildServer(svc, { logger: false });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const k = svc.kernel;
   const p = k.createProcess('bench');
   const a = await k.mmap(p.pid, { length: 16 * PAGE, prot: PROT.READ | PROT.WRITE });
-  const children = await startClientProcesses(`ws://127.0.0.1:${app.server.address().port}/v1/notifier/ws`, 'devmirror-local', p.pid, a, 16 * PAGE, 1);
+  return { svc, app, k, p, a, window: 16 * PAGE, url: `ws://127.0.0.1:${app.server.address().port}/v1/notifier/ws` };
+}
+
+export async function openChannelSystem(root, pin) {
+  const { MmuNotifierEvent } = await import(`${root}/dist/src/notifier/range.js`);
+  const { startClientProcesses } = await import(`${root}/dist/src/loadgen/client-processes.js`);
+  const { svc, app, k, p, a, window, url } = await openChannelService(root);
+  const children = await startClientProcesses(url, 'devmirror-local', p.pid, a, window, 1);
   for (const c of children) pin(c.pid);
   return {
     pids: children.map((c) => c.pid),

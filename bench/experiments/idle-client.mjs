@@ -18,11 +18,9 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { PerformanceObserver } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { openChannelService } from './channel-system.mjs';
 
 const root = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
-const { Service } = await import(`${root}/dist/src/service.js`);
-const { buildServer } = await import(`${root}/dist/src/http/server.js`);
-const { PROT } = await import(`${root}/dist/src/kernel/kernel.js`);
 const { MmuNotifierEvent } = await import(`${root}/dist/src/notifier/range.js`);
 const { allowedCpus, setProcessAffinity } = await import(`${root}/dist/src/lib/affinity.js`);
 
@@ -33,14 +31,9 @@ const PHASES = Number(process.env.PHASES ?? 2);
 const PAUSE = Number(process.env.PAUSE ?? 20_000);
 const flags = (process.env.CLIENT_FLAGS ?? '').split(' ').filter(Boolean);
 
-const svc = new Service({ kernel: { memoryBytes: 64 * 1024 * 1024 }, channel: { maxSubscriptions: 4096 }, deadlineMs: 60_000 });
-const app = await buildServer(svc, { logger: false });
-await app.listen({ host: '127.0.0.1', port: 0 });
-const k = svc.kernel;
-const p = k.createProcess('bench');
-const a = await k.mmap(p.pid, { length: 16 * PAGE, prot: PROT.READ | PROT.WRITE });
-const url = `ws://127.0.0.1:${app.server.address().port}/v1/notifier/ws`;
-const client = spawn(process.execPath, [...flags, `${root}/dist/src/loadgen/channel-clients.js`, 'clients', url, 'devmirror-local', String(p.pid), String(a), String(16 * PAGE), '1'], {
+const { svc, app, k, p, a, window, url } = await openChannelService(root);
+// Spawned here, not by startClientProcesses: with the Node options of CLIENT_FLAGS.
+const client = spawn(process.execPath, [...flags, `${root}/dist/src/loadgen/channel-clients.js`, 'clients', url, 'devmirror-local', String(p.pid), String(a), String(window), '1'], {
   stdio: ['pipe', 'pipe', 'inherit'],
 });
 await new Promise((r) => client.stdout.on('data', (d) => d.toString().includes('ready') && r()));

@@ -221,14 +221,7 @@ export class Session implements ExternalPort {
    */
   private sendStart(frame: Uint8Array): void {
     if (!this.mayQueue()) return;
-    if (this.corked === null) {
-      const sock = (this.ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
-      if (sock) {
-        this.corked = sock;
-        sock.cork();
-        this.host.group.holdStarts(this);
-      }
-    }
+    if (this.corkSocket()) this.host.group.holdStarts(this);
     this.ws.send(frame);
   }
 
@@ -243,24 +236,24 @@ export class Session implements ExternalPort {
    * thousand closures.
    */
   private cork(): void {
-    if (this.corked !== null) return;
-    const sock = (this.ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
-    if (!sock) return;
-    this.corked = sock;
-    sock.cork();
-    if (toUncork.push(this) === 1) process.nextTick(uncorkAll);
+    if (this.corkSocket() && toUncork.push(this) === 1) process.nextTick(uncorkAll);
   }
 
-  /** @internal called by uncorkAll only. */
+  /** Corks the socket unless this session already has; true when it corked it now. */
+  private corkSocket(): boolean {
+    if (this.corked !== null) return false;
+    const sock = (this.ws as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
+    if (!sock) return false;
+    this.corked = sock;
+    sock.cork();
+    return true;
+  }
+
+  /** @internal called by uncorkAll and by the ack group (HeldSocket) only: what is held leaves now. */
   uncork(): void {
     const sock = this.corked;
     this.corked = null;
     sock?.uncork();
-  }
-
-  /** @internal called by the ack group only (HeldSocket): the held starts leave now. */
-  flushStarts(): void {
-    this.uncork();
   }
 
   private error(requestId: U64, e: unknown): void {

@@ -53,7 +53,7 @@ interface Parked {
 
 /** A connection whose socket holds frames back until it is released (see SocketAckGroup.holdStarts). */
 export interface HeldSocket {
-  flushStarts(): void;
+  uncork(): void;
 }
 
 export class SocketAckGroup implements AckGroup {
@@ -69,7 +69,7 @@ export class SocketAckGroup implements AckGroup {
    */
   private held: HeldSocket[] = [];
 
-  /** Holds `s` until the next spin (the caller corked its socket and uncorks it in `flushStarts`). */
+  /** Holds `s` until the next spin (the caller corked its socket and uncorks it in `uncork`). */
   holdStarts(s: HeldSocket): void {
     this.held.push(s);
   }
@@ -79,7 +79,7 @@ export class SocketAckGroup implements AckGroup {
     const held = this.held;
     // A flush may fail synchronously and close its connection, which holds nothing more: the list
     // is walked by index and emptied by pop (a fresh array every round was garbage).
-    for (let i = 0; i < held.length; i++) held[i].flushStarts();
+    for (let i = 0; i < held.length; i++) held[i].uncork();
     while (held.length > 0) held.pop();
   }
 

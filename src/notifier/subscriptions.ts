@@ -719,11 +719,7 @@ export class MmuNotifierSubscriptions {
         // Nothing else to wait for (every external client, every worker): settled and stamped at
         // once when all answered inside the spin, else where the last answer is taken (or in one
         // reaction), without Promise.all and its extra turn (one per round and client set).
-        if (spinAcks(ackList, rec.startedUs !== 0)) {
-          this.settleAcks(rec, ackList, subs, ackOutcomes);
-          rec.ackedUs = this.stampAnswered(rec, ackList);
-          return value;
-        }
+        if (spinAcks(ackList, rec.startedUs !== 0)) return this.settledAll(rec, ackList, subs, ackOutcomes, value);
         return this.parkSettled(rec, ackList, subs, ackOutcomes, value);
       }
       const w = waitAcks(ackList, rec.startedUs !== 0);
@@ -740,13 +736,23 @@ export class MmuNotifierSubscriptions {
     });
   }
 
-  /** Parks on `acks` (spinAcks found some pending); settles and stamps them, then resolves with `value`. */
+  /** Settles and stamps every answer of `acks`; returns `value`. */
+  private settledAll<T>(rec: InvalidationRecord, acks: readonly PendingAck[], subs: ReadonlyArray<MmuIntervalNotifier | MmuNotifier>, outcomes: readonly SubscriberOutcome[], value: T): T {
+    this.settleAcks(rec, acks, subs, outcomes);
+    rec.ackedUs = this.stampAnswered(rec, acks);
+    return value;
+  }
+
+  /** Parks on `acks` (spinAcks found some pending), then settledAll. */
   private parkSettled<T>(rec: InvalidationRecord, acks: readonly PendingAck[], subs: ReadonlyArray<MmuIntervalNotifier | MmuNotifier>, outcomes: readonly SubscriberOutcome[], value: T): Promise<T> {
-    return parkAcksThen(acks, () => {
-      this.settleAcks(rec, acks, subs, outcomes);
-      rec.ackedUs = this.stampAnswered(rec, acks);
-      return value;
-    });
+    return parkAcksThen(acks, () => this.settledAll(rec, acks, subs, outcomes, value));
+  }
+
+  /** settledAll for the one-hit path's single ack (its kind known: no instanceof). */
+  private settledOne<T>(rec: InvalidationRecord, acks: readonly PendingAck[], hit: MmuIntervalNotifier, outcome: SubscriberOutcome, value: T): T {
+    this.settleIntervalAck(rec, acks[0], hit, outcome);
+    rec.ackedUs = this.stampAnswered(rec, acks);
+    return value;
   }
 
   /** Settles `acks` once `w` (their waitAcks) resolves. */
@@ -793,16 +799,8 @@ export class MmuNotifierSubscriptions {
     // Settled where the answer is taken: inside the spin (no closure), or where the group takes
     // it (an external ack's frame handler).
     const acks = [r];
-    if (spinAcks(acks, startedUs !== 0)) {
-      this.settleIntervalAck(rec, r, hit, outcome);
-      rec.ackedUs = startedUs === 0 ? 0 : Math.max(startedUs, r.answeredAtUs ?? startedUs);
-      return value;
-    }
-    return parkAcksThen(acks, () => {
-      this.settleIntervalAck(rec, r, hit, outcome);
-      rec.ackedUs = startedUs === 0 ? 0 : Math.max(startedUs, r.answeredAtUs ?? now());
-      return value;
-    });
+    if (spinAcks(acks, startedUs !== 0)) return this.settledOne(rec, acks, hit, outcome, value);
+    return parkAcksThen(acks, () => this.settledOne(rec, acks, hit, outcome, value));
   }
 
   /** A promised answer arrived: its time, and a refusal reported. */

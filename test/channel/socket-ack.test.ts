@@ -60,10 +60,10 @@ describe('SocketAckGroup', () => {
   it('flushes the connections held by starts when it spins, each once, those held during the flush too', () => {
     const g = new SocketAckGroup();
     const flushed: string[] = [];
-    const late = { flushStarts: () => flushed.push('late') };
-    g.holdStarts({ flushStarts: () => flushed.push('a') });
+    const late = { uncork: () => flushed.push('late') };
+    g.holdStarts({ uncork: () => flushed.push('a') });
     // A flush that holds another connection (a write that failed and made the kernel send more).
-    g.holdStarts({ flushStarts: () => (flushed.push('b'), g.holdStarts(late)) });
+    g.holdStarts({ uncork: () => (flushed.push('b'), g.holdStarts(late)) });
     expect(flushed).toEqual([]);
     const a = new SocketAck(g, 1, 1, true);
     expect(waitAcks([a])).not.toBeNull(); // spins first: the held starts leave before it parks
